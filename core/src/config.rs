@@ -1,0 +1,422 @@
+//! The filter's plugin configuration: JSON in, validated `FilterConfig` out, or a
+//! `ConfigError` naming the field and what is wrong with it.
+
+use crate::credentials::{AcceptedSchemes, Scheme};
+use crate::digest::{Digest, DigestError};
+use crate::key::{is_issued_key, Environment, KeyKind, KeyType};
+use crate::keymap::{KeyEntry, KeyMap};
+use crate::policy::{parse_method, MethodError, Policy, Rule, Template, TemplateError};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::rc::Rc;
+
+/// The config schema this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+/// Default cap on a presented key's length, checked before hashing.
+pub const DEFAULT_MAX_KEY_LENGTH: usize = 128;
+pub const DEFAULT_REALM: &str = "keygate";
+pub const DEFAULT_API_PREFIXES: [&str; 2] = ["/v3", "/api/v1"];
+
+/// Where the identity of an authenticated caller goes, as request headers to the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    pub account_id: String,
+    pub key_id: String,
+    pub key_type: String,
+    pub environment: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        IdentityHeaders {
+            account_id: "x-keygate-account-id".into(),
+            key_id: "x-keygate-key-id".into(),
+            key_type: "x-keygate-key-type".into(),
+            environment: "x-keygate-environment".into(),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    pub fn names(&self) -> [&str; 4] {
+        [
+            &self.account_id,
+            &self.key_id,
+            &self.key_type,
+            &self.environment,
+        ]
+    }
+}
+
+/// Everything but the keys: how requests are read and judged.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub schemes: AcceptedSchemes,
+    pub max_key_length: usize,
+    /// A listener bound to one environment refuses the other's keys.
+    pub environment: Option<Environment>,
+    pub policy: Policy,
+    pub identity_headers: IdentityHeaders,
+    pub keep_authorization: bool,
+    /// The `WWW-Authenticate` value of a 401: one challenge per accepted scheme.
+    pub www_authenticate: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct FilterConfig {
+    pub settings: Settings,
+    pub keys: KeyMap,
+}
+
+/// What is wrong with a configuration, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field's path, e.g. `keys[3].digest`; empty for the document as a whole.
+    pub field: String,
+    pub problem: Problem,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// Not JSON, a wrong type, an unknown or missing field (serde's own words).
+    Json(String),
+    UnsupportedVersion(u32),
+    Digest(DigestError),
+    PlaintextKey,
+    DuplicateDigest,
+    UnknownScheme,
+    NoSchemes,
+    BadRealm,
+    MaxKeyLengthOutOfRange,
+    BadHeaderName,
+    DuplicateHeaderName,
+    BadIdentifier,
+    EmptyMethods,
+    Method(MethodError),
+    Template(TemplateError),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Json(msg) => f.write_str(msg),
+            Problem::UnsupportedVersion(v) => write!(
+                f,
+                "unsupported config version {v}; this keygate reads version {CONFIG_VERSION}"
+            ),
+            Problem::Digest(e) => e.fmt(f),
+            Problem::PlaintextKey => f.write_str(
+                "looks like a plaintext API key; configs hold only SHA-256 digests (see `keygatectl hash`)",
+            ),
+            Problem::DuplicateDigest => f.write_str("digest given by an earlier key too"),
+            Problem::UnknownScheme => f.write_str("unknown scheme; use token, bearer or basic"),
+            Problem::NoSchemes => f.write_str("at least one scheme must be accepted"),
+            Problem::BadRealm => {
+                f.write_str("must be 1-64 visible ASCII characters without '\"' or '\\'")
+            }
+            Problem::MaxKeyLengthOutOfRange => f.write_str("must be between 16 and 1024"),
+            Problem::BadHeaderName => f.write_str(
+                "must be a lower-case header name (a-z, 0-9, '-'), not a pseudo-header, authorization or host",
+            ),
+            Problem::DuplicateHeaderName => f.write_str("names the same header as another field"),
+            Problem::BadIdentifier => {
+                f.write_str("must be 1-128 visible ASCII characters and not a plaintext key")
+            }
+            Problem::EmptyMethods => f.write_str("must list at least one method"),
+            Problem::Method(e) => e.fmt(f),
+            Problem::Template(e) => e.fmt(f),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid keygate config: {}", self.problem)
+        } else {
+            write!(
+                f,
+                "invalid keygate config: {}: {}",
+                self.field, self.problem
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: impl Into<String>, problem: Problem) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        problem,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: u32,
+    schemes: Option<Vec<String>>,
+    realm: Option<String>,
+    max_key_length: Option<usize>,
+    environment: Option<Environment>,
+    identity_headers: Option<RawIdentityHeaders>,
+    #[serde(default)]
+    keep_authorization: bool,
+    publishable: Option<RawPublishable>,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentityHeaders {
+    account_id: Option<String>,
+    key_id: Option<String>,
+    key_type: Option<String>,
+    environment: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublishable {
+    api_prefixes: Option<Vec<String>>,
+    retrieve_by_id: Option<bool>,
+    #[serde(default)]
+    allow: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    methods: Vec<String>,
+    path: String,
+}
+
+/// One key of the map as configs and the control plane carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub digest: String,
+    pub account_id: String,
+    pub key_id: String,
+    #[serde(rename = "type")]
+    pub key_type: KeyType,
+    pub environment: Environment,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+impl FilterConfig {
+    /// Parses and validates a whole plugin configuration.
+    pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            err(field, Problem::Json(e.into_inner().to_string()))
+        })?;
+        de.end()
+            .map_err(|e| err("", Problem::Json(e.to_string())))?;
+        if raw.version != CONFIG_VERSION {
+            return Err(err("version", Problem::UnsupportedVersion(raw.version)));
+        }
+        let schemes = parse_schemes(raw.schemes.as_deref())?;
+        let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.into());
+        if !is_valid_realm(&realm) {
+            return Err(err("realm", Problem::BadRealm));
+        }
+        let max_key_length = raw.max_key_length.unwrap_or(DEFAULT_MAX_KEY_LENGTH);
+        if !(16..=1024).contains(&max_key_length) {
+            return Err(err("max_key_length", Problem::MaxKeyLengthOutOfRange));
+        }
+        let settings = Settings {
+            www_authenticate: challenges(schemes, &realm),
+            schemes,
+            max_key_length,
+            environment: raw.environment,
+            policy: parse_policy(raw.publishable)?,
+            identity_headers: parse_identity_headers(raw.identity_headers)?,
+            keep_authorization: raw.keep_authorization,
+        };
+        Ok(FilterConfig {
+            settings,
+            keys: build_key_map(&raw.keys, "keys")?,
+        })
+    }
+}
+
+fn parse_schemes(names: Option<&[String]>) -> Result<AcceptedSchemes, ConfigError> {
+    let Some(names) = names else {
+        return Ok(AcceptedSchemes::ALL);
+    };
+    let mut accepted = AcceptedSchemes {
+        token: false,
+        bearer: false,
+        basic: false,
+    };
+    for (i, name) in names.iter().enumerate() {
+        match Scheme::parse_name(name) {
+            Some(Scheme::Token) => accepted.token = true,
+            Some(Scheme::Bearer) => accepted.bearer = true,
+            Some(Scheme::Basic) => accepted.basic = true,
+            None => return Err(err(format!("schemes[{i}]"), Problem::UnknownScheme)),
+        }
+    }
+    if accepted.iter().next().is_none() {
+        return Err(err("schemes", Problem::NoSchemes));
+    }
+    Ok(accepted)
+}
+
+fn is_valid_realm(realm: &str) -> bool {
+    (1..=64).contains(&realm.len())
+        && realm
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+}
+
+fn challenges(schemes: AcceptedSchemes, realm: &str) -> String {
+    schemes
+        .iter()
+        .map(|s| format!("{} realm=\"{realm}\"", s.challenge_name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_policy(raw: Option<RawPublishable>) -> Result<Policy, ConfigError> {
+    let raw = raw.unwrap_or(RawPublishable {
+        api_prefixes: None,
+        retrieve_by_id: None,
+        allow: Vec::new(),
+    });
+    let prefixes: Vec<String> = raw
+        .api_prefixes
+        .unwrap_or_else(|| DEFAULT_API_PREFIXES.iter().map(|s| s.to_string()).collect());
+    let prefixes = prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Template::parse(p).map_err(|e| {
+                err(
+                    format!("publishable.api_prefixes[{i}]"),
+                    Problem::Template(e),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rules = Vec::with_capacity(raw.allow.len());
+    for (i, rule) in raw.allow.iter().enumerate() {
+        let field = format!("publishable.allow[{i}]");
+        if rule.methods.is_empty() {
+            return Err(err(format!("{field}.methods"), Problem::EmptyMethods));
+        }
+        let methods = rule
+            .methods
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                parse_method(m)
+                    .map_err(|e| err(format!("{field}.methods[{j}]"), Problem::Method(e)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let template = Template::parse(&rule.path)
+            .map_err(|e| err(format!("{field}.path"), Problem::Template(e)))?;
+        rules.push(Rule { methods, template });
+    }
+    Ok(Policy::new(
+        &prefixes,
+        raw.retrieve_by_id.unwrap_or(true),
+        rules,
+    ))
+}
+
+fn parse_identity_headers(raw: Option<RawIdentityHeaders>) -> Result<IdentityHeaders, ConfigError> {
+    let defaults = IdentityHeaders::default();
+    let Some(raw) = raw else {
+        return Ok(defaults);
+    };
+    let headers = IdentityHeaders {
+        account_id: raw.account_id.unwrap_or(defaults.account_id),
+        key_id: raw.key_id.unwrap_or(defaults.key_id),
+        key_type: raw.key_type.unwrap_or(defaults.key_type),
+        environment: raw.environment.unwrap_or(defaults.environment),
+    };
+    let fields = ["account_id", "key_id", "key_type", "environment"];
+    let names = headers.names();
+    for (i, (field, name)) in fields.iter().zip(names.iter()).enumerate() {
+        let path = format!("identity_headers.{field}");
+        if !is_valid_header_name(name) {
+            return Err(err(path, Problem::BadHeaderName));
+        }
+        if names[..i].contains(name) {
+            return Err(err(path, Problem::DuplicateHeaderName));
+        }
+    }
+    Ok(headers)
+}
+
+fn is_valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name != "authorization"
+        && name != "host"
+}
+
+fn is_valid_identifier(s: &str) -> bool {
+    (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) && !is_issued_key(s)
+}
+
+/// Builds a key map from its JSON entries; `field` names the list in errors.
+pub fn build_key_map(keys: &[RawKey], field: &str) -> Result<KeyMap, ConfigError> {
+    let mut accounts: HashMap<&str, Rc<str>> = HashMap::new();
+    let mut pairs = Vec::with_capacity(keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        let (digest, entry) = parse_key(k, &mut accounts)
+            .map_err(|(sub, problem)| err(format!("{field}[{i}].{sub}"), problem))?;
+        pairs.push((digest, entry));
+    }
+    KeyMap::build(pairs).map_err(|d| {
+        err(
+            format!("{field}[{}].digest", d.index),
+            Problem::DuplicateDigest,
+        )
+    })
+}
+
+fn parse_key<'a>(
+    k: &'a RawKey,
+    accounts: &mut HashMap<&'a str, Rc<str>>,
+) -> Result<(Digest, KeyEntry), (&'static str, Problem)> {
+    if KeyKind::split(&k.digest).is_some() {
+        return Err(("digest", Problem::PlaintextKey));
+    }
+    let digest = Digest::from_hex(&k.digest).map_err(|e| ("digest", Problem::Digest(e)))?;
+    if !is_valid_identifier(&k.account_id) {
+        return Err(("account_id", Problem::BadIdentifier));
+    }
+    if !is_valid_identifier(&k.key_id) {
+        return Err(("key_id", Problem::BadIdentifier));
+    }
+    let account_id = accounts
+        .entry(&k.account_id)
+        .or_insert_with(|| Rc::from(k.account_id.as_str()))
+        .clone();
+    Ok((
+        digest,
+        KeyEntry {
+            account_id,
+            key_id: k.key_id.as_str().into(),
+            kind: KeyKind::new(k.key_type, k.environment),
+            expires_at: k.expires_at,
+            disabled: k.disabled,
+        },
+    ))
+}

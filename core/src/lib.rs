@@ -1,0 +1,14 @@
+//! keygate-core: the pure logic of keygate, with no proxy-wasm in it, so that it is tested and
+//! fuzzed on the host and shared by the Envoy filter and `keygatectl`.
+
+pub mod config;
+pub mod credentials;
+pub mod decision;
+pub mod denial;
+pub mod digest;
+pub mod header_pairs;
+pub mod key;
+pub mod keymap;
+pub mod path;
+pub mod policy;
+pub mod sync;

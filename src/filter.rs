@@ -1,0 +1,135 @@
+//! The per-request path: one read of the header map, one decision, then either the identity
+//! headers for the upstream or a local answer. No client input reaches a panic.
+
+use crate::host;
+use crate::metrics::Metrics;
+use keygate_core::config::{FilterConfig, Settings};
+use keygate_core::decision::{decide, Decision, Request};
+use keygate_core::denial::Denial;
+use keygate_core::header_pairs;
+use keygate_core::keymap::KeyEntry;
+use log::warn;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+/// Authorization values kept per request; more than one is refused anyway.
+const MAX_AUTHORIZATION_VALUES: usize = 2;
+
+pub struct KeygateHttp {
+    config: Option<Rc<FilterConfig>>,
+    metrics: Option<Rc<Metrics>>,
+}
+
+impl KeygateHttp {
+    pub fn new(config: Option<Rc<FilterConfig>>, metrics: Option<Rc<Metrics>>) -> Self {
+        KeygateHttp { config, metrics }
+    }
+
+    fn deny(&self, settings: Option<&Settings>, denial: Denial) -> Action {
+        if let Some(metrics) = &self.metrics {
+            metrics.denied(denial);
+        }
+        let mut headers: Vec<(&[u8], &[u8])> = vec![(b"content-type", b"application/json")];
+        match (denial.status(), settings) {
+            (401, Some(settings)) => {
+                headers.push((b"www-authenticate", settings.www_authenticate.as_bytes()))
+            }
+            (503, _) => headers.push((b"retry-after", b"1")),
+            _ => {}
+        }
+        let body = denial.body();
+        if let Err(status) =
+            host::send_local_response(denial.status(), denial.details(), &headers, body.as_bytes())
+        {
+            warn!(
+                "keygate: cannot send the {} answer: {status:?}",
+                denial.status()
+            );
+        }
+        Action::Pause
+    }
+
+    /// Replaces client-sent identity headers with ours and drops the credential.
+    fn forward(&self, settings: &Settings, entry: &KeyEntry) -> Action {
+        let names = &settings.identity_headers;
+        let values: [&str; 4] = [
+            &entry.account_id,
+            &entry.key_id,
+            entry.kind.key_type.as_str(),
+            entry.kind.environment.as_str(),
+        ];
+        for (name, value) in names.names().iter().zip(values) {
+            // Replace drops every client-sent copy and sets ours in one host call.
+            let _ = hostcalls::set_map_value_bytes(
+                MapType::HttpRequestHeaders,
+                name,
+                Some(value.as_bytes()),
+            );
+        }
+        if !settings.keep_authorization {
+            let _ =
+                hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, "authorization", None);
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.allowed();
+        }
+        Action::Continue
+    }
+}
+
+impl Context for KeygateHttp {}
+
+impl HttpContext for KeygateHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(config) = self.config.clone() else {
+            return self.deny(None, Denial::KeyMapUnavailable);
+        };
+        let settings = &config.settings;
+        let Ok(buf) = host::request_header_map() else {
+            return self.deny(Some(settings), Denial::MalformedCredentials);
+        };
+        let Ok(pairs) = header_pairs::parse(&buf) else {
+            return self.deny(Some(settings), Denial::MalformedCredentials);
+        };
+        let mut authorization: [&[u8]; MAX_AUTHORIZATION_VALUES] = [&[]; MAX_AUTHORIZATION_VALUES];
+        let mut authorization_count = 0;
+        let mut method: &[u8] = &[];
+        let mut path: &[u8] = &[];
+        for (name, value) in pairs {
+            match name {
+                b"authorization" => {
+                    if let Some(slot) = authorization.get_mut(authorization_count) {
+                        *slot = value;
+                    }
+                    authorization_count += 1;
+                }
+                b":method" => method = value,
+                b":path" => path = value,
+                _ => {}
+            }
+        }
+        let seen = authorization_count.min(MAX_AUTHORIZATION_VALUES);
+        // Three or more values are still "repeated": keep two so the parser says so.
+        let request = Request {
+            authorization: &authorization[..seen],
+            method,
+            path,
+        };
+        match decide(settings, &config.keys, &request, now_unix_seconds) {
+            Decision::Allow(entry) => self.forward(settings, entry),
+            Decision::Deny(denial) => self.deny(Some(settings), denial),
+        }
+    }
+}
+
+/// The host's clock in Unix seconds; if the host cannot tell, "the far future", so an
+/// expiring key is refused rather than trusted.
+fn now_unix_seconds() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(u64::MAX, |d| d.as_secs())
+}

