@@ -82,6 +82,7 @@ pub struct ConfigError {
 pub enum Problem {
     /// Not JSON, a wrong type, an unknown or missing field (serde's own words).
     Json(String),
+    NotAnObject,
     UnsupportedVersion(u32),
     Digest(DigestError),
     PlaintextKey,
@@ -102,6 +103,7 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::Json(msg) => f.write_str(msg),
+            Problem::NotAnObject => f.write_str("the configuration must be a JSON object"),
             Problem::UnsupportedVersion(v) => write!(
                 f,
                 "unsupported config version {v}; this keygate reads version {CONFIG_VERSION}"
@@ -214,10 +216,13 @@ pub struct RawKey {
 impl FilterConfig {
     /// Parses and validates a whole plugin configuration.
     pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
+        // serde would also read a struct from a JSON array, by position: refuse that.
+        if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(err("", Problem::NotAnObject));
+        }
         let mut de = serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let field = e.path().to_string();
-            let field = if field == "." { String::new() } else { field };
+            let field = json_error_field(e.path());
             err(field, Problem::Json(e.into_inner().to_string()))
         })?;
         de.end()
@@ -247,6 +252,16 @@ impl FilterConfig {
             settings,
             keys: build_key_map(&raw.keys, "keys")?,
         })
+    }
+}
+
+/// The field path of a JSON error, empty when the error is about the document itself.
+pub(crate) fn json_error_field(path: &serde_path_to_error::Path) -> String {
+    let field = path.to_string();
+    if field == "." || field == "?" {
+        String::new()
+    } else {
+        field
     }
 }
 
@@ -419,4 +434,126 @@ fn parse_key<'a>(
             disabled: k.disabled,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn key_json(digest: &str) -> String {
+        format!(
+            r#"{{"digest":"{digest}","account_id":"acct_1","key_id":"key_1","type":"secret","environment":"test"}}"#
+        )
+    }
+
+    fn error_of(json: &str) -> String {
+        match FilterConfig::parse(json.as_bytes()) {
+            Ok(_) => panic!("config should be refused: {json}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let config = FilterConfig::parse(br#"{"version":1}"#).expect("valid");
+        let s = &config.settings;
+        assert_eq!(s.schemes, AcceptedSchemes::ALL);
+        assert_eq!(s.max_key_length, DEFAULT_MAX_KEY_LENGTH);
+        assert_eq!(s.environment, None);
+        assert!(!s.keep_authorization);
+        assert_eq!(s.identity_headers, IdentityHeaders::default());
+        assert_eq!(
+            s.www_authenticate,
+            r#"Token realm="keygate", Bearer realm="keygate", Basic realm="keygate""#
+        );
+        assert!(config.keys.is_empty());
+    }
+
+    #[test]
+    fn keys_and_options_are_read() {
+        let json = format!(
+            r#"{{"version":1,"schemes":["TOKEN","basic"],"realm":"api","environment":"production",
+                "keep_authorization":true,"identity_headers":{{"account_id":"x-account"}},
+                "keys":[{}]}}"#,
+            key_json(DIGEST)
+        );
+        let config = FilterConfig::parse(json.as_bytes()).expect("valid");
+        assert_eq!(
+            config.settings.www_authenticate,
+            r#"Token realm="api", Basic realm="api""#
+        );
+        assert_eq!(config.settings.environment, Some(Environment::Production));
+        assert_eq!(config.settings.identity_headers.account_id, "x-account");
+        assert_eq!(config.settings.identity_headers.key_id, "x-keygate-key-id");
+        let digest = Digest::from_hex(DIGEST).expect("hex");
+        assert_eq!(
+            config.keys.get(&digest).map(|e| &*e.account_id),
+            Some("acct_1")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_problem() {
+        let plaintext = crate::key::issue_key(KeyKind::ALL[0], &[1; 32]);
+        let cases: Vec<(String, &str)> = vec![
+            ("{".into(), "invalid keygate config: EOF while parsing an object at line 1 column 1"),
+            ("[]".into(), "invalid keygate config: the configuration must be a JSON object"),
+            ("".into(), "invalid keygate config: the configuration must be a JSON object"),
+            (r#"{"version":1,"extra":1}"#.into(), "invalid keygate config: extra: unknown field `extra`"),
+            (r#"{"version":2}"#.into(), "invalid keygate config: version: unsupported config version 2; this keygate reads version 1"),
+            (r#"{}"#.into(), "invalid keygate config: missing field `version` at line 1 column 2"),
+            (r#"{"version":1,"schemes":["digest"]}"#.into(), "invalid keygate config: schemes[0]: unknown scheme; use token, bearer or basic"),
+            (r#"{"version":1,"schemes":[]}"#.into(), "invalid keygate config: schemes: at least one scheme must be accepted"),
+            (r#"{"version":1,"realm":"a\"b"}"#.into(), "invalid keygate config: realm: must be 1-64 visible ASCII characters without '\"' or '\\'"),
+            (r#"{"version":1,"max_key_length":4}"#.into(), "invalid keygate config: max_key_length: must be between 16 and 1024"),
+            (r#"{"version":1,"identity_headers":{"key_id":"Authorization"}}"#.into(), "invalid keygate config: identity_headers.key_id: must be a lower-case header name (a-z, 0-9, '-'), not a pseudo-header, authorization or host"),
+            (r#"{"version":1,"identity_headers":{"key_id":"x-keygate-account-id"}}"#.into(), "invalid keygate config: identity_headers.key_id: names the same header as another field"),
+            (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json("abc")), "invalid keygate config: keys[0].digest: expected 64 hex characters (a SHA-256 digest), got 3"),
+            (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(&"z".repeat(64))), "invalid keygate config: keys[0].digest: expected only hex characters 0-9, a-f"),
+            (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(&plaintext)), "invalid keygate config: keys[0].digest: looks like a plaintext API key; configs hold only SHA-256 digests (see `keygatectl hash`)"),
+            (format!(r#"{{"version":1,"keys":[{},{}]}}"#, key_json(DIGEST), key_json(DIGEST)), "invalid keygate config: keys[1].digest: digest given by an earlier key too"),
+            (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(DIGEST).replace("acct_1", &plaintext)), "invalid keygate config: keys[0].account_id: must be 1-128 visible ASCII characters and not a plaintext key"),
+            (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(DIGEST).replace("\"secret\"", "\"admin\"")), "invalid keygate config: keys[0].type: unknown variant `admin`, expected `secret` or `publishable`"),
+            (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(DIGEST).replace("\"digest\"", "\"key\"")), "invalid keygate config: keys[0].key: unknown field `key`, expected one of `digest`, `account_id`, `key_id`, `type`, `environment`, `expires_at`, `disabled`"),
+            (r#"{"version":1,"publishable":{"allow":[{"methods":[],"path":"/a"}]}}"#.into(), "invalid keygate config: publishable.allow[0].methods: must list at least one method"),
+        ];
+        for (json, expected) in cases {
+            let got = error_of(&json);
+            assert!(
+                got.starts_with(expected),
+                "config {json}\n got: {got}\nwant: {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_rules_are_refused_by_field() {
+        let got = error_of(
+            r#"{"version":1,"publishable":{"allow":[{"methods":["POST"],"path":"v3/x"}]}}"#,
+        );
+        assert!(
+            got.starts_with("invalid keygate config: publishable.allow[0].path: "),
+            "{got}"
+        );
+        let got = error_of(
+            r#"{"version":1,"publishable":{"allow":[{"methods":["PO ST"],"path":"/v3/x"}]}}"#,
+        );
+        assert!(
+            got.starts_with("invalid keygate config: publishable.allow[0].methods[0]: "),
+            "{got}"
+        );
+        let got = error_of(r#"{"version":1,"publishable":{"api_prefixes":["/v3/{"]}}"#);
+        assert!(
+            got.starts_with("invalid keygate config: publishable.api_prefixes[0]: "),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn trailing_garbage_after_the_json_is_refused() {
+        let got = error_of(r#"{"version":1} x"#);
+        assert!(got.contains("trailing characters"), "{got}");
+    }
 }

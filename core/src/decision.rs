@@ -99,3 +99,186 @@ fn authorize(settings: &Settings, entry: &KeyEntry, request: &Request<'_>) -> Re
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FilterConfig;
+    use crate::key::{issue_key, KeyKind};
+
+    struct Fixture {
+        config: FilterConfig,
+        keys: [String; 4],
+    }
+
+    /// Keys of the four kinds for `acct_1`, plus whatever extra entries `extra` adds.
+    fn fixture(options: &str, extra: &[(&str, &str)]) -> Fixture {
+        let keys = KeyKind::ALL.map(|kind| issue_key(kind, &[kind.prefix().len() as u8; 32]));
+        let mut entries: Vec<String> = KeyKind::ALL
+            .iter()
+            .zip(&keys)
+            .map(|(kind, key)| {
+                format!(
+                    r#"{{"digest":"{}","account_id":"acct_1","key_id":"key_{}","type":"{}","environment":"{}"}}"#,
+                    Digest::of_key(key).to_hex(),
+                    kind.prefix().trim_end_matches('_'),
+                    kind.key_type.as_str(),
+                    kind.environment.as_str()
+                )
+            })
+            .collect();
+        for (key, fields) in extra {
+            entries.push(format!(
+                r#"{{"digest":"{}","account_id":"acct_1","key_id":"key_x",{fields}}}"#,
+                Digest::of_key(key).to_hex()
+            ));
+        }
+        let json = format!(r#"{{"version":1{options},"keys":[{}]}}"#, entries.join(","));
+        Fixture {
+            config: FilterConfig::parse(json.as_bytes()).expect("valid config"),
+            keys,
+        }
+    }
+
+    fn run(f: &Fixture, auth: &[&str], method: &str, path: &str) -> Result<String, Denial> {
+        let values: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
+        let request = Request {
+            authorization: &values,
+            method: method.as_bytes(),
+            path: path.as_bytes(),
+        };
+        match decide(&f.config.settings, &f.config.keys, &request, || 1_000) {
+            Decision::Allow(entry) => Ok(entry.key_id.to_string()),
+            Decision::Deny(d) => Err(d),
+        }
+    }
+
+    #[test]
+    fn each_kind_of_key_gets_what_it_may_do() {
+        let f = fixture("", &[]);
+        let [sk_test, pk_test, sk, pk] = &f.keys;
+        let token = |k: &str| format!("token {k}");
+        let allowed = |k: &str, m, p| run(&f, &[&token(k)], m, p).is_ok();
+        for secret in [sk_test, sk] {
+            for (m, p) in [
+                ("GET", "/v3/devices"),
+                ("POST", "/v3/devices"),
+                ("DELETE", "/v3/devices/1"),
+                ("PATCH", "/anything"),
+            ] {
+                assert!(allowed(secret, m, p), "{m} {p}");
+            }
+        }
+        for publishable in [pk_test, pk] {
+            assert!(allowed(publishable, "GET", "/v3/devices/abc"));
+            assert!(allowed(publishable, "HEAD", "/api/v1/users/42/"));
+            for (m, p) in [
+                ("GET", "/v3/devices"),
+                ("POST", "/v3/devices"),
+                ("DELETE", "/v3/devices/1"),
+                ("PUT", "/v3/devices/1"),
+            ] {
+                assert_eq!(
+                    run(&f, &[&token(publishable)], m, p),
+                    Err(Denial::InsufficientPermissions),
+                    "{m} {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn credentials_map_to_the_right_refusal() {
+        let f = fixture("", &[]);
+        let sk_test = &f.keys[0];
+        let typo = format!("{}x", &sk_test[..sk_test.len() - 1]);
+        let unknown = issue_key(KeyKind::ALL[0], &[99; 32]);
+        let cases: Vec<(Vec<String>, Result<&str, Denial>)> = vec![
+            (vec![], Err(Denial::MissingCredentials)),
+            (vec!["".into()], Err(Denial::MissingCredentials)),
+            (vec!["token".into()], Err(Denial::MalformedCredentials)),
+            (
+                vec![format!("token {sk_test}"), format!("token {sk_test}")],
+                Err(Denial::MalformedCredentials),
+            ),
+            (
+                vec![format!("token {sk_test}, token {sk_test}")],
+                Err(Denial::MalformedCredentials),
+            ),
+            (
+                vec![format!("Digest {sk_test}")],
+                Err(Denial::MalformedCredentials),
+            ),
+            (
+                vec![format!("token {}", "sk_".repeat(50))],
+                Err(Denial::MalformedCredentials),
+            ),
+            (vec![format!("token {typo}")], Err(Denial::InvalidApiKey)),
+            (vec![format!("token {unknown}")], Err(Denial::InvalidApiKey)),
+            (vec!["token xk_abc".into()], Err(Denial::InvalidApiKey)),
+            (vec![format!("TOKEN   {sk_test}")], Ok("key_sk_test")),
+            (vec![format!("Bearer {sk_test}")], Ok("key_sk_test")),
+        ];
+        for (auth, expected) in cases {
+            let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+            let got = run(&f, &auth, "GET", "/v3/devices");
+            assert_eq!(got.as_deref().map_err(|d| *d), expected, "{auth:?}");
+        }
+    }
+
+    #[test]
+    fn basic_needs_the_keys_own_account() {
+        use base64::Engine as _;
+        let f = fixture("", &[]);
+        let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+        let key = &f.keys[0];
+        let basic = |user_pass: String| format!("Basic {}", b64(user_pass));
+        assert!(run(&f, &[&basic(format!("{key}:"))], "GET", "/").is_ok());
+        assert!(run(&f, &[&basic(format!("acct_1:{key}"))], "GET", "/").is_ok());
+        assert_eq!(
+            run(&f, &[&basic(format!("acct_2:{key}"))], "GET", "/"),
+            Err(Denial::InvalidApiKey)
+        );
+    }
+
+    #[test]
+    fn entry_state_and_prefix_are_checked() {
+        let expired = issue_key(KeyKind::ALL[0], &[1; 32]);
+        let live = issue_key(KeyKind::ALL[0], &[2; 32]);
+        let disabled = issue_key(KeyKind::ALL[0], &[3; 32]);
+        let mislabeled = issue_key(KeyKind::ALL[1], &[4; 32]);
+        let f = fixture(
+            "",
+            &[
+                (
+                    &expired,
+                    r#""type":"secret","environment":"test","expires_at":1000"#,
+                ),
+                (
+                    &live,
+                    r#""type":"secret","environment":"test","expires_at":1001"#,
+                ),
+                (
+                    &disabled,
+                    r#""type":"secret","environment":"test","disabled":true"#,
+                ),
+                (&mislabeled, r#""type":"secret","environment":"test""#),
+            ],
+        );
+        let check = |k: &str| run(&f, &[&format!("token {k}")], "GET", "/v3/x");
+        assert_eq!(check(&expired), Err(Denial::ExpiredApiKey));
+        assert!(check(&live).is_ok());
+        assert_eq!(check(&disabled), Err(Denial::DisabledApiKey));
+        assert_eq!(check(&mislabeled), Err(Denial::InvalidApiKey));
+    }
+
+    #[test]
+    fn a_production_listener_refuses_test_keys() {
+        let f = fixture(r#","environment":"production""#, &[]);
+        let check = |k: &str| run(&f, &[&format!("token {k}")], "GET", "/v3/devices/1");
+        assert_eq!(check(&f.keys[0]), Err(Denial::WrongEnvironment));
+        assert_eq!(check(&f.keys[1]), Err(Denial::WrongEnvironment));
+        assert!(check(&f.keys[2]).is_ok());
+        assert!(check(&f.keys[3]).is_ok());
+    }
+}

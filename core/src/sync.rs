@@ -60,13 +60,11 @@ pub enum ValidMessage {
 /// Parses and validates a key-map answer. Nothing is applied if anything in it is wrong.
 pub fn parse_message(body: &[u8]) -> Result<ValidMessage, ConfigError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let message: KeyMapMessage = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
-        ConfigError {
-            field: if field == "." { String::new() } else { field },
+    let message: KeyMapMessage =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError {
+            field: crate::config::json_error_field(e.path()),
             problem: crate::config::Problem::Json(e.into_inner().to_string()),
-        }
-    })?;
+        })?;
     match message {
         KeyMapMessage::Full { version, keys } => Ok(ValidMessage::Full {
             version,

