@@ -2,16 +2,18 @@
 //! headers for the upstream or a local answer. No client input reaches a panic.
 
 use crate::host;
-use crate::metrics::Metrics;
-use keygate_core::config::{FilterConfig, Settings};
+use crate::root::FilterShared;
+use keygate_core::bucket::{self, KeyInfo};
+use keygate_core::config::Settings;
 use keygate_core::decision::{decide, Decision, Request};
 use keygate_core::denial::Denial;
+use keygate_core::digest::Digest;
 use keygate_core::header_pairs;
-use keygate_core::keymap::KeyEntry;
 use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
+use std::cell::OnceCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -19,18 +21,17 @@ use std::time::UNIX_EPOCH;
 const MAX_AUTHORIZATION_VALUES: usize = 2;
 
 pub struct KeygateHttp {
-    config: Option<Rc<FilterConfig>>,
-    metrics: Option<Rc<Metrics>>,
+    shared: Option<Rc<FilterShared>>,
 }
 
 impl KeygateHttp {
-    pub fn new(config: Option<Rc<FilterConfig>>, metrics: Option<Rc<Metrics>>) -> Self {
-        KeygateHttp { config, metrics }
+    pub fn new(shared: Option<Rc<FilterShared>>) -> Self {
+        KeygateHttp { shared }
     }
 
     fn deny(&self, settings: Option<&Settings>, denial: Denial) -> Action {
-        if let Some(metrics) = &self.metrics {
-            metrics.denied(denial);
+        if let Some(shared) = &self.shared {
+            shared.metrics.denied(denial);
         }
         let mut headers: Vec<(&[u8], &[u8])> = vec![(b"content-type", b"application/json")];
         match (denial.status(), settings) {
@@ -53,11 +54,11 @@ impl KeygateHttp {
     }
 
     /// Replaces client-sent identity headers with ours and drops the credential.
-    fn forward(&self, settings: &Settings, entry: &KeyEntry) -> Action {
+    fn forward(&self, settings: &Settings, entry: &KeyInfo<'_>) -> Action {
         let names = &settings.identity_headers;
         let values: [&str; 4] = [
-            &entry.account_id,
-            &entry.key_id,
+            entry.account_id,
+            entry.key_id,
             entry.kind.key_type.as_str(),
             entry.kind.environment.as_str(),
         ];
@@ -73,8 +74,8 @@ impl KeygateHttp {
             let _ =
                 hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, "authorization", None);
         }
-        if let Some(metrics) = &self.metrics {
-            metrics.allowed();
+        if let Some(shared) = &self.shared {
+            shared.metrics.allowed();
         }
         Action::Continue
     }
@@ -84,10 +85,22 @@ impl Context for KeygateHttp {}
 
 impl HttpContext for KeygateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(config) = self.config.clone() else {
+        let Some(shared) = self.shared.clone() else {
             return self.deny(None, Denial::KeyMapUnavailable);
         };
+        let config = &shared.config;
         let settings = &config.settings;
+        // Sync mode serves the synced map once one is published; until then the config's
+        // bootstrap keys, and with none of those, 503 (fail closed).
+        let synced = shared.synced.as_ref().filter(|s| {
+            if s.version().is_none() {
+                s.refresh();
+            }
+            s.version().is_some()
+        });
+        if shared.synced.is_some() && synced.is_none() && config.keys.is_empty() {
+            return self.deny(Some(settings), Denial::KeyMapUnavailable);
+        }
         let Ok(buf) = host::request_header_map() else {
             return self.deny(Some(settings), Denial::MalformedCredentials);
         };
@@ -118,8 +131,17 @@ impl HttpContext for KeygateHttp {
             method,
             path,
         };
-        match decide(settings, &config.keys, &request, now_unix_seconds) {
-            Decision::Allow(entry) => self.forward(settings, entry),
+        // Holds the looked-up bucket for as long as the decision borrows from it.
+        let bucket_holder = OnceCell::new();
+        let lookup = |digest: &Digest| match synced {
+            Some(map) => {
+                let bytes = bucket_holder.get_or_init(|| map.bucket(bucket::bucket_of(digest)));
+                bucket::find(bytes, digest)
+            }
+            None => config.keys.get(digest).map(|e| e.info()),
+        };
+        match decide(settings, lookup, &request, now_unix_seconds) {
+            Decision::Allow(entry) => self.forward(settings, &entry),
             Decision::Deny(denial) => self.deny(Some(settings), denial),
         }
     }

@@ -7,6 +7,8 @@ mod filter;
 mod host;
 mod metrics;
 mod root;
+mod sync_service;
+mod synced_map;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);

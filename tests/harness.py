@@ -60,6 +60,20 @@ def set_plugin_config(config, plugin):
         f["config"]["configuration"]["value"] = json.dumps(plugin)
 
 
+def wasm_services(config):
+    return [d for d in walk(config) if d.get("@type", "").endswith("wasm.v3.WasmService")]
+
+
+def service_config(config):
+    """The keygate_sync service's configuration, as a dict."""
+    return json.loads(wasm_services(config)[0]["config"]["configuration"]["value"])
+
+
+def set_service_config(config, service):
+    for s in wasm_services(config):
+        s["config"]["configuration"]["value"] = json.dumps(service)
+
+
 def localize(config, ports):
     """Points an example config at this test's ports and the built wasm. `ports` maps the
     example's port numbers to the test's."""
@@ -77,9 +91,12 @@ class Envoy:
     """One Envoy process. `start` returns once the admin endpoint reports LIVE and the
     listener accepts connections, or raises with Envoy's log."""
 
-    def __init__(self, config, concurrency=2, workdir=None):
+    def __init__(self, config, concurrency=2, workdir=None, log_flush_ms=50):
         self.config = config
         self.concurrency = concurrency
+        # How often Envoy flushes its access logs (its default, 10 s, would keep the stdout
+        # access log out of `read_log` for that long).
+        self.log_flush_ms = log_flush_ms
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="keygate-envoy-"))
         self.proc = None
         self.admin_port = next(
@@ -96,6 +113,7 @@ class Envoy:
                 envoy_binary(), "-c", str(path),
                 "--concurrency", str(self.concurrency),
                 "--disable-hot-restart",
+                "--file-flush-interval-msec", str(self.log_flush_ms),
                 "--log-level", "info",
                 "--component-log-level", "wasm:debug",
             ],
@@ -138,6 +156,24 @@ class Envoy:
             if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
                 out[name[len(prefix):]] = int(value)
         return out
+
+    def access_log(self, predicate=lambda entry: True, count=1, timeout=5):
+        """The JSON lines of the stdout access log matching `predicate`, waiting up to
+        `timeout` seconds for at least `count` of them (Envoy flushes access logs on a timer)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = []
+            for line in self.read_log().splitlines():
+                if line.startswith("{"):
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    if predicate(entry):
+                        entries.append(entry)
+            if len(entries) >= count or time.monotonic() >= deadline:
+                return entries
+            time.sleep(0.02)
 
     def read_log(self):
         try:

@@ -67,7 +67,11 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct FilterConfig {
     pub settings: Settings,
+    /// The plugin configuration's own keys: the whole map in static mode; in sync mode the
+    /// bootstrap map served until the first synced map arrives.
     pub keys: KeyMap,
+    /// Sync mode: the shared-data namespace the fetcher service publishes to.
+    pub sync_namespace: Option<String>,
 }
 
 /// What is wrong with a configuration, and where.
@@ -95,6 +99,9 @@ pub enum Problem {
     DuplicateHeaderName,
     BadIdentifier,
     EmptyMethods,
+    BadName,
+    BadSyncPath,
+    OutOfRange(&'static str, &'static str),
     Method(MethodError),
     Template(TemplateError),
 }
@@ -127,6 +134,13 @@ impl fmt::Display for Problem {
                 f.write_str("must be 1-128 visible ASCII characters and not a plaintext key")
             }
             Problem::EmptyMethods => f.write_str("must list at least one method"),
+            Problem::BadName => {
+                f.write_str("must be 1-128 characters of letters, digits, '-', '_', '.', ':'")
+            }
+            Problem::BadSyncPath => {
+                f.write_str("must start with '/' and hold no query, fragment or spaces")
+            }
+            Problem::OutOfRange(low, high) => write!(f, "must be between {low} and {high}"),
             Problem::Method(e) => e.fmt(f),
             Problem::Template(e) => e.fmt(f),
         }
@@ -170,6 +184,13 @@ struct RawConfig {
     publishable: Option<RawPublishable>,
     #[serde(default)]
     keys: Vec<RawKey>,
+    sync: Option<RawSyncRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSyncRef {
+    namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -248,9 +269,22 @@ impl FilterConfig {
             identity_headers: parse_identity_headers(raw.identity_headers)?,
             keep_authorization: raw.keep_authorization,
         };
+        let sync_namespace = match raw.sync {
+            None => None,
+            Some(sync) => {
+                let namespace = sync
+                    .namespace
+                    .unwrap_or_else(|| crate::service_config::DEFAULT_NAMESPACE.into());
+                if !crate::service_config::is_valid_name(&namespace) {
+                    return Err(err("sync.namespace", Problem::BadName));
+                }
+                Some(namespace)
+            }
+        };
         Ok(FilterConfig {
             settings,
             keys: build_key_map(&raw.keys, "keys")?,
+            sync_namespace,
         })
     }
 }

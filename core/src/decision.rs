@@ -1,12 +1,12 @@
 //! The whole authentication decision for one request, from what the filter read off it.
 //! Pure: the filter supplies the header values, method, path and a clock.
 
+use crate::bucket::KeyInfo;
 use crate::config::Settings;
 use crate::credentials::{parse_authorization, CredentialError};
 use crate::denial::Denial;
 use crate::digest::Digest;
 use crate::key::{check_key, KeyFormatError, KeyType};
-use crate::keymap::{KeyEntry, KeyMap};
 use crate::path::normalize;
 
 /// What the filter read off a request.
@@ -19,20 +19,21 @@ pub struct Request<'a> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision<'m> {
-    Allow(&'m KeyEntry),
+    Allow(KeyInfo<'m>),
     Deny(Denial),
 }
 
-/// Decides one request. `now` (Unix seconds) is asked only when a key has an expiry, so the
-/// common path makes no clock call.
+/// Decides one request. `lookup` finds a digest in whichever key map serves (plugin config
+/// or synced); `now` (Unix seconds) is asked only when a key has an expiry, so the common
+/// path makes no clock call.
 pub fn decide<'m>(
     settings: &Settings,
-    keys: &'m KeyMap,
+    lookup: impl FnOnce(&Digest) -> Option<KeyInfo<'m>>,
     request: &Request<'_>,
     now: impl FnOnce() -> u64,
 ) -> Decision<'m> {
-    match authenticate(settings, keys, request, now) {
-        Ok(entry) => match authorize(settings, entry, request) {
+    match authenticate(settings, lookup, request, now) {
+        Ok(entry) => match authorize(settings, &entry, request) {
             Ok(()) => Decision::Allow(entry),
             Err(denial) => Decision::Deny(denial),
         },
@@ -43,10 +44,10 @@ pub fn decide<'m>(
 /// Who is calling: a known, live key whose prefix and account agree with its entry.
 fn authenticate<'m>(
     settings: &Settings,
-    keys: &'m KeyMap,
+    lookup: impl FnOnce(&Digest) -> Option<KeyInfo<'m>>,
     request: &Request<'_>,
     now: impl FnOnce() -> u64,
-) -> Result<&'m KeyEntry, Denial> {
+) -> Result<KeyInfo<'m>, Denial> {
     let credential = parse_authorization(
         request.authorization,
         settings.schemes,
@@ -60,9 +61,7 @@ fn authenticate<'m>(
         KeyFormatError::UnknownPrefix | KeyFormatError::BadChecksum => Denial::InvalidApiKey,
         KeyFormatError::EmptyBody | KeyFormatError::BadCharacter => Denial::MalformedCredentials,
     })?;
-    let entry = keys
-        .get(&Digest::of_key(&credential.key))
-        .ok_or(Denial::InvalidApiKey)?;
+    let entry = lookup(&Digest::of_key(&credential.key)).ok_or(Denial::InvalidApiKey)?;
     // A prefix that disagrees with the entry, or a key of another account, is answered
     // exactly as an unknown key: nothing tells the caller the key exists.
     if entry.kind != kind {
@@ -85,7 +84,11 @@ fn authenticate<'m>(
 }
 
 /// What the caller may do: the listener's environment, then the publishable-key rules.
-fn authorize(settings: &Settings, entry: &KeyEntry, request: &Request<'_>) -> Result<(), Denial> {
+fn authorize(
+    settings: &Settings,
+    entry: &KeyInfo<'_>,
+    request: &Request<'_>,
+) -> Result<(), Denial> {
     if let Some(environment) = settings.environment {
         if entry.kind.environment != environment {
             return Err(Denial::WrongEnvironment);
@@ -147,7 +150,8 @@ mod tests {
             method: method.as_bytes(),
             path: path.as_bytes(),
         };
-        match decide(&f.config.settings, &f.config.keys, &request, || 1_000) {
+        let lookup = |d: &Digest| f.config.keys.get(d).map(|e| e.info());
+        match decide(&f.config.settings, lookup, &request, || 1_000) {
             Decision::Allow(entry) => Ok(entry.key_id.to_string()),
             Decision::Deny(d) => Err(d),
         }

@@ -1,6 +1,7 @@
 //! The key map: digest of a key → what the key is. Lookup is one hash probe whatever the
 //! number of keys, and digests are compared in constant time (`Digest`'s equality).
 
+use crate::bucket::KeyInfo;
 use crate::digest::{Digest, DigestBuildHasher};
 use crate::key::KeyKind;
 use std::collections::HashMap;
@@ -18,6 +19,18 @@ pub struct KeyEntry {
     /// Unix seconds after which the key is refused (a rolled key's grace period).
     pub expires_at: Option<u64>,
     pub disabled: bool,
+}
+
+impl KeyEntry {
+    pub fn info(&self) -> KeyInfo<'_> {
+        KeyInfo {
+            account_id: &self.account_id,
+            key_id: &self.key_id,
+            kind: self.kind,
+            expires_at: self.expires_at,
+            disabled: self.disabled,
+        }
+    }
 }
 
 /// A digest appeared twice where the map must be one-to-one.

@@ -1,6 +1,7 @@
 //! keygate-core: the pure logic of keygate, with no proxy-wasm in it, so that it is tested and
 //! fuzzed on the host and shared by the Envoy filter and `keygatectl`.
 
+pub mod bucket;
 pub mod config;
 pub mod credentials;
 pub mod decision;
@@ -11,4 +12,5 @@ pub mod key;
 pub mod keymap;
 pub mod path;
 pub mod policy;
+pub mod service_config;
 pub mod sync;

@@ -1,0 +1,184 @@
+"""Sync mode through a real Envoy (2 workers): the singleton fetcher polls a control plane,
+publishes to shared data, and every worker obeys; faults keep the last good map."""
+
+import time
+
+import httpx
+import pytest
+
+import harness
+import keys as keylib
+from controlplane import ScriptedControlPlane
+
+INTERVAL_MS = 200
+
+
+def start_sync_envoy(upstream, cp, plugin_overrides=None, service_overrides=None):
+    config = harness.load_example("envoy-sync.yaml")
+    ports = {
+        9901: harness.free_port(),
+        10000: harness.free_port(),
+        8081: upstream.server_address[1],
+        8080: cp.port,
+    }
+    config = harness.localize(config, ports)
+    plugin = harness.plugin_config(config)
+    plugin.update(plugin_overrides or {})
+    harness.set_plugin_config(config, plugin)
+    service = harness.service_config(config)
+    service.update({"interval_ms": INTERVAL_MS, "timeout_ms": 500})
+    service.update(service_overrides or {})
+    harness.set_service_config(config, service)
+    envoy = harness.Envoy(config, concurrency=2)
+    envoy.start()
+    envoy.url = f"http://127.0.0.1:{ports[10000]}"
+    return envoy
+
+
+@pytest.fixture
+def cp():
+    server = ScriptedControlPlane()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def synced(upstream, cp, keyset):
+    cp.publish(keyset.entries)
+    envoy = start_sync_envoy(upstream, cp)
+    wait_for(lambda: status_of(envoy, keyset.keys["sk_test"]) == 200)
+    yield envoy
+    envoy.stop()
+
+
+def status_of(envoy, key, path="/v3/devices"):
+    """One request on a fresh connection, so Envoy may pick any worker."""
+    headers = {"authorization": f"token {key}", "connection": "close"}
+    return httpx.get(envoy.url + path, headers=headers, timeout=5).status_code
+
+
+def statuses(envoy, key, n=12):
+    return {status_of(envoy, key) for _ in range(n)}
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_before_the_first_map_requests_fail_closed_with_503(upstream, cp, keyset):
+    cp.answer(500, "not ready")
+    envoy = start_sync_envoy(upstream, cp)
+    try:
+        r = httpx.get(envoy.url + "/v3/devices", headers={"authorization": f"token {keyset.keys['sk_test']}"})
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "key_map_unavailable"
+        assert upstream.take() == []
+        cp.publish(keyset.entries)
+        wait_for(lambda: status_of(envoy, keyset.keys["sk_test"]) == 200)
+    finally:
+        envoy.stop()
+
+
+def test_bootstrap_keys_serve_until_the_first_sync(upstream, cp, keyset):
+    cp.answer(500, "not ready")
+    envoy = start_sync_envoy(upstream, cp, plugin_overrides={"keys": keyset.entries[:1]})
+    try:
+        assert status_of(envoy, keyset.keys["sk_test"]) == 200
+    finally:
+        envoy.stop()
+
+
+def test_synced_keys_work_on_every_worker(synced, keyset):
+    for name in ("sk_test", "sk_production"):
+        assert statuses(synced, keyset.keys[name]) == {200}
+    assert statuses(synced, keyset.keys["pk_test"]) == {403}
+    gauges = synced.counters("wasmcustom.keygate.sync.")
+    assert gauges["version"] == 1
+    assert gauges["keys"] == 4
+
+
+def test_a_roll_reaches_every_worker_within_the_interval(synced, cp, keyset):
+    old = keyset.keys["sk_test"]
+    new = keylib.make_key("secret", "test")
+    entries = [e for e in keyset.entries if e["digest"] != keylib.digest(old)]
+    entries.append(keylib.entry(new, "acct_demo", "key_new", "secret", "test"))
+    started = time.monotonic()
+    cp.publish(entries)
+    done = wait_for(lambda: statuses(synced, old, 6) == {401} and statuses(synced, new, 6) == {200})
+    elapsed = done - started
+    print(f"roll visible on every worker after {elapsed * 1000:.0f} ms")
+    assert elapsed < INTERVAL_MS / 1000 * 1.2 + 1.0
+    assert httpx.get(synced.url + "/v3/x", headers={"authorization": f"token {old}"}).json()["error"]["code"] == "invalid_api_key"
+
+
+def test_unchanged_maps_are_answered_304_and_polled_with_the_version(synced, cp):
+    time.sleep(INTERVAL_MS / 1000 * 3)
+    later = [p for p in cp.polls[1:]]
+    assert later, "the fetcher keeps polling"
+    assert all(inm == '"1"' and path.endswith("?since=1") for path, inm in later)
+    assert synced.counters("wasmcustom.keygate.sync.")["not_modified"] >= 1
+
+
+@pytest.mark.parametrize(
+    "status,body",
+    [
+        (200, "this is not json"),
+        (200, '{"kind":"full","version":9,"keys":['),  # truncated
+        (200, '{"kind":"full","version":9,"keys":[{"digest":"zz"}]}'),  # wrong schema
+        (200, '{"kind":"full","version":9}'),
+        (200, '{"kind":"full","version":9,"keys":[]}'),  # empty map: looks like a mistake
+        (200, '{"kind":"full","version":0,"keys":[]}'),  # older version
+        (500, "internal error"),
+        (404, "not found"),
+    ],
+)
+def test_bad_answers_keep_the_last_good_map(synced, cp, keyset, status, body):
+    before = synced.counters("wasmcustom.keygate.sync.")
+    cp.answer(status, body)
+    wait_for(lambda: synced.counters("wasmcustom.keygate.sync.").get("errors", 0) > before.get("errors", 0))
+    assert statuses(synced, keyset.keys["sk_test"]) == {200}
+    assert synced.counters("wasmcustom.keygate.sync.")["version"] == 1
+
+
+def test_control_plane_down_then_back(synced, cp, keyset):
+    cp.down = True
+    wait_for(lambda: synced.counters("wasmcustom.keygate.sync.").get("errors", 0) >= 2)
+    assert statuses(synced, keyset.keys["sk_test"]) == {200}
+    new = keylib.make_key("secret", "test")
+    cp.publish(keyset.entries + [keylib.entry(new, "acct_demo", "key_new", "secret", "test")])
+    cp.down = False
+    wait_for(lambda: status_of(synced, new) == 200)
+    assert synced.counters("wasmcustom.keygate.sync.")["version"] == 2
+
+
+def test_a_hanging_control_plane_times_out_and_the_map_keeps_serving(synced, cp, keyset):
+    cp.hang = True
+    time.sleep(1.2)
+    assert statuses(synced, keyset.keys["sk_test"]) == {200}
+    assert synced.counters("wasmcustom.keygate.sync.")["errors"] >= 1
+    cp.hang = False
+
+
+def test_no_wrong_decision_while_the_map_changes_many_times(synced, cp, keyset):
+    steady = keyset.keys["sk_test"]
+    failures = 0
+    total = 0
+    extra = []
+    deadline = time.monotonic() + 3
+    with httpx.Client(base_url=synced.url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            if total % 20 == 0:
+                extra.append(keylib.entry(keylib.make_key(), "acct_x", f"k{total}", "secret", "test"))
+                cp.publish(keyset.entries + extra[-5:])
+            r = client.get("/v3/devices", headers={"authorization": f"token {steady}"})
+            total += 1
+            failures += r.status_code != 200
+    assert cp.version > 5
+    assert total > 100
+    assert failures == 0
