@@ -1,0 +1,88 @@
+"""Push mode through a real Envoy (2 workers): the filter config, key map included, arrives
+by extension config discovery from a watched file; a new file replaces the map on every
+worker without a restart; a bad push is refused and the last good config keeps serving."""
+
+import json
+import os
+import time
+
+import httpx
+import yaml
+
+import harness
+import keys as keylib
+
+
+def write_resource(path, plugin):
+    """Atomically replaces the ECDS file, as `keygatectl export --output` does."""
+    resource = yaml.safe_load((harness.ENVOY_DIR / "keygate-filter.yaml").read_text())
+    wasm = resource["resources"][0]["typed_config"]["config"]
+    wasm["vm_config"]["code"]["local"]["filename"] = str(harness.WASM)
+    wasm["configuration"]["value"] = json.dumps(plugin)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(resource))
+    os.replace(tmp, path)
+
+
+def start_push_envoy(upstream, plugin):
+    config = harness.load_example("envoy-ecds.yaml")
+    ports = {9901: harness.free_port(), 10000: harness.free_port(), 8081: upstream.server_address[1]}
+    config = harness.localize(config, ports)
+    envoy = harness.Envoy(config, concurrency=2)
+    ecds_dir = envoy.dir / "ecds"
+    ecds_dir.mkdir()
+    envoy.ecds_file = ecds_dir / "keygate-filter.yaml"
+    for d in harness.walk(config):
+        if "path_config_source" in d:
+            d["path_config_source"]["path"] = str(envoy.ecds_file)
+            d["path_config_source"]["watched_directory"]["path"] = str(ecds_dir)
+    write_resource(envoy.ecds_file, plugin)
+    envoy.start()
+    envoy.url = f"http://127.0.0.1:{ports[10000]}"
+    return envoy
+
+
+def status_of(envoy, key):
+    headers = {"authorization": f"token {key}", "connection": "close"}
+    return httpx.get(envoy.url + "/v3/devices", headers=headers, timeout=5).status_code
+
+
+def all_workers(envoy, key, n=8):
+    return {status_of(envoy, key) for _ in range(n)}
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_a_pushed_config_replaces_the_map_on_every_worker(upstream, keyset):
+    old, new = keyset.keys["sk_test"], keylib.make_key()
+    envoy = start_push_envoy(upstream, {"version": 1, "keys": keyset.entries})
+    try:
+        assert all_workers(envoy, old) == {200}
+        assert all_workers(envoy, new) == {401}
+        rolled = [e for e in keyset.entries if e["digest"] != keylib.digest(old)]
+        rolled.append(keylib.entry(new, "acct_demo", "key_new", "secret", "test"))
+        write_resource(envoy.ecds_file, {"version": 1, "keys": rolled})
+        wait_for(lambda: all_workers(envoy, old) == {401} and all_workers(envoy, new) == {200})
+    finally:
+        envoy.stop()
+
+
+def test_a_bad_push_is_refused_and_the_last_good_config_keeps_serving(upstream, keyset):
+    key = keyset.keys["sk_test"]
+    envoy = start_push_envoy(upstream, {"version": 1, "keys": keyset.entries})
+    try:
+        bad = {"version": 1, "keys": [dict(keyset.entries[0], digest=key)]}  # a plaintext key
+        write_resource(envoy.ecds_file, bad)
+        wait_for(lambda: "keys[0].digest: looks like a plaintext API key" in envoy.read_log())
+        time.sleep(0.3)
+        assert all_workers(envoy, key) == {200}
+        assert key not in envoy.read_log()
+    finally:
+        envoy.stop()
