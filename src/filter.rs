@@ -9,6 +9,7 @@ use keygate_core::decision::{decide, Decision, Request};
 use keygate_core::denial::Denial;
 use keygate_core::digest::Digest;
 use keygate_core::header_pairs;
+use keygate_core::request_scan;
 use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -16,9 +17,6 @@ use proxy_wasm::types::{Action, MapType};
 use std::cell::OnceCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
-
-/// Authorization values kept per request; more than one is refused anyway.
-const MAX_AUTHORIZATION_VALUES: usize = 2;
 
 pub struct KeygateHttp {
     shared: Option<Rc<FilterShared>>,
@@ -107,29 +105,13 @@ impl HttpContext for KeygateHttp {
         let Ok(pairs) = header_pairs::parse(&buf) else {
             return self.deny(Some(settings), Denial::MalformedCredentials);
         };
-        let mut authorization: [&[u8]; MAX_AUTHORIZATION_VALUES] = [&[]; MAX_AUTHORIZATION_VALUES];
-        let mut authorization_count = 0;
-        let mut method: &[u8] = &[];
-        let mut path: &[u8] = &[];
-        for (name, value) in pairs {
-            match name {
-                b"authorization" => {
-                    if let Some(slot) = authorization.get_mut(authorization_count) {
-                        *slot = value;
-                    }
-                    authorization_count += 1;
-                }
-                b":method" => method = value,
-                b":path" => path = value,
-                _ => {}
-            }
-        }
-        let seen = authorization_count.min(MAX_AUTHORIZATION_VALUES);
-        // Three or more values are still "repeated": keep two so the parser says so.
+        let scanned = request_scan::scan(pairs, &settings.identity_headers);
+        let overrides = scanned.method_overrides();
         let request = Request {
-            authorization: &authorization[..seen],
-            method,
-            path,
+            authorization: scanned.authorization(),
+            method: scanned.method,
+            path: scanned.path,
+            method_overrides: overrides,
         };
         // Holds the looked-up bucket for as long as the decision borrows from it.
         let bucket_holder = OnceCell::new();
@@ -142,8 +124,25 @@ impl HttpContext for KeygateHttp {
         };
         match decide(settings, lookup, &request, now_unix_seconds) {
             Decision::Allow(entry) => self.forward(settings, &entry),
-            Decision::Deny(denial) => self.deny(Some(settings), denial),
+            Decision::Deny(denial) => {
+                // The access log reads request headers: a refused client must not be able
+                // to write an identity there.
+                remove_sent_identity(settings, &scanned.identity_sent);
+                self.deny(Some(settings), denial)
+            }
         }
+    }
+}
+
+fn remove_sent_identity(settings: &Settings, sent: &[bool; 4]) {
+    for (name, _) in settings
+        .identity_headers
+        .names()
+        .iter()
+        .zip(sent)
+        .filter(|(_, sent)| **sent)
+    {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
     }
 }
 

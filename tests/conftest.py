@@ -85,3 +85,48 @@ def client(request, gate):
         c = httpx.Client(base_url=gate.url, timeout=5, http1=False, http2=True)
     yield c
     c.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Shared, longer-lived Envoys for the feature suites: one per module and configuration, so a
+# suite pays Envoy's start-up once rather than once per test.
+
+PROTOCOLS = ["http1", "http2"]
+
+
+def http_client(protocol, url):
+    """An httpx client speaking HTTP/1.1 or HTTP/2 with prior knowledge."""
+    if protocol == "http1":
+        return httpx.Client(base_url=url, timeout=5)
+    return httpx.Client(base_url=url, timeout=5, http1=False, http2=True)
+
+
+class GatePool:
+    """Envoys with keygate started on demand, one per distinct set of plugin overrides, all
+    forwarding to one upstream with one key set; `stop` ends them all."""
+
+    def __init__(self, upstream, keyset):
+        self.upstream = upstream
+        self.keyset = keyset
+        self.started = {}
+
+    def get(self, **overrides):
+        import json
+
+        name = json.dumps(overrides, sort_keys=True)
+        if name not in self.started:
+            self.started[name] = start_envoy(self.upstream, overrides, keyset=self.keyset)
+        return self.started[name]
+
+    def stop(self):
+        for envoy in self.started.values():
+            envoy.stop()
+        self.started.clear()
+
+
+@pytest.fixture(scope="module")
+def module_upstream():
+    server = upstream_mod.start()
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -15,6 +15,8 @@ pub struct Request<'a> {
     pub authorization: &'a [&'a [u8]],
     pub method: &'a [u8],
     pub path: &'a [u8],
+    /// Values of method-override headers; `None` when there were too many to judge.
+    pub method_overrides: Option<&'a [&'a [u8]]>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -96,10 +98,22 @@ fn authorize(
     }
     match entry.kind.key_type {
         KeyType::Secret => Ok(()),
-        KeyType::Publishable => match normalize(request.path) {
-            Ok(path) if settings.policy.allows(request.method, &path) => Ok(()),
-            _ => Err(Denial::InsufficientPermissions),
-        },
+        KeyType::Publishable => {
+            let path = normalize(request.path).map_err(|_| Denial::InsufficientPermissions)?;
+            // A method override must name an allowed call too, or a framework that honours
+            // it would turn an allowed GET into a forbidden DELETE.
+            let overrides = request
+                .method_overrides
+                .ok_or(Denial::InsufficientPermissions)?;
+            let allowed = std::iter::once(request.method)
+                .chain(overrides.iter().copied())
+                .all(|method| settings.policy.allows(method, &path));
+            if allowed {
+                Ok(())
+            } else {
+                Err(Denial::InsufficientPermissions)
+            }
+        }
     }
 }
 
@@ -149,6 +163,7 @@ mod tests {
             authorization: &values,
             method: method.as_bytes(),
             path: path.as_bytes(),
+            method_overrides: Some(&[]),
         };
         let lookup = |d: &Digest| f.config.keys.get(d).map(|e| e.info());
         match decide(&f.config.settings, lookup, &request, || 1_000) {
@@ -274,6 +289,29 @@ mod tests {
         assert!(check(&live).is_ok());
         assert_eq!(check(&disabled), Err(Denial::DisabledApiKey));
         assert_eq!(check(&mislabeled), Err(Denial::InvalidApiKey));
+    }
+
+    #[test]
+    fn a_method_override_must_be_allowed_too() {
+        let f = fixture("", &[]);
+        let auth = format!("token {}", f.keys[1]);
+        let values: Vec<&[u8]> = vec![auth.as_bytes()];
+        let judge = |overrides: Option<&[&[u8]]>| {
+            let request = Request {
+                authorization: &values,
+                method: b"GET",
+                path: b"/v3/devices/abc",
+                method_overrides: overrides,
+            };
+            let lookup = |d: &Digest| f.config.keys.get(d).map(|e| e.info());
+            decide(&f.config.settings, lookup, &request, || 0)
+        };
+        assert!(matches!(judge(Some(&[b"GET"])), Decision::Allow(_)));
+        assert_eq!(
+            judge(Some(&[b"DELETE"])),
+            Decision::Deny(Denial::InsufficientPermissions)
+        );
+        assert_eq!(judge(None), Decision::Deny(Denial::InsufficientPermissions));
     }
 
     #[test]

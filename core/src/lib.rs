@@ -12,5 +12,6 @@ pub mod key;
 pub mod keymap;
 pub mod path;
 pub mod policy;
+pub mod request_scan;
 pub mod service_config;
 pub mod sync;

@@ -1,0 +1,11 @@
+//! Fuzz target `config`: see `keygate_core_fuzz::config` for the input format and the invariants.
+#![cfg_attr(fuzzing, no_main)]
+
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keygate_core_fuzz::config::check(data));
+
+/// Without libFuzzer: replays the files (or every file of the directories) given as arguments.
+#[cfg(not(fuzzing))]
+fn main() {
+    std::process::exit(keygate_core_fuzz::replay_main("config", keygate_core_fuzz::config::check));
+}

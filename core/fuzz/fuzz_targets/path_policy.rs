@@ -1,0 +1,11 @@
+//! Fuzz target `path_policy`: see `keygate_core_fuzz::path_policy` for the input format and the invariants.
+#![cfg_attr(fuzzing, no_main)]
+
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keygate_core_fuzz::path_policy::check(data));
+
+/// Without libFuzzer: replays the files (or every file of the directories) given as arguments.
+#[cfg(not(fuzzing))]
+fn main() {
+    std::process::exit(keygate_core_fuzz::replay_main("path_policy", keygate_core_fuzz::path_policy::check));
+}

@@ -1,0 +1,214 @@
+//! `sync_message`: `sync::parse_message` and `SyncState::apply` over a sequence of answers,
+//! with an in-memory `BucketStore`, checked against a model key map.
+//!
+//! Input: one answer per line (`\n`-separated JSON, `{"kind":"full",...}` or
+//! `{"kind":"delta",...}`), applied in order. The sequence runs twice: with the default guard,
+//! and with a guard that allows empty maps and any removal.
+//!
+//! Invariants: after every answer, applied or refused, the store holds exactly the model map
+//! (the last applied full map with the later applied deltas): every key is found by
+//! `bucket::find` in its own bucket with the same entry, and nothing else is there; the
+//! state's key count is the model's; the version never decreases, changes only when an answer
+//! is applied, and is that answer's version. Refusals are the documented ones (an older
+//! version, a delta on another base, an empty map or a mass removal); parse errors never echo
+//! a plaintext key.
+
+use crate::invariant;
+use keygate_core::bucket::{bucket_of, entries, find, KeyInfo};
+use keygate_core::digest::Digest;
+use keygate_core::key::KeyKind;
+use keygate_core::sync::{parse_message, Applied, BucketStore, Guard, Refusal, SyncState, ValidMessage};
+use std::collections::{BTreeMap, HashMap};
+
+/// A bucket store in memory; empty buckets are not kept.
+#[derive(Default)]
+pub struct MemStore {
+    pub buckets: HashMap<usize, Vec<u8>>,
+}
+
+impl BucketStore for MemStore {
+    fn read(&mut self, bucket: usize) -> Vec<u8> {
+        self.buckets.get(&bucket).cloned().unwrap_or_default()
+    }
+    fn write(&mut self, bucket: usize, bytes: &[u8]) {
+        if bytes.is_empty() {
+            self.buckets.remove(&bucket);
+        } else {
+            self.buckets.insert(bucket, bytes.to_vec());
+        }
+    }
+}
+
+/// A key entry as the model keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    account_id: String,
+    key_id: String,
+    kind: KeyKind,
+    expires_at: Option<u64>,
+    disabled: bool,
+}
+
+impl From<KeyInfo<'_>> for Entry {
+    fn from(i: KeyInfo<'_>) -> Entry {
+        Entry {
+            account_id: i.account_id.to_owned(),
+            key_id: i.key_id.to_owned(),
+            kind: i.kind,
+            expires_at: i.expires_at,
+            disabled: i.disabled,
+        }
+    }
+}
+
+type Model = BTreeMap<[u8; 32], Entry>;
+
+pub fn check(data: &[u8]) {
+    let lenient = Guard {
+        allow_empty_map: true,
+        max_removed_fraction: 1.0,
+    };
+    for guard in [Guard::default(), lenient] {
+        run(data, guard);
+    }
+}
+
+fn run(data: &[u8], guard: Guard) {
+    let mut state = SyncState::default();
+    let mut store = MemStore::default();
+    let mut model = Model::new();
+    for line in data.split(|&b| b == b'\n') {
+        let message = match parse_message(line) {
+            Ok(m) => m,
+            Err(e) => {
+                crate::config::check_error(&e);
+                continue;
+            }
+        };
+        let before = state.version();
+        let (kind, version, since) = match &message {
+            ValidMessage::Full { version, .. } => ("full", *version, None),
+            ValidMessage::Delta(d) => ("delta", d.version, Some(d.since)),
+        };
+        // The model's next map, were the answer applied.
+        let next: Model = match &message {
+            ValidMessage::Full { keys, .. } => {
+                keys.iter().map(|(d, e)| (d.0, Entry::from(e.info()))).collect()
+            }
+            ValidMessage::Delta(delta) => {
+                let mut map = keygate_core::keymap::KeyMap::build(
+                    model.iter().map(|(d, e)| (Digest(*d), to_key_entry(e))),
+                )
+                .expect("model digests are unique");
+                delta.clone().apply_to(&mut map);
+                map.iter().map(|(d, e)| (d.0, Entry::from(e.info()))).collect()
+            }
+        };
+
+        let result = state.apply(message, &mut store, guard);
+        match &result {
+            Ok(Applied::Updated { version: v, keys }) => {
+                invariant!(*v == version, "{kind} {version} applied as version {v}");
+                invariant!(
+                    before.map_or(true, |b| version > b),
+                    "{kind} {version} applied over version {before:?}"
+                );
+                invariant!(
+                    since.is_none() || since == before,
+                    "delta since {since:?} applied over {before:?}"
+                );
+                model = next;
+                invariant!(*keys == model.len(), "{keys} keys reported, model has {}", model.len());
+            }
+            Ok(Applied::Unchanged) => {
+                invariant!(before == Some(version), "{kind} {version} unchanged over {before:?}");
+            }
+            Err(refusal) => {
+                invariant!(!refusal.to_string().is_empty(), "empty refusal message");
+                match refusal {
+                    Refusal::OlderVersion { got, have } => invariant!(
+                        got < have && Some(*have) == before,
+                        "{refusal:?} with version {before:?}"
+                    ),
+                    Refusal::DeltaBase { since: s, have } => invariant!(
+                        since == Some(*s) && *have == before && Some(*s) != before,
+                        "{refusal:?} with version {before:?}"
+                    ),
+                    Refusal::EmptyMap { have } => invariant!(
+                        !guard.allow_empty_map && next.is_empty() && *have == model.len() && *have > 0,
+                        "{refusal:?} with {} keys held, {} next",
+                        model.len(),
+                        next.len()
+                    ),
+                    Refusal::MassRemoval { removed, of } => invariant!(
+                        *of == model.len()
+                            && *of >= 10
+                            && *removed == of.saturating_sub(next.len())
+                            && *removed as f64 > *of as f64 * guard.max_removed_fraction,
+                        "{refusal:?} with {} keys held, {} next",
+                        model.len(),
+                        next.len()
+                    ),
+                }
+            }
+        }
+        let after = state.version();
+        invariant!(after >= before, "version went from {before:?} to {after:?}");
+        invariant!(
+            result.is_ok() || after == before,
+            "a refused answer changed the version"
+        );
+        if after.is_some() {
+            invariant!(
+                state.keys() == model.len(),
+                "state counts {} keys, model {}",
+                state.keys(),
+                model.len()
+            );
+        }
+        check_store(&store, &model);
+    }
+}
+
+fn to_key_entry(e: &Entry) -> keygate_core::keymap::KeyEntry {
+    keygate_core::keymap::KeyEntry {
+        account_id: e.account_id.as_str().into(),
+        key_id: e.key_id.as_str().into(),
+        kind: e.kind,
+        expires_at: e.expires_at,
+        disabled: e.disabled,
+    }
+}
+
+/// The store holds exactly `model`: each key findable in its bucket, nothing more.
+fn check_store(store: &MemStore, model: &Model) {
+    for (digest, want) in model {
+        let d = Digest(*digest);
+        let found = store
+            .buckets
+            .get(&bucket_of(&d))
+            .and_then(|bucket| find(bucket, &d))
+            .map(Entry::from);
+        invariant!(
+            found.as_ref() == Some(want),
+            "key {d:?} found as {found:?}, model has {want:?}"
+        );
+    }
+    let mut stored = 0;
+    for (b, bytes) in &store.buckets {
+        let mut parsed_len = 0;
+        for (d, info) in entries(bytes) {
+            stored += 1;
+            invariant!(bucket_of(&d) == *b, "key {d:?} stored in bucket {b}");
+            invariant!(
+                model.get(&d.0) == Some(&Entry::from(info)),
+                "stored key {d:?} not in the model"
+            );
+            let mut one = Vec::new();
+            keygate_core::bucket::encode_entry(&mut one, &d, &info);
+            parsed_len += one.len();
+        }
+        invariant!(parsed_len == bytes.len(), "bucket {b} has trailing or malformed bytes");
+    }
+    invariant!(stored == model.len(), "store holds {stored} keys, model {}", model.len());
+}
