@@ -1,6 +1,7 @@
 """Defences beyond the key check: method overrides, underscore aliases of identity headers,
 and what a refused client can put in the access log."""
 
+import httpx
 
 
 def test_a_method_override_cannot_widen_a_publishable_key(client, keyset, upstream):
