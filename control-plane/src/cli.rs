@@ -1,0 +1,199 @@
+//! The command line, as clap parses it. What each command does is in `commands.rs`.
+
+use crate::duration::parse_duration;
+use crate::export::DEFAULT_WASM_PATH;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keygate_core::key::{Environment, KeyType};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keygatectl",
+    version,
+    about = "keygate's control plane: accounts, API keys, and the key map the Envoy filters poll"
+)]
+pub struct Cli {
+    /// The SQLite database file, created on first use.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYGATE_DATABASE",
+        default_value = "keygate.db",
+        value_name = "PATH"
+    )]
+    pub database: PathBuf,
+
+    /// Act on a running `keygatectl serve` instead of the database file.
+    #[arg(long, global = true, env = "KEYGATE_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// File holding the admin token (else the KEYGATE_ADMIN_TOKEN environment variable).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Print JSON (the HTTP API's shapes) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and the key-map endpoint the filters poll.
+    Serve(ServeArgs),
+    /// Create, list and show accounts.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Create, list, roll, revoke, disable, enable and import keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Write the key map as the filter's configuration.
+    Export(ExportArgs),
+    /// Print the SHA-256 digest (hex) of a key read from standard input.
+    Hash,
+    /// Manage the admin token of the database.
+    #[command(subcommand)]
+    AdminToken(AdminTokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0: any free port; the address is logged on start).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Require `Authorization: Bearer <token>` with the token in FILE on /v1/keymap.
+    #[arg(long, value_name = "FILE")]
+    pub sync_token_file: Option<PathBuf>,
+    /// How often expired keys are purged from the key map (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub purge_interval: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Create an account with its four keys (secret and publishable, test and production).
+    Create {
+        /// A name for people; optional.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List accounts.
+    List,
+    /// Show an account and its keys.
+    Show { account_id: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KeyTypeArg {
+    #[value(alias = "sk")]
+    Secret,
+    #[value(alias = "pk")]
+    Publishable,
+}
+
+impl From<KeyTypeArg> for KeyType {
+    fn from(arg: KeyTypeArg) -> KeyType {
+        match arg {
+            KeyTypeArg::Secret => KeyType::Secret,
+            KeyTypeArg::Publishable => KeyType::Publishable,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EnvironmentArg {
+    Test,
+    #[value(alias = "prod")]
+    Production,
+}
+
+impl From<EnvironmentArg> for Environment {
+    fn from(arg: EnvironmentArg) -> Environment {
+        match arg {
+            EnvironmentArg::Test => Environment::Test,
+            EnvironmentArg::Production => Environment::Production,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Issue a new key; its plaintext is shown this once.
+    Create {
+        #[arg(long, value_name = "ACCOUNT_ID")]
+        account: String,
+        #[arg(long = "type", value_name = "TYPE")]
+        key_type: KeyTypeArg,
+        #[arg(long, visible_alias = "env")]
+        environment: EnvironmentArg,
+    },
+    /// List keys (hints and digests, never plaintext).
+    List {
+        #[arg(long, value_name = "ACCOUNT_ID")]
+        account: Option<String>,
+    },
+    /// Issue a new key of the same kind; the old one stops working now or after a grace period.
+    Roll {
+        key_id: String,
+        /// Keep the old key working this long (e.g. 90s, 30m, 24h, 7d).
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        expires_in: Option<u64>,
+    },
+    /// Take a key out of service for good.
+    Revoke { key_id: String },
+    /// Refuse a key (the filter answers disabled_api_key) until it is enabled again.
+    Disable { key_id: String },
+    /// Accept a disabled key again.
+    Enable { key_id: String },
+    /// Store a key issued elsewhere by its digest: the plaintext is read from standard input
+    /// and never stored, or give --digest.
+    Import {
+        #[arg(long, value_name = "ACCOUNT_ID")]
+        account: String,
+        /// Required with --digest; else taken from the key's prefix.
+        #[arg(long = "type", value_name = "TYPE")]
+        key_type: Option<KeyTypeArg>,
+        /// Required with --digest; else taken from the key's prefix.
+        #[arg(long, visible_alias = "env")]
+        environment: Option<EnvironmentArg>,
+        /// The key's SHA-256 digest in hex, instead of the key on standard input.
+        #[arg(long, value_name = "HEX")]
+        digest: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// The filter's plugin configuration JSON.
+    PluginConfig,
+    /// An Envoy `resources:` file for file-based extension config discovery (ECDS).
+    ExtensionConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(long, value_enum, default_value = "plugin-config")]
+    pub format: ExportFormat,
+    /// A plugin configuration JSON object to merge the keys into.
+    #[arg(long, value_name = "FILE")]
+    pub base: Option<PathBuf>,
+    /// The filter's .wasm file, for --format extension-config.
+    #[arg(long, default_value = DEFAULT_WASM_PATH, value_name = "PATH")]
+    pub wasm: String,
+    /// Write here (atomically: temp file and rename) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminTokenCommand {
+    /// Replace the admin token: with the one in --new-token-file, else a generated one
+    /// printed once. A running server accepts the new token within a second.
+    Rotate {
+        #[arg(long, value_name = "FILE")]
+        new_token_file: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,357 @@
+//! What each command does: read its input, act through `Admin` (file or server), print.
+
+use crate::admin::Admin;
+use crate::auth::{admin_token_from, read_token_file};
+use crate::cli::{
+    AccountCommand, AdminTokenCommand, Cli, Command, ExportArgs, ExportFormat, KeyCommand,
+    ServeArgs,
+};
+use crate::client::{server_base, Client};
+use crate::clock::now_unix;
+use crate::error::CliError;
+use crate::export::{extension_config, parse_base, plugin_config, write_atomically};
+use crate::model::{AccountListView, ImportKeyRequest, KeyListView};
+use crate::output;
+use crate::random::new_admin_token;
+use crate::serve::{serve, ServeOptions};
+use crate::service::{parse_digest, KeyChange, Service};
+use crate::store::{SqliteStore, Store};
+use keygate_core::digest::Digest;
+use keygate_core::key::{check_key, key_hint, Environment, KeyKind, KeyType};
+use keygate_core::sync::KeyMapMessage;
+use serde::Serialize;
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Hash => hash(cli.json),
+        Command::Serve(args) => run_serve(&cli, args),
+        Command::AdminToken(command) => admin_token(&cli, command),
+        Command::Account(command) => account(&connect(&cli)?, command, cli.json),
+        Command::Key(command) => key(&connect(&cli)?, command, cli.json),
+        Command::Export(args) => export(&connect(&cli)?, args),
+    }
+}
+
+/// The server given with `--server`, else the database file.
+fn connect(cli: &Cli) -> Result<Admin, CliError> {
+    match &cli.server {
+        Some(url) => {
+            server_base(url)?;
+            let token = admin_token_from(cli.admin_token_file.as_deref())?.ok_or_else(|| {
+                CliError::Input(
+                    "--server needs the admin token: give --admin-token-file FILE or set \
+                     KEYGATE_ADMIN_TOKEN"
+                        .into(),
+                )
+            })?;
+            Ok(Admin::Remote(Client::new(url, token)?))
+        }
+        None => Ok(Admin::Local(Service::new(open_store(cli)?))),
+    }
+}
+
+fn open_store(cli: &Cli) -> Result<Arc<dyn Store>, CliError> {
+    Ok(Arc::new(SqliteStore::open(&cli.database)?))
+}
+
+fn refuse_server(cli: &Cli, command: &str) -> Result<(), CliError> {
+    if cli.server.is_some() {
+        return Err(CliError::Input(format!(
+            "`{command}` works on the database file (--database); drop --server"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes to standard output; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Stdout(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Prints `value` as JSON with `--json`, else the human text.
+fn print<T: Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce() -> String,
+) -> Result<(), CliError> {
+    if json {
+        let text = serde_json::to_string_pretty(value)
+            .map_err(|e| CliError::Input(format!("cannot encode the answer: {e}")))?;
+        emit(&format!("{text}\n"))
+    } else {
+        emit(&human())
+    }
+}
+
+fn account(admin: &Admin, command: &AccountCommand, json: bool) -> Result<(), CliError> {
+    match command {
+        AccountCommand::Create { name } => {
+            let created = admin.create_account(name.as_deref())?;
+            print(json, &created, || output::created_account(&created))
+        }
+        AccountCommand::List => {
+            let accounts = AccountListView {
+                accounts: admin.accounts()?,
+            };
+            print(json, &accounts, || output::accounts(&accounts.accounts))
+        }
+        AccountCommand::Show { account_id } => {
+            let detail = admin.account(account_id)?;
+            print(json, &detail, || output::account_detail(&detail))
+        }
+    }
+}
+
+fn key(admin: &Admin, command: &KeyCommand, json: bool) -> Result<(), CliError> {
+    match command {
+        KeyCommand::Create {
+            account,
+            key_type,
+            environment,
+        } => {
+            let kind = KeyKind::new((*key_type).into(), (*environment).into());
+            let issued = admin.create_key(account, kind)?;
+            print(json, &issued, || output::issued_key(&issued))
+        }
+        KeyCommand::List { account } => {
+            let keys = KeyListView {
+                keys: admin.keys(account.as_deref())?,
+            };
+            print(json, &keys, || output::keys(&keys.keys))
+        }
+        KeyCommand::Roll { key_id, expires_in } => {
+            let rolled = admin.roll_key(key_id, expires_in.unwrap_or(0))?;
+            print(json, &rolled, || output::rolled(&rolled, now_unix()))
+        }
+        KeyCommand::Revoke { key_id } => change(admin, key_id, KeyChange::Revoke, json),
+        KeyCommand::Disable { key_id } => change(admin, key_id, KeyChange::Disable, json),
+        KeyCommand::Enable { key_id } => change(admin, key_id, KeyChange::Enable, json),
+        KeyCommand::Import {
+            account,
+            key_type,
+            environment,
+            digest,
+        } => {
+            let request = import_request(
+                account,
+                key_type.map(KeyType::from),
+                environment.map(Environment::from),
+                digest.as_deref(),
+            )?;
+            let imported = admin.import_key(&request)?;
+            print(json, &imported, || {
+                output::key_changed(&imported, "imported")
+            })
+        }
+    }
+}
+
+fn change(admin: &Admin, key_id: &str, change: KeyChange, json: bool) -> Result<(), CliError> {
+    let key = admin.change_key(key_id, change)?;
+    print(json, &key, || {
+        output::key_changed(&key, change.past_tense())
+    })
+}
+
+/// Builds an import from `--digest`, or from a plaintext key on standard input that is
+/// hashed here and never leaves this process.
+fn import_request(
+    account_id: &str,
+    key_type: Option<KeyType>,
+    environment: Option<Environment>,
+    digest: Option<&str>,
+) -> Result<ImportKeyRequest, CliError> {
+    if let Some(digest) = digest {
+        let (Some(key_type), Some(environment)) = (key_type, environment) else {
+            return Err(CliError::Input(
+                "with --digest, give --type and --environment too".into(),
+            ));
+        };
+        return Ok(ImportKeyRequest {
+            account_id: account_id.to_string(),
+            key_type,
+            environment,
+            digest: parse_digest(digest)?.to_hex(),
+            hint: None,
+        });
+    }
+    let key = read_key_from_stdin()?;
+    let kind = check_key(&key)
+        .map_err(|e| CliError::Input(format!("the filter would refuse this key: {e}")))?;
+    for (given, actual, what) in [
+        (
+            key_type.map(KeyType::as_str),
+            kind.key_type.as_str(),
+            "type",
+        ),
+        (
+            environment.map(Environment::as_str),
+            kind.environment.as_str(),
+            "environment",
+        ),
+    ] {
+        if given.is_some_and(|g| g != actual) {
+            return Err(CliError::Input(format!(
+                "--{what} says {}, but the key's prefix {} says {actual}",
+                given.unwrap_or_default(),
+                kind.prefix()
+            )));
+        }
+    }
+    Ok(ImportKeyRequest {
+        account_id: account_id.to_string(),
+        key_type: kind.key_type,
+        environment: kind.environment,
+        digest: Digest::of_key(&key).to_hex(),
+        hint: Some(key_hint(&key)),
+    })
+}
+
+/// One key from standard input, without its trailing newline. At a terminal, one line.
+fn read_key_from_stdin() -> Result<String, CliError> {
+    let stdin = std::io::stdin();
+    let mut text = String::new();
+    if stdin.is_terminal() {
+        eprint!("Paste the key and press Enter: ");
+        stdin.lock().read_line(&mut text).map_err(CliError::Stdin)?;
+    } else {
+        stdin
+            .lock()
+            .read_to_string(&mut text)
+            .map_err(CliError::Stdin)?;
+    }
+    let key = text.trim_end_matches(['\n', '\r']);
+    if key.is_empty() {
+        return Err(CliError::Input(
+            "no key on standard input (pipe it in, e.g. `printf %s \"$KEY\" | keygatectl …`)"
+                .into(),
+        ));
+    }
+    if key.contains(['\n', '\r']) {
+        return Err(CliError::Input(
+            "standard input holds more than one line; give one key".into(),
+        ));
+    }
+    Ok(key.to_string())
+}
+
+fn hash(json: bool) -> Result<(), CliError> {
+    let key = read_key_from_stdin()?;
+    if let Err(e) = check_key(&key) {
+        eprintln!("keygatectl: warning: the filter would refuse this key before any lookup: {e}");
+    }
+    let digest = Digest::of_key(&key).to_hex();
+    print(json, &serde_json::json!({ "digest": digest }), || {
+        format!("{digest}\n")
+    })
+}
+
+fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
+    refuse_server(cli, "serve")?;
+    if args.purge_interval == 0 {
+        return Err(CliError::Input(
+            "--purge-interval must be at least 1s".into(),
+        ));
+    }
+    let admin_token = admin_token_from(cli.admin_token_file.as_deref())?;
+    let sync_token = args
+        .sync_token_file
+        .as_deref()
+        .map(|path| read_token_file(path, "sync token"))
+        .transpose()?;
+    let store = open_store(cli)?;
+    serve(
+        store,
+        ServeOptions {
+            listen: args.listen,
+            admin_token,
+            sync_token,
+            purge_interval: Duration::from_secs(args.purge_interval),
+        },
+    )?;
+    Ok(())
+}
+
+fn admin_token(cli: &Cli, command: &AdminTokenCommand) -> Result<(), CliError> {
+    refuse_server(cli, "admin-token")?;
+    let AdminTokenCommand::Rotate { new_token_file } = command;
+    let store = open_store(cli)?;
+    match new_token_file {
+        Some(path) => {
+            let token = read_token_file(path, "admin token")?;
+            store.set_admin_token_digest(&Digest::of_key(&token))?;
+            eprintln!(
+                "keygatectl: admin token replaced with the one in {}",
+                path.display()
+            );
+            Ok(())
+        }
+        None => {
+            let token = new_admin_token()?;
+            store.set_admin_token_digest(&Digest::of_key(&token))?;
+            eprintln!("keygatectl: admin token replaced; the new one is shown this once:");
+            emit(&format!("{token}\n"))
+        }
+    }
+}
+
+fn export(admin: &Admin, args: &ExportArgs) -> Result<(), CliError> {
+    let (version, keys) = match admin.key_map()? {
+        KeyMapMessage::Full { version, keys } => (version, keys),
+        KeyMapMessage::Delta { .. } => {
+            return Err(CliError::Input(
+                "the server answered a delta where a full key map was asked for".into(),
+            ))
+        }
+    };
+    let base = match &args.base {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| CliError::File {
+                path: path.clone(),
+                source,
+            })?;
+            let base = parse_base(&text)?;
+            if base
+                .get("keys")
+                .and_then(|k| k.as_array())
+                .is_some_and(|k| !k.is_empty())
+            {
+                eprintln!(
+                    "keygatectl: note: the keys in {} are replaced by the key map's",
+                    path.display()
+                );
+            }
+            Some(base)
+        }
+        None => None,
+    };
+    let plugin = plugin_config(&keys, base)?;
+    let document = match args.format {
+        ExportFormat::PluginConfig => plugin,
+        ExportFormat::ExtensionConfig => extension_config(&plugin, &args.wasm)?,
+    };
+    let text = serde_json::to_string_pretty(&document)
+        .map_err(|e| CliError::Input(format!("cannot encode the configuration: {e}")))?;
+    match &args.output {
+        Some(path) => {
+            write_atomically(path, format!("{text}\n").as_bytes())?;
+            eprintln!(
+                "keygatectl: wrote {} keys (key map version {version}) to {}",
+                keys.len(),
+                path.display()
+            );
+            Ok(())
+        }
+        None => emit(&format!("{text}\n")),
+    }
+}

@@ -1,0 +1,35 @@
+//! keygatectl: the source of truth for keygate's accounts and API keys, and the server the
+//! Envoy filters get their key map from.
+
+mod admin;
+mod api;
+mod auth;
+mod cli;
+mod client;
+mod clock;
+mod commands;
+mod duration;
+mod error;
+mod export;
+mod keymap;
+mod log;
+mod model;
+mod output;
+mod random;
+mod serve;
+mod service;
+mod store;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keygatectl: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

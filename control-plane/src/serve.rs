@@ -1,0 +1,191 @@
+//! `keygatectl serve`: sets up the admin token, binds, and runs the HTTP API with a
+//! maintenance task that purges expired keys and picks up changes made by other processes.
+
+use crate::api::{router, AppState};
+use crate::auth::token_matches;
+use crate::clock::now_unix;
+use crate::keymap::KeyMapCache;
+use crate::log::log_event;
+use crate::random::{new_admin_token, RandomError};
+use crate::service::Service;
+use crate::store::{Store, StoreError};
+use axum::serve::ListenerExt;
+use keygate_core::digest::Digest;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the server re-reads the key-map version and admin token from the database, so
+/// that CLI commands run against the file directly reach the filters within this time.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// The admin token given on the command line or in the environment, if any.
+    pub admin_token: Option<String>,
+    pub sync_token: Option<String>,
+    pub purge_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "the admin token given does not match the one this database was set up with; give \
+         that token, or replace it with `keygatectl admin-token rotate`"
+    )]
+    AdminTokenMismatch,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    #[error("cannot start the server runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server stopped: {0}")]
+    Server(#[source] std::io::Error),
+}
+
+pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeError> {
+    let admin_digest = ensure_admin_token(store.as_ref(), options.admin_token.as_deref())?;
+    let sync_digest = options.sync_token.as_deref().map(Digest::of_key);
+    let keymap = KeyMapCache::new(store.key_map_status()?);
+    let state = Arc::new(AppState::new(
+        Service::new(store),
+        Some(admin_digest),
+        sync_digest,
+        keymap,
+    ));
+    // Two workers for two cores; SQLite calls run on the blocking pool, one at a time.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: options.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(ServeError::Server)?;
+        let keymap_access = if sync_digest.is_some() {
+            "sync token required"
+        } else {
+            "no token required"
+        };
+        log_event(&format!(
+            "listening on http://{addr} (key map at /v1/keymap: {keymap_access})"
+        ));
+        tokio::spawn(maintain(Arc::clone(&state), options.purge_interval));
+        // Small answers go out at once: no Nagle delay between a poll and its 304.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                log_event(&format!("cannot set TCP_NODELAY: {e}"));
+            }
+        });
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(ServeError::Server)
+    })
+}
+
+/// Checks the given admin token against the stored digest, or sets it up on first start:
+/// from the token given, else a generated one printed once to stderr.
+fn ensure_admin_token(store: &dyn Store, given: Option<&str>) -> Result<Digest, ServeError> {
+    match (store.admin_token_digest()?, given) {
+        (Some(stored), Some(token)) if token_matches(token, &stored) => Ok(stored),
+        (Some(_), Some(_)) => Err(ServeError::AdminTokenMismatch),
+        (Some(stored), None) => Ok(stored),
+        (None, Some(token)) => {
+            let digest = Digest::of_key(token);
+            store.set_admin_token_digest(&digest)?;
+            log_event("admin token set from the one given (only its digest is stored)");
+            Ok(digest)
+        }
+        (None, None) => {
+            let token = new_admin_token()?;
+            let digest = Digest::of_key(&token);
+            store.set_admin_token_digest(&digest)?;
+            eprintln!(
+                "keygatectl: no admin token was given, so one was generated. It is shown this \
+                 once; only its digest is stored:\nkeygatectl: admin token: {token}"
+            );
+            Ok(digest)
+        }
+    }
+}
+
+/// Every second: pick up the admin token and key-map version (other processes may change
+/// the file); every `purge_interval`: take expired keys out of the map.
+async fn maintain(state: Arc<AppState>, purge_interval: Duration) {
+    let mut tick = tokio::time::interval(REFRESH_INTERVAL.min(purge_interval));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_purge = Instant::now();
+    loop {
+        tick.tick().await;
+        let purge = last_purge.elapsed() >= purge_interval;
+        if purge {
+            last_purge = Instant::now();
+        }
+        let state = Arc::clone(&state);
+        if let Err(e) = tokio::task::spawn_blocking(move || maintenance_pass(&state, purge)).await {
+            log_event(&format!("maintenance task failed: {e}"));
+        }
+    }
+}
+
+fn maintenance_pass(state: &AppState, purge: bool) {
+    let store = state.service().store();
+    if purge {
+        match store.purge_expired(now_unix()) {
+            Ok(purged) => {
+                for key in &purged.value {
+                    log_event(&format!(
+                        "key {} ({}) expired and left the key map (key map version {})",
+                        key.key_id, key.hint, purged.version
+                    ));
+                }
+            }
+            Err(e) => log_event(&format!("cannot purge expired keys: {e}")),
+        }
+    }
+    match store.admin_token_digest() {
+        Ok(Some(digest)) => state.set_admin_digest(Some(digest)),
+        Ok(None) => {}
+        Err(e) => log_event(&format!("cannot read the admin token digest: {e}")),
+    }
+    state.refresh_key_map_status();
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    log_event("shutting down");
+}

@@ -1,0 +1,252 @@
+//! The store: accounts, key records (digests and hints only, never a plaintext key), the key
+//! map's version and its change log, and the admin token's digest.
+//!
+//! `Store` is the seam for backends: SQLite today (`sqlite.rs`), PostgreSQL later. Every
+//! method is one transaction that either happens whole or not at all, takes the current time
+//! from the caller (so tests control the clock) and answers a typed `StoreError`.
+
+pub mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use keygate_core::config::RawKey;
+use keygate_core::digest::Digest;
+use keygate_core::key::KeyKind;
+use keygate_core::sync::KeyMapMessage;
+
+pub use sqlite::SqliteStore;
+
+/// How many key-map versions of changes are kept for deltas; older `since` values get a full
+/// map instead.
+pub const DEFAULT_CHANGE_LOG_LIMIT: u64 = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    pub name: Option<String>,
+    pub created_at: u64,
+}
+
+/// Where a key came from: issued here (shown once), or imported by digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrigin {
+    Issued,
+    Imported,
+}
+
+impl KeyOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyOrigin::Issued => "issued",
+            KeyOrigin::Imported => "imported",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyOrigin> {
+        match s {
+            "issued" => Some(KeyOrigin::Issued),
+            "imported" => Some(KeyOrigin::Imported),
+            _ => None,
+        }
+    }
+}
+
+/// A key to store: everything but the plaintext, which only its creator ever sees.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub key_id: String,
+    pub account_id: String,
+    pub kind: KeyKind,
+    pub digest: Digest,
+    pub hint: String,
+    pub origin: KeyOrigin,
+}
+
+/// A stored key and its history. Times are unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub key_id: String,
+    pub account_id: String,
+    pub kind: KeyKind,
+    pub digest: Digest,
+    pub hint: String,
+    pub origin: KeyOrigin,
+    pub created_at: u64,
+    pub disabled_at: Option<u64>,
+    /// When the key stops working (set by a roll).
+    pub expires_at: Option<u64>,
+    pub rolled_at: Option<u64>,
+    /// The key that replaced this one in a roll.
+    pub replaced_by: Option<String>,
+    pub revoked_at: Option<u64>,
+    /// When the key left the key map (revoked, rolled without grace, or purged at expiry).
+    pub removed_at: Option<u64>,
+}
+
+/// A key's state as people read it. Revoked wins over expired, expired over disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    /// Still working, with an expiry set (a rolled key in its grace period).
+    Expiring,
+    Disabled,
+    Expired,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Expiring => "expiring",
+            KeyStatus::Disabled => "disabled",
+            KeyStatus::Expired => "expired",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+}
+
+impl KeyRecord {
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    pub fn status(&self, now: u64) -> KeyStatus {
+        if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if self.is_expired(now) || self.removed_at.is_some() {
+            KeyStatus::Expired
+        } else if self.disabled_at.is_some() {
+            KeyStatus::Disabled
+        } else if self.expires_at.is_some() {
+            KeyStatus::Expiring
+        } else {
+            KeyStatus::Active
+        }
+    }
+
+    /// True while the key belongs in the filters' key map (disabled keys do: the filter
+    /// answers `disabled_api_key` for them).
+    pub fn in_key_map(&self, now: u64) -> bool {
+        self.revoked_at.is_none() && self.removed_at.is_none() && !self.is_expired(now)
+    }
+
+    /// The key map entry the filters read.
+    pub fn to_raw_key(&self) -> RawKey {
+        RawKey {
+            digest: self.digest.to_hex(),
+            account_id: self.account_id.clone(),
+            key_id: self.key_id.clone(),
+            key_type: self.kind.key_type,
+            environment: self.kind.environment,
+            expires_at: self.expires_at,
+            disabled: self.disabled_at.is_some(),
+        }
+    }
+}
+
+/// The result of a change: its value and the key-map version it produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub value: T,
+    /// The key-map version after the change (unchanged if the call changed nothing).
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountWithKeys {
+    pub account: Account,
+    pub keys: Vec<KeyRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rolled {
+    pub old: KeyRecord,
+    pub new: KeyRecord,
+}
+
+/// What the key-map server keeps in memory so that an unchanged map costs no query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyMapStatus {
+    pub version: u64,
+    /// The earliest expiry among keys still in the map: at that time the map must change.
+    pub next_expiry: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no account {0}")]
+    AccountNotFound(String),
+    #[error("no key {0}")]
+    KeyNotFound(String),
+    #[error("a key with this digest is already stored (key {0})")]
+    DuplicateDigest(String),
+    #[error("the id {0} is already taken")]
+    DuplicateId(String),
+    /// The key's state does not allow the operation (e.g. rolling a revoked key).
+    #[error("key {key_id} cannot be {action}: {reason}")]
+    KeyState {
+        key_id: String,
+        action: &'static str,
+        reason: String,
+    },
+    /// A new key that does not belong where it is stored (another account, or a roll's
+    /// replacement of another kind): a caller's bug.
+    #[error("key {0} does not match the account or kind it is stored under")]
+    KeyMismatch(String),
+    #[error(
+        "the database has schema version {found}, newer than this keygatectl knows ({supported}); \
+         use a newer keygatectl"
+    )]
+    SchemaTooNew { found: u32, supported: u32 },
+    #[error("the database holds data this keygatectl cannot read: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations keygatectl needs from a backend. Each call is one transaction.
+pub trait Store: Send + Sync {
+    /// Creates an account with its keys; the account id and key ids are the caller's. The
+    /// keys are answered in the order given.
+    fn create_account(
+        &self,
+        account: &Account,
+        keys: &[NewKey],
+    ) -> StoreResult<Versioned<AccountWithKeys>>;
+    fn accounts(&self) -> StoreResult<Vec<Account>>;
+    fn account(&self, account_id: &str) -> StoreResult<Account>;
+
+    fn add_key(&self, key: &NewKey, now: u64) -> StoreResult<Versioned<KeyRecord>>;
+    /// All keys, or one account's (an unknown account is an error, not an empty list).
+    fn keys(&self, account_id: Option<&str>) -> StoreResult<Vec<KeyRecord>>;
+    fn key(&self, key_id: &str) -> StoreResult<KeyRecord>;
+    /// Replaces a key with `replacement`; the old key stops working `grace_seconds` after
+    /// `now` (at once for 0).
+    fn roll_key(
+        &self,
+        key_id: &str,
+        replacement: &NewKey,
+        grace_seconds: u64,
+        now: u64,
+    ) -> StoreResult<Versioned<Rolled>>;
+    fn revoke_key(&self, key_id: &str, now: u64) -> StoreResult<Versioned<KeyRecord>>;
+    fn set_key_disabled(
+        &self,
+        key_id: &str,
+        disabled: bool,
+        now: u64,
+    ) -> StoreResult<Versioned<KeyRecord>>;
+
+    /// Takes keys whose expiry has passed out of the map (one new version if any).
+    fn purge_expired(&self, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>>;
+    /// The key map after purging expired keys: a delta since `since` when the change log
+    /// reaches back that far, else the full map.
+    fn key_map(&self, since: Option<u64>, now: u64) -> StoreResult<KeyMapMessage>;
+    fn key_map_status(&self) -> StoreResult<KeyMapStatus>;
+
+    fn admin_token_digest(&self) -> StoreResult<Option<Digest>>;
+    fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()>;
+}

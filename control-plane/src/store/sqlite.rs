@@ -1,0 +1,674 @@
+//! The SQLite backend: one file, WAL mode, a busy timeout so that several processes (a
+//! running `serve` and a CLI command) can share it, and schema migrations numbered by
+//! `PRAGMA user_version`.
+//!
+//! Invariant: a key is in the key map exactly while `removed_at IS NULL` and its expiry (if
+//! any) has not passed; purging sets `removed_at` when that expiry passes.
+
+use super::{
+    Account, AccountWithKeys, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled, Store,
+    StoreError, StoreResult, Versioned, DEFAULT_CHANGE_LOG_LIMIT,
+};
+use keygate_core::digest::Digest;
+use keygate_core::key::{Environment, KeyKind, KeyType};
+use keygate_core::sync::KeyMapMessage;
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Schema migrations, in order; migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE accounts (
+    id          TEXT PRIMARY KEY,
+    name        TEXT,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE keys (
+    id           TEXT PRIMARY KEY,
+    account_id   TEXT NOT NULL REFERENCES accounts(id),
+    digest       TEXT NOT NULL UNIQUE,
+    hint         TEXT NOT NULL,
+    type         TEXT NOT NULL CHECK (type IN ('secret', 'publishable')),
+    environment  TEXT NOT NULL CHECK (environment IN ('test', 'production')),
+    origin       TEXT NOT NULL CHECK (origin IN ('issued', 'imported')),
+    created_at   INTEGER NOT NULL,
+    disabled_at  INTEGER,
+    expires_at   INTEGER,
+    rolled_at    INTEGER,
+    replaced_by  TEXT REFERENCES keys(id),
+    revoked_at   INTEGER,
+    removed_at   INTEGER
+);
+CREATE INDEX keys_by_account ON keys(account_id);
+CREATE INDEX keys_in_map ON keys(digest) WHERE removed_at IS NULL;
+CREATE INDEX keys_expiring ON keys(expires_at) WHERE removed_at IS NULL;
+-- One row: the key map's version and the oldest version the change log can answer from.
+CREATE TABLE keymap_state (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    version    INTEGER NOT NULL,
+    log_start  INTEGER NOT NULL
+);
+INSERT INTO keymap_state (id, version, log_start) VALUES (1, 0, 0);
+CREATE TABLE keymap_changes (
+    version  INTEGER NOT NULL,
+    digest   TEXT NOT NULL,
+    op       TEXT NOT NULL CHECK (op IN ('upsert', 'remove')),
+    PRIMARY KEY (version, digest)
+) WITHOUT ROWID;
+CREATE TABLE settings (
+    name   TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+"#];
+
+const KEY_COLUMNS: &str = "id, account_id, digest, hint, type, environment, origin, created_at, \
+     disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at";
+
+const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
+
+/// How long a call waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy)]
+enum ChangeOp {
+    Upsert,
+    Remove,
+}
+
+impl ChangeOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            ChangeOp::Upsert => "upsert",
+            ChangeOp::Remove => "remove",
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    change_log_limit: u64,
+}
+
+impl SqliteStore {
+    /// Opens (creating on first use) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        SqliteStore::open_with_change_log_limit(path, DEFAULT_CHANGE_LOG_LIMIT)
+    }
+
+    pub fn open_with_change_log_limit(path: &Path, limit: u64) -> StoreResult<SqliteStore> {
+        create_private_file(path)?;
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // journal_mode answers with a row, so it is queried rather than set.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(
+                format!("could not switch the database to WAL mode (got {mode})").into(),
+            ));
+        }
+        conn.pragma_update(None, "foreign_keys", true)?;
+        // FULL: a key shown to its owner must survive a power cut.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            change_log_limit: limit.max(1),
+        })
+    }
+
+    fn lock(&self) -> StoreResult<MutexGuard<'_, Connection>> {
+        self.conn
+            .lock()
+            .map_err(|_| StoreError::Backend("the database connection lock is poisoned".into()))
+    }
+
+    /// Runs `f` in a write transaction: IMMEDIATE takes the write lock up front, so two
+    /// processes never deadlock upgrading a read lock.
+    fn write<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` in a read transaction, so that its queries see one snapshot.
+    fn read<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Bumps the key-map version and records which digests changed in it.
+    fn bump_version(&self, tx: &Transaction, changes: &[(&Digest, ChangeOp)]) -> StoreResult<u64> {
+        let version: u64 = tx.query_row(
+            "UPDATE keymap_state SET version = version + 1 WHERE id = 1 RETURNING version",
+            [],
+            |r| r.get(0),
+        )?;
+        for (digest, op) in changes {
+            tx.execute(
+                "INSERT INTO keymap_changes (version, digest, op) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (version, digest) DO UPDATE SET op = excluded.op",
+                params![version, digest.to_hex(), op.as_str()],
+            )?;
+        }
+        if version > self.change_log_limit {
+            let drop_through = version - self.change_log_limit;
+            tx.execute(
+                "DELETE FROM keymap_changes WHERE version <= ?1",
+                [drop_through],
+            )?;
+            tx.execute(
+                "UPDATE keymap_state SET log_start = MAX(log_start, ?1) WHERE id = 1",
+                [drop_through],
+            )?;
+        }
+        Ok(version)
+    }
+}
+
+/// Creates the database file readable by its owner only, before SQLite creates it with the
+/// process umask.
+fn create_private_file(path: &Path) -> StoreResult<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        // Another process created it first: fine.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Backend(Box::new(std::io::Error::new(
+            e.kind(),
+            format!("cannot create {}: {e}", path.display()),
+        )))),
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let supported = MIGRATIONS.len() as u32;
+    // IMMEDIATE and a re-read inside: two processes opening a new file migrate it once.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as u32 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn current_version(tx: &Transaction) -> StoreResult<u64> {
+    Ok(
+        tx.query_row("SELECT version FROM keymap_state WHERE id = 1", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("unexpected {what} {value:?}"))
+}
+
+fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
+    let digest: String = row.get(2)?;
+    let key_type: String = row.get(4)?;
+    let environment: String = row.get(5)?;
+    let origin: String = row.get(6)?;
+    let key_type = match key_type.as_str() {
+        "secret" => KeyType::Secret,
+        "publishable" => KeyType::Publishable,
+        other => return Err(corrupt("key type", other)),
+    };
+    let environment = match environment.as_str() {
+        "test" => Environment::Test,
+        "production" => Environment::Production,
+        other => return Err(corrupt("environment", other)),
+    };
+    Ok(KeyRecord {
+        key_id: row.get(0)?,
+        account_id: row.get(1)?,
+        digest: Digest::from_hex(&digest).map_err(|_| corrupt("digest", &digest))?,
+        hint: row.get(3)?,
+        kind: KeyKind::new(key_type, environment),
+        origin: KeyOrigin::parse(&origin).ok_or_else(|| corrupt("key origin", &origin))?,
+        created_at: row.get(7)?,
+        disabled_at: row.get(8)?,
+        expires_at: row.get(9)?,
+        rolled_at: row.get(10)?,
+        replaced_by: row.get(11)?,
+        revoked_at: row.get(12)?,
+        removed_at: row.get(13)?,
+    })
+}
+
+/// Runs a key query and reads every row.
+fn query_keys(
+    tx: &Transaction,
+    sql_after_from: &str,
+    args: impl rusqlite::Params,
+) -> StoreResult<Vec<KeyRecord>> {
+    let sql = format!("SELECT {KEY_COLUMNS} FROM keys {sql_after_from}");
+    let mut stmt = tx.prepare(&sql)?;
+    let mut rows = stmt.query(args)?;
+    let mut keys = Vec::new();
+    while let Some(row) = rows.next()? {
+        keys.push(key_from_row(row)?);
+    }
+    Ok(keys)
+}
+
+fn load_key(tx: &Transaction, key_id: &str) -> StoreResult<KeyRecord> {
+    query_keys(tx, "WHERE id = ?1", [key_id])?
+        .pop()
+        .ok_or_else(|| StoreError::KeyNotFound(key_id.to_string()))
+}
+
+fn load_account(tx: &Transaction, account_id: &str) -> StoreResult<Account> {
+    tx.query_row(
+        "SELECT id, name, created_at FROM accounts WHERE id = ?1",
+        [account_id],
+        |r| {
+            Ok(Account {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                created_at: r.get(2)?,
+            })
+        },
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::AccountNotFound(account_id.to_string()))
+}
+
+/// Inserts a key after checking that neither its id nor its digest is taken.
+fn insert_key(tx: &Transaction, key: &NewKey, now: u64) -> StoreResult<KeyRecord> {
+    let digest_hex = key.digest.to_hex();
+    let holder: Option<String> = tx
+        .query_row(
+            "SELECT id FROM keys WHERE digest = ?1",
+            [&digest_hex],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(holder) = holder {
+        return Err(StoreError::DuplicateDigest(holder));
+    }
+    let id_taken: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM keys WHERE id = ?1)",
+        [&key.key_id],
+        |r| r.get(0),
+    )?;
+    if id_taken {
+        return Err(StoreError::DuplicateId(key.key_id.clone()));
+    }
+    tx.execute(
+        "INSERT INTO keys (id, account_id, digest, hint, type, environment, origin, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            key.key_id,
+            key.account_id,
+            digest_hex,
+            key.hint,
+            key.kind.key_type.as_str(),
+            key.kind.environment.as_str(),
+            key.origin.as_str(),
+            now
+        ],
+    )?;
+    load_key(tx, &key.key_id)
+}
+
+/// Refuses changes to a key that has left the key map for good.
+fn ensure_changeable(key: &KeyRecord, action: &'static str, now: u64) -> StoreResult<()> {
+    let reason = if let Some(at) = key.revoked_at {
+        format!("it was revoked at {at}")
+    } else if !key.in_key_map(now) {
+        "it has expired".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::KeyState {
+        key_id: key.key_id.clone(),
+        action,
+        reason,
+    })
+}
+
+/// Marks keys whose expiry has passed as removed, in one new version.
+fn purge_in(
+    store: &SqliteStore,
+    tx: &Transaction,
+    now: u64,
+) -> StoreResult<Versioned<Vec<KeyRecord>>> {
+    let expired = query_keys(
+        tx,
+        "WHERE removed_at IS NULL AND expires_at <= ?1 ORDER BY id",
+        [now],
+    )?;
+    if expired.is_empty() {
+        return Ok(Versioned {
+            value: expired,
+            version: current_version(tx)?,
+        });
+    }
+    for key in &expired {
+        tx.execute(
+            "UPDATE keys SET removed_at = ?1 WHERE id = ?2",
+            params![now, key.key_id],
+        )?;
+    }
+    let changes: Vec<_> = expired
+        .iter()
+        .map(|k| (&k.digest, ChangeOp::Remove))
+        .collect();
+    let version = store.bump_version(tx, &changes)?;
+    let purged = expired
+        .iter()
+        .map(|k| load_key(tx, &k.key_id))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Versioned {
+        value: purged,
+        version,
+    })
+}
+
+impl Store for SqliteStore {
+    fn create_account(
+        &self,
+        account: &Account,
+        keys: &[NewKey],
+    ) -> StoreResult<Versioned<AccountWithKeys>> {
+        self.write(|tx| {
+            let taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = ?1)",
+                [&account.id],
+                |r| r.get(0),
+            )?;
+            if taken {
+                return Err(StoreError::DuplicateId(account.id.clone()));
+            }
+            tx.execute(
+                "INSERT INTO accounts (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![account.id, account.name, account.created_at],
+            )?;
+            let mut records = Vec::with_capacity(keys.len());
+            for key in keys {
+                if key.account_id != account.id {
+                    return Err(StoreError::KeyMismatch(key.key_id.clone()));
+                }
+                records.push(insert_key(tx, key, account.created_at)?);
+            }
+            let changes: Vec<_> = records
+                .iter()
+                .map(|k| (&k.digest, ChangeOp::Upsert))
+                .collect();
+            let version = self.bump_version(tx, &changes)?;
+            Ok(Versioned {
+                value: AccountWithKeys {
+                    account: load_account(tx, &account.id)?,
+                    keys: records,
+                },
+                version,
+            })
+        })
+    }
+
+    fn accounts(&self) -> StoreResult<Vec<Account>> {
+        self.read(|tx| {
+            let mut stmt =
+                tx.prepare("SELECT id, name, created_at FROM accounts ORDER BY created_at, id")?;
+            let accounts = stmt
+                .query_map([], |r| {
+                    Ok(Account {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        created_at: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(accounts)
+        })
+    }
+
+    fn account(&self, account_id: &str) -> StoreResult<Account> {
+        self.read(|tx| load_account(tx, account_id))
+    }
+
+    fn add_key(&self, key: &NewKey, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+        self.write(|tx| {
+            load_account(tx, &key.account_id)?;
+            let record = insert_key(tx, key, now)?;
+            let version = self.bump_version(tx, &[(&record.digest, ChangeOp::Upsert)])?;
+            Ok(Versioned {
+                value: record,
+                version,
+            })
+        })
+    }
+
+    fn keys(&self, account_id: Option<&str>) -> StoreResult<Vec<KeyRecord>> {
+        self.read(|tx| match account_id {
+            Some(account_id) => {
+                load_account(tx, account_id)?;
+                query_keys(
+                    tx,
+                    "WHERE account_id = ?1 ORDER BY created_at, rowid",
+                    [account_id],
+                )
+            }
+            None => query_keys(tx, "ORDER BY created_at, rowid", []),
+        })
+    }
+
+    fn key(&self, key_id: &str) -> StoreResult<KeyRecord> {
+        self.read(|tx| load_key(tx, key_id))
+    }
+
+    fn roll_key(
+        &self,
+        key_id: &str,
+        replacement: &NewKey,
+        grace_seconds: u64,
+        now: u64,
+    ) -> StoreResult<Versioned<Rolled>> {
+        self.write(|tx| {
+            let old = load_key(tx, key_id)?;
+            ensure_changeable(&old, "rolled", now)?;
+            if let Some(successor) = &old.replaced_by {
+                return Err(StoreError::KeyState {
+                    key_id: old.key_id.clone(),
+                    action: "rolled",
+                    reason: format!("it was already rolled; roll its replacement {successor}"),
+                });
+            }
+            if replacement.account_id != old.account_id || replacement.kind != old.kind {
+                return Err(StoreError::KeyMismatch(old.key_id.clone()));
+            }
+            let new = insert_key(tx, replacement, now)?;
+            let old_op = if grace_seconds == 0 {
+                tx.execute(
+                    "UPDATE keys SET expires_at = ?1, rolled_at = ?1, replaced_by = ?2, \
+                     removed_at = ?1 WHERE id = ?3",
+                    params![now, new.key_id, old.key_id],
+                )?;
+                ChangeOp::Remove
+            } else {
+                // A key that already expires sooner keeps its earlier expiry.
+                let expires_at = now.saturating_add(grace_seconds);
+                let expires_at = old.expires_at.map_or(expires_at, |e| e.min(expires_at));
+                tx.execute(
+                    "UPDATE keys SET expires_at = ?1, rolled_at = ?2, replaced_by = ?3 \
+                     WHERE id = ?4",
+                    params![expires_at, now, new.key_id, old.key_id],
+                )?;
+                ChangeOp::Upsert
+            };
+            let version = self.bump_version(
+                tx,
+                &[(&new.digest, ChangeOp::Upsert), (&old.digest, old_op)],
+            )?;
+            Ok(Versioned {
+                value: Rolled {
+                    old: load_key(tx, key_id)?,
+                    new,
+                },
+                version,
+            })
+        })
+    }
+
+    fn revoke_key(&self, key_id: &str, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+        self.write(|tx| {
+            let key = load_key(tx, key_id)?;
+            if key.revoked_at.is_some() {
+                // Revoking twice changes nothing, and keeps the first time.
+                return Ok(Versioned {
+                    value: key,
+                    version: current_version(tx)?,
+                });
+            }
+            tx.execute(
+                "UPDATE keys SET revoked_at = ?1, removed_at = COALESCE(removed_at, ?1) \
+                 WHERE id = ?2",
+                params![now, key_id],
+            )?;
+            let version = self.bump_version(tx, &[(&key.digest, ChangeOp::Remove)])?;
+            Ok(Versioned {
+                value: load_key(tx, key_id)?,
+                version,
+            })
+        })
+    }
+
+    fn set_key_disabled(
+        &self,
+        key_id: &str,
+        disabled: bool,
+        now: u64,
+    ) -> StoreResult<Versioned<KeyRecord>> {
+        self.write(|tx| {
+            let key = load_key(tx, key_id)?;
+            ensure_changeable(&key, if disabled { "disabled" } else { "enabled" }, now)?;
+            if key.disabled_at.is_some() == disabled {
+                return Ok(Versioned {
+                    value: key,
+                    version: current_version(tx)?,
+                });
+            }
+            let disabled_at = disabled.then_some(now);
+            tx.execute(
+                "UPDATE keys SET disabled_at = ?1 WHERE id = ?2",
+                params![disabled_at, key_id],
+            )?;
+            let version = self.bump_version(tx, &[(&key.digest, ChangeOp::Upsert)])?;
+            Ok(Versioned {
+                value: load_key(tx, key_id)?,
+                version,
+            })
+        })
+    }
+
+    fn purge_expired(&self, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>> {
+        self.write(|tx| purge_in(self, tx, now))
+    }
+
+    fn key_map(&self, since: Option<u64>, now: u64) -> StoreResult<KeyMapMessage> {
+        self.write(|tx| {
+            let version = purge_in(self, tx, now)?.version;
+            let log_start: u64 =
+                tx.query_row("SELECT log_start FROM keymap_state WHERE id = 1", [], |r| {
+                    r.get(0)
+                })?;
+            match since {
+                Some(since) if (log_start..=version).contains(&since) => {
+                    let mut stmt = tx.prepare(
+                        "SELECT DISTINCT digest FROM keymap_changes WHERE version > ?1 \
+                         ORDER BY digest",
+                    )?;
+                    let digests = stmt
+                        .query_map([since], |r| r.get::<_, String>(0))?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let mut upserts = Vec::new();
+                    let mut removes = Vec::new();
+                    // Each changed digest is answered with its state now, whatever happened
+                    // to it in between.
+                    for digest in digests {
+                        match query_keys(tx, "WHERE digest = ?1", [&digest])?.pop() {
+                            Some(key) if key.in_key_map(now) => upserts.push(key.to_raw_key()),
+                            _ => removes.push(digest),
+                        }
+                    }
+                    Ok(KeyMapMessage::Delta {
+                        version,
+                        since,
+                        upserts,
+                        removes,
+                    })
+                }
+                _ => {
+                    let keys = query_keys(tx, "WHERE removed_at IS NULL ORDER BY digest", [])?
+                        .into_iter()
+                        .filter(|k| k.in_key_map(now))
+                        .map(|k| k.to_raw_key())
+                        .collect();
+                    Ok(KeyMapMessage::Full { version, keys })
+                }
+            }
+        })
+    }
+
+    fn key_map_status(&self) -> StoreResult<KeyMapStatus> {
+        self.read(|tx| {
+            let next_expiry: Option<u64> = tx.query_row(
+                "SELECT MIN(expires_at) FROM keys WHERE removed_at IS NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(KeyMapStatus {
+                version: current_version(tx)?,
+                next_expiry,
+            })
+        })
+    }
+
+    fn admin_token_digest(&self) -> StoreResult<Option<Digest>> {
+        self.read(|tx| {
+            let hex: Option<String> = tx
+                .query_row(
+                    "SELECT value FROM settings WHERE name = ?1",
+                    [ADMIN_TOKEN_SETTING],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            hex.map(|h| Digest::from_hex(&h).map_err(|_| corrupt("admin token digest", &h)))
+                .transpose()
+        })
+    }
+
+    fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                params![ADMIN_TOKEN_SETTING, digest.to_hex()],
+            )?;
+            Ok(())
+        })
+    }
+}
