@@ -43,8 +43,8 @@ import json, sys
 doc = json.load(sys.stdin)
 for k in doc["keys"]:
     name = ("SK" if k["type"] == "secret" else "PK") + ("_TEST" if k["environment"] == "test" else "_LIVE")
-    print(f"{name}={k[\"key\"]}; {name}_ID={k[\"key_id\"]}")
-print(f"ACCOUNT={doc[\"account\"][\"id\"]}")
+    print(name + "=" + k["key"] + "; " + name + "_ID=" + k["key_id"])
+print("ACCOUNT=" + doc["account"]["id"])
 ')"
 
 for _ in $(seq 100); do
@@ -81,7 +81,8 @@ Try:
   curl -i $API/v3/devices                                              # 401 missing_credentials
   curl -i $API/v3/devices -H 'Authorization: token sk_test_nope'       # 401 invalid_api_key
 
-Roll the secret test key and watch the old one stop working (within a second):
+Roll the secret test key and watch the old one stop working (within about two seconds:
+keygatectl notices the file change within a second, Envoy polls every second):
   $CTL --database $DB key roll $SK_TEST_ID
   curl -i $API/v3/devices -H 'Authorization: token $SK_TEST'          # 401 invalid_api_key
 Or keep it working for a grace period:  ... key roll <key_id> --expires-in 1m

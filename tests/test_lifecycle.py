@@ -1,0 +1,147 @@
+"""The key lifecycle end to end: real keygatectl (SQLite), real Envoy with 2 workers syncing
+from it, the recording upstream. Create, roll (now and with a grace period), revoke,
+disable; keygatectl down and back."""
+
+import time
+
+import httpx
+import pytest
+
+import harness
+from ctl import Keygatectl
+
+INTERVAL_MS = 200
+
+
+def start_envoy(upstream, ctl):
+    config = harness.load_example("envoy-sync.yaml")
+    ports = {9901: harness.free_port(), 10000: harness.free_port(),
+             8081: upstream.server_address[1], 8080: ctl.port}
+    config = harness.localize(config, ports)
+    service = harness.service_config(config)
+    service.update({"interval_ms": INTERVAL_MS, "timeout_ms": 500})
+    harness.set_service_config(config, service)
+    envoy = harness.Envoy(config, concurrency=2)
+    envoy.start()
+    envoy.url = f"http://127.0.0.1:{ports[10000]}"
+    return envoy
+
+
+def answer(envoy, key, path="/v3/devices"):
+    """(status, error code) of one request on a fresh connection (any worker may take it)."""
+    r = httpx.get(envoy.url + path, headers={"authorization": f"token {key}", "connection": "close"}, timeout=5)
+    code = r.json().get("error", {}).get("code") if r.status_code != 200 else None
+    return r.status_code, code
+
+
+def everywhere(envoy, key, n=8):
+    return {answer(envoy, key) for _ in range(n)}
+
+
+def wait_for(predicate, timeout=8.0):
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def stack(upstream):
+    ctl = Keygatectl().start()
+    envoy = start_envoy(upstream, ctl)
+    yield ctl, envoy
+    envoy.stop()
+    ctl.stop()
+
+
+def test_a_new_account_s_keys_work_through_envoy(stack, upstream):
+    ctl, envoy = stack
+    account, keys = ctl.create_account()
+    wait_for(lambda: answer(envoy, keys["sk_test"]["key"])[0] == 200)
+    for name in ("sk_test", "sk_production"):
+        assert everywhere(envoy, keys[name]["key"]) == {(200, None)}
+    for name in ("pk_test", "pk_production"):
+        assert everywhere(envoy, keys[name]["key"]) == {(403, "insufficient_permissions")}
+        assert answer(envoy, keys[name]["key"], "/v3/devices/dev_1") == (200, None)
+    seen = dict(upstream.take()[-1]["headers"])
+    assert seen["x-keygate-account-id"] == account
+
+
+def test_roll_now_old_key_refused_new_key_accepted_on_every_worker(stack):
+    ctl, envoy = stack
+    _, keys = ctl.create_account()
+    old = keys["sk_test"]
+    wait_for(lambda: answer(envoy, old["key"])[0] == 200)
+    started = time.monotonic()
+    rolled = ctl.api("POST", f"/v1/keys/{old['key_id']}/roll", {})
+    new = rolled["new_key"]["key"]
+    first = wait_for(lambda: answer(envoy, old["key"]) == (401, "invalid_api_key"))
+    elapsed = wait_for(lambda: everywhere(envoy, old["key"], 6) == {(401, "invalid_api_key")}
+                       and everywhere(envoy, new, 6) == {(200, None)})
+    print(f"\nold key first refused {first * 1000:.0f} ms after the roll; confirmed on every "
+          f"worker {elapsed * 1000:.0f} ms later (poll interval {INTERVAL_MS} ms)")
+    assert time.monotonic() - started < INTERVAL_MS / 1000 + 2
+
+
+def test_roll_with_a_grace_period(stack):
+    ctl, envoy = stack
+    _, keys = ctl.create_account()
+    old = keys["sk_production"]
+    wait_for(lambda: answer(envoy, old["key"])[0] == 200)
+    rolled = ctl.api("POST", f"/v1/keys/{old['key_id']}/roll", {"expires_in_seconds": 2})
+    new = rolled["new_key"]["key"]
+    wait_for(lambda: answer(envoy, new)[0] == 200)
+    assert everywhere(envoy, old["key"]) == {(200, None)}, "the old key works during the grace period"
+    wait_for(lambda: everywhere(envoy, old["key"], 4) <= {(401, "expired_api_key"), (401, "invalid_api_key")}, timeout=6)
+    assert everywhere(envoy, new) == {(200, None)}
+
+
+def test_revoke_disable_enable(stack):
+    ctl, envoy = stack
+    _, keys = ctl.create_account()
+    sk, pk = keys["sk_test"], keys["pk_test"]
+    wait_for(lambda: answer(envoy, sk["key"])[0] == 200)
+    ctl.api("POST", f"/v1/keys/{sk['key_id']}/disable")
+    wait_for(lambda: everywhere(envoy, sk["key"], 4) == {(401, "disabled_api_key")})
+    ctl.api("POST", f"/v1/keys/{sk['key_id']}/enable")
+    wait_for(lambda: everywhere(envoy, sk["key"], 4) == {(200, None)})
+    ctl.api("POST", f"/v1/keys/{pk['key_id']}/revoke")
+    wait_for(lambda: answer(envoy, pk["key"], "/v3/devices/d1") == (401, "invalid_api_key"))
+
+
+def test_keygatectl_down_keeps_the_last_map_and_envoy_catches_up(stack):
+    ctl, envoy = stack
+    _, keys = ctl.create_account()
+    sk = keys["sk_test"]
+    wait_for(lambda: answer(envoy, sk["key"])[0] == 200)
+    ctl.stop()
+    time.sleep(INTERVAL_MS / 1000 * 3)
+    assert everywhere(envoy, sk["key"]) == {(200, None)}
+    assert envoy.counters("wasmcustom.keygate.sync.")["errors"] >= 1
+    # Changed on the database while the server is down, then the server comes back.
+    rolled = ctl.cli("key", "roll", sk["key_id"])
+    ctl.start(port=ctl.port)
+    wait_for(lambda: everywhere(envoy, sk["key"], 4) == {(401, "invalid_api_key")}
+             and answer(envoy, rolled["new_key"]["key"])[0] == 200)
+
+
+def test_no_wrong_decision_while_keys_roll(stack):
+    ctl, envoy = stack
+    _, keys = ctl.create_account()
+    steady = keys["sk_test"]["key"]
+    churn = keys["sk_production"]
+    wait_for(lambda: answer(envoy, steady)[0] == 200)
+    total = failures = rolls = 0
+    deadline = time.monotonic() + 3
+    with httpx.Client(base_url=envoy.url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            if total % 15 == 0:
+                churn = ctl.api("POST", f"/v1/keys/{churn['key_id']}/roll", {})["new_key"]
+                rolls += 1
+            r = client.get("/v3/devices", headers={"authorization": f"token {steady}"})
+            total += 1
+            failures += r.status_code != 200
+    assert rolls >= 5 and total >= 60
+    assert failures == 0
