@@ -10,7 +10,7 @@ CTL      := target/release/keygatectl
 # Integration suites run in parallel (each test starts its own Envoy with 2 workers).
 JOBS     ?= 2
 
-.PHONY: build wasm keygatectl venv test unit integration lint run clean
+.PHONY: build wasm keygatectl venv test unit integration lint run soak clean
 
 build: wasm keygatectl
 
@@ -46,6 +46,11 @@ lint:
 
 run: build venv
 	bash scripts/demo.sh
+
+# Sustained mixed traffic while keys roll and keygatectl restarts (SOAK_SECONDS to change).
+SOAK_SECONDS ?= 120
+soak: build venv
+	$(VENV)/bin/python tests/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
 	$(CARGO) clean
