@@ -14,12 +14,12 @@ JOBS     ?= 2
 
 build: wasm keygatectl
 
-# The filter, and a test-only variant that traps on request (for the fault suite); the
+# The filter (keygate.wasm), the key-map fetcher (keygate_sync.wasm), and a test-only variant that traps on request (for the fault suite); the
 # plain build runs last so $(WASM) is always the shippable module.
 wasm:
 	$(CARGO) build --release --target wasm32-wasip1 -p keygate --features fault-injection
 	cp $(WASM) target/keygate-fault.wasm
-	$(CARGO) build --release --target wasm32-wasip1 -p keygate
+	$(CARGO) build --release --target wasm32-wasip1 -p keygate -p keygate-sync
 
 keygatectl:
 	$(CARGO) build --release -p keygatectl
@@ -42,7 +42,7 @@ test: unit integration
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate -p keygate-sync -- -D warnings
 
 run: build venv
 	bash scripts/demo.sh

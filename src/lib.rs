@@ -1,16 +1,12 @@
-//! keygate's Envoy filter: thin proxy-wasm glue over `keygate-core`.
+//! keygate's Envoy filter: a lean proxy-wasm module over `keygate-core`.
 //!
-//! The root context parses and validates the plugin configuration once per VM; each request
-//! is then decided by `keygate_core::decision::decide` from one read of the header map.
+//! It speaks the proxy-wasm ABI directly (`abi.rs`, `exports.rs`) rather than through the
+//! SDK, so Envoy calls three callbacks per request instead of seven; the key-map fetcher,
+//! which runs once per poll, is a separate SDK-based module (`sync-service/`).
 
+mod abi;
+mod exports;
 mod filter;
-mod host;
+mod logger;
 mod metrics;
-mod root;
-mod sync_service;
 mod synced_map;
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(root::KeygateRoot::default()));
-}}

@@ -1,43 +1,56 @@
-//! Envoy counters: one for allowed requests, one per denial reason. Envoy shows them under
-//! `wasmcustom.keygate.*` at `/stats` and `/stats/prometheus`.
+//! Envoy counters: one for allowed requests, one per denial reason, shown as
+//! `wasmcustom.keygate.*` at `/stats` and `/stats/prometheus`. Requests only bump a number
+//! in the VM; the tick flushes the sums to Envoy, so counting costs no host call per request.
 
+use crate::abi;
 use keygate_core::denial::Denial;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use std::cell::Cell;
 
-#[derive(Debug, Default)]
+const SLOTS: usize = Denial::ALL.len() + 1;
+const ALLOWED: usize = Denial::ALL.len();
+
+#[derive(Debug)]
 pub struct Metrics {
-    allowed: Option<u32>,
-    denied: [Option<u32>; Denial::ALL.len()],
+    ids: [Option<u32>; SLOTS],
+    pending: [Cell<u32>; SLOTS],
 }
 
 impl Metrics {
-    /// Defines the counters (idempotent in Envoy: the same name gives the same counter).
+    /// Defines the counters (Envoy gives the same counter for the same name).
     pub fn define() -> Metrics {
-        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
-        let mut denied = [None; Denial::ALL.len()];
-        for (slot, denial) in denied.iter_mut().zip(Denial::ALL) {
-            *slot = counter(&format!("keygate.denied.{}", denial.code()));
+        let mut ids = [None; SLOTS];
+        for (slot, denial) in ids.iter_mut().zip(Denial::ALL) {
+            *slot = abi::define_counter(&format!("keygate.denied.{}", denial.code())).ok();
         }
+        ids[ALLOWED] = abi::define_counter("keygate.allowed").ok();
         Metrics {
-            allowed: counter("keygate.allowed"),
-            denied,
+            ids,
+            pending: Default::default(),
         }
     }
 
     pub fn allowed(&self) {
-        bump(self.allowed);
+        bump(&self.pending[ALLOWED]);
     }
 
     pub fn denied(&self, denial: Denial) {
-        let index = Denial::ALL.iter().position(|d| *d == denial);
-        bump(index.and_then(|i| self.denied.get(i).copied().flatten()));
+        if let Some(i) = Denial::ALL.iter().position(|d| *d == denial) {
+            bump(&self.pending[i]);
+        }
+    }
+
+    /// Sends the counts gathered since the last flush to Envoy.
+    pub fn flush(&self) {
+        for (id, pending) in self.ids.iter().zip(&self.pending) {
+            let count = pending.take();
+            if let (Some(id), true) = (id, count > 0) {
+                // A failed increment loses counts, never a request.
+                let _ = abi::increment_metric(*id, i64::from(count));
+            }
+        }
     }
 }
 
-fn bump(id: Option<u32>) {
-    if let Some(id) = id {
-        // A failed increment loses one count; it must never fail the request.
-        let _ = hostcalls::increment_metric(id, 1);
-    }
+fn bump(cell: &Cell<u32>) {
+    cell.set(cell.get().saturating_add(1));
 }

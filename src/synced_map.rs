@@ -2,9 +2,9 @@
 //! bounded cache of the buckets this worker has read. A version change clears the cache, so
 //! a rolled key is refused within one tick of the fetcher publishing.
 
+use crate::abi;
 use keygate_core::bucket::BUCKETS;
 use keygate_core::service_config::{bucket_key, version_key};
-use proxy_wasm::hostcalls;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -37,12 +37,10 @@ impl SyncedMap {
 
     /// Re-reads the published version; a new one drops every cached bucket.
     pub fn refresh(&self) {
-        let published = match hostcalls::get_shared_data(&self.version_key) {
-            Ok((Some(bytes), _)) => <[u8; 8]>::try_from(bytes.as_slice())
-                .ok()
-                .map(u64::from_le_bytes),
-            _ => None,
-        };
+        let published = abi::shared_data(&self.version_key)
+            .ok()
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map(u64::from_le_bytes);
         if published.is_some() && published != self.version.get() {
             self.cache.borrow_mut().clear();
             self.version.set(published);
@@ -57,8 +55,7 @@ impl SyncedMap {
         let bytes = self
             .bucket_keys
             .get(bucket)
-            .and_then(|key| hostcalls::get_shared_data(key).ok())
-            .and_then(|(bytes, _)| bytes)
+            .and_then(|key| abi::shared_data(key).ok())
             .unwrap_or_default();
         let bytes = Rc::new(bytes);
         let mut cache = self.cache.borrow_mut();

@@ -19,6 +19,7 @@ import secret_scan
 
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
+SYNC_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_sync.wasm"
 ENVOY_DIR = ROOT / "envoy"
 
 
@@ -84,7 +85,10 @@ def localize(config, ports):
         if "port_value" in d and d["port_value"] in ports:
             d["port_value"] = ports[d["port_value"]]
         local = d.get("local")
-        if isinstance(local, dict) and str(local.get("filename", "")).endswith(".wasm"):
+        filename = str(local.get("filename", "")) if isinstance(local, dict) else ""
+        if filename.endswith("keygate_sync.wasm"):
+            local["filename"] = str(SYNC_WASM)
+        elif filename.endswith(".wasm"):
             local["filename"] = str(WASM)
     return config
 
@@ -175,6 +179,16 @@ class Envoy:
                         entries.append(entry)
             if len(entries) >= count or time.monotonic() >= deadline:
                 return entries
+            time.sleep(0.02)
+
+    def counters_settled(self, want, prefix="wasmcustom.keygate.", timeout=3):
+        """The counters once they equal `want`, or as they are after `timeout` seconds:
+        the filter flushes its counts to Envoy on a 50 ms timer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.counters(prefix)
+            if got == want or time.monotonic() >= deadline:
+                return got
             time.sleep(0.02)
 
     def read_log(self):

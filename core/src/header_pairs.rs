@@ -36,6 +36,7 @@ pub fn parse(buf: &[u8]) -> Result<HeaderPairs<'_>, MalformedHeaderMap> {
     })
 }
 
+#[derive(Clone)]
 pub struct HeaderPairs<'a> {
     buf: &'a [u8],
     index: usize,

@@ -45,14 +45,36 @@ fn main() {
         ("bearer", format!("7Bearer {pk}").into()),
         ("token-caps-spaces", format!("7TOKEN    {sk}").into()),
         ("ows", b"7 \tToken sk_test_abc\t ".to_vec()),
-        ("basic-key-colon", format!("7Basic {}", b64(&format!("{sk_test}:"))).into()),
-        ("basic-colon-key", format!("7Basic {}", b64(&format!(":{sk_test}"))).into()),
-        ("basic-account", format!("7Basic {}", b64(&format!("acct_1:{sk_test}"))).into()),
-        ("basic-nopad", format!("7basic {}", STANDARD_NO_PAD.encode("sk_test_ab:")).into()),
+        (
+            "basic-key-colon",
+            format!("7Basic {}", b64(&format!("{sk_test}:"))).into(),
+        ),
+        (
+            "basic-colon-key",
+            format!("7Basic {}", b64(&format!(":{sk_test}"))).into(),
+        ),
+        (
+            "basic-account",
+            format!("7Basic {}", b64(&format!("acct_1:{sk_test}"))).into(),
+        ),
+        (
+            "basic-nopad",
+            format!("7basic {}", STANDARD_NO_PAD.encode("sk_test_ab:")).into(),
+        ),
         ("basic-noncanonical", b"7Basic YR==".to_vec()),
         ("basic-bad-alphabet", b"7Basic Pz8_".to_vec()),
-        ("basic-no-colon", format!("7Basic {}", b64("sk_test_abc")).into()),
-        ("basic-latin1", [b"7Basic ".as_slice(), STANDARD.encode(b"\xe9t\xe9:").as_bytes()].concat()),
+        (
+            "basic-no-colon",
+            format!("7Basic {}", b64("sk_test_abc")).into(),
+        ),
+        (
+            "basic-latin1",
+            [
+                b"7Basic ".as_slice(),
+                STANDARD.encode(b"\xe9t\xe9:").as_bytes(),
+            ]
+            .concat(),
+        ),
         ("comma-joined", b"7Token a,Token b".to_vec()),
         ("nul", b"7Token sk\x00x".to_vec()),
         ("tab-separator", b"7Token\tsk_test_abc".to_vec()),
@@ -65,11 +87,17 @@ fn main() {
         ("no-value", b"\x17".to_vec()),
         ("too-long-16", b"'token sk_test_0123456789".to_vec()),
         ("scheme-not-accepted", b"1bearer sk_test_abc".to_vec()),
-        ("long-1024", format!("?token sk_{}", "k".repeat(1021)).into()),
+        (
+            "long-1024",
+            format!("?token sk_{}", "k".repeat(1021)).into(),
+        ),
         ("not-utf8", b"7Token \xff\xfe".to_vec()),
         ("finding-KF2-nbsp-in-key", "7Token sk_a\u{a0}b".into()),
         ("finding-KF2-nel-in-key", "7Token sk_a\u{85}b".into()),
-        ("finding-KF2-basic-nbsp-in-key", format!("7Basic {}", b64("acct:sk_a\u{a0}b")).into()),
+        (
+            "finding-KF2-basic-nbsp-in-key",
+            format!("7Basic {}", b64("acct:sk_a\u{a0}b")).into(),
+        ),
         ("newline-in-value", b"7Token a\nb".to_vec()),
     ];
     for (name, data) in cred {
@@ -118,7 +146,10 @@ fn main() {
     let raw: Vec<(&str, String)> = vec![
         ("minimal", r#"{"version":1}"#.into()),
         ("full", valid.clone()),
-        ("pretty", serde_json::to_string_pretty(&config::seed()).expect("json")),
+        (
+            "pretty",
+            serde_json::to_string_pretty(&config::seed()).expect("json"),
+        ),
         ("array", "[]".into()),
         ("truncated", "{".into()),
         ("version-2", r#"{"version":2}"#.into()),
@@ -126,22 +157,63 @@ fn main() {
         ("unknown-field", r#"{"version":1,"extra":1}"#.into()),
         ("no-schemes", r#"{"version":1,"schemes":[]}"#.into()),
         ("bad-realm", r#"{"version":1,"realm":"a\"b"}"#.into()),
-        ("max-key-length", r#"{"version":1,"max_key_length":4}"#.into()),
-        ("dup-header", r#"{"version":1,"identity_headers":{"key_id":"x-keygate-account-id"}}"#.into()),
-        ("bad-rule", r#"{"version":1,"publishable":{"allow":[{"methods":["PO ST"],"path":"v3/{x"}]}}"#.into()),
-        ("bad-prefix", r#"{"version":1,"publishable":{"api_prefixes":["/v3/{"]}}"#.into()),
+        (
+            "max-key-length",
+            r#"{"version":1,"max_key_length":4}"#.into(),
+        ),
+        (
+            "dup-header",
+            r#"{"version":1,"identity_headers":{"key_id":"x-keygate-account-id"}}"#.into(),
+        ),
+        (
+            "bad-rule",
+            r#"{"version":1,"publishable":{"allow":[{"methods":["PO ST"],"path":"v3/{x"}]}}"#
+                .into(),
+        ),
+        (
+            "bad-prefix",
+            r#"{"version":1,"publishable":{"api_prefixes":["/v3/{"]}}"#.into(),
+        ),
         ("sync", r#"{"version":1,"sync":{}}"#.into()),
-        ("sync-bad-namespace", r#"{"version":1,"sync":{"namespace":"a/b"}}"#.into()),
-        ("plaintext-digest", valid.replace(&digest_of(&sk_test), &sk_test)),
+        (
+            "sync-bad-namespace",
+            r#"{"version":1,"sync":{"namespace":"a/b"}}"#.into(),
+        ),
+        (
+            "plaintext-digest",
+            valid.replace(&digest_of(&sk_test), &sk_test),
+        ),
         ("plaintext-account", valid.replace("acct_1", &pk_test)),
-        ("dup-digest", valid.replace(&digest_of(&pk_test), &digest_of(&sk_test))),
+        (
+            "dup-digest",
+            valid.replace(&digest_of(&pk_test), &digest_of(&sk_test)),
+        ),
         ("short-digest", valid.replace(&digest_of(&sk_test), "abc")),
-        ("big-number", r#"{"version":1,"max_key_length":18446744073709551616}"#.into()),
-        ("deep", format!(r#"{{"version":1,"x":{}{}}}"#, "[".repeat(200), "]".repeat(200))),
+        (
+            "big-number",
+            r#"{"version":1,"max_key_length":18446744073709551616}"#.into(),
+        ),
+        (
+            "deep",
+            format!(
+                r#"{{"version":1,"x":{}{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+        ),
         // Plaintext keys where serde may quote them back in its own messages.
-        ("finding-KF1-plaintext-version", format!(r#"{{"version":"{sk}"}}"#)),
-        ("finding-KF1-plaintext-field-name", format!(r#"{{"version":1,"{sk}":1}}"#)),
-        ("finding-KF1-plaintext-type", valid.replace(r#""type":"publishable""#, &format!(r#""type":"{pk}""#))),
+        (
+            "finding-KF1-plaintext-version",
+            format!(r#"{{"version":"{sk}"}}"#),
+        ),
+        (
+            "finding-KF1-plaintext-field-name",
+            format!(r#"{{"version":1,"{sk}":1}}"#),
+        ),
+        (
+            "finding-KF1-plaintext-type",
+            valid.replace(r#""type":"publishable""#, &format!(r#""type":"{pk}""#)),
+        ),
     ];
     for (name, data) in raw {
         write("config", &prefixed("raw", name), data.as_bytes());
@@ -157,24 +229,69 @@ fn main() {
     let (set, remove, add_field, push) = (0, 1, 2, 3);
     let structured: Vec<(&str, Vec<u8>)> = vec![
         ("unchanged", script(&[(remove, path("keys/0/disabled"), 0)])),
-        ("finding-KF1-set-version-plaintext", script(&[(set, path("version"), 13)])),
-        ("set-digest-plaintext", script(&[(set, path("keys/0/digest"), 14)])),
-        ("finding-KF1-set-type-plaintext", script(&[(set, path("keys/0/type"), 15)])),
-        ("finding-KF1-set-environment-plaintext", script(&[(set, path("environment"), 13)])),
-        ("finding-KF1-add-field-plaintext", script(&[(add_field, path(""), 13)])),
-        ("finding-KF1-add-key-field-plaintext", script(&[(add_field, path("keys/0"), 14)])),
-        ("set-scheme-plaintext", script(&[(set, path("schemes/0"), 15)])),
-        ("set-method-plaintext", script(&[(set, path("publishable/allow/0/methods/0"), 13)])),
-        ("set-rule-path-plaintext", script(&[(set, path("publishable/allow/0/path"), 14)])),
-        ("set-namespace-plaintext", script(&[(set, path("sync/namespace"), 13)])),
+        (
+            "finding-KF1-set-version-plaintext",
+            script(&[(set, path("version"), 13)]),
+        ),
+        (
+            "set-digest-plaintext",
+            script(&[(set, path("keys/0/digest"), 14)]),
+        ),
+        (
+            "finding-KF1-set-type-plaintext",
+            script(&[(set, path("keys/0/type"), 15)]),
+        ),
+        (
+            "finding-KF1-set-environment-plaintext",
+            script(&[(set, path("environment"), 13)]),
+        ),
+        (
+            "finding-KF1-add-field-plaintext",
+            script(&[(add_field, path(""), 13)]),
+        ),
+        (
+            "finding-KF1-add-key-field-plaintext",
+            script(&[(add_field, path("keys/0"), 14)]),
+        ),
+        (
+            "set-scheme-plaintext",
+            script(&[(set, path("schemes/0"), 15)]),
+        ),
+        (
+            "set-method-plaintext",
+            script(&[(set, path("publishable/allow/0/methods/0"), 13)]),
+        ),
+        (
+            "set-rule-path-plaintext",
+            script(&[(set, path("publishable/allow/0/path"), 14)]),
+        ),
+        (
+            "set-namespace-plaintext",
+            script(&[(set, path("sync/namespace"), 13)]),
+        ),
         ("set-realm-two-keys", script(&[(set, path("realm"), 35)])),
         ("dup-digest", script(&[(set, path("keys/1/digest"), 17)])),
         ("push-plaintext-entry", script(&[(push, path("keys"), 37)])),
         ("remove-version", script(&[(remove, path("version"), 0)])),
-        ("max-key-length-huge", script(&[(set, path("max_key_length"), 32)])),
-        ("expires-float", script(&[(set, path("keys/0/expires_at"), 10)])),
-        ("rule-object", script(&[(push, path("publishable/allow"), 36), (set, path("publishable/allow/0/path"), 24)])),
-        ("nul-header", script(&[(set, path("identity_headers/key_id"), 31)])),
+        (
+            "max-key-length-huge",
+            script(&[(set, path("max_key_length"), 32)]),
+        ),
+        (
+            "expires-float",
+            script(&[(set, path("keys/0/expires_at"), 10)]),
+        ),
+        (
+            "rule-object",
+            script(&[
+                (push, path("publishable/allow"), 36),
+                (set, path("publishable/allow/0/path"), 24),
+            ]),
+        ),
+        (
+            "nul-header",
+            script(&[(set, path("identity_headers/key_id"), 31)]),
+        ),
     ];
     for (name, data) in structured {
         write("config", &prefixed("mut", name), &data);
@@ -189,7 +306,10 @@ fn main() {
     };
     let full = |v: u64, keys: &[(&str, &str)]| {
         let keys: Vec<String> = keys.iter().map(|(k, id)| entry(k, id)).collect();
-        format!(r#"{{"kind":"full","version":{v},"keys":[{}]}}"#, keys.join(","))
+        format!(
+            r#"{{"kind":"full","version":{v},"keys":[{}]}}"#,
+            keys.join(",")
+        )
     };
     let delta = |since: u64, v: u64, up: &[(&str, &str)], rm: &[&str]| {
         let up: Vec<String> = up.iter().map(|(k, id)| entry(k, id)).collect();
@@ -200,8 +320,13 @@ fn main() {
             rm.join(",")
         )
     };
-    let twelve: Vec<(String, String)> = (0..12).map(|i| (format!("k{i}"), format!("id{i}"))).collect();
-    let twelve: Vec<(&str, &str)> = twelve.iter().map(|(k, i)| (k.as_str(), i.as_str())).collect();
+    let twelve: Vec<(String, String)> = (0..12)
+        .map(|i| (format!("k{i}"), format!("id{i}")))
+        .collect();
+    let twelve: Vec<(&str, &str)> = twelve
+        .iter()
+        .map(|(k, i)| (k.as_str(), i.as_str()))
+        .collect();
     let eleven: Vec<&str> = twelve[..11].iter().map(|(k, _)| *k).collect();
     let sync: Vec<(&str, Vec<String>)> = vec![
         ("full", vec![full(3, &[("k1", "a"), ("k2", "b")])]),
@@ -237,30 +362,94 @@ fn main() {
 
     // decision: first line METHOD SP path, then one authorization value per line.
     let known = decision::known_keys();
-    let key = |id: &str| known.iter().find(|k| k.key_id == id).expect("known").key.clone();
+    let key = |id: &str| {
+        known
+            .iter()
+            .find(|k| k.key_id == id)
+            .expect("known")
+            .key
+            .clone()
+    };
     let basic = |s: String| format!("Basic {}", b64(&s));
     let dec: Vec<(&str, String)> = vec![
-        ("secret-token", format!("DELETE /v3/devices/1\ntoken {sk_test}")),
-        ("secret-bearer-prod", format!("PATCH /anything\nBearer {sk}")),
-        ("publishable-get", format!("GET /v3/devices/abc\ntoken {pk_test}")),
-        ("publishable-head-prod", format!("HEAD /api/v1/users/42/\nBearer {pk}")),
-        ("publishable-post-rule", format!("POST /v3/devices/abc/events\ntoken {pk_test}")),
-        ("publishable-post-denied", format!("POST /v3/devices/abc\ntoken {pk_test}")),
-        ("publishable-dotdot", format!("GET /v3/devices/abc/../../admin/x\ntoken {pk_test}")),
-        ("publishable-encoded-slash", format!("GET /v3/devices/a%2Fb\nBearer {pk}")),
-        ("publishable-lower-method", format!("get /v3/devices/abc\ntoken {pk_test}")),
-        ("basic-key", format!("GET /\n{}", basic(format!("{sk_test}:")))),
-        ("basic-account", format!("GET /\n{}", basic(format!("acct_1:{sk}")))),
-        ("basic-other-account", format!("GET /\n{}", basic(format!("acct_2:{sk}")))),
-        ("basic-publishable", format!("GET /v3/x/y\n{}", basic(format!(":{pk}")))),
-        ("expired", format!("GET /v3/x\ntoken {}", key("key_expired"))),
-        ("expires-later", format!("GET /v3/x\nBearer {}", key("key_later"))),
-        ("disabled", format!("GET /v3/x/y\nBearer {}", key("key_disabled"))),
-        ("legacy", format!("GET /v3/x/y\ntoken {}", key("key_legacy"))),
-        ("two-headers", format!("GET /\ntoken {sk_test}\ntoken {sk_test}")),
+        (
+            "secret-token",
+            format!("DELETE /v3/devices/1\ntoken {sk_test}"),
+        ),
+        (
+            "secret-bearer-prod",
+            format!("PATCH /anything\nBearer {sk}"),
+        ),
+        (
+            "publishable-get",
+            format!("GET /v3/devices/abc\ntoken {pk_test}"),
+        ),
+        (
+            "publishable-head-prod",
+            format!("HEAD /api/v1/users/42/\nBearer {pk}"),
+        ),
+        (
+            "publishable-post-rule",
+            format!("POST /v3/devices/abc/events\ntoken {pk_test}"),
+        ),
+        (
+            "publishable-post-denied",
+            format!("POST /v3/devices/abc\ntoken {pk_test}"),
+        ),
+        (
+            "publishable-dotdot",
+            format!("GET /v3/devices/abc/../../admin/x\ntoken {pk_test}"),
+        ),
+        (
+            "publishable-encoded-slash",
+            format!("GET /v3/devices/a%2Fb\nBearer {pk}"),
+        ),
+        (
+            "publishable-lower-method",
+            format!("get /v3/devices/abc\ntoken {pk_test}"),
+        ),
+        (
+            "basic-key",
+            format!("GET /\n{}", basic(format!("{sk_test}:"))),
+        ),
+        (
+            "basic-account",
+            format!("GET /\n{}", basic(format!("acct_1:{sk}"))),
+        ),
+        (
+            "basic-other-account",
+            format!("GET /\n{}", basic(format!("acct_2:{sk}"))),
+        ),
+        (
+            "basic-publishable",
+            format!("GET /v3/x/y\n{}", basic(format!(":{pk}"))),
+        ),
+        (
+            "expired",
+            format!("GET /v3/x\ntoken {}", key("key_expired")),
+        ),
+        (
+            "expires-later",
+            format!("GET /v3/x\nBearer {}", key("key_later")),
+        ),
+        (
+            "disabled",
+            format!("GET /v3/x/y\nBearer {}", key("key_disabled")),
+        ),
+        (
+            "legacy",
+            format!("GET /v3/x/y\ntoken {}", key("key_legacy")),
+        ),
+        (
+            "two-headers",
+            format!("GET /\ntoken {sk_test}\ntoken {sk_test}"),
+        ),
         ("no-header", "GET /v3/x/y".into()),
         ("empty-header", "GET /v3/x/y\n".into()),
-        ("typo", format!("GET /\ntoken {}x", &sk_test[..sk_test.len() - 1])),
+        (
+            "typo",
+            format!("GET /\ntoken {}x", &sk_test[..sk_test.len() - 1]),
+        ),
         ("unknown-prefix", "GET /\ntoken xk_abc".into()),
         ("wrong-case-scheme", format!("GET /\nBEARER    {pk}")),
         ("bad-path", format!("GET /%zz\nBearer {pk}")),
@@ -280,10 +469,22 @@ fn main() {
         write("decision", name, as_headers(&data).as_bytes());
     }
     let overrides: Vec<(&str, String)> = vec![
-        ("override-get", format!("GET /v3/devices/abc\ntoken {pk_test}")),
-        ("override-delete", format!("GET /v3/devices/abc\ntoken {pk_test}")),
-        ("override-secret", format!("GET /v3/devices/abc\ntoken {sk_test}")),
-        ("override-many", format!("HEAD /v3/devices/abc\nBearer {pk}")),
+        (
+            "override-get",
+            format!("GET /v3/devices/abc\ntoken {pk_test}"),
+        ),
+        (
+            "override-delete",
+            format!("GET /v3/devices/abc\ntoken {pk_test}"),
+        ),
+        (
+            "override-secret",
+            format!("GET /v3/devices/abc\ntoken {sk_test}"),
+        ),
+        (
+            "override-many",
+            format!("HEAD /v3/devices/abc\nBearer {pk}"),
+        ),
     ];
     let extra = [
         "x-http-method-override:GET",
@@ -292,11 +493,19 @@ fn main() {
         "x-http-method:GET\nx-http-method:GET\nx-http-method:GET\nx-http-method:GET\nx-http-method:GET",
     ];
     for ((name, data), extra) in overrides.into_iter().zip(extra) {
-        write("decision", name, format!("{}\n{extra}", as_headers(&data)).as_bytes());
+        write(
+            "decision",
+            name,
+            format!("{}\n{extra}", as_headers(&data)).as_bytes(),
+        );
     }
     let spoof = format!(
         ":path:/v3/x/y\nx-keygate-key-id:spoof\n:method:GET\nx-keygate-account-id:a\nauthorization:Bearer {pk}\n:method:HEAD"
     );
-    write("decision", "identity-spoof-repeated-method", spoof.as_bytes());
+    write(
+        "decision",
+        "identity-spoof-repeated-method",
+        spoof.as_bytes(),
+    );
     println!("seeds written under {}", corpus_dir("").display());
 }

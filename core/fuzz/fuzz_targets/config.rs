@@ -7,5 +7,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| keygate_core_fuzz::config::check(data)
 /// Without libFuzzer: replays the files (or every file of the directories) given as arguments.
 #[cfg(not(fuzzing))]
 fn main() {
-    std::process::exit(keygate_core_fuzz::replay_main("config", keygate_core_fuzz::config::check));
+    std::process::exit(keygate_core_fuzz::replay_main(
+        "config",
+        keygate_core_fuzz::config::check,
+    ));
 }

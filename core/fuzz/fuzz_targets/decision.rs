@@ -7,5 +7,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| keygate_core_fuzz::decision::check(dat
 /// Without libFuzzer: replays the files (or every file of the directories) given as arguments.
 #[cfg(not(fuzzing))]
 fn main() {
-    std::process::exit(keygate_core_fuzz::replay_main("decision", keygate_core_fuzz::decision::check));
+    std::process::exit(keygate_core_fuzz::replay_main(
+        "decision",
+        keygate_core_fuzz::decision::check,
+    ));
 }

@@ -7,5 +7,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| keygate_core_fuzz::path_policy::check(
 /// Without libFuzzer: replays the files (or every file of the directories) given as arguments.
 #[cfg(not(fuzzing))]
 fn main() {
-    std::process::exit(keygate_core_fuzz::replay_main("path_policy", keygate_core_fuzz::path_policy::check));
+    std::process::exit(keygate_core_fuzz::replay_main(
+        "path_policy",
+        keygate_core_fuzz::path_policy::check,
+    ));
 }

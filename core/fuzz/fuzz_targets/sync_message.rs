@@ -7,5 +7,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| keygate_core_fuzz::sync_message::check
 /// Without libFuzzer: replays the files (or every file of the directories) given as arguments.
 #[cfg(not(fuzzing))]
 fn main() {
-    std::process::exit(keygate_core_fuzz::replay_main("sync_message", keygate_core_fuzz::sync_message::check));
+    std::process::exit(keygate_core_fuzz::replay_main(
+        "sync_message",
+        keygate_core_fuzz::sync_message::check,
+    ));
 }

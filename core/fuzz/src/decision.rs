@@ -11,7 +11,8 @@
 //! publishable policy plus `POST /v3/devices/{id}/events`. One config accepts every scheme on
 //! any environment; the other Bearer and Basic only, on production.
 //!
-//! Invariants: an Allow only ever happens for one of the configured live keys: the presented
+//! Invariants: the answer is the same whether keys are looked up in the config's key map or
+//! in the sync buckets `bucket::encode_entry` makes of it. An Allow only ever happens for one of the configured live keys: the presented
 //! credential parses, its key is one of the configured plaintexts, the entry is that key's own
 //! (same key id, kind, account), not disabled or expired, of the listener's environment, and
 //! for Basic the account matches; a publishable key is allowed only what the policy model
@@ -23,6 +24,7 @@
 
 use crate::invariant;
 use crate::oracle;
+use keygate_core::bucket::{bucket_of, encode_entry, find};
 use keygate_core::config::FilterConfig;
 use keygate_core::credentials::parse_authorization;
 use keygate_core::decision::{decide, Decision, Request};
@@ -31,6 +33,7 @@ use keygate_core::key::{KeyKind, KeyType};
 use keygate_core::path::normalize;
 use keygate_core::request_scan::{scan, METHOD_OVERRIDE_HEADERS};
 use std::cell::OnceCell;
+use std::collections::HashMap;
 
 /// The clock the fuzzed decisions see.
 pub const NOW: u64 = 1_000;
@@ -47,6 +50,21 @@ pub struct Known {
 pub struct Fixture {
     pub configs: Vec<FilterConfig>,
     pub known: Vec<Known>,
+    /// Each config's keys as sync buckets (bucket index → bytes), as the fetcher publishes them.
+    pub buckets: Vec<HashMap<usize, Vec<u8>>>,
+}
+
+/// A key map as the sync buckets that `bucket::encode_entry` writes.
+pub fn to_buckets(config: &FilterConfig) -> HashMap<usize, Vec<u8>> {
+    let mut buckets: HashMap<usize, Vec<u8>> = HashMap::new();
+    for (digest, entry) in config.keys.iter() {
+        encode_entry(
+            buckets.entry(bucket_of(digest)).or_default(),
+            digest,
+            &entry.info(),
+        );
+    }
+    buckets
 }
 
 /// Every plaintext key the configs know.
@@ -70,9 +88,27 @@ pub fn known_keys() -> Vec<Known> {
         disabled,
     };
     let [sk_test, pk_test, _, pk] = KeyKind::ALL;
-    known.push(extra("pk_test_legacy0123", "key_legacy", pk_test, None, false));
-    known.push(extra("sk_test_expired0123", "key_expired", sk_test, Some(NOW), false));
-    known.push(extra("sk_test_later0123", "key_later", sk_test, Some(NOW + 1), false));
+    known.push(extra(
+        "pk_test_legacy0123",
+        "key_legacy",
+        pk_test,
+        None,
+        false,
+    ));
+    known.push(extra(
+        "sk_test_expired0123",
+        "key_expired",
+        sk_test,
+        Some(NOW),
+        false,
+    ));
+    known.push(extra(
+        "sk_test_later0123",
+        "key_later",
+        sk_test,
+        Some(NOW + 1),
+        false,
+    ));
     known.push(extra("pk_disabled0123", "key_disabled", pk, None, true));
     known
 }
@@ -103,7 +139,7 @@ pub fn fixture() -> Fixture {
         r#""publishable":{{"allow":[{{"methods":["post"],"path":"{}"}}]}}"#,
         oracle::EVENTS_RULE
     );
-    let configs = [
+    let configs: Vec<FilterConfig> = [
         String::new(),
         r#","schemes":["bearer","basic"],"environment":"production","max_key_length":64"#.into(),
     ]
@@ -116,7 +152,12 @@ pub fn fixture() -> Fixture {
         FilterConfig::parse(json.as_bytes()).expect("the fixture config is valid")
     })
     .collect();
-    Fixture { configs, known }
+    let buckets = configs.iter().map(to_buckets).collect();
+    Fixture {
+        configs,
+        known,
+        buckets,
+    }
 }
 
 thread_local! {
@@ -143,19 +184,28 @@ pub fn check(data: &[u8]) {
     let pairs = header_lines(data);
     FIXTURE.with(|cell| {
         let fixture = cell.get_or_init(fixture);
-        for config in &fixture.configs {
-            check_one(config, &fixture.known, &pairs);
+        for (config, buckets) in fixture.configs.iter().zip(&fixture.buckets) {
+            check_one(config, buckets, &fixture.known, &pairs);
         }
     });
 }
 
-fn check_one(config: &FilterConfig, known: &[Known], pairs: &[(&[u8], &[u8])]) {
+fn check_one(
+    config: &FilterConfig,
+    buckets: &HashMap<usize, Vec<u8>>,
+    known: &[Known],
+    pairs: &[(&[u8], &[u8])],
+) {
     let settings = &config.settings;
     let scanned = scan(pairs.iter().copied(), &settings.identity_headers);
 
     // The scan against the headers themselves.
     let values = |name: &[u8]| -> Vec<&[u8]> {
-        pairs.iter().filter(|(n, _)| *n == name).map(|(_, v)| *v).collect()
+        pairs
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .collect()
     };
     let authorization = values(b"authorization");
     let overrides: Vec<&[u8]> = pairs
@@ -180,7 +230,11 @@ fn check_one(config: &FilterConfig, known: &[Known], pairs: &[(&[u8], &[u8])]) {
         scanned.method_overrides().map(<[_]>::len),
         overrides.len()
     );
-    for (sent, name) in scanned.identity_sent.iter().zip(settings.identity_headers.names()) {
+    for (sent, name) in scanned
+        .identity_sent
+        .iter()
+        .zip(settings.identity_headers.names())
+    {
         invariant!(
             *sent == pairs.iter().any(|(n, _)| *n == name.as_bytes()),
             "identity header {name} sent: scan says {sent}"
@@ -200,6 +254,13 @@ fn check_one(config: &FilterConfig, known: &[Known], pairs: &[(&[u8], &[u8])]) {
         clock_asked = true;
         NOW
     });
+    // Sync mode finds keys in buckets instead: the same request must get the same answer.
+    let from_buckets = |d: &Digest| buckets.get(&bucket_of(d)).and_then(|b| find(b, d));
+    let synced = decide(settings, from_buckets, &request, || NOW);
+    invariant!(
+        decision == synced,
+        "key map says {decision:?}, sync buckets say {synced:?}"
+    );
     match decision {
         Decision::Deny(denial) => {
             invariant!(
@@ -213,8 +274,13 @@ fn check_one(config: &FilterConfig, known: &[Known], pairs: &[(&[u8], &[u8])]) {
             );
         }
         Decision::Allow(info) => {
-            invariant!(authorization.len() == 1, "Allow with {} authorization headers", authorization.len());
-            let credential = parse_authorization(&authorization, settings.schemes, settings.max_key_length);
+            invariant!(
+                authorization.len() == 1,
+                "Allow with {} authorization headers",
+                authorization.len()
+            );
+            let credential =
+                parse_authorization(&authorization, settings.schemes, settings.max_key_length);
             let Ok(credential) = credential else {
                 invariant!(false, "Allow without a parsable credential");
                 return;
@@ -231,7 +297,7 @@ fn check_one(config: &FilterConfig, known: &[Known], pairs: &[(&[u8], &[u8])]) {
             );
             invariant!(!k.disabled && !info.disabled, "Allow for a disabled key");
             invariant!(
-                k.expires_at.map_or(true, |at| NOW < at),
+                k.expires_at.is_none_or(|at| NOW < at),
                 "Allow for an expired key {}",
                 k.key_id
             );
@@ -241,7 +307,7 @@ fn check_one(config: &FilterConfig, known: &[Known], pairs: &[(&[u8], &[u8])]) {
                 k.expires_at
             );
             invariant!(
-                settings.environment.map_or(true, |e| e == k.kind.environment),
+                settings.environment.is_none_or(|e| e == k.kind.environment),
                 "Allow for {} on a {:?} listener",
                 k.key_id,
                 settings.environment

@@ -38,10 +38,16 @@ fn check_buffer(buf: &[u8]) {
         }
     }
     let again = serialize(&pairs);
-    invariant!(again.len() <= buf.len(), "re-serialized map is longer than the buffer");
+    invariant!(
+        again.len() <= buf.len(),
+        "re-serialized map is longer than the buffer"
+    );
     // Same layout: count and sizes are byte for byte the buffer's.
     let header = 4 + 8 * declared;
-    invariant!(again[..header] == buf[..header], "re-serialized sizes differ");
+    invariant!(
+        again[..header] == buf[..header],
+        "re-serialized sizes differ"
+    );
     let reparsed: Vec<(&[u8], &[u8])> = match parse(&again) {
         Ok(p) => p.collect(),
         Err(_) => {
@@ -69,7 +75,11 @@ fn check_round_trip(data: &[u8]) {
     match parse(&buf) {
         Ok(parsed) => {
             let parsed: Vec<(&[u8], &[u8])> = parsed.collect();
-            invariant!(parsed == pairs, "serialize → parse changed {} pairs", pairs.len());
+            invariant!(
+                parsed == pairs,
+                "serialize → parse changed {} pairs",
+                pairs.len()
+            );
         }
         Err(_) => invariant!(false, "a serialized map of {} pairs refused", pairs.len()),
     }

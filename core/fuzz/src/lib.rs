@@ -15,8 +15,11 @@ pub mod oracle;
 pub mod path_policy;
 pub mod sync_message;
 
+/// A target's check: panics when an invariant is broken.
+pub type Check = fn(&[u8]);
+
 /// Every target: its name (= its `fuzz_targets/` file and its `corpus/` folder) and its check.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("credentials", credentials::check),
     ("path_policy", path_policy::check),
     ("config", config::check),
@@ -78,7 +81,9 @@ macro_rules! known_finding {
 
 /// `core/fuzz/corpus/<target>`.
 pub fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target)
 }
 
 /// The files of a folder, sorted, skipping dot files (libFuzzer's own scratch files).
@@ -126,7 +131,7 @@ pub enum Outcome {
 }
 
 /// Runs `check` on one input, catching a panic.
-pub fn run_one(check: fn(&[u8]), data: &[u8]) -> Outcome {
+pub fn run_one(check: Check, data: &[u8]) -> Outcome {
     quiet_panics();
     take_findings_hit();
     let result = std::panic::catch_unwind(|| check(data));
@@ -153,7 +158,10 @@ pub fn run_one(check: fn(&[u8]), data: &[u8]) -> Outcome {
 /// Checks one corpus file's outcome: it must pass, except that a `finding-<ID>-…` file must
 /// still reproduce its known finding while `<ID>` is listed in [`KNOWN_FINDINGS`].
 pub fn judge(file: &Path, outcome: &Outcome) -> Result<(), String> {
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let expected = name
         .strip_prefix("finding-")
         .and_then(|rest| rest.split('-').next())
@@ -161,7 +169,7 @@ pub fn judge(file: &Path, outcome: &Outcome) -> Result<(), String> {
     match (outcome, expected) {
         (Outcome::Passed, None) => Ok(()),
         (Outcome::Failed(msg), _) => Err(msg.clone()),
-        (Outcome::KnownFindings(ids), Some(id)) if ids.iter().any(|i| *i == id) => Ok(()),
+        (Outcome::KnownFindings(ids), Some(id)) if ids.contains(&id) => Ok(()),
         (Outcome::KnownFindings(ids), _) => Err(format!(
             "hits known finding(s) {ids:?}: name the file finding-<ID>-… if that is expected"
         )),
@@ -175,7 +183,7 @@ pub fn judge(file: &Path, outcome: &Outcome) -> Result<(), String> {
 /// `main` of a target built without libFuzzer: replays every file named on the command line
 /// (a folder means each of its files; none means the target's committed corpus). Returns the
 /// process exit code: 0 when every input passed.
-pub fn replay_main(target: &str, check: fn(&[u8])) -> i32 {
+pub fn replay_main(target: &str, check: Check) -> i32 {
     let mut args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     if args.is_empty() {
         args.push(corpus_dir(target));
@@ -224,7 +232,9 @@ pub fn issued_keys_in(s: &str) -> Vec<&str> {
     use keygate_core::key::{is_issued_key, BODY_LEN};
     let mut found = Vec::new();
     for (i, _) in s.match_indices("k_") {
-        let Some(start) = i.checked_sub(1) else { continue };
+        let Some(start) = i.checked_sub(1) else {
+            continue;
+        };
         for prefix_len in ["sk_".len(), "sk_test_".len()] {
             if let Some(candidate) = s.get(start..start + prefix_len + BODY_LEN) {
                 if is_issued_key(candidate) {
@@ -281,7 +291,10 @@ pub fn header_pairs_seed() -> Vec<(String, Vec<u8>)> {
         ("lying-length".into(), lying_len),
         ("trailing-bytes".into(), trailing),
         ("no-nul-terminators".into(), no_nuls),
-        ("lines".into(), b"authorization:token sk_test_abc\n:path:/v3/x\nx-empty:".to_vec()),
+        (
+            "lines".into(),
+            b"authorization:token sk_test_abc\n:path:/v3/x\nx-empty:".to_vec(),
+        ),
         ("short".into(), b"\x01\x00".to_vec()),
     ]
 }

@@ -33,11 +33,11 @@ pub fn expected_allow(method: &[u8], path: &NormalizedPath) -> bool {
         return false;
     }
     let segs: Vec<&str> = path.segments.iter().map(|s| s.text.as_str()).collect();
-    match (method, segs.as_slice()) {
-        (b"GET" | b"HEAD", ["v3", _, _]) | (b"GET" | b"HEAD", ["api", "v1", _, _]) => true,
-        (b"POST", ["v3", "devices", _, "events"]) => true,
-        _ => false,
-    }
+    matches!(
+        (method, segs.as_slice()),
+        (b"GET" | b"HEAD", ["v3", _, _] | ["api", "v1", _, _])
+            | (b"POST", ["v3", "devices", _, "events"])
+    )
 }
 
 /// A `:path` that normalises back to `path`: every byte that is not a plain character is

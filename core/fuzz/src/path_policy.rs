@@ -5,7 +5,7 @@
 //! the method is empty and everything is the path), e.g. `GET /v3/devices/%2e%2e/x`.
 //!
 //! Invariants: a normalised path has no empty, "." or ".." segment (plain or not) and no
-//! control character; `plain` is exactly "only plain characters"; only a path that starts with
+//! ASCII control character; `plain` is exactly "only plain characters"; only a path that starts with
 //! '/' normalises; the query string and fragment change nothing. `allows` agrees with a
 //! hand-written model of the policy: only GET/HEAD/POST, only all-plain paths of the rules'
 //! shapes. Re-serialising a normalised path and normalising again gives the same path and the
@@ -50,8 +50,10 @@ fn check_with(policy: &keygate_core::policy::Policy, method: &[u8], raw: &[u8]) 
             "segment {:?} left after normalisation",
             s.text
         );
+        // ASCII controls only: C1 controls (U+0080-U+009F) are refused nowhere, but they
+        // make a segment non-plain, and non-plain segments never match a rule.
         invariant!(
-            !s.text.chars().any(char::is_control),
+            !s.text.chars().any(|c| c.is_ascii_control()),
             "segment {:?} holds a control character",
             s.text
         );

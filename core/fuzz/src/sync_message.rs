@@ -14,28 +14,36 @@
 //! a plaintext key.
 
 use crate::invariant;
-use keygate_core::bucket::{bucket_of, entries, find, KeyInfo};
+use keygate_core::bucket::{bucket_of, entries, find, KeyInfo, BUCKETS};
 use keygate_core::digest::Digest;
 use keygate_core::key::KeyKind;
-use keygate_core::sync::{parse_message, Applied, BucketStore, Guard, Refusal, SyncState, ValidMessage};
-use std::collections::{BTreeMap, HashMap};
+use keygate_core::sync::{
+    parse_message, Applied, BucketStore, Guard, Refusal, SyncState, ValidMessage,
+};
+use std::collections::BTreeMap;
 
-/// A bucket store in memory; empty buckets are not kept.
-#[derive(Default)]
+/// A bucket store in memory: one `Vec` per bucket (a fresh `SyncState`'s first full map
+/// writes all of them, so this is cheaper than a map).
 pub struct MemStore {
-    pub buckets: HashMap<usize, Vec<u8>>,
+    pub buckets: Vec<Vec<u8>>,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        MemStore {
+            buckets: vec![Vec::new(); BUCKETS],
+        }
+    }
 }
 
 impl BucketStore for MemStore {
     fn read(&mut self, bucket: usize) -> Vec<u8> {
-        self.buckets.get(&bucket).cloned().unwrap_or_default()
+        self.buckets.get(bucket).cloned().unwrap_or_default()
     }
     fn write(&mut self, bucket: usize, bytes: &[u8]) {
-        if bytes.is_empty() {
-            self.buckets.remove(&bucket);
-        } else {
-            self.buckets.insert(bucket, bytes.to_vec());
-        }
+        let slot = &mut self.buckets[bucket];
+        slot.clear();
+        slot.extend_from_slice(bytes);
     }
 }
 
@@ -92,16 +100,19 @@ fn run(data: &[u8], guard: Guard) {
         };
         // The model's next map, were the answer applied.
         let next: Model = match &message {
-            ValidMessage::Full { keys, .. } => {
-                keys.iter().map(|(d, e)| (d.0, Entry::from(e.info()))).collect()
-            }
+            ValidMessage::Full { keys, .. } => keys
+                .iter()
+                .map(|(d, e)| (d.0, Entry::from(e.info())))
+                .collect(),
             ValidMessage::Delta(delta) => {
                 let mut map = keygate_core::keymap::KeyMap::build(
                     model.iter().map(|(d, e)| (Digest(*d), to_key_entry(e))),
                 )
                 .expect("model digests are unique");
                 delta.clone().apply_to(&mut map);
-                map.iter().map(|(d, e)| (d.0, Entry::from(e.info()))).collect()
+                map.iter()
+                    .map(|(d, e)| (d.0, Entry::from(e.info())))
+                    .collect()
             }
         };
 
@@ -110,7 +121,7 @@ fn run(data: &[u8], guard: Guard) {
             Ok(Applied::Updated { version: v, keys }) => {
                 invariant!(*v == version, "{kind} {version} applied as version {v}");
                 invariant!(
-                    before.map_or(true, |b| version > b),
+                    before.is_none_or(|b| version > b),
                     "{kind} {version} applied over version {before:?}"
                 );
                 invariant!(
@@ -118,10 +129,17 @@ fn run(data: &[u8], guard: Guard) {
                     "delta since {since:?} applied over {before:?}"
                 );
                 model = next;
-                invariant!(*keys == model.len(), "{keys} keys reported, model has {}", model.len());
+                invariant!(
+                    *keys == model.len(),
+                    "{keys} keys reported, model has {}",
+                    model.len()
+                );
             }
             Ok(Applied::Unchanged) => {
-                invariant!(before == Some(version), "{kind} {version} unchanged over {before:?}");
+                invariant!(
+                    before == Some(version),
+                    "{kind} {version} unchanged over {before:?}"
+                );
             }
             Err(refusal) => {
                 invariant!(!refusal.to_string().is_empty(), "empty refusal message");
@@ -135,7 +153,10 @@ fn run(data: &[u8], guard: Guard) {
                         "{refusal:?} with version {before:?}"
                     ),
                     Refusal::EmptyMap { have } => invariant!(
-                        !guard.allow_empty_map && next.is_empty() && *have == model.len() && *have > 0,
+                        !guard.allow_empty_map
+                            && next.is_empty()
+                            && *have == model.len()
+                            && *have > 0,
                         "{refusal:?} with {} keys held, {} next",
                         model.len(),
                         next.len()
@@ -186,7 +207,7 @@ fn check_store(store: &MemStore, model: &Model) {
         let d = Digest(*digest);
         let found = store
             .buckets
-            .get(&bucket_of(&d))
+            .get(bucket_of(&d))
             .and_then(|bucket| find(bucket, &d))
             .map(Entry::from);
         invariant!(
@@ -195,11 +216,16 @@ fn check_store(store: &MemStore, model: &Model) {
         );
     }
     let mut stored = 0;
-    for (b, bytes) in &store.buckets {
+    for (b, bytes) in store
+        .buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| !b.is_empty())
+    {
         let mut parsed_len = 0;
         for (d, info) in entries(bytes) {
             stored += 1;
-            invariant!(bucket_of(&d) == *b, "key {d:?} stored in bucket {b}");
+            invariant!(bucket_of(&d) == b, "key {d:?} stored in bucket {b}");
             invariant!(
                 model.get(&d.0) == Some(&Entry::from(info)),
                 "stored key {d:?} not in the model"
@@ -208,7 +234,14 @@ fn check_store(store: &MemStore, model: &Model) {
             keygate_core::bucket::encode_entry(&mut one, &d, &info);
             parsed_len += one.len();
         }
-        invariant!(parsed_len == bytes.len(), "bucket {b} has trailing or malformed bytes");
+        invariant!(
+            parsed_len == bytes.len(),
+            "bucket {b} has trailing or malformed bytes"
+        );
     }
-    invariant!(stored == model.len(), "store holds {stored} keys, model {}", model.len());
+    invariant!(
+        stored == model.len(),
+        "store holds {stored} keys, model {}",
+        model.len()
+    );
 }

@@ -1,0 +1,188 @@
+//! The callbacks this module exports to Envoy, and nothing more: per request Envoy calls
+//! only `proxy_on_context_create`, `proxy_on_request_headers` and `proxy_on_delete`
+//! (the SDK would export and be called for seven). Each root context is one filter
+//! configuration; a stream is judged by the configuration of the root that created it.
+
+use crate::abi::{self, LogLevel};
+use crate::filter::{Filter, PAUSE};
+use crate::metrics::Metrics;
+use keygate_core::config::FilterConfig;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::rc::Rc;
+
+/// Timer period: counters are flushed, and in sync mode the published version re-read,
+/// this often.
+const TICK_MS: u32 = 50;
+/// Streams remembered at once (stream id → root id); a stream's slot is its id modulo this.
+/// Envoy creates a stream's context and hands it its headers in one go, so a slot is never
+/// reused before it is read.
+const STREAM_SLOTS: usize = 1024;
+
+#[derive(Default)]
+struct State {
+    roots: HashMap<u32, Rc<Filter>>,
+    /// Roots that exist but whose configuration was refused or not yet given.
+    unconfigured: Vec<u32>,
+    streams: Vec<(u32, u32)>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State {
+        streams: vec![(0, 0); STREAM_SLOTS],
+        ..State::default()
+    });
+}
+
+/// The ABI version marker Envoy looks for.
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+/// Memory the host hands buffers in; freed by us as a `Vec<u8>` of exactly `size`.
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let mut buffer: Vec<MaybeUninit<u8>> = Vec::with_capacity(size);
+    // SAFETY: MaybeUninit needs no initialisation; the host writes before we read.
+    unsafe { buffer.set_len(size) };
+    Box::into_raw(buffer.into_boxed_slice()) as *mut u8
+}
+
+#[cfg(target_os = "wasi")]
+extern "C" {
+    fn __wasm_call_ctors();
+}
+
+/// WASI reactor initialisation; also installs the logger.
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    #[cfg(target_os = "wasi")]
+    // SAFETY: called once by the host before anything else, as WASI reactors require.
+    unsafe {
+        __wasm_call_ctors();
+    }
+    crate::logger::install();
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root_id: u32, _vm_configuration_size: usize) -> bool {
+    true
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, root_id: u32) {
+    STATE.with_borrow_mut(|state| {
+        if root_id == 0 {
+            state.unconfigured.push(context_id);
+        } else if let Some(slot) = state.streams.get_mut(context_id as usize % STREAM_SLOTS) {
+            *slot = (context_id, root_id);
+        }
+    });
+}
+
+/// Parses and validates the plugin configuration; `false` makes Envoy refuse it (at boot
+/// Envoy does not start; a pushed update is rejected and the last good one keeps serving).
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root_id: u32, _plugin_configuration_size: usize) -> bool {
+    let bytes = match abi::plugin_configuration() {
+        Ok(bytes) => bytes,
+        Err(status) if status == abi::NOT_FOUND => Vec::new(),
+        Err(status) => {
+            abi::log(
+                LogLevel::Error,
+                &format!("keygate: cannot read the plugin configuration: {status:?}"),
+            );
+            return false;
+        }
+    };
+    let config = match FilterConfig::parse(&bytes) {
+        Ok(config) => config,
+        Err(e) => {
+            // The message names the field; it never holds a key (configs carry digests, and
+            // a pasted plaintext key is reported by position only).
+            abi::log(LogLevel::Error, &e.to_string());
+            return false;
+        }
+    };
+    let filter = Filter::new(config, Metrics::define());
+    if let Some(synced) = &filter.synced {
+        synced.refresh();
+    }
+    if let Err(status) = abi::set_tick_period_ms(TICK_MS) {
+        abi::log(
+            LogLevel::Error,
+            &format!("keygate: cannot start the timer: {status:?}"),
+        );
+        return false;
+    }
+    abi::log(
+        LogLevel::Info,
+        &format!(
+            "keygate: configuration loaded: {} keys in config{}",
+            filter.config.keys.len(),
+            if filter.synced.is_some() {
+                ", sync mode"
+            } else {
+                ""
+            }
+        ),
+    );
+    STATE.with_borrow_mut(|state| {
+        state.unconfigured.retain(|id| *id != root_id);
+        state.roots.insert(root_id, Rc::new(filter));
+    });
+    true
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(
+    context_id: u32,
+    _num_headers: usize,
+    _end_of_stream: bool,
+) -> u32 {
+    let filter = STATE.with_borrow(|state| {
+        let (stream, root) = state
+            .streams
+            .get(context_id as usize % STREAM_SLOTS)
+            .copied()?;
+        if stream != context_id {
+            return None;
+        }
+        state.roots.get(&root).cloned()
+    });
+    match filter {
+        // The state is not borrowed while the request is judged.
+        Some(filter) => filter.on_request_headers(),
+        None => {
+            abi::log(
+                LogLevel::Warn,
+                "keygate: a request without a configured root: refused",
+            );
+            let body = keygate_core::denial::Denial::KeyMapUnavailable.body();
+            let headers =
+                keygate_core::header_pairs::serialize(&[(b"content-type", b"application/json")]);
+            let _ =
+                abi::send_local_response(503, "keygate_not_configured", &headers, body.as_bytes());
+            PAUSE
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root_id: u32) {
+    let filter = STATE.with_borrow(|state| state.roots.get(&root_id).cloned());
+    if let Some(filter) = filter {
+        filter.on_tick();
+    }
+}
+
+/// Called for every context at its end: a root's end frees its configuration.
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(context_id: u32) {
+    STATE.with_borrow_mut(|state| {
+        if state.roots.remove(&context_id).is_some() {
+            return;
+        }
+        state.unconfigured.retain(|id| *id != context_id);
+    });
+}
