@@ -145,3 +145,19 @@ def test_no_wrong_decision_while_keys_roll(stack):
             failures += r.status_code != 200
     assert rolls >= 5 and total >= 60
     assert failures == 0
+
+
+def test_keygatectl_serves_the_full_map_binary_to_the_fetcher(stack):
+    import urllib.request
+
+    ctl, envoy = stack
+    ctl.create_account()
+    req = urllib.request.Request(f"http://127.0.0.1:{ctl.port}/v1/keymap",
+                                 headers={"accept": "application/x-keygate-map, application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.headers["content-type"] == "application/x-keygate-map"
+        body = r.read()
+    assert body.startswith(b"KGMAP01\n")
+    assert int.from_bytes(body[16:20], "little") == 4
+    with urllib.request.urlopen(f"http://127.0.0.1:{ctl.port}/v1/keymap?since=0", timeout=5) as r:
+        assert r.headers["content-type"] == "application/json"

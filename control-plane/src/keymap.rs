@@ -28,16 +28,23 @@ struct CachedFull {
     body: Bytes,
 }
 
+/// The two encodings of a full map: JSON, and keygate's binary form for large maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json = 0,
+    Binary = 1,
+}
+
 pub struct KeyMapCache {
     status: RwLock<KeyMapStatus>,
-    full: Mutex<Option<CachedFull>>,
+    full: [Mutex<Option<CachedFull>>; 2],
 }
 
 impl KeyMapCache {
     pub fn new(status: KeyMapStatus) -> KeyMapCache {
         KeyMapCache {
             status: RwLock::new(status),
-            full: Mutex::new(None),
+            full: [Mutex::new(None), Mutex::new(None)],
         }
     }
 
@@ -61,17 +68,21 @@ impl KeyMapCache {
         }
     }
 
-    /// The last full map's JSON, if it is still the current map.
-    pub fn cached_full(&self, now: u64) -> Option<(u64, Bytes)> {
+    /// The last full map in `encoding`, if it is still the current map.
+    pub fn cached_full(&self, now: u64, encoding: Encoding) -> Option<(u64, Bytes)> {
         let version = self.fresh_version(now)?;
-        let full = self.full.lock().unwrap_or_else(|e| e.into_inner());
+        let full = self.full[encoding as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         full.as_ref()
             .filter(|cached| cached.version == version)
             .map(|cached| (cached.version, cached.body.clone()))
     }
 
-    pub fn remember_full(&self, version: u64, body: Bytes) {
-        let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn remember_full(&self, version: u64, body: Bytes, encoding: Encoding) {
+        let mut full = self.full[encoding as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if !matches!(full.as_ref(), Some(cached) if cached.version > version) {
             *full = Some(CachedFull { version, body });
         }
@@ -114,11 +125,15 @@ mod tests {
     #[test]
     fn the_full_map_is_served_only_for_the_current_version() {
         let cache = KeyMapCache::new(status(2, None));
-        cache.remember_full(2, Bytes::from_static(b"two"));
-        assert_eq!(cache.cached_full(0), Some((2, Bytes::from_static(b"two"))));
-        cache.remember_full(1, Bytes::from_static(b"one"));
-        assert_eq!(cache.cached_full(0).map(|c| c.0), Some(2));
+        cache.remember_full(2, Bytes::from_static(b"two"), Encoding::Json);
+        assert_eq!(
+            cache.cached_full(0, Encoding::Json),
+            Some((2, Bytes::from_static(b"two")))
+        );
+        assert_eq!(cache.cached_full(0, Encoding::Binary), None);
+        cache.remember_full(1, Bytes::from_static(b"one"), Encoding::Json);
+        assert_eq!(cache.cached_full(0, Encoding::Json).map(|c| c.0), Some(2));
         cache.observe(status(3, None));
-        assert_eq!(cache.cached_full(0), None);
+        assert_eq!(cache.cached_full(0, Encoding::Json), None);
     }
 }

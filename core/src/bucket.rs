@@ -70,6 +70,14 @@ pub struct Entries<'a> {
     rest: &'a [u8],
 }
 
+impl<'a> Entries<'a> {
+    /// The bytes not yet read: empty once every entry was read, and not empty after a
+    /// malformed entry stopped the iteration.
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+}
+
 impl<'a> Iterator for Entries<'a> {
     type Item = (Digest, KeyInfo<'a>);
 

