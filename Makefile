@@ -10,7 +10,7 @@ CTL      := target/release/keygatectl
 # Integration suites run in parallel (each test starts its own Envoy with 2 workers).
 JOBS     ?= 2
 
-.PHONY: build wasm keygatectl venv test unit integration lint run soak clean
+.PHONY: build wasm keygatectl venv test unit integration compose-test oci-test lint run soak bench clean
 
 build: wasm keygatectl
 
@@ -37,7 +37,15 @@ unit:
 integration: build venv
 	$(PYTEST) tests -q -n $(JOBS)
 
-test: unit integration
+# The Compose stack and the Istio OCI image, for real: each starts its own dockerd (root),
+# installs docker.io/docker-compose if missing, pulls nothing, leaves nothing behind.
+compose-test: build venv
+	bash scripts/compose-test.sh
+
+oci-test: build venv
+	bash scripts/oci-test.sh
+
+test: unit integration compose-test oci-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -51,6 +59,11 @@ run: build venv
 SOAK_SECONDS ?= 120
 soak: build venv
 	$(VENV)/bin/python tests/soak.py --seconds $(SOAK_SECONDS)
+
+# Throughput, latency and CPU against Envoy's native filter, Lua and a floor wasm filter;
+# a million keys; sync cost. Writes BENCHMARKS.md. Needs a quiet machine (~10 min).
+bench:
+	bash bench/run.sh --million --sync-cost $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -102,6 +102,17 @@ def entry_json(digest_hex, account_id, key_id, key_type, environment="test"):
     )
 
 
+BINARY_MAGIC = b"KGMAP01\n"
+BINARY_CONTENT_TYPE = "application/x-keygate-map"
+
+
+def binary_entry(digest_bytes, account_id, key_id, key_type, environment="test"):
+    """One entry in keygate's bucket encoding (core/src/bucket.rs), keyed for sorting."""
+    flags = (1 if key_type == "publishable" else 0) | (2 if environment == "production" else 0)
+    a, k = account_id.encode(), key_id.encode()
+    return digest_bytes, digest_bytes + bytes([flags, len(a)]) + a + bytes([len(k)]) + k
+
+
 class KeySet:
     """`count` keys of one test account family: every fourth key is publishable. The first
     `plaintext_count` have a plaintext (what clients send); the rest exist only as random
@@ -113,6 +124,7 @@ class KeySet:
         self.count = count
         self.plain = []  # (key, type) for the keys with a plaintext
         self.entries = []  # JSON text of every key-map entry
+        self.binary_entries = []  # (digest bytes, encoded entry) for the binary map
         for i in range(count):
             key_type = "publishable" if i % 4 == 1 else "secret"
             if i < plaintext_count:
@@ -121,7 +133,9 @@ class KeySet:
                 d = digest(key)
             else:
                 d = rng.getrandbits(256).to_bytes(32, "big").hex()
-            self.entries.append(entry_json(d, f"acct_{i // 4:07d}", f"key_{i:07d}", key_type))
+            account, key_id = f"acct_{i // 4:07d}", f"key_{i:07d}"
+            self.entries.append(entry_json(d, account, key_id, key_type))
+            self.binary_entries.append(binary_entry(bytes.fromhex(d), account, key_id, key_type))
         self.secret = next(k for k, t in self.plain if t == "secret")
         self.publishable = next(k for k, t in self.plain if t == "publishable")
         # Well formed, right checksum, not in the map: keygate hashes it and looks it up.
@@ -132,6 +146,12 @@ class KeySet:
         return "[" + ",".join(self.entries) + "]"
 
     def full_map_body(self, version=1):
+        """The full map as keygatectl sends it to the fetcher: keygate's binary form."""
+        entries = sorted(self.binary_entries)
+        head = BINARY_MAGIC + version.to_bytes(8, "little") + len(entries).to_bytes(4, "little")
+        return head + b"".join(e for _, e in entries)
+
+    def full_map_json(self, version=1):
         return f'{{"kind":"full","version":{version},"keys":{self.keys_json()}}}'.encode()
 
 
@@ -343,7 +363,8 @@ class _KeyMapHandler(BaseHTTPRequestHandler):
         s.bytes_sent += len(s.body)
         self.send_response(200)
         self.send_header("etag", etag)
-        self.send_header("content-type", "application/json")
+        binary = s.body.startswith(BINARY_MAGIC)
+        self.send_header("content-type", BINARY_CONTENT_TYPE if binary else "application/json")
         self.send_header("content-length", str(len(s.body)))
         self.end_headers()
         self.wfile.write(s.body)
@@ -843,7 +864,8 @@ def million(args, workdir):
     t0 = time.monotonic()
     big = KeySet(n, plaintext_count=rotate * 4 // 3 + 4, seed=7)
     body = big.full_map_body()
-    log(f"  {len(body) / 1e6:.1f} MB of JSON in {time.monotonic() - t0:.1f}s")
+    log(f"  {len(body) / 1e6:.1f} MB binary map (JSON would be "
+        f"{len(big.full_map_json()) / 1e6:.0f} MB) in {time.monotonic() - t0:.1f}s")
     small = KeySet(10, seed=11)
     out = {"keys": n, "map_bytes": len(body), "rotate": rotate, "notes": []}
 

@@ -269,13 +269,17 @@ impl SyncService {
         }
     }
 
-    fn succeeded(&mut self, now: u64) {
+    fn succeeded(&mut self, _started: u64) {
+        // Schedule from now, not from when the answer arrived: a big map takes a while to
+        // apply, and the next poll must still wait a whole interval.
+        let now = now_ms();
         self.last_success_ms = Some(now);
         set(self.metrics.age_ms, 0);
         self.next_fetch_ms = now + self.jittered(self.config.interval_ms);
     }
 
-    fn failed(&mut self, now: u64) {
+    fn failed(&mut self, _started: u64) {
+        let now = now_ms();
         bump(self.metrics.errors);
         self.next_fetch_ms = now + self.jittered(self.config.interval_ms.min(RETRY_MS));
     }
