@@ -945,7 +945,7 @@ ASYNC_PROBE_BYTES = 32 << 20
 def million_tables(args, m):
     base = m["rows"]["noauth"]["rss"]
     lines = [
-        f"Key map: {m['keys']:,} keys, {m['map_bytes'] / 1e6:.1f} MB of JSON in one full answer "
+        f"Key map: {m['keys']:,} keys, {m['map_bytes'] / 1e6:.1f} MB in one full answer (keygate's binary form) "
         f"(served by the key-map stand-in, see Method). Envoy `--concurrency {args.million_workers}`, "
         f"pinned to core {args.envoy_core}; RSS read {args.rss_settle:g} s after the first 200.",
         "",
