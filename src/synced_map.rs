@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Buckets cached per worker before the cache starts over (about 4 MB at a million keys).
+/// Buckets cached per worker (about 4 MB at a million keys).
 const MAX_CACHED_BUCKETS: usize = 4096;
 
 pub struct SyncedMap {
@@ -60,7 +60,11 @@ impl SyncedMap {
         let bytes = Rc::new(bytes);
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= MAX_CACHED_BUCKETS {
-            cache.clear();
+            // Evict one bucket, in effect at random (hash order): hot buckets tend to stay,
+            // where clearing the whole cache would make every next lookup miss.
+            if let Some(victim) = cache.keys().next().copied() {
+                cache.remove(&victim);
+            }
         }
         cache.insert(bucket, bytes.clone());
         bytes
