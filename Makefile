@@ -9,8 +9,11 @@ WASM     := target/wasm32-wasip1/release/keygate.wasm
 CTL      := target/release/keygatectl
 # Integration suites run in parallel (each test starts its own Envoy with 2 workers).
 JOBS     ?= 2
+# PostgreSQL for the store, replica and failover suites: one throwaway server per run
+# (Debian's postgresql, installed if missing), or the one KEYGATE_TEST_POSTGRES_URL names.
+WITH_PG  := bash scripts/postgres.sh run
 
-.PHONY: build wasm keygatectl venv test unit integration compose-test oci-test lint run soak bench clean
+.PHONY: build wasm keygatectl venv test unit integration browser compose-test oci-test lint run soak bench clean
 
 build: wasm keygatectl
 
@@ -32,10 +35,14 @@ $(VENV)/.installed: tests/requirements.txt
 	touch $@
 
 unit:
-	$(CARGO) test --workspace
+	$(WITH_PG) $(CARGO) test --workspace
 
 integration: build venv
-	$(PYTEST) tests -q -n $(JOBS)
+	$(WITH_PG) $(PYTEST) tests -q -n $(JOBS)
+
+# The operator page in a real headless Chromium (installs chromium + chromedriver if missing).
+browser: build venv
+	bash tests/browser/run.sh
 
 # The Compose stack and the Istio OCI image, for real: each starts its own dockerd (root),
 # installs docker.io/docker-compose if missing, pulls nothing, leaves nothing behind.
@@ -45,7 +52,9 @@ compose-test: build venv
 oci-test: build venv
 	bash scripts/oci-test.sh
 
-test: unit integration compose-test oci-test
+test:
+	$(WITH_PG) $(MAKE) --no-print-directory unit integration
+	$(MAKE) --no-print-directory browser compose-test oci-test
 
 lint:
 	$(CARGO) fmt --all -- --check

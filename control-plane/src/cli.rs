@@ -14,13 +14,16 @@ use std::path::PathBuf;
     about = "keygate's control plane: accounts, API keys, and the key map the Envoy filters poll"
 )]
 pub struct Cli {
-    /// The SQLite database file, created on first use.
+    /// The SQLite database file (created on first use), or a PostgreSQL URL
+    /// (postgres://user@host:port/dbname) for several replicas over one database. A URL
+    /// with a password belongs in KEYGATE_DATABASE (or PGPASSWORD), not on the command line.
     #[arg(
         long,
         global = true,
         env = "KEYGATE_DATABASE",
+        hide_env_values = true,
         default_value = "keygate.db",
-        value_name = "PATH"
+        value_name = "PATH|URL"
     )]
     pub database: PathBuf,
 

@@ -15,7 +15,7 @@ use crate::output;
 use crate::random::new_admin_token;
 use crate::serve::{serve, ServeOptions};
 use crate::service::{parse_digest, KeyChange, Service};
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 use keygate_core::digest::Digest;
 use keygate_core::key::{check_key, key_hint, Environment, KeyKind, KeyType};
 use keygate_core::sync::KeyMapMessage;
@@ -53,8 +53,9 @@ fn connect(cli: &Cli) -> Result<Admin, CliError> {
     }
 }
 
+/// The SQLite file, or the PostgreSQL database a `postgres://` URL names.
 fn open_store(cli: &Cli) -> Result<Arc<dyn Store>, CliError> {
-    Ok(Arc::new(SqliteStore::open(&cli.database)?))
+    Ok(crate::store::open(&cli.database)?)
 }
 
 fn refuse_server(cli: &Cli, command: &str) -> Result<(), CliError> {

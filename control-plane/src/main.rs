@@ -19,6 +19,7 @@ mod random;
 mod serve;
 mod service;
 mod store;
+mod web;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -60,6 +60,13 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
         sync_digest,
         keymap,
     ));
+    // Replicas over one PostgreSQL: another replica's change (or the CLI's) is announced,
+    // and reaches this one's key map at once rather than at the next one-second re-read.
+    let watcher = Arc::clone(&state);
+    let on_change = Box::new(move || maintenance_pass(&watcher, false));
+    if state.service().store().watch_changes(on_change)? {
+        log_event("following changes made through other replicas (PostgreSQL LISTEN/NOTIFY)");
+    }
     // Two workers for two cores; SQLite calls run on the blocking pool, one at a time.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -81,7 +88,8 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
             "no token required"
         };
         log_event(&format!(
-            "listening on http://{addr} (key map at /v1/keymap: {keymap_access})"
+            "listening on http://{addr} (key map at /v1/keymap: {keymap_access}; operator page at \
+             http://{addr}/ui/)"
         ));
         tokio::spawn(maintain(Arc::clone(&state), options.purge_interval));
         // Small answers go out at once: no Nagle delay between a poll and its 304.
@@ -90,10 +98,15 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
                 log_event(&format!("cannot set TCP_NODELAY: {e}"));
             }
         });
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(ServeError::Server)
+        // The operator's page (`/ui/`) beside the API; connection info for its throttle.
+        let app = router(Arc::clone(&state)).merge(crate::web::router(state));
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServeError::Server)
     })
 }
 

@@ -503,15 +503,21 @@ mod tests {
 
 /// Content type of the binary full map: what a million keys travel as. JSON would be about
 /// 190 bytes a key and a costly parse; this is the bucket encoding itself, about 75 bytes a
-/// key, sorted by digest so that each bucket is one contiguous slice, written as is.
+/// key, sorted by digest so that each bucket's entries are contiguous.
 pub const BINARY_CONTENT_TYPE: &str = "application/x-keygate-map";
 const BINARY_MAGIC: &[u8; 8] = b"KGMAP01\n";
+/// Magic, version (u64 LE), key count (u32 LE).
+pub const BINARY_HEADER_LEN: usize = 20;
+/// The longest entry `encode_entry` writes: digest, flags, expiry, two 255-byte strings.
+const MAX_ENTRY_LEN: usize = 32 + 1 + 8 + 1 + 255 + 1 + 255;
+/// How much of the answer is in the VM at once while it is read.
+const CHUNK_LEN: usize = 1 << 20;
 
 /// Encodes a full map: magic, version (u64 LE), key count (u32 LE), entries by digest.
 pub fn encode_binary_full(version: u64, map: &KeyMap) -> Vec<u8> {
     let mut entries: Vec<_> = map.iter().collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut out = Vec::with_capacity(20 + entries.len() * 80);
+    let mut out = Vec::with_capacity(BINARY_HEADER_LEN + entries.len() * 80);
     out.extend_from_slice(BINARY_MAGIC);
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
@@ -521,136 +527,210 @@ pub fn encode_binary_full(version: u64, map: &KeyMap) -> Vec<u8> {
     out
 }
 
-/// A binary full map checked whole: every entry well-formed and valid, digests strictly
-/// rising (no duplicates), the count right.
-#[derive(Debug, Clone, Copy)]
-pub struct BinaryFull<'a> {
-    pub version: u64,
-    pub count: usize,
-    entries: &'a [u8],
-}
-
-pub fn parse_binary_full(body: &[u8]) -> Result<BinaryFull<'_>, ConfigError> {
-    let bad = |field: &str, what: &'static str| ConfigError {
+fn binary_error(field: &str, what: &'static str) -> ConfigError {
+    ConfigError {
         field: field.into(),
         problem: crate::config::Problem::Binary(what),
-    };
-    let rest = body
+    }
+}
+
+/// A binary full map's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BinaryHeader {
+    pub version: u64,
+    pub count: usize,
+}
+
+pub fn parse_binary_header(head: &[u8]) -> Result<BinaryHeader, ConfigError> {
+    let rest = head
         .strip_prefix(BINARY_MAGIC.as_slice())
-        .ok_or_else(|| bad("", "not a keygate binary key map"))?;
-    let (version, rest) = rest
-        .split_at_checked(8)
-        .ok_or_else(|| bad("version", "truncated"))?;
-    let (count, body_entries) = rest
-        .split_at_checked(4)
-        .ok_or_else(|| bad("count", "truncated"))?;
-    let version = u64::from_le_bytes(
-        version
-            .try_into()
-            .map_err(|_| bad("version", "truncated"))?,
-    );
-    let count =
-        u32::from_le_bytes(count.try_into().map_err(|_| bad("count", "truncated"))?) as usize;
-    let mut iter = entries(body_entries);
+        .ok_or_else(|| binary_error("", "not a keygate binary key map"))?;
+    let version = rest.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+    let count = rest.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok());
+    match (version, count) {
+        (Some(version), Some(count)) => Ok(BinaryHeader {
+            version: u64::from_le_bytes(version),
+            count: u32::from_le_bytes(count) as usize,
+        }),
+        _ => Err(binary_error("", "truncated header")),
+    }
+}
+
+/// Reads `len` bytes at `start` of an answer body (fewer at its end).
+pub trait BodyReader {
+    fn read(&mut self, start: usize, len: usize) -> Vec<u8>;
+}
+
+impl BodyReader for &[u8] {
+    fn read(&mut self, start: usize, len: usize) -> Vec<u8> {
+        let end = start.saturating_add(len).min(self.len());
+        self.get(start..end).map(<[u8]>::to_vec).unwrap_or_default()
+    }
+}
+
+/// Walks a binary full map's entries chunk by chunk, validating each, and hands every
+/// bucket's run of entries to `on_run`. Never holds more than a chunk of the body.
+fn stream_runs(
+    body: &mut impl BodyReader,
+    body_len: usize,
+    header: BinaryHeader,
+    mut on_run: impl FnMut(usize, &[u8]),
+) -> Result<(), ConfigError> {
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut next_read = BINARY_HEADER_LEN;
     let mut previous: Option<Digest> = None;
     let mut seen = 0usize;
-    for (digest, info) in iter.by_ref() {
-        let field = format!("keys[{seen}]");
-        if previous.is_some_and(|p| p.0 >= digest.0) {
-            return Err(bad(
-                &field,
-                "digests must rise strictly (sorted, no duplicates)",
-            ));
+    let mut run: Vec<u8> = Vec::new();
+    let mut run_bucket: Option<usize> = None;
+    loop {
+        if buffer.len() < MAX_ENTRY_LEN && next_read < body_len {
+            let chunk = body.read(next_read, CHUNK_LEN.min(body_len - next_read));
+            if chunk.is_empty() {
+                return Err(binary_error("", "the answer ended early"));
+            }
+            next_read += chunk.len();
+            buffer.extend_from_slice(&chunk);
         }
-        if !crate::config::is_valid_identifier(info.account_id)
-            || !crate::config::is_valid_identifier(info.key_id)
+        let at_end = next_read >= body_len;
+        let mut consumed = 0;
         {
-            return Err(bad(
-                &field,
-                "account_id and key_id must be 1-128 visible ASCII characters",
-            ));
+            let mut iter = entries(&buffer);
+            loop {
+                // Near a chunk's end an entry may be cut: read on before judging it.
+                if !at_end && iter.rest().len() < MAX_ENTRY_LEN {
+                    break;
+                }
+                let before = iter.rest().len();
+                let Some((digest, info)) = iter.next() else {
+                    break;
+                };
+                // The field name is only formatted for an error: a million keys pass here.
+                let field = || format!("keys[{seen}]");
+                if previous.is_some_and(|p| p.0 >= digest.0) {
+                    return Err(binary_error(
+                        &field(),
+                        "digests must rise strictly (sorted, no duplicates)",
+                    ));
+                }
+                if !crate::config::is_valid_identifier(info.account_id)
+                    || !crate::config::is_valid_identifier(info.key_id)
+                {
+                    return Err(binary_error(
+                        &field(),
+                        "account_id and key_id must be 1-128 visible ASCII characters",
+                    ));
+                }
+                let bucket = bucket_of(&digest);
+                if run_bucket.is_some_and(|b| b != bucket) {
+                    if let Some(b) = run_bucket {
+                        on_run(b, &run);
+                    }
+                    run.clear();
+                }
+                run_bucket = Some(bucket);
+                let len = before - iter.rest().len();
+                run.extend_from_slice(buffer.get(consumed..consumed + len).unwrap_or_default());
+                consumed += len;
+                previous = Some(digest);
+                seen += 1;
+            }
         }
-        previous = Some(digest);
-        seen += 1;
+        buffer.drain(..consumed);
+        if at_end {
+            break;
+        }
     }
-    if !iter.rest().is_empty() {
-        return Err(bad(
+    if !buffer.is_empty() {
+        return Err(binary_error(
             &format!("keys[{seen}]"),
             "malformed or truncated entry",
         ));
     }
-    if seen != count {
-        return Err(bad("count", "does not match the entries"));
+    if seen != header.count {
+        return Err(binary_error("count", "does not match the entries"));
     }
-    Ok(BinaryFull {
-        version,
-        count,
-        entries: body_entries,
-    })
+    if let Some(b) = run_bucket {
+        on_run(b, &run);
+    }
+    Ok(())
+}
+
+/// Why a binary full map was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BinaryError {
+    Invalid(ConfigError),
+    Refused(Refusal),
+}
+
+impl std::fmt::Display for BinaryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BinaryError::Invalid(e) => e.fmt(f),
+            BinaryError::Refused(r) => r.fmt(f),
+        }
+    }
 }
 
 impl SyncState {
-    /// Applies a binary full map: each bucket's entries are one slice of the body, written
-    /// without copying into the VM's own structures.
+    /// Applies a binary full map read from `body` in chunks: a first pass validates all of
+    /// it, a second writes each bucket's run of entries. So the VM never holds the whole
+    /// answer, and nothing is applied unless all of it is valid.
     pub fn apply_binary_full(
         &mut self,
-        full: BinaryFull<'_>,
+        body: &mut impl BodyReader,
+        body_len: usize,
         store: &mut impl BucketStore,
         guard: Guard,
-    ) -> Result<Applied, Refusal> {
-        if !self.check_version(full.version)? {
+    ) -> Result<Applied, BinaryError> {
+        let header =
+            parse_binary_header(&body.read(0, BINARY_HEADER_LEN)).map_err(BinaryError::Invalid)?;
+        stream_runs(body, body_len, header, |_, _| {}).map_err(BinaryError::Invalid)?;
+        if !self
+            .check_version(header.version)
+            .map_err(BinaryError::Refused)?
+        {
             return Ok(Applied::Unchanged);
         }
         if self.version.is_some() {
-            self.check_removal(full.count, guard)?;
+            self.check_removal(header.count, guard)
+                .map_err(BinaryError::Refused)?;
         }
-        let total = full.entries.len();
-        let mut iter = entries(full.entries);
+        let occupied = &mut self.occupied;
         let mut next_bucket = 0usize;
-        let mut run: Option<(usize, usize)> = None; // (bucket, start offset)
-        let mut write_run = |bucket: usize, start: usize, end: usize, state: &mut SyncState| {
-            // Empty the buckets between the previous run and this one if they held keys.
-            for empty in next_bucket..bucket {
-                if state.occupied.get(empty).copied().unwrap_or(false) {
-                    store.write(empty, &[]);
-                    state.occupied[empty] = false;
+        // Empties the buckets from `next_bucket` up to `bucket` that held keys before.
+        let mut empty_until =
+            |bucket: usize, store: &mut dyn FnMut(usize, &[u8]), next: &mut usize| {
+                for b in *next..bucket.min(BUCKETS) {
+                    if let Some(slot) = occupied.get_mut(b) {
+                        if *slot {
+                            store(b, &[]);
+                            *slot = false;
+                        }
+                    }
                 }
-            }
-            if bucket < BUCKETS {
-                if let Some(slice) = full.entries.get(start..end) {
-                    store.write(bucket, slice);
-                }
-            }
-            if let Some(occupied) = state.occupied.get_mut(bucket) {
-                *occupied = true;
-            }
-            next_bucket = bucket + 1;
+                *next = bucket + 1;
+            };
+        let mut writes: Vec<(usize, bool)> = Vec::new();
+        let mut write = |b: usize, bytes: &[u8]| {
+            store.write(b, bytes);
+            writes.push((b, !bytes.is_empty()));
         };
-        loop {
-            let offset = total - iter.rest().len();
-            let item = iter.next();
-            let bucket = item.as_ref().map(|(d, _)| bucket_of(d));
-            match (run, bucket) {
-                (Some((b, start)), Some(nb)) if nb != b => {
-                    write_run(b, start, offset, self);
-                    run = Some((nb, offset));
-                }
-                (Some((b, start)), None) => {
-                    write_run(b, start, offset, self);
-                    break;
-                }
-                (None, Some(nb)) => run = Some((nb, offset)),
-                (None, None) => break,
-                _ => {}
+        stream_runs(body, body_len, header, |bucket, run| {
+            empty_until(bucket, &mut write, &mut next_bucket);
+            write(bucket, run);
+        })
+        .map_err(BinaryError::Invalid)?;
+        empty_until(BUCKETS, &mut write, &mut next_bucket);
+        for (b, filled) in writes {
+            if let Some(slot) = self.occupied.get_mut(b) {
+                *slot = filled;
             }
         }
-        // Past the last bucket: only empties what held keys before.
-        write_run(BUCKETS, 0, 0, self);
-        self.version = Some(full.version);
-        self.keys = full.count;
+        self.version = Some(header.version);
+        self.keys = header.count;
         Ok(Applied::Updated {
-            version: full.version,
-            keys: full.count,
+            version: header.version,
+            keys: header.count,
         })
     }
 }
@@ -700,14 +780,38 @@ mod binary_tests {
             .is_some_and(|b| find(b, &d).is_some())
     }
 
+    /// Reads in small pieces, so entries straddle chunk boundaries.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl BodyReader for Trickle<'_> {
+        fn read(&mut self, start: usize, len: usize) -> Vec<u8> {
+            let mut slice = self.0;
+            slice.read(start, len.min(97))
+        }
+    }
+
+    fn apply(
+        state: &mut SyncState,
+        store: &mut MemStore,
+        body: &[u8],
+        guard: Guard,
+    ) -> Result<Applied, BinaryError> {
+        state.apply_binary_full(&mut Trickle(body), body.len(), store, guard)
+    }
+
     #[test]
     fn a_binary_full_map_round_trips_into_buckets() {
         let body = encode_binary_full(9, &map(3000, "a"));
-        let full = parse_binary_full(&body).expect("valid");
-        assert_eq!((full.version, full.count), (9, 3000));
+        assert_eq!(
+            parse_binary_header(&body),
+            Ok(BinaryHeader {
+                version: 9,
+                count: 3000
+            })
+        );
         let mut state = SyncState::default();
         let mut store = MemStore::default();
-        let applied = state.apply_binary_full(full, &mut store, Guard::default());
+        let applied = apply(&mut state, &mut store, &body, Guard::default());
         assert_eq!(
             applied,
             Ok(Applied::Updated {
@@ -723,31 +827,37 @@ mod binary_tests {
             max_removed_fraction: 1.0,
         };
         let body = encode_binary_full(10, &map(2000, "b"));
-        let full = parse_binary_full(&body).expect("valid");
-        state
-            .apply_binary_full(full, &mut store, guard)
-            .expect("applied");
+        apply(&mut state, &mut store, &body, guard).expect("applied");
         assert!((0..2000).all(|i| found(&store, &format!("b{i}"))));
         assert!((0..3000).all(|i| !found(&store, &format!("a{i}"))));
+        assert!(store.0.keys().all(|b| *b < BUCKETS));
     }
 
     #[test]
-    fn damaged_binary_maps_are_refused() {
+    fn damaged_binary_maps_are_refused_and_nothing_is_written() {
         let body = encode_binary_full(1, &map(10, "a"));
+        let check = |bytes: &[u8]| {
+            let mut store = MemStore::default();
+            let result = apply(
+                &mut SyncState::default(),
+                &mut store,
+                bytes,
+                Guard::default(),
+            );
+            assert!(store.0.is_empty(), "nothing may be written from a bad map");
+            result.err().map(|e| e.to_string()).unwrap_or_default()
+        };
         for cut in [0, 7, 15, 19, body.len() - 1] {
-            assert!(parse_binary_full(&body[..cut]).is_err(), "cut at {cut}");
+            assert!(!check(&body[..cut]).is_empty(), "cut at {cut}");
         }
         let mut wrong_count = body.clone();
         wrong_count[16] = 11;
-        assert!(parse_binary_full(&wrong_count).is_err());
+        assert!(check(&wrong_count).contains("count"));
         let mut unsorted = encode_binary_full(1, &map(1, "a"));
         let entry = unsorted[20..].to_vec();
         unsorted.extend_from_slice(&entry);
         unsorted[16] = 2;
-        let err = parse_binary_full(&unsorted)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = check(&unsorted);
         assert!(err.contains("keys[1]: digests must rise strictly"), "{err}");
     }
 }

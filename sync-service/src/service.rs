@@ -4,7 +4,7 @@
 
 use keygate_core::service_config::{bucket_key, version_key, ServiceConfig};
 use keygate_core::sync::{
-    parse_binary_full, parse_message, Applied, BucketStore, SyncState, BINARY_CONTENT_TYPE,
+    parse_message, Applied, BodyReader, BucketStore, SyncState, BINARY_CONTENT_TYPE,
 };
 use log::{info, warn};
 use proxy_wasm::hostcalls;
@@ -75,6 +75,22 @@ fn now_ms() -> u64 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn read_response(start: usize, len: usize) -> Vec<u8> {
+    match hostcalls::get_buffer(BufferType::HttpCallResponseBody, start, len) {
+        Ok(Some(bytes)) => bytes,
+        _ => Vec::new(),
+    }
+}
+
+/// The answer body, read from Envoy piece by piece.
+struct ResponseBody;
+
+impl BodyReader for ResponseBody {
+    fn read(&mut self, start: usize, len: usize) -> Vec<u8> {
+        read_response(start, len)
+    }
 }
 
 /// Buckets in Envoy's shared data, under the service's namespace.
@@ -153,6 +169,10 @@ impl SyncService {
             (":authority", &self.config.authority),
             // A full map comes binary when keygatectl can (a million keys), deltas as JSON.
             ("accept", "application/x-keygate-map, application/json"),
+            // Envoy retries a poll on another endpoint of the cluster (keygatectl replicas)
+            // when a connection fails or is reset, instead of waiting a whole interval.
+            ("x-envoy-retry-on", "connect-failure,refused-stream,reset"),
+            ("x-envoy-max-retries", "2"),
         ];
         if let Some(etag) = &etag {
             headers.push(("if-none-match", etag));
@@ -212,10 +232,6 @@ impl SyncService {
             warn!("keygate sync: answer of {body_size} bytes refused (limit {MAX_BODY_BYTES})");
             return self.failed(now);
         }
-        let body = match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
-            Ok(Some(body)) => body,
-            _ => Vec::new(),
-        };
         let binary =
             hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, "content-type")
                 .ok()
@@ -226,17 +242,18 @@ impl SyncService {
         };
         let guard = self.config.guard;
         let applied = if binary {
-            parse_binary_full(&body)
-                .map(|full| self.state.apply_binary_full(full, &mut store, guard))
+            // Read in chunks straight from Envoy's buffer: the VM never holds the whole map.
+            self.state
+                .apply_binary_full(&mut ResponseBody, body_size, &mut store, guard)
+                .map_err(|e| e.to_string())
         } else {
-            parse_message(&body).map(|message| self.state.apply(message, &mut store, guard))
-        };
-        let applied = match applied {
-            Ok(applied) => applied,
-            Err(e) => {
-                warn!("keygate sync: answer refused: {e}");
-                bump(self.metrics.refused);
-                return self.failed(now);
+            let body = read_response(0, body_size);
+            match parse_message(&body) {
+                Ok(message) => self
+                    .state
+                    .apply(message, &mut store, guard)
+                    .map_err(|refusal| refusal.to_string()),
+                Err(e) => Err(e.to_string()),
             }
         };
         match applied {
@@ -260,8 +277,8 @@ impl SyncService {
                 self.want_full = false;
                 self.succeeded(now);
             }
-            Err(refusal) => {
-                warn!("keygate sync: answer refused: {refusal}");
+            Err(why) => {
+                warn!("keygate sync: answer refused: {why}");
                 bump(self.metrics.refused);
                 self.want_full = true;
                 self.failed(now);

@@ -1,10 +1,12 @@
 //! The store: accounts, key records (digests and hints only, never a plaintext key), the key
 //! map's version and its change log, and the admin token's digest.
 //!
-//! `Store` is the seam for backends: SQLite today (`sqlite.rs`), PostgreSQL later. Every
-//! method is one transaction that either happens whole or not at all, takes the current time
-//! from the caller (so tests control the clock) and answers a typed `StoreError`.
+//! `Store` is the seam for backends: SQLite (`sqlite.rs`, the default: one file) and
+//! PostgreSQL (`postgres.rs`: several replicas over one database). Every method is one
+//! transaction that either happens whole or not at all, takes the current time from the
+//! caller (so tests control the clock) and answers a typed `StoreError`.
 
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -13,8 +15,20 @@ use keygate_core::config::RawKey;
 use keygate_core::digest::Digest;
 use keygate_core::key::KeyKind;
 use keygate_core::sync::KeyMapMessage;
+use std::path::Path;
+use std::sync::Arc;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+/// Opens the store `--database` names: a `postgres://` or `postgresql://` URL selects
+/// PostgreSQL, anything else is a SQLite file (created on first use).
+pub fn open(database: &Path) -> StoreResult<Arc<dyn Store>> {
+    match database.to_str() {
+        Some(url) if postgres::is_postgres_url(url) => Ok(Arc::new(PostgresStore::connect(url)?)),
+        _ => Ok(Arc::new(SqliteStore::open(database)?)),
+    }
+}
 
 /// How many key-map versions of changes are kept for deltas; older `since` values get a full
 /// map instead.
@@ -249,4 +263,13 @@ pub trait Store: Send + Sync {
 
     fn admin_token_digest(&self) -> StoreResult<Option<Digest>>;
     fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()>;
+
+    /// For backends that announce changes (PostgreSQL's LISTEN/NOTIFY): calls `on_change`
+    /// from a background thread soon after any process (another replica, the CLI) commits a
+    /// change to the key map or the admin token, and answers true. Other backends answer
+    /// false; the server re-reads the version every second either way.
+    fn watch_changes(&self, on_change: Box<dyn Fn() + Send>) -> StoreResult<bool> {
+        drop(on_change);
+        Ok(false)
+    }
 }

@@ -17,50 +17,9 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Schema migrations, in order; migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE accounts (
-    id          TEXT PRIMARY KEY,
-    name        TEXT,
-    created_at  INTEGER NOT NULL
-);
-CREATE TABLE keys (
-    id           TEXT PRIMARY KEY,
-    account_id   TEXT NOT NULL REFERENCES accounts(id),
-    digest       TEXT NOT NULL UNIQUE,
-    hint         TEXT NOT NULL,
-    type         TEXT NOT NULL CHECK (type IN ('secret', 'publishable')),
-    environment  TEXT NOT NULL CHECK (environment IN ('test', 'production')),
-    origin       TEXT NOT NULL CHECK (origin IN ('issued', 'imported')),
-    created_at   INTEGER NOT NULL,
-    disabled_at  INTEGER,
-    expires_at   INTEGER,
-    rolled_at    INTEGER,
-    replaced_by  TEXT REFERENCES keys(id),
-    revoked_at   INTEGER,
-    removed_at   INTEGER
-);
-CREATE INDEX keys_by_account ON keys(account_id);
-CREATE INDEX keys_in_map ON keys(digest) WHERE removed_at IS NULL;
-CREATE INDEX keys_expiring ON keys(expires_at) WHERE removed_at IS NULL;
--- One row: the key map's version and the oldest version the change log can answer from.
-CREATE TABLE keymap_state (
-    id         INTEGER PRIMARY KEY CHECK (id = 1),
-    version    INTEGER NOT NULL,
-    log_start  INTEGER NOT NULL
-);
-INSERT INTO keymap_state (id, version, log_start) VALUES (1, 0, 0);
-CREATE TABLE keymap_changes (
-    version  INTEGER NOT NULL,
-    digest   TEXT NOT NULL,
-    op       TEXT NOT NULL CHECK (op IN ('upsert', 'remove')),
-    PRIMARY KEY (version, digest)
-) WITHOUT ROWID;
-CREATE TABLE settings (
-    name   TEXT PRIMARY KEY,
-    value  TEXT NOT NULL
-);
-"#];
+/// Schema migrations, in order; migration `i` takes the schema from version `i` to `i + 1`
+/// (files under `migrations/sqlite/`, one per version).
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_initial.sql")];
 
 const KEY_COLUMNS: &str = "id, account_id, digest, hint, type, environment, origin, created_at, \
      disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at";
@@ -71,13 +30,13 @@ const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy)]
-enum ChangeOp {
+pub(super) enum ChangeOp {
     Upsert,
     Remove,
 }
 
 impl ChangeOp {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             ChangeOp::Upsert => "upsert",
             ChangeOp::Remove => "remove",
@@ -222,7 +181,7 @@ fn current_version(tx: &Transaction) -> StoreResult<u64> {
     )
 }
 
-fn corrupt(what: &str, value: &str) -> StoreError {
+pub(super) fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("unexpected {what} {value:?}"))
 }
 
@@ -335,7 +294,11 @@ fn insert_key(tx: &Transaction, key: &NewKey, now: u64) -> StoreResult<KeyRecord
 }
 
 /// Refuses changes to a key that has left the key map for good.
-fn ensure_changeable(key: &KeyRecord, action: &'static str, now: u64) -> StoreResult<()> {
+pub(super) fn ensure_changeable(
+    key: &KeyRecord,
+    action: &'static str,
+    now: u64,
+) -> StoreResult<()> {
     let reason = if let Some(at) = key.revoked_at {
         format!("it was revoked at {at}")
     } else if !key.in_key_map(now) {

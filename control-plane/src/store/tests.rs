@@ -1,16 +1,216 @@
-//! The store's behaviour through the `Store` trait, on real SQLite files.
+//! The store's behaviour through the `Store` trait, written once and run on both backends:
+//! `tests::sqlite::*` on real SQLite files, `tests::postgres::*` each on a new database of the
+//! PostgreSQL server that KEYGATE_TEST_POSTGRES_URL names (`scripts/postgres.sh run cargo
+//! test` starts one). The PostgreSQL runs are skipped, with a note on stderr, only when that
+//! variable is unset; a server that is set but unreachable fails them.
 
 use super::*;
 use keygate_core::key::{Environment, KeyType};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-fn open() -> (tempfile::TempDir, PathBuf, SqliteStore) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("keygate.db");
-    let store = SqliteStore::open(&path).expect("open");
-    (dir, path, store)
+/// One backend's new, empty database. Every `open` is another connection to the same data:
+/// another process's, or another replica's.
+trait TestDb: Sync {
+    fn try_open(&self, change_log_limit: u64) -> StoreResult<Box<dyn Store>>;
+    fn open(&self) -> Box<dyn Store> {
+        self.try_open(DEFAULT_CHANGE_LOG_LIMIT).expect("open")
+    }
+    fn open_with_change_log_limit(&self, limit: u64) -> Box<dyn Store> {
+        self.try_open(limit).expect("open")
+    }
+    /// The schema version the database records.
+    fn schema_version(&self) -> u32;
+    /// Records another schema version, as a newer keygatectl would.
+    fn set_schema_version(&self, version: u32);
 }
+
+struct SqliteDb {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl SqliteDb {
+    fn new() -> SqliteDb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keygate.db");
+        SqliteDb { _dir: dir, path }
+    }
+}
+
+impl TestDb for SqliteDb {
+    fn try_open(&self, change_log_limit: u64) -> StoreResult<Box<dyn Store>> {
+        Ok(Box::new(SqliteStore::open_with_change_log_limit(
+            &self.path,
+            change_log_limit,
+        )?))
+    }
+
+    fn schema_version(&self) -> u32 {
+        let conn = rusqlite::Connection::open(&self.path).expect("raw open");
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("journal_mode");
+        assert_eq!(mode, "wal");
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("user_version")
+    }
+
+    fn set_schema_version(&self, version: u32) {
+        let conn = rusqlite::Connection::open(&self.path).expect("raw open");
+        conn.pragma_update(None, "user_version", version)
+            .expect("set user_version");
+    }
+}
+
+/// A database of its own on the test server, dropped afterwards.
+struct PostgresDb {
+    server: ::postgres::Config,
+    name: String,
+    config: ::postgres::Config,
+}
+
+impl PostgresDb {
+    /// `None` when KEYGATE_TEST_POSTGRES_URL is unset.
+    fn create() -> Option<PostgresDb> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let url = std::env::var("KEYGATE_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|url| !url.is_empty())?;
+        let server = super::postgres::parse_url(&url).expect("KEYGATE_TEST_POSTGRES_URL");
+        let name = format!(
+            "keygate_store_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut admin = server.connect(::postgres::NoTls).unwrap_or_else(|e| {
+            panic!("KEYGATE_TEST_POSTGRES_URL is set but the server is unreachable: {e}")
+        });
+        // Each its own statement: neither may run inside a transaction block.
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .expect("drop a stale test database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create the test database");
+        let mut config = server.clone();
+        config.dbname(&name);
+        Some(PostgresDb {
+            server,
+            name,
+            config,
+        })
+    }
+
+    fn client(&self) -> ::postgres::Client {
+        self.config
+            .connect(::postgres::NoTls)
+            .expect("connect to the test database")
+    }
+
+    /// Ends every other connection to the test database, as a server restart would.
+    fn terminate_connections(&self) -> u64 {
+        let mut client = self.client();
+        let ended = client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&self.name],
+            )
+            .expect("terminate");
+        ended.len() as u64
+    }
+}
+
+impl Drop for PostgresDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = self.server.connect(::postgres::NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+impl TestDb for PostgresDb {
+    fn try_open(&self, change_log_limit: u64) -> StoreResult<Box<dyn Store>> {
+        Ok(Box::new(PostgresStore::open(
+            self.config.clone(),
+            change_log_limit,
+        )?))
+    }
+
+    fn schema_version(&self) -> u32 {
+        super::postgres::schema_version(&mut self.client())
+            .expect("schema version")
+            .expect("a migrated database")
+    }
+
+    fn set_schema_version(&self, version: u32) {
+        self.client()
+            .execute(
+                "INSERT INTO keygate_schema_migrations (version) VALUES ($1)",
+                &[&(version as i32)],
+            )
+            .expect("set schema version");
+    }
+}
+
+/// Runs each named test (a `fn(&dyn TestDb)`) on both backends.
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&super::SqliteDb::new());
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $test() {
+                    match super::PostgresDb::create() {
+                        Some(db) => super::$test(&db),
+                        None => super::skipped(),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+fn skipped() {
+    eprintln!(
+        "skipped: KEYGATE_TEST_POSTGRES_URL is unset (scripts/postgres.sh run cargo test \
+         starts a PostgreSQL for these tests)"
+    );
+}
+
+on_both_backends!(
+    an_account_is_created_with_four_keys_of_the_four_kinds,
+    unknown_accounts_and_keys_are_not_found,
+    rolling_without_grace_stops_the_old_key_at_once,
+    rolling_with_grace_keeps_the_old_key_until_its_expiry_then_purges_it,
+    reading_the_map_after_an_expiry_purges_it,
+    a_key_cannot_be_rolled_twice_or_after_it_left_the_map,
+    revoking_removes_the_key_and_records_when,
+    disabled_keys_stay_in_the_map_marked_disabled,
+    versions_strictly_rise_with_every_change,
+    a_delta_since_any_version_holds_exactly_the_changes_after_it,
+    a_since_older_than_the_change_log_or_in_the_future_gets_the_full_map,
+    a_failing_change_leaves_nothing_half_written,
+    the_schema_is_versioned_and_data_survives_reopening,
+    concurrent_rolls_and_reads_keep_the_store_consistent,
+    several_processes_opening_a_new_database_migrate_it_once,
+    two_stores_over_one_database_answer_the_same_map_for_the_same_version,
+    listings_keep_creation_order,
+);
 
 fn new_key(account_id: &str, kind: KeyKind, name: &str) -> NewKey {
     NewKey {
@@ -32,7 +232,7 @@ fn account(id: &str, now: u64) -> Account {
 }
 
 /// Creates account `id` with its four keys named `<id>-0` … `<id>-3`.
-fn create(store: &SqliteStore, id: &str, now: u64) -> Versioned<AccountWithKeys> {
+fn create(store: &dyn Store, id: &str, now: u64) -> Versioned<AccountWithKeys> {
     let keys: Vec<NewKey> = KeyKind::ALL
         .iter()
         .enumerate()
@@ -45,7 +245,7 @@ fn create(store: &SqliteStore, id: &str, now: u64) -> Versioned<AccountWithKeys>
 
 type Map = BTreeMap<String, RawKey>;
 
-fn full(store: &SqliteStore, now: u64) -> (u64, Map) {
+fn full(store: &dyn Store, now: u64) -> (u64, Map) {
     match store.key_map(None, now).expect("key map") {
         KeyMapMessage::Full { version, keys } => (
             version,
@@ -82,10 +282,9 @@ fn hex(name: &str) -> String {
     Digest::of_key(name).to_hex()
 }
 
-#[test]
-fn an_account_is_created_with_four_keys_of_the_four_kinds() {
-    let (_dir, _, store) = open();
-    let created = create(&store, "acct_a", 100);
+fn an_account_is_created_with_four_keys_of_the_four_kinds(db: &dyn TestDb) {
+    let store = db.open();
+    let created = create(&*store, "acct_a", 100);
     assert_eq!(created.version, 1);
     let kinds: Vec<KeyKind> = created.value.keys.iter().map(|k| k.kind).collect();
     assert_eq!(kinds, KeyKind::ALL.to_vec());
@@ -99,7 +298,7 @@ fn an_account_is_created_with_four_keys_of_the_four_kinds() {
         vec![account("acct_a", 100)]
     );
     assert_eq!(store.keys(Some("acct_a")).expect("keys").len(), 4);
-    let (version, map) = full(&store, 100);
+    let (version, map) = full(&*store, 100);
     assert_eq!((version, map.len()), (1, 4));
     let entry = &map[&hex("acct_a-1")];
     assert_eq!(entry.key_type, KeyType::Publishable);
@@ -107,9 +306,8 @@ fn an_account_is_created_with_four_keys_of_the_four_kinds() {
     assert_eq!((entry.expires_at, entry.disabled), (None, false));
 }
 
-#[test]
-fn unknown_accounts_and_keys_are_not_found() {
-    let (_dir, _, store) = open();
+fn unknown_accounts_and_keys_are_not_found(db: &dyn TestDb) {
+    let store = db.open();
     assert!(matches!(
         store.account("acct_x"),
         Err(StoreError::AccountNotFound(_))
@@ -134,10 +332,9 @@ fn unknown_accounts_and_keys_are_not_found() {
     assert_eq!(store.key_map_status().expect("status").version, 0);
 }
 
-#[test]
-fn rolling_without_grace_stops_the_old_key_at_once() {
-    let (_dir, _, store) = open();
-    create(&store, "a", 100);
+fn rolling_without_grace_stops_the_old_key_at_once(db: &dyn TestDb) {
+    let store = db.open();
+    create(&*store, "a", 100);
     let replacement = new_key("a", KeyKind::ALL[0], "a-0-next");
     let rolled = store
         .roll_key("key_a-0", &replacement, 0, 200)
@@ -151,7 +348,7 @@ fn rolling_without_grace_stops_the_old_key_at_once() {
     );
     assert_eq!(old.replaced_by.as_deref(), Some("key_a-0-next"));
     assert_eq!(rolled.value.new.status(200), KeyStatus::Active);
-    let (_, map) = full(&store, 200);
+    let (_, map) = full(&*store, 200);
     assert!(!map.contains_key(&hex("a-0")));
     assert!(map.contains_key(&hex("a-0-next")));
     // The roll is one change: the new key in, the old one out.
@@ -166,10 +363,9 @@ fn rolling_without_grace_stops_the_old_key_at_once() {
     );
 }
 
-#[test]
-fn rolling_with_grace_keeps_the_old_key_until_its_expiry_then_purges_it() {
-    let (_dir, _, store) = open();
-    create(&store, "a", 100);
+fn rolling_with_grace_keeps_the_old_key_until_its_expiry_then_purges_it(db: &dyn TestDb) {
+    let store = db.open();
+    create(&*store, "a", 100);
     let replacement = new_key("a", KeyKind::ALL[1], "a-1-next");
     let rolled = store
         .roll_key("key_a-1", &replacement, 3600, 200)
@@ -177,7 +373,7 @@ fn rolling_with_grace_keeps_the_old_key_until_its_expiry_then_purges_it() {
     let old = &rolled.value.old;
     assert_eq!(old.status(200), KeyStatus::Expiring);
     assert_eq!((old.expires_at, old.removed_at), (Some(3800), None));
-    let (version, map) = full(&store, 3799);
+    let (version, map) = full(&*store, 3799);
     assert_eq!(version, 2);
     assert_eq!(map[&hex("a-1")].expires_at, Some(3800));
     assert_eq!(
@@ -203,23 +399,21 @@ fn rolling_with_grace_keeps_the_old_key_until_its_expiry_then_purges_it() {
     );
 }
 
-#[test]
-fn reading_the_map_after_an_expiry_purges_it() {
-    let (_dir, _, store) = open();
-    create(&store, "a", 100);
+fn reading_the_map_after_an_expiry_purges_it(db: &dyn TestDb) {
+    let store = db.open();
+    create(&*store, "a", 100);
     store
         .roll_key("key_a-2", &new_key("a", KeyKind::ALL[2], "next"), 60, 100)
         .expect("roll");
-    let (version, map) = full(&store, 160);
+    let (version, map) = full(&*store, 160);
     assert_eq!(version, 3, "the read purged, in a version of its own");
     assert!(!map.contains_key(&hex("a-2")));
     assert_eq!(store.key("key_a-2").expect("key").removed_at, Some(160));
 }
 
-#[test]
-fn a_key_cannot_be_rolled_twice_or_after_it_left_the_map() {
-    let (_dir, _, store) = open();
-    create(&store, "a", 100);
+fn a_key_cannot_be_rolled_twice_or_after_it_left_the_map(db: &dyn TestDb) {
+    let store = db.open();
+    create(&*store, "a", 100);
     store
         .roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "n1"), 600, 100)
         .expect("roll");
@@ -234,15 +428,14 @@ fn a_key_cannot_be_rolled_twice_or_after_it_left_the_map() {
     assert_eq!(store.key_map_status().expect("status").version, 3);
 }
 
-#[test]
-fn revoking_removes_the_key_and_records_when() {
-    let (_dir, _, store) = open();
-    create(&store, "a", 100);
+fn revoking_removes_the_key_and_records_when(db: &dyn TestDb) {
+    let store = db.open();
+    create(&*store, "a", 100);
     let revoked = store.revoke_key("key_a-3", 150).expect("revoke");
     assert_eq!(revoked.version, 2);
     assert_eq!(revoked.value.revoked_at, Some(150));
     assert_eq!(revoked.value.status(150), KeyStatus::Revoked);
-    assert!(!full(&store, 150).1.contains_key(&hex("a-3")));
+    assert!(!full(&*store, 150).1.contains_key(&hex("a-3")));
     // Again: nothing changes, the first time stays.
     let again = store.revoke_key("key_a-3", 999).expect("revoke again");
     assert_eq!((again.version, again.value.revoked_at), (2, Some(150)));
@@ -253,16 +446,15 @@ fn revoking_removes_the_key_and_records_when() {
     ));
 }
 
-#[test]
-fn disabled_keys_stay_in_the_map_marked_disabled() {
-    let (_dir, _, store) = open();
-    create(&store, "a", 100);
+fn disabled_keys_stay_in_the_map_marked_disabled(db: &dyn TestDb) {
+    let store = db.open();
+    create(&*store, "a", 100);
     let disabled = store
         .set_key_disabled("key_a-0", true, 110)
         .expect("disable");
     assert_eq!(disabled.version, 2);
     assert_eq!(disabled.value.status(110), KeyStatus::Disabled);
-    assert!(full(&store, 110).1[&hex("a-0")].disabled);
+    assert!(full(&*store, 110).1[&hex("a-0")].disabled);
     // Disabling twice is no change.
     assert_eq!(
         store
@@ -275,13 +467,12 @@ fn disabled_keys_stay_in_the_map_marked_disabled() {
         .set_key_disabled("key_a-0", false, 120)
         .expect("enable");
     assert_eq!((enabled.version, enabled.value.disabled_at), (3, None));
-    assert!(!full(&store, 120).1[&hex("a-0")].disabled);
+    assert!(!full(&*store, 120).1[&hex("a-0")].disabled);
 }
 
-#[test]
-fn versions_strictly_rise_with_every_change() {
-    let (_dir, _, store) = open();
-    let mut versions = vec![create(&store, "a", 1).version];
+fn versions_strictly_rise_with_every_change(db: &dyn TestDb) {
+    let store = db.open();
+    let mut versions = vec![create(&*store, "a", 1).version];
     versions.push(
         store
             .add_key(&new_key("a", KeyKind::ALL[0], "extra"), 2)
@@ -302,26 +493,25 @@ fn versions_strictly_rise_with_every_change() {
     );
     versions.push(store.revoke_key("key_a-1", 5).expect("revoke").version);
     versions.push(store.purge_expired(10).expect("purge").version);
-    versions.push(create(&store, "b", 11).version);
+    versions.push(create(&*store, "b", 11).version);
     assert_eq!(versions, (1..=7).collect::<Vec<u64>>());
 }
 
-#[test]
-fn a_delta_since_any_version_holds_exactly_the_changes_after_it() {
-    let (_dir, _, store) = open();
-    let mut snapshots = vec![full(&store, 0)];
-    create(&store, "a", 1);
-    snapshots.push(full(&store, 1));
-    create(&store, "b", 2);
-    snapshots.push(full(&store, 2));
+fn a_delta_since_any_version_holds_exactly_the_changes_after_it(db: &dyn TestDb) {
+    let store = db.open();
+    let mut snapshots = vec![full(&*store, 0)];
+    create(&*store, "a", 1);
+    snapshots.push(full(&*store, 1));
+    create(&*store, "b", 2);
+    snapshots.push(full(&*store, 2));
     store
         .roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "a-0-r"), 0, 3)
         .expect("roll");
-    snapshots.push(full(&store, 3));
+    snapshots.push(full(&*store, 3));
     store.set_key_disabled("key_b-1", true, 4).expect("disable");
-    snapshots.push(full(&store, 4));
+    snapshots.push(full(&*store, 4));
     store.revoke_key("key_b-2", 5).expect("revoke");
-    let (current, expected) = full(&store, 5);
+    let (current, expected) = full(&*store, 5);
     assert_eq!(current, 5);
     // Since 2: exactly the roll (one in, one out), the disable and the revoke.
     let KeyMapMessage::Delta {
@@ -358,12 +548,10 @@ fn a_delta_since_any_version_holds_exactly_the_changes_after_it() {
     );
 }
 
-#[test]
-fn a_since_older_than_the_change_log_or_in_the_future_gets_the_full_map() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open_with_change_log_limit(&dir.path().join("k.db"), 3).expect("open");
+fn a_since_older_than_the_change_log_or_in_the_future_gets_the_full_map(db: &dyn TestDb) {
+    let store = db.open_with_change_log_limit(3);
     for i in 0..6 {
-        create(&store, &format!("acct_{i}"), i);
+        create(&*store, &format!("acct_{i}"), i);
     }
     // Version 6, log kept for versions 4..=6: deltas answer since 3 and later.
     assert!(matches!(
@@ -384,10 +572,9 @@ fn a_since_older_than_the_change_log_or_in_the_future_gets_the_full_map() {
     assert_eq!(upserts.len(), 12);
 }
 
-#[test]
-fn a_failing_change_leaves_nothing_half_written() {
-    let (_dir, _, store) = open();
-    create(&store, "a", 1);
+fn a_failing_change_leaves_nothing_half_written(db: &dyn TestDb) {
+    let store = db.open();
+    create(&*store, "a", 1);
     // The third key's digest is taken: the account and its first two keys must not stay.
     let mut keys: Vec<NewKey> = KeyKind::ALL
         .iter()
@@ -428,71 +615,67 @@ fn a_failing_change_leaves_nothing_half_written() {
     );
 }
 
-#[test]
-fn the_schema_is_versioned_and_data_survives_reopening() {
-    let (_dir, path, store) = open();
-    create(&store, "a", 1);
+fn the_schema_is_versioned_and_data_survives_reopening(db: &dyn TestDb) {
+    let store = db.open();
+    create(&*store, "a", 1);
     store
         .set_admin_token_digest(&Digest::of_key("token"))
         .expect("set token");
     drop(store);
-    let store = SqliteStore::open(&path).expect("reopen");
+    let store = db.open();
     assert_eq!(store.keys(None).expect("keys").len(), 4);
     assert_eq!(
         store.admin_token_digest().expect("token"),
         Some(Digest::of_key("token"))
     );
     drop(store);
-    let conn = rusqlite::Connection::open(&path).expect("raw open");
-    let version: u32 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .expect("user_version");
-    assert_eq!(version, 1);
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .expect("journal_mode");
-    assert_eq!(mode, "wal");
-    conn.pragma_update(None, "user_version", 99).expect("set");
-    drop(conn);
+    assert_eq!(db.schema_version(), 1);
+    db.set_schema_version(99);
     assert!(matches!(
-        SqliteStore::open(&path),
-        Err(StoreError::SchemaTooNew { found: 99, .. })
+        db.try_open(DEFAULT_CHANGE_LOG_LIMIT),
+        Err(StoreError::SchemaTooNew {
+            found: 99,
+            supported: 1
+        })
     ));
 }
 
 /// Several processes' worth of connections roll keys and read the map at once: every change
 /// gets its own version, each writer sees its versions rise, and the map ends consistent.
-#[test]
-fn concurrent_rolls_and_reads_keep_the_store_consistent() {
+fn concurrent_rolls_and_reads_keep_the_store_consistent(db: &dyn TestDb) {
     const THREADS: usize = 6;
     const ROLLS: usize = 15;
-    let (_dir, path, store) = open();
+    let store = db.open();
     for t in 0..THREADS {
-        create(&store, &format!("t{t}"), 1);
+        create(&*store, &format!("t{t}"), 1);
     }
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                let store = SqliteStore::open(&path).expect("open");
-                let mut versions = Vec::new();
-                let mut current = format!("key_t{t}-0");
-                for r in 0..ROLLS {
-                    let name = format!("t{t}-roll{r}");
-                    let replacement = new_key(&format!("t{t}"), KeyKind::ALL[0], &name);
-                    let rolled = store.roll_key(&current, &replacement, 0, 2).expect("roll");
-                    versions.push(rolled.version);
-                    current = rolled.value.new.key_id;
-                    let read = store.key_map(None, 2).expect("read").version();
-                    assert!(read >= rolled.version);
-                }
-                versions
+    let all_versions: Vec<Vec<u64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                scope.spawn(move || {
+                    let store = db.open();
+                    let mut versions = Vec::new();
+                    let mut current = format!("key_t{t}-0");
+                    for r in 0..ROLLS {
+                        let name = format!("t{t}-roll{r}");
+                        let replacement = new_key(&format!("t{t}"), KeyKind::ALL[0], &name);
+                        let rolled = store.roll_key(&current, &replacement, 0, 2).expect("roll");
+                        versions.push(rolled.version);
+                        current = rolled.value.new.key_id;
+                        let read = store.key_map(None, 2).expect("read").version();
+                        assert!(read >= rolled.version);
+                    }
+                    versions
+                })
             })
-        })
-        .collect();
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
     let mut all = Vec::new();
-    for handle in handles {
-        let versions = handle.join().expect("thread");
+    for versions in all_versions {
         assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
         all.extend(versions);
     }
@@ -503,7 +686,7 @@ fn concurrent_rolls_and_reads_keep_the_store_consistent() {
         THREADS * ROLLS,
         "every roll had a version of its own"
     );
-    let (version, map) = full(&store, 2);
+    let (version, map) = full(&*store, 2);
     assert_eq!(version, (THREADS + THREADS * ROLLS) as u64);
     assert_eq!(map.len(), THREADS * 4);
     for t in 0..THREADS {
@@ -514,4 +697,244 @@ fn concurrent_rolls_and_reads_keep_the_store_consistent() {
     let mut replayed = Map::new();
     apply(&mut replayed, store.key_map(Some(0), 2).expect("delta"));
     assert_eq!(replayed, map);
+}
+
+/// Replicas starting together over a new database: one migrates, the others find it done.
+fn several_processes_opening_a_new_database_migrate_it_once(db: &dyn TestDb) {
+    let versions: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| db.open().key_map_status().expect("status").version))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(versions, vec![0; 4]);
+    assert_eq!(db.schema_version(), 1);
+    let store = db.open();
+    assert_eq!(create(&*store, "a", 1).version, 1);
+}
+
+/// Two writers and two readers, each on its own store (as two replicas, each with writes
+/// coming in): a reader following deltas never sees its version go back, and whenever both
+/// readers saw a version, they saw the same map for it, the one a full read answers.
+fn two_stores_over_one_database_answer_the_same_map_for_the_same_version(db: &dyn TestDb) {
+    const WRITERS: usize = 2;
+    const CHANGES: usize = 20;
+    let store = db.open();
+    for w in 0..WRITERS {
+        create(&*store, &format!("w{w}"), 1);
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let seen: Vec<BTreeMap<u64, Map>> = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let store = db.open();
+                    let (mut version, mut map) = full(&*store, 2);
+                    let mut seen = BTreeMap::from([(version, map.clone())]);
+                    let mut reads = 0;
+                    while !done.load(Ordering::Acquire) || reads < 3 {
+                        reads += 1;
+                        let delta = store.key_map(Some(version), 2).expect("delta");
+                        let next = apply(&mut map, delta);
+                        assert!(next >= version, "version went back: {version} → {next}");
+                        version = next;
+                        seen.insert(version, map.clone());
+                        if reads % 4 == 0 {
+                            let (full_version, full_map) = full(&*store, 2);
+                            seen.insert(full_version, full_map.clone());
+                            if full_version == version {
+                                assert_eq!(full_map, map, "deltas and full map at {version}");
+                            }
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                scope.spawn(move || {
+                    let store = db.open();
+                    let account = format!("w{w}");
+                    let mut current = format!("key_w{w}-0");
+                    for c in 0..CHANGES {
+                        if c % 3 == 2 {
+                            let key = format!("key_w{w}-1");
+                            store.set_key_disabled(&key, c % 2 == 0, 2).expect("toggle");
+                        } else {
+                            let name = format!("w{w}-roll{c}");
+                            let replacement = new_key(&account, KeyKind::ALL[0], &name);
+                            let rolled =
+                                store.roll_key(&current, &replacement, 0, 2).expect("roll");
+                            current = rolled.value.new.key_id;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("writer");
+        }
+        done.store(true, Ordering::Release);
+        readers
+            .into_iter()
+            .map(|r| r.join().expect("reader"))
+            .collect()
+    });
+    let mut common = 0;
+    for (version, map) in &seen[0] {
+        if let Some(other) = seen[1].get(version) {
+            assert_eq!(map, other, "two maps for version {version}");
+            common += 1;
+        }
+    }
+    assert!(common >= 1);
+    let (last, map) = full(&*store, 2);
+    for readings in &seen {
+        assert_eq!(
+            readings.get(&last),
+            Some(&map),
+            "both readers reached the last version"
+        );
+    }
+}
+
+/// Accounts by creation time, keys in the order they were created.
+fn listings_keep_creation_order(db: &dyn TestDb) {
+    let store = db.open();
+    create(&*store, "b", 5);
+    create(&*store, "a", 5);
+    create(&*store, "c", 1);
+    let ids: Vec<String> = store
+        .accounts()
+        .expect("accounts")
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(ids, ["c", "a", "b"]);
+    store
+        .add_key(&new_key("b", KeyKind::ALL[3], "b-extra"), 5)
+        .expect("add");
+    let keys: Vec<String> = store
+        .keys(Some("b"))
+        .expect("keys")
+        .into_iter()
+        .map(|k| k.key_id)
+        .collect();
+    assert_eq!(
+        keys,
+        ["key_b-0", "key_b-1", "key_b-2", "key_b-3", "key_b-extra"]
+    );
+    let all = store.keys(None).expect("all keys");
+    assert_eq!(all.len(), 13);
+    assert_eq!(all[0].key_id, "key_c-0");
+}
+
+// Backend-specific: announcing changes to other replicas.
+
+#[test]
+fn sqlite_does_not_announce_changes() {
+    let db = SqliteDb::new();
+    let watching = db.open().watch_changes(Box::new(|| {})).expect("watch");
+    assert!(
+        !watching,
+        "SQLite relies on the server's one-second re-read"
+    );
+}
+
+/// Receives `watch_changes` calls.
+fn watch(store: &dyn Store) -> mpsc::Receiver<Instant> {
+    let (tx, rx) = mpsc::channel();
+    let watching = store
+        .watch_changes(Box::new(move || {
+            let _ = tx.send(Instant::now());
+        }))
+        .expect("watch");
+    assert!(watching);
+    rx
+}
+
+fn drain(rx: &mpsc::Receiver<Instant>, quiet: Duration) -> usize {
+    let mut calls = 0;
+    while rx.recv_timeout(quiet).is_ok() {
+        calls += 1;
+    }
+    calls
+}
+
+#[test]
+fn postgres_announces_each_change_to_the_other_replicas_at_once() {
+    let Some(db) = PostgresDb::create() else {
+        return skipped();
+    };
+    let (a, b) = (db.open(), db.open());
+    let heard = watch(b.as_ref());
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let before = Instant::now();
+        let created = create(&*a, &format!("acct_{i}"), 1);
+        let at = heard
+            .recv_timeout(Duration::from_secs(2))
+            .expect("the change is announced");
+        latencies.push(at.duration_since(before));
+        // Announced on commit: the other store already reads the new version.
+        assert_eq!(b.key_map_status().expect("status").version, created.version);
+    }
+    latencies.sort();
+    eprintln!(
+        "change through one store → announced to another: median {:?}, max {:?} (commit included)",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    assert!(latencies[latencies.len() - 1] < Duration::from_millis(500));
+    // The admin token too.
+    a.set_admin_token_digest(&Digest::of_key("rotated"))
+        .expect("rotate");
+    heard
+        .recv_timeout(Duration::from_secs(2))
+        .expect("the rotation is announced");
+    // A burst: at least one call, and after the last the other store has the last version.
+    for i in 0..10 {
+        a.set_key_disabled("key_acct_0-0", i % 2 == 0, 2)
+            .expect("toggle");
+    }
+    assert!(drain(&heard, Duration::from_millis(300)) >= 1);
+    assert_eq!(
+        b.key_map_status().expect("status").version,
+        a.key_map_status().expect("status").version
+    );
+    // Reads and no-op changes announce nothing.
+    a.key_map(None, 2).expect("read");
+    a.revoke_key("key_acct_1-0", 2).expect("revoke");
+    drain(&heard, Duration::from_millis(300));
+    a.revoke_key("key_acct_1-0", 3)
+        .expect("revoke again: no change");
+    assert!(heard.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
+#[test]
+fn postgres_replaces_connections_the_server_closed() {
+    let Some(db) = PostgresDb::create() else {
+        return skipped();
+    };
+    let store = db.open();
+    create(&*store, "a", 1);
+    let heard = watch(store.as_ref());
+    // The pooled connection and the listener's, ended as by a server restart.
+    assert!(db.terminate_connections() >= 2);
+    // The next calls work, on new connections.
+    assert_eq!(store.keys(None).expect("keys after the restart").len(), 4);
+    create(&*store, "b", 2);
+    // The listener comes back, and says so (changes may have been missed meanwhile).
+    heard
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the listener reconnects");
+    drain(&heard, Duration::from_millis(300));
+    store.revoke_key("key_a-0", 3).expect("revoke");
+    heard
+        .recv_timeout(Duration::from_secs(2))
+        .expect("announced after reconnecting");
 }

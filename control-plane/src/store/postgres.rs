@@ -1,0 +1,925 @@
+//! The PostgreSQL backend, for several keygatectl replicas over one database.
+//!
+//! - Every change locks the single `keymap_state` row first (`SELECT … FOR UPDATE`), makes
+//!   its changes, bumps the version (`UPDATE … SET version = version + 1 RETURNING version`),
+//!   records the changed digests under that version and commits. Writers on every replica
+//!   are serialised by that row lock, so versions strictly rise, each change has one version
+//!   of its own, and no version is visible before its changes are (they commit together).
+//! - The same transaction sends `NOTIFY keygate_changes, '<version>'`, which PostgreSQL
+//!   delivers on commit. `watch_changes` LISTENs on a dedicated connection, so a replica
+//!   learns of another's change within milliseconds; the server's one-second re-read of the
+//!   version covers a lost connection.
+//! - The key map is read from one REPEATABLE READ snapshot, so its version and its keys
+//!   always belong together, and two replicas answer the same map for the same version.
+//!   When a key's grace period has ended, the read purges it first, under the row lock.
+//! - Schema migrations (`migrations/postgres/`) run in one transaction under an advisory
+//!   lock and are recorded in `keygate_schema_migrations`, so replicas starting together
+//!   migrate once.
+//!
+//! Connections come from a small pool (the server calls the store from at most a few
+//! blocking threads at once); one that the server closed while idle is replaced on its next
+//! use. Invariants are SQLite's (see `sqlite.rs`).
+
+use super::sqlite::{corrupt, ensure_changeable, ChangeOp};
+use super::{
+    Account, AccountWithKeys, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled, Store,
+    StoreError, StoreResult, Versioned, DEFAULT_CHANGE_LOG_LIMIT,
+};
+use crate::log::log_event;
+use keygate_core::digest::Digest;
+use keygate_core::key::{Environment, KeyKind, KeyType};
+use keygate_core::sync::KeyMapMessage;
+use postgres::config::Host;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
+use postgres::{Client, Config, NoTls, Row};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// Schema migrations, in order; migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_initial.sql")];
+
+/// The channel every change is announced on (payload: the new version, or `admin_token`).
+pub const CHANGE_CHANNEL: &str = "keygate_changes";
+
+/// The advisory lock migrations hold (any fixed number; "keygate" in ASCII).
+const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
+
+const KEY_COLUMNS: &str = "id, account_id, digest, hint, type, environment, origin, created_at, \
+     disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at";
+
+const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
+
+/// A change waits this long for another replica's write lock before giving up (as SQLite's
+/// busy timeout).
+const WRITE_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '10s'";
+/// Reads see one snapshot and take no locks.
+const READ_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+/// Unless the URL says otherwise (`connect_timeout=`).
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle connections kept for reuse; more are opened when needed and closed after.
+const MAX_IDLE: usize = 8;
+/// The change listener checks its connection after this long without a notification.
+const LISTEN_CHECK: Duration = Duration::from_secs(30);
+/// The change listener's reconnection backoff, doubling up to the second value.
+const LISTEN_RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(10));
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// True for the URLs that select this backend.
+pub fn is_postgres_url(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
+/// Parses a connection URL (`postgres://user:password@host:port/dbname?option=value`) and
+/// fills in keygatectl's defaults: a connect timeout, `application_name=keygatectl`, the
+/// password from `PGPASSWORD` when the URL has none, and the local socket or `localhost`
+/// when it names no host.
+pub fn parse_url(url: &str) -> StoreResult<Config> {
+    let mut config: Config = url.parse().map_err(|e: postgres::Error| {
+        // The parser's message names the bad option, never the password.
+        StoreError::Backend(format!("invalid PostgreSQL URL: {e}").into())
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("keygatectl");
+    }
+    if config.get_password().is_none() {
+        if let Some(password) = std::env::var_os("PGPASSWORD") {
+            config.password(password.as_encoded_bytes());
+        }
+    }
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        let socket_dir = std::path::Path::new("/var/run/postgresql");
+        if cfg!(unix) && socket_dir.is_dir() {
+            config.host_path(socket_dir);
+        } else {
+            config.host("localhost");
+        }
+    }
+    Ok(config)
+}
+
+/// `user@host:port/dbname`, for messages: never the password.
+pub fn describe(config: &Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = config
+                .get_ports()
+                .get(i)
+                .or(config.get_ports().first())
+                .copied()
+                .unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(path) => format!("{}:{port}", path.display()),
+            }
+        })
+        .collect();
+    format!(
+        "{}@{}/{}",
+        config.get_user().unwrap_or("(OS user)"),
+        hosts.join(","),
+        config.get_dbname().unwrap_or("(user's database)")
+    )
+}
+
+struct Pool {
+    config: Config,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl Pool {
+    fn connect(&self) -> StoreResult<Client> {
+        connect(&self.config)
+    }
+
+    /// A connection with `begin` run on it: an idle one when it still works, else a new one.
+    fn begin(&self, begin: &str) -> StoreResult<Client> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(mut client) = idle else { break };
+            match client.batch_execute(begin) {
+                Ok(()) => return Ok(client),
+                // Closed while idle (the server restarted, or dropped idle connections):
+                // nothing ran, so another connection may try.
+                Err(e) if e.is_closed() || client.is_closed() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut client = self.connect()?;
+        client.batch_execute(begin)?;
+        Ok(client)
+    }
+
+    fn give_back(&self, client: Client) {
+        if client.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(client);
+        }
+    }
+}
+
+fn connect(config: &Config) -> StoreResult<Client> {
+    config.connect(NoTls).map_err(|e| {
+        StoreError::Backend(
+            format!(
+                "cannot connect to PostgreSQL at {}: {}",
+                describe(config),
+                error_detail(&e)
+            )
+            .into(),
+        )
+    })
+}
+
+/// An error with its cause ("error connecting to server: Connection refused").
+fn error_detail(e: &postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    }
+}
+
+pub struct PostgresStore {
+    pool: Arc<Pool>,
+    change_log_limit: u64,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` and brings its schema up to date.
+    pub fn connect(url: &str) -> StoreResult<PostgresStore> {
+        PostgresStore::open(parse_url(url)?, DEFAULT_CHANGE_LOG_LIMIT)
+    }
+
+    pub fn open(config: Config, change_log_limit: u64) -> StoreResult<PostgresStore> {
+        let pool = Pool {
+            config,
+            idle: Mutex::new(Vec::new()),
+        };
+        let mut client = pool.connect()?;
+        migrate(&mut client)?;
+        pool.give_back(client);
+        Ok(PostgresStore {
+            pool: Arc::new(pool),
+            change_log_limit: change_log_limit.max(1),
+        })
+    }
+
+    /// Runs `f` between `begin` and COMMIT (ROLLBACK when it fails).
+    fn transaction<T>(
+        &self,
+        begin: &str,
+        f: impl FnOnce(&mut Client) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut client = self.pool.begin(begin)?;
+        match f(&mut client) {
+            Ok(value) => {
+                // A failed COMMIT drops the connection with the error.
+                client.batch_execute("COMMIT")?;
+                self.pool.give_back(client);
+                Ok(value)
+            }
+            Err(e) => {
+                if client.batch_execute("ROLLBACK").is_ok() {
+                    self.pool.give_back(client);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A change: takes the key map's row lock first, so that changes on every replica run
+    /// one at a time and each statement sees every change committed before it.
+    fn write<T>(&self, f: impl FnOnce(&mut Client) -> StoreResult<T>) -> StoreResult<T> {
+        self.transaction(WRITE_BEGIN, |c| {
+            c.query_one(
+                "SELECT version FROM keymap_state WHERE id = 1 FOR UPDATE",
+                &[],
+            )?;
+            f(c)
+        })
+    }
+
+    /// A read from one snapshot.
+    fn read<T>(&self, f: impl FnOnce(&mut Client) -> StoreResult<T>) -> StoreResult<T> {
+        self.transaction(READ_BEGIN, f)
+    }
+
+    /// Bumps the key-map version, records which digests changed in it, trims the change log
+    /// and announces the version (delivered when the transaction commits).
+    fn bump_version(&self, c: &mut Client, changes: &[(&Digest, ChangeOp)]) -> StoreResult<u64> {
+        let version: i64 = c
+            .query_one(
+                "UPDATE keymap_state SET version = version + 1 WHERE id = 1 RETURNING version",
+                &[],
+            )?
+            .try_get(0)?;
+        for (digest, op) in changes {
+            c.execute(
+                "INSERT INTO keymap_changes (version, digest, op) VALUES ($1, $2, $3) \
+                 ON CONFLICT (version, digest) DO UPDATE SET op = excluded.op",
+                &[&version, &digest.to_hex(), &op.as_str()],
+            )?;
+        }
+        let version = unsigned(version)?;
+        if version > self.change_log_limit {
+            let drop_through = signed(version - self.change_log_limit)?;
+            c.execute(
+                "DELETE FROM keymap_changes WHERE version <= $1",
+                &[&drop_through],
+            )?;
+            c.execute(
+                "UPDATE keymap_state SET log_start = GREATEST(log_start, $1) WHERE id = 1",
+                &[&drop_through],
+            )?;
+        }
+        c.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANGE_CHANNEL, &version.to_string()],
+        )?;
+        Ok(version)
+    }
+
+    /// Marks keys whose expiry has passed as removed, in one new version. Runs under the
+    /// write lock.
+    fn purge_in(&self, c: &mut Client, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>> {
+        let expired = query_keys(
+            c,
+            "WHERE removed_at IS NULL AND expires_at <= $1 ORDER BY id",
+            &[&signed(now)?],
+        )?;
+        if expired.is_empty() {
+            return Ok(Versioned {
+                value: expired,
+                version: current_version(c)?,
+            });
+        }
+        let ids: Vec<&str> = expired.iter().map(|k| k.key_id.as_str()).collect();
+        c.execute(
+            "UPDATE keys SET removed_at = $1 WHERE id = ANY($2)",
+            &[&signed(now)?, &ids],
+        )?;
+        let changes: Vec<_> = expired
+            .iter()
+            .map(|k| (&k.digest, ChangeOp::Remove))
+            .collect();
+        let version = self.bump_version(c, &changes)?;
+        let purged = query_keys(c, "WHERE id = ANY($1) ORDER BY id", &[&ids])?;
+        Ok(Versioned {
+            value: purged,
+            version,
+        })
+    }
+}
+
+/// Brings the schema up to date. Replicas starting together over a new database take turns
+/// on the advisory lock; the first migrates, the others find it done.
+fn migrate(client: &mut Client) -> StoreResult<()> {
+    let supported = MIGRATIONS.len() as u32;
+    // The common case, without locks or DDL: already up to date.
+    if let Some(found) = schema_version(client)? {
+        if found > supported {
+            return Err(StoreError::SchemaTooNew { found, supported });
+        }
+        if found == supported {
+            return Ok(());
+        }
+    }
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS keygate_schema_migrations (
+             version     INTEGER PRIMARY KEY,
+             applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )?;
+    let found: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM keygate_schema_migrations",
+            &[],
+        )?
+        .try_get(0)?;
+    let found = u32::try_from(found).map_err(|_| corrupt("schema version", &found.to_string()))?;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO keygate_schema_migrations (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The schema version recorded, or `None` before the first migration.
+pub fn schema_version(client: &mut Client) -> StoreResult<Option<u32>> {
+    let table: Option<String> = client
+        .query_one("SELECT to_regclass('keygate_schema_migrations')::text", &[])?
+        .try_get(0)?;
+    if table.is_none() {
+        return Ok(None);
+    }
+    let found: i32 = client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM keygate_schema_migrations",
+            &[],
+        )?
+        .try_get(0)?;
+    u32::try_from(found)
+        .map(Some)
+        .map_err(|_| corrupt("schema version", &found.to_string()))
+}
+
+/// Unix seconds as PostgreSQL's BIGINT.
+fn signed(value: u64) -> StoreResult<i64> {
+    i64::try_from(value).map_err(|_| {
+        StoreError::Backend(format!("{value} does not fit PostgreSQL's BIGINT").into())
+    })
+}
+
+fn unsigned(value: i64) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| corrupt("negative number", &value.to_string()))
+}
+
+fn unsigned_opt(value: Option<i64>) -> StoreResult<Option<u64>> {
+    value.map(unsigned).transpose()
+}
+
+fn current_version(c: &mut Client) -> StoreResult<u64> {
+    unsigned(
+        c.query_one("SELECT version FROM keymap_state WHERE id = 1", &[])?
+            .try_get(0)?,
+    )
+}
+
+fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
+    let digest: String = row.try_get(2)?;
+    let key_type: String = row.try_get(4)?;
+    let environment: String = row.try_get(5)?;
+    let origin: String = row.try_get(6)?;
+    let key_type = match key_type.as_str() {
+        "secret" => KeyType::Secret,
+        "publishable" => KeyType::Publishable,
+        other => return Err(corrupt("key type", other)),
+    };
+    let environment = match environment.as_str() {
+        "test" => Environment::Test,
+        "production" => Environment::Production,
+        other => return Err(corrupt("environment", other)),
+    };
+    Ok(KeyRecord {
+        key_id: row.try_get(0)?,
+        account_id: row.try_get(1)?,
+        digest: Digest::from_hex(&digest).map_err(|_| corrupt("digest", &digest))?,
+        hint: row.try_get(3)?,
+        kind: KeyKind::new(key_type, environment),
+        origin: KeyOrigin::parse(&origin).ok_or_else(|| corrupt("key origin", &origin))?,
+        created_at: unsigned(row.try_get(7)?)?,
+        disabled_at: unsigned_opt(row.try_get(8)?)?,
+        expires_at: unsigned_opt(row.try_get(9)?)?,
+        rolled_at: unsigned_opt(row.try_get(10)?)?,
+        replaced_by: row.try_get(11)?,
+        revoked_at: unsigned_opt(row.try_get(12)?)?,
+        removed_at: unsigned_opt(row.try_get(13)?)?,
+    })
+}
+
+/// Runs a key query and reads every row.
+fn query_keys(
+    c: &mut Client,
+    sql_after_from: &str,
+    args: &[&(dyn ToSql + Sync)],
+) -> StoreResult<Vec<KeyRecord>> {
+    let sql = format!("SELECT {KEY_COLUMNS} FROM keys {sql_after_from}");
+    c.query(sql.as_str(), args)?
+        .iter()
+        .map(key_from_row)
+        .collect()
+}
+
+fn load_key(c: &mut Client, key_id: &str) -> StoreResult<KeyRecord> {
+    query_keys(c, "WHERE id = $1", &[&key_id])?
+        .pop()
+        .ok_or_else(|| StoreError::KeyNotFound(key_id.to_string()))
+}
+
+fn account_from_row(row: &Row) -> StoreResult<Account> {
+    Ok(Account {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        created_at: unsigned(row.try_get(2)?)?,
+    })
+}
+
+fn load_account(c: &mut Client, account_id: &str) -> StoreResult<Account> {
+    match c.query_opt(
+        "SELECT id, name, created_at FROM accounts WHERE id = $1",
+        &[&account_id],
+    )? {
+        Some(row) => account_from_row(&row),
+        None => Err(StoreError::AccountNotFound(account_id.to_string())),
+    }
+}
+
+/// Inserts a key after checking that neither its id nor its digest is taken.
+fn insert_key(c: &mut Client, key: &NewKey, now: u64) -> StoreResult<KeyRecord> {
+    let digest_hex = key.digest.to_hex();
+    if let Some(row) = c.query_opt("SELECT id FROM keys WHERE digest = $1", &[&digest_hex])? {
+        return Err(StoreError::DuplicateDigest(row.try_get(0)?));
+    }
+    if c.query_opt("SELECT 1 FROM keys WHERE id = $1", &[&key.key_id])?
+        .is_some()
+    {
+        return Err(StoreError::DuplicateId(key.key_id.clone()));
+    }
+    c.execute(
+        "INSERT INTO keys (id, account_id, digest, hint, type, environment, origin, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &key.key_id,
+            &key.account_id,
+            &digest_hex,
+            &key.hint,
+            &key.kind.key_type.as_str(),
+            &key.kind.environment.as_str(),
+            &key.origin.as_str(),
+            &signed(now)?,
+        ],
+    )?;
+    load_key(c, &key.key_id)
+}
+
+/// True while a key whose expiry has passed is still in the map (a purge is due).
+fn purge_due(c: &mut Client, now: u64) -> StoreResult<bool> {
+    Ok(c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM keys WHERE removed_at IS NULL AND expires_at <= $1)",
+        &[&signed(now)?],
+    )?
+    .try_get(0)?)
+}
+
+/// The key map as the transaction sees it: a delta since `since` when the change log reaches
+/// back that far, else the full map. Digests sort bytewise (`COLLATE "C"`), as in SQLite.
+fn key_map_in(c: &mut Client, since: Option<u64>, now: u64) -> StoreResult<KeyMapMessage> {
+    let state = c.query_one(
+        "SELECT version, log_start FROM keymap_state WHERE id = 1",
+        &[],
+    )?;
+    let version = unsigned(state.try_get(0)?)?;
+    let log_start = unsigned(state.try_get(1)?)?;
+    match since {
+        Some(since) if (log_start..=version).contains(&since) => {
+            let digests = c
+                .query(
+                    "SELECT DISTINCT digest COLLATE \"C\" AS digest FROM keymap_changes \
+                     WHERE version > $1 ORDER BY 1",
+                    &[&signed(since)?],
+                )?
+                .iter()
+                .map(|row| row.try_get::<_, String>(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut current: HashMap<String, KeyRecord> =
+                query_keys(c, "WHERE digest = ANY($1)", &[&digests])?
+                    .into_iter()
+                    .map(|k| (k.digest.to_hex(), k))
+                    .collect();
+            let mut upserts = Vec::new();
+            let mut removes = Vec::new();
+            // Each changed digest is answered with its state now, whatever happened to it
+            // in between.
+            for digest in digests {
+                match current.remove(&digest) {
+                    Some(key) if key.in_key_map(now) => upserts.push(key.to_raw_key()),
+                    _ => removes.push(digest),
+                }
+            }
+            Ok(KeyMapMessage::Delta {
+                version,
+                since,
+                upserts,
+                removes,
+            })
+        }
+        _ => {
+            let keys = query_keys(
+                c,
+                "WHERE removed_at IS NULL ORDER BY digest COLLATE \"C\"",
+                &[],
+            )?
+            .into_iter()
+            .filter(|k| k.in_key_map(now))
+            .map(|k| k.to_raw_key())
+            .collect();
+            Ok(KeyMapMessage::Full { version, keys })
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn create_account(
+        &self,
+        account: &Account,
+        keys: &[NewKey],
+    ) -> StoreResult<Versioned<AccountWithKeys>> {
+        self.write(|c| {
+            if c.query_opt("SELECT 1 FROM accounts WHERE id = $1", &[&account.id])?
+                .is_some()
+            {
+                return Err(StoreError::DuplicateId(account.id.clone()));
+            }
+            c.execute(
+                "INSERT INTO accounts (id, name, created_at) VALUES ($1, $2, $3)",
+                &[&account.id, &account.name, &signed(account.created_at)?],
+            )?;
+            let mut records = Vec::with_capacity(keys.len());
+            for key in keys {
+                if key.account_id != account.id {
+                    return Err(StoreError::KeyMismatch(key.key_id.clone()));
+                }
+                records.push(insert_key(c, key, account.created_at)?);
+            }
+            let changes: Vec<_> = records
+                .iter()
+                .map(|k| (&k.digest, ChangeOp::Upsert))
+                .collect();
+            let version = self.bump_version(c, &changes)?;
+            Ok(Versioned {
+                value: AccountWithKeys {
+                    account: load_account(c, &account.id)?,
+                    keys: records,
+                },
+                version,
+            })
+        })
+    }
+
+    fn accounts(&self) -> StoreResult<Vec<Account>> {
+        self.read(|c| {
+            c.query(
+                "SELECT id, name, created_at FROM accounts ORDER BY created_at, id",
+                &[],
+            )?
+            .iter()
+            .map(account_from_row)
+            .collect()
+        })
+    }
+
+    fn account(&self, account_id: &str) -> StoreResult<Account> {
+        self.read(|c| load_account(c, account_id))
+    }
+
+    fn add_key(&self, key: &NewKey, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+        self.write(|c| {
+            load_account(c, &key.account_id)?;
+            let record = insert_key(c, key, now)?;
+            let version = self.bump_version(c, &[(&record.digest, ChangeOp::Upsert)])?;
+            Ok(Versioned {
+                value: record,
+                version,
+            })
+        })
+    }
+
+    fn keys(&self, account_id: Option<&str>) -> StoreResult<Vec<KeyRecord>> {
+        self.read(|c| match account_id {
+            Some(account_id) => {
+                load_account(c, account_id)?;
+                query_keys(
+                    c,
+                    "WHERE account_id = $1 ORDER BY created_at, seq",
+                    &[&account_id],
+                )
+            }
+            None => query_keys(c, "ORDER BY created_at, seq", &[]),
+        })
+    }
+
+    fn key(&self, key_id: &str) -> StoreResult<KeyRecord> {
+        self.read(|c| load_key(c, key_id))
+    }
+
+    fn roll_key(
+        &self,
+        key_id: &str,
+        replacement: &NewKey,
+        grace_seconds: u64,
+        now: u64,
+    ) -> StoreResult<Versioned<Rolled>> {
+        self.write(|c| {
+            let old = load_key(c, key_id)?;
+            ensure_changeable(&old, "rolled", now)?;
+            if let Some(successor) = &old.replaced_by {
+                return Err(StoreError::KeyState {
+                    key_id: old.key_id.clone(),
+                    action: "rolled",
+                    reason: format!("it was already rolled; roll its replacement {successor}"),
+                });
+            }
+            if replacement.account_id != old.account_id || replacement.kind != old.kind {
+                return Err(StoreError::KeyMismatch(old.key_id.clone()));
+            }
+            let new = insert_key(c, replacement, now)?;
+            let old_op = if grace_seconds == 0 {
+                c.execute(
+                    "UPDATE keys SET expires_at = $1, rolled_at = $1, replaced_by = $2, \
+                     removed_at = $1 WHERE id = $3",
+                    &[&signed(now)?, &new.key_id, &old.key_id],
+                )?;
+                ChangeOp::Remove
+            } else {
+                // A key that already expires sooner keeps its earlier expiry.
+                let expires_at = now.saturating_add(grace_seconds);
+                let expires_at = old.expires_at.map_or(expires_at, |e| e.min(expires_at));
+                c.execute(
+                    "UPDATE keys SET expires_at = $1, rolled_at = $2, replaced_by = $3 \
+                     WHERE id = $4",
+                    &[
+                        &signed(expires_at)?,
+                        &signed(now)?,
+                        &new.key_id,
+                        &old.key_id,
+                    ],
+                )?;
+                ChangeOp::Upsert
+            };
+            let version =
+                self.bump_version(c, &[(&new.digest, ChangeOp::Upsert), (&old.digest, old_op)])?;
+            Ok(Versioned {
+                value: Rolled {
+                    old: load_key(c, key_id)?,
+                    new,
+                },
+                version,
+            })
+        })
+    }
+
+    fn revoke_key(&self, key_id: &str, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+        self.write(|c| {
+            let key = load_key(c, key_id)?;
+            if key.revoked_at.is_some() {
+                // Revoking twice changes nothing, and keeps the first time.
+                return Ok(Versioned {
+                    value: key,
+                    version: current_version(c)?,
+                });
+            }
+            c.execute(
+                "UPDATE keys SET revoked_at = $1, removed_at = COALESCE(removed_at, $1) \
+                 WHERE id = $2",
+                &[&signed(now)?, &key_id],
+            )?;
+            let version = self.bump_version(c, &[(&key.digest, ChangeOp::Remove)])?;
+            Ok(Versioned {
+                value: load_key(c, key_id)?,
+                version,
+            })
+        })
+    }
+
+    fn set_key_disabled(
+        &self,
+        key_id: &str,
+        disabled: bool,
+        now: u64,
+    ) -> StoreResult<Versioned<KeyRecord>> {
+        self.write(|c| {
+            let key = load_key(c, key_id)?;
+            ensure_changeable(&key, if disabled { "disabled" } else { "enabled" }, now)?;
+            if key.disabled_at.is_some() == disabled {
+                return Ok(Versioned {
+                    value: key,
+                    version: current_version(c)?,
+                });
+            }
+            let disabled_at = disabled.then_some(signed(now)?);
+            c.execute(
+                "UPDATE keys SET disabled_at = $1 WHERE id = $2",
+                &[&disabled_at, &key_id],
+            )?;
+            let version = self.bump_version(c, &[(&key.digest, ChangeOp::Upsert)])?;
+            Ok(Versioned {
+                value: load_key(c, key_id)?,
+                version,
+            })
+        })
+    }
+
+    fn purge_expired(&self, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>> {
+        // Every replica's purge timer lands here; most find nothing, and take no lock.
+        let idle = self.read(|c| {
+            Ok(if purge_due(c, now)? {
+                None
+            } else {
+                Some(current_version(c)?)
+            })
+        })?;
+        match idle {
+            Some(version) => Ok(Versioned {
+                value: Vec::new(),
+                version,
+            }),
+            None => self.write(|c| self.purge_in(c, now)),
+        }
+    }
+
+    fn key_map(&self, since: Option<u64>, now: u64) -> StoreResult<KeyMapMessage> {
+        // Usually nothing is due to expire: one read-only snapshot, no lock.
+        let answer = self.read(|c| {
+            if purge_due(c, now)? {
+                return Ok(None);
+            }
+            key_map_in(c, since, now).map(Some)
+        })?;
+        match answer {
+            Some(message) => Ok(message),
+            // A grace period ended: purge (a version of its own) and answer under the lock,
+            // so the answer is exactly that version's map on every replica.
+            None => self.write(|c| {
+                self.purge_in(c, now)?;
+                key_map_in(c, since, now)
+            }),
+        }
+    }
+
+    fn key_map_status(&self) -> StoreResult<KeyMapStatus> {
+        self.read(|c| {
+            let row = c.query_one(
+                "SELECT version, (SELECT MIN(expires_at) FROM keys WHERE removed_at IS NULL) \
+                 FROM keymap_state WHERE id = 1",
+                &[],
+            )?;
+            Ok(KeyMapStatus {
+                version: unsigned(row.try_get(0)?)?,
+                next_expiry: unsigned_opt(row.try_get(1)?)?,
+            })
+        })
+    }
+
+    fn admin_token_digest(&self) -> StoreResult<Option<Digest>> {
+        self.read(|c| {
+            let hex: Option<String> = c
+                .query_opt(
+                    "SELECT value FROM settings WHERE name = $1",
+                    &[&ADMIN_TOKEN_SETTING],
+                )?
+                .map(|row| row.try_get(0))
+                .transpose()?;
+            hex.map(|h| Digest::from_hex(&h).map_err(|_| corrupt("admin token digest", &h)))
+                .transpose()
+        })
+    }
+
+    fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()> {
+        self.transaction(WRITE_BEGIN, |c| {
+            c.execute(
+                "INSERT INTO settings (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&ADMIN_TOKEN_SETTING, &digest.to_hex()],
+            )?;
+            // Running replicas take the new token at once.
+            c.execute("SELECT pg_notify($1, 'admin_token')", &[&CHANGE_CHANNEL])?;
+            Ok(())
+        })
+    }
+
+    fn watch_changes(&self, on_change: Box<dyn Fn() + Send>) -> StoreResult<bool> {
+        let client = listen(&self.pool.config)?;
+        let config = self.pool.config.clone();
+        let alive = Arc::downgrade(&self.pool);
+        std::thread::Builder::new()
+            .name("keygate-listen".into())
+            .spawn(move || follow_changes(client, &config, &alive, on_change.as_ref()))
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        Ok(true)
+    }
+}
+
+/// A connection LISTENing on the change channel.
+fn listen(config: &Config) -> StoreResult<Client> {
+    let mut client = connect(config)?;
+    client.batch_execute(&format!("LISTEN {CHANGE_CHANNEL}"))?;
+    Ok(client)
+}
+
+enum Heard {
+    Change,
+    Quiet,
+    Lost(String),
+}
+
+/// Waits up to `LISTEN_CHECK` for notifications; several at once are one change.
+fn wait_for_change(client: &mut Client) -> Heard {
+    let first = client.notifications().timeout_iter(LISTEN_CHECK).next();
+    match first {
+        Ok(Some(_)) => {
+            // Take whatever else already arrived: one refresh covers it all.
+            let mut notifications = client.notifications();
+            let mut pending = notifications.iter();
+            while let Ok(Some(_)) = pending.next() {}
+            Heard::Change
+        }
+        Err(e) => Heard::Lost(error_detail(&e)),
+        // A quiet spell, or a closed connection: ask.
+        Ok(None) => match client.is_valid(Duration::from_secs(5)) {
+            Ok(()) if !client.is_closed() => Heard::Quiet,
+            Ok(()) => Heard::Lost("the connection closed".into()),
+            Err(e) => Heard::Lost(error_detail(&e)),
+        },
+    }
+}
+
+/// The listener thread: calls `on_change` for every burst of notifications, reconnects when
+/// the connection is lost (and then calls `on_change`, as notifications may have been missed
+/// meanwhile), and ends once the store is dropped.
+fn follow_changes(mut client: Client, config: &Config, alive: &Weak<Pool>, on_change: &dyn Fn()) {
+    loop {
+        let heard = wait_for_change(&mut client);
+        if alive.strong_count() == 0 {
+            return;
+        }
+        match heard {
+            Heard::Change => on_change(),
+            Heard::Quiet => {}
+            Heard::Lost(reason) => {
+                log_event(&format!(
+                    "lost the PostgreSQL change listener ({reason}); reconnecting (meanwhile \
+                     changes from other replicas arrive within a second)"
+                ));
+                let mut delay = LISTEN_RETRY.0;
+                client = loop {
+                    std::thread::sleep(delay);
+                    if alive.strong_count() == 0 {
+                        return;
+                    }
+                    match listen(config) {
+                        Ok(client) => break client,
+                        Err(_) => delay = (delay * 2).min(LISTEN_RETRY.1),
+                    }
+                };
+                log_event("the PostgreSQL change listener is back");
+                on_change();
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL for keygate's tests: a temporary data directory, a free port on
+# 127.0.0.1 only, a generated password, durability off (fsync, synchronous_commit), and
+# nothing left behind.
+#
+#   scripts/postgres.sh run CMD [ARG…]  start one, run CMD with KEYGATE_TEST_POSTGRES_URL set,
+#                                       then stop it and remove its directory, whatever CMD
+#                                       did (CMD's exit status is kept). When
+#                                       KEYGATE_TEST_POSTGRES_URL is already set, just runs CMD.
+#   scripts/postgres.sh start DIR       start one in DIR (new or empty); prints its URL
+#                                       (also in DIR/url)
+#   scripts/postgres.sh stop DIR        stop the one in DIR and remove DIR
+#
+# Binaries: PG_BIN=/path/to/bin, else the newest /usr/lib/postgresql/*/bin (Debian's
+# `postgresql` package, installed here when missing and run as root). As root, the server
+# runs as the `postgres` user (initdb and postgres refuse root); otherwise as the current
+# user.
+set -euo pipefail
+
+die() { echo "postgres.sh: $*" >&2; exit 1; }
+
+pg_bin() {
+    if [[ -n "${PG_BIN:-}" ]]; then
+        echo "$PG_BIN"
+        return
+    fi
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    if [[ -z "$dir" && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        # A fresh machine: install Debian's server (its own cluster is not used).
+        echo "postgres.sh: installing PostgreSQL (apt-get install -y postgresql)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2 \
+            || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2; }
+        dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    fi
+    [[ -n "$dir" && -x "$dir/initdb" ]] \
+        || die "no PostgreSQL binaries: apt-get install -y postgresql, or set PG_BIN"
+    echo "$dir"
+}
+
+# Runs a command as the server's owner.
+as_owner() {
+    if [[ $(id -u) -eq 0 ]]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start() {
+    local dir=$1 bin password port url attempt
+    bin=$(pg_bin)
+    mkdir -p "$dir"
+    [[ -z "$(ls -A "$dir")" ]] || die "$dir is not empty"
+    chmod 700 "$dir"
+    mkdir "$dir/sock"
+    if [[ $(id -u) -eq 0 ]]; then
+        id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user"
+        chown -R postgres: "$dir"
+    fi
+    password=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+    (umask 077; printf '%s\n' "$password" > "$dir/pwfile")
+    [[ $(id -u) -ne 0 ]] || chown postgres: "$dir/pwfile"
+    as_owner "$bin/initdb" -D "$dir/data" -U keygate --pwfile="$dir/pwfile" \
+        --auth=scram-sha-256 -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+    rm -f "$dir/pwfile"
+    # Another process may take the free port between the probe and the bind: try again.
+    for attempt in 1 2 3; do
+        port=$(free_port)
+        if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 30 \
+            -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/sock \
+                -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                -c max_connections=300 -c shared_buffers=32MB" \
+            start >/dev/null; then
+            url="postgres://keygate:$password@127.0.0.1:$port/postgres"
+            (umask 077; printf '%s\n' "$url" > "$dir/url")
+            echo "$url"
+            return 0
+        fi
+    done
+    cat "$dir/postgres.log" >&2 || true
+    die "PostgreSQL did not start"
+}
+
+stop() {
+    local dir=$1 bin
+    bin=$(pg_bin)
+    if [[ -f "$dir/data/postmaster.pid" ]]; then
+        as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null \
+            || echo "postgres.sh: could not stop the server in $dir" >&2
+    fi
+    rm -rf "$dir"
+}
+
+run() {
+    [[ $# -gt 0 ]] || die "usage: postgres.sh run CMD [ARG…]"
+    if [[ -n "${KEYGATE_TEST_POSTGRES_URL:-}" ]]; then
+        exec "$@"
+    fi
+    local url status=0
+    RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/keygate-pg.XXXXXX")
+    trap 'stop "$RUN_DIR"' EXIT
+    trap 'exit 130' INT TERM
+    url=$(start "$RUN_DIR")
+    echo "postgres.sh: PostgreSQL $("$(pg_bin)/postgres" --version | awk '{print $3}') on ${url##*@}" >&2
+    KEYGATE_TEST_POSTGRES_URL=$url "$@" || status=$?
+    return "$status"
+}
+
+case "${1:-}" in
+    run) shift; run "$@" ;;
+    start) [[ $# -eq 2 ]] || die "usage: postgres.sh start DIR"; start "$2" ;;
+    stop) [[ $# -eq 2 ]] || die "usage: postgres.sh stop DIR"; stop "$2" ;;
+    *) die "usage: postgres.sh run CMD… | start DIR | stop DIR" ;;
+esac
