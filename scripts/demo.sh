@@ -63,6 +63,7 @@ cat <<MSG
 keygate demo is up (logs in $RUN/):
   API through Envoy   $API          (Envoy admin: http://127.0.0.1:9901/stats?filter=keygate)
   keygatectl          http://127.0.0.1:8080  (admin token in $RUN/admin-token)
+  operator page       http://127.0.0.1:8080/ui/  (sign in with the token in $RUN/admin-token)
   demo upstream       http://127.0.0.1:8081  (answers with what it received)
 
 Account $ACCOUNT; its keys, shown this once (keygatectl keeps only their digests):
@@ -86,6 +87,7 @@ keygatectl notices the file change within a second, Envoy polls every second):
   $CTL --database $DB key roll $SK_TEST_ID
   curl -i $API/v3/devices -H 'Authorization: token $SK_TEST'          # 401 invalid_api_key
 Or keep it working for a grace period:  ... key roll <key_id> --expires-in 1m
+Or roll it on the operator page: http://127.0.0.1:8080/ui/ → the account → Roll.
 Other commands: $CTL --database $DB key list | key revoke <id> | key disable <id> | --help
 
 Ctrl-C stops everything.
