@@ -65,8 +65,7 @@ impl SqliteStore {
         create_private_file(path)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        // journal_mode answers with a row, so it is queried rather than set.
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        let mode = switch_to_wal(&conn)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Backend(
                 format!("could not switch the database to WAL mode (got {mode})").into(),
@@ -154,6 +153,24 @@ fn create_private_file(path: &Path) -> StoreResult<()> {
             e.kind(),
             format!("cannot create {}: {e}", path.display()),
         )))),
+    }
+}
+
+/// Switches a connection to WAL. Several processes opening a new file at once can find it
+/// locked here without SQLite's busy handler being asked, so retry for a while.
+fn switch_to_wal(conn: &Connection) -> StoreResult<String> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        // journal_mode answers with a row, so it is queried rather than set.
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return Ok(result?),
+        }
     }
 }
 

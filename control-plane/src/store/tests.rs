@@ -750,6 +750,11 @@ fn two_stores_over_one_database_answer_the_same_map_for_the_same_version(db: &dy
                             }
                         }
                     }
+                    // The loop may have ended between the last write and its read.
+                    let delta = store.key_map(Some(version), 2).expect("delta");
+                    let next = apply(&mut map, delta);
+                    assert!(next >= version, "version went back: {version} → {next}");
+                    seen.insert(next, map.clone());
                     seen
                 })
             })
