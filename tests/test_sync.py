@@ -145,6 +145,14 @@ def test_bad_answers_keep_the_last_good_map(synced, cp, keyset, status, body):
     assert synced.counters("wasmcustom.keygate.sync.")["version"] == 1
 
 
+def test_a_huge_garbage_answer_is_refused_and_the_map_keeps_serving(synced, cp, keyset):
+    before = synced.counters("wasmcustom.keygate.sync.").get("refused", 0)
+    cp.answer(200, b'{"kind":"full","version":99,"keys":[' + b"x" * (40 << 20))
+    wait_for(lambda: synced.counters("wasmcustom.keygate.sync.").get("refused", 0) > before, timeout=15)
+    assert statuses(synced, keyset.keys["sk_test"]) == {200}
+    assert synced.counters("wasmcustom.keygate.sync.")["version"] == 1
+
+
 def test_control_plane_down_then_back(synced, cp, keyset):
     cp.down = True
     wait_for(lambda: synced.counters("wasmcustom.keygate.sync.").get("errors", 0) >= 2)
