@@ -13,7 +13,7 @@ JOBS     ?= 2
 # (Debian's postgresql, installed if missing), or the one KEYGATE_TEST_POSTGRES_URL names.
 WITH_PG  := bash scripts/postgres.sh run
 
-.PHONY: build wasm keygatectl venv test unit integration browser compose-test oci-test lint run soak bench clean
+.PHONY: build wasm keygatectl venv test unit integration browser compose-test oci-test lint fuzz run soak bench clean
 
 build: wasm keygatectl
 
@@ -34,8 +34,10 @@ $(VENV)/.installed: tests/requirements.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 	touch $@
 
+# Host unit tests, then the fuzz corpora replayed as regression tests (stable, no libFuzzer).
 unit:
 	$(WITH_PG) $(CARGO) test --workspace
+	$(CARGO) test --manifest-path core/fuzz/Cargo.toml
 
 integration: build venv
 	$(WITH_PG) $(PYTEST) tests -q -n $(JOBS)
@@ -58,8 +60,16 @@ test:
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path core/fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --manifest-path core/fuzz/Cargo.toml --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate -p keygate-sync -- -D warnings
+	bash scripts/audit.sh
+
+# Coverage-guided fuzzing of keygate-core, FUZZ_SECONDS per target (cargo-fuzz, libFuzzer).
+FUZZ_SECONDS ?= 60
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 run: build venv
 	bash scripts/demo.sh

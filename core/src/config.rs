@@ -150,15 +150,15 @@ impl fmt::Display for Problem {
 }
 
 impl fmt::Display for ConfigError {
+    /// Keys are redacted: serde's messages quote what they were given, and a field path can
+    /// be an (unknown) field named like a key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let problem = crate::key::redact_keys(&self.problem.to_string());
         if self.field.is_empty() {
-            write!(f, "invalid keygate config: {}", self.problem)
+            write!(f, "invalid keygate config: {problem}")
         } else {
-            write!(
-                f,
-                "invalid keygate config: {}: {}",
-                self.field, self.problem
-            )
+            let field = crate::key::redact_keys(&self.field);
+            write!(f, "invalid keygate config: {field}: {problem}")
         }
     }
 }
@@ -585,6 +585,21 @@ mod tests {
             got.starts_with("invalid keygate config: publishable.api_prefixes[0]: "),
             "{got}"
         );
+    }
+
+    #[test]
+    fn errors_never_quote_a_key() {
+        let key = crate::key::issue_key(KeyKind::ALL[2], &[5; 32]);
+        for json in [
+            format!(r#"{{"version":"{key}"}}"#),
+            format!(r#"{{"version":1,"{key}":1}}"#),
+            format!(
+                r#"{{"version":1,"keys":[{{"digest":"{DIGEST}","account_id":"a","key_id":"b","type":"{key}","environment":"test"}}]}}"#
+            ),
+        ] {
+            let got = error_of(&json);
+            assert!(!got.contains(&key), "{got}");
+        }
     }
 
     #[test]

@@ -148,10 +148,6 @@ fn is_ows(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-fn is_control(b: u8) -> bool {
-    b < 0x20 || b == 0x7f
-}
-
 /// Takes the credential from every value of the `authorization` header in the request.
 pub fn parse_authorization<'a>(
     values: &[&'a [u8]],
@@ -168,12 +164,12 @@ pub fn parse_authorization<'a>(
         return Err(CredentialError::Missing);
     }
     let value = std::str::from_utf8(value).map_err(|_| CredentialError::NotUtf8)?;
-    // One pass for both: no valid credential holds either.
-    for b in value.bytes() {
-        if is_control(b) {
+    // One pass for both: no valid credential holds either. Non-ASCII controls (C1) too.
+    for c in value.chars() {
+        if c.is_control() {
             return Err(CredentialError::ControlCharacter);
         }
-        if b == b',' {
+        if c == ',' {
             return Err(CredentialError::CommaJoined);
         }
     }
@@ -195,7 +191,7 @@ pub fn parse_authorization<'a>(
             if rest.len() > max_key_len {
                 return Err(CredentialError::TooLong);
             }
-            if rest.contains(' ') {
+            if rest.chars().any(char::is_whitespace) {
                 return Err(CredentialError::InnerWhitespace);
             }
             Ok(Credential {
@@ -242,7 +238,7 @@ fn parse_basic(encoded: &str, max_key_len: usize) -> Result<Credential<'static>,
         .decode(encoded)
         .map_err(|_| CredentialError::BadBase64)?;
     let mut decoded = String::from_utf8(decoded).map_err(|_| CredentialError::NotUtf8)?;
-    if decoded.bytes().any(is_control) {
+    if decoded.chars().any(char::is_control) {
         return Err(CredentialError::ControlCharacter);
     }
     let colon = decoded.find(':').ok_or(CredentialError::NoColon)?;
@@ -265,7 +261,7 @@ fn parse_basic(encoded: &str, max_key_len: usize) -> Result<Credential<'static>,
     if key.len() > max_key_len {
         return Err(CredentialError::TooLong);
     }
-    if key.contains(' ') {
+    if key.chars().any(char::is_whitespace) {
         return Err(CredentialError::InnerWhitespace);
     }
     Ok(Credential {

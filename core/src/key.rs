@@ -195,6 +195,33 @@ pub fn key_hint(key: &str) -> String {
     format!("{prefix}…{}", &key[tail_start..])
 }
 
+/// Replaces every token in `text` that starts like a key (`sk_`, `pk_`) with its hint, so
+/// that a message quoting what it was given (serde's errors do) never carries a key.
+pub fn redact_keys(text: &str) -> String {
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(['s', 'p']) {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let starts_token = !out.chars().next_back().is_some_and(is_token_char);
+        if starts_token && (from.starts_with("sk_") || from.starts_with("pk_")) {
+            let end = from.find(|c: char| !is_token_char(c)).unwrap_or(from.len());
+            let (token, after) = from.split_at(end);
+            out.push_str(&key_hint(token));
+            rest = after;
+        } else {
+            let mut chars = from.chars();
+            if let Some(c) = chars.next() {
+                out.push(c);
+            }
+            rest = chars.as_str();
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn encode_checksum(mut value: u32) -> [u8; CHECKSUM_LEN] {
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
@@ -299,6 +326,17 @@ mod tests {
         assert_eq!(check_key("sk_a b"), Err(KeyFormatError::BadCharacter));
         assert_eq!(check_key("sk_a\u{7f}"), Err(KeyFormatError::BadCharacter));
         assert_eq!(check_key("sk_é"), Err(KeyFormatError::BadCharacter));
+    }
+
+    #[test]
+    fn messages_never_carry_a_key() {
+        let key = sample(KeyKind::ALL[0]);
+        let message = format!("unknown field `{key}`, near \"{key}\" and sk_x; ask_y psk_z");
+        let redacted = redact_keys(&message);
+        assert!(!redacted.contains(&key), "{redacted}");
+        assert!(redacted.contains(&key_hint(&key)));
+        assert!(redacted.ends_with("sk_…x; ask_y psk_z"), "{redacted}");
+        assert_eq!(redact_keys("nothing here"), "nothing here");
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub fn parse_message(body: &[u8]) -> Result<ValidMessage, ConfigError> {
             field: crate::config::json_error_field(e.path()),
             problem: crate::config::Problem::Json(e.into_inner().to_string()),
         })?;
+    de.end().map_err(|e| ConfigError {
+        field: String::new(),
+        problem: crate::config::Problem::Json(e.to_string()),
+    })?;
     match message {
         KeyMapMessage::Full { version, keys } => Ok(ValidMessage::Full {
             version,
@@ -568,6 +572,19 @@ impl BodyReader for &[u8] {
     }
 }
 
+/// Reads `len` bytes at `start`, however few a single read returns (fewer only at the end).
+fn read_exactly(body: &mut impl BodyReader, start: usize, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let piece = body.read(start + out.len(), len - out.len());
+        if piece.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&piece);
+    }
+    out
+}
+
 /// Walks a binary full map's entries chunk by chunk, validating each, and hands every
 /// bucket's run of entries to `on_run`. Never holds more than a chunk of the body.
 fn stream_runs(
@@ -682,8 +699,8 @@ impl SyncState {
         store: &mut impl BucketStore,
         guard: Guard,
     ) -> Result<Applied, BinaryError> {
-        let header =
-            parse_binary_header(&body.read(0, BINARY_HEADER_LEN)).map_err(BinaryError::Invalid)?;
+        let header = parse_binary_header(&read_exactly(body, 0, BINARY_HEADER_LEN))
+            .map_err(BinaryError::Invalid)?;
         stream_runs(body, body_len, header, |_, _| {}).map_err(BinaryError::Invalid)?;
         if !self
             .check_version(header.version)

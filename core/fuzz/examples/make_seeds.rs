@@ -4,7 +4,9 @@
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine;
+use keygate_core::bucket::{encode_entry, KeyInfo};
 use keygate_core::digest::Digest;
+use keygate_core::key::KeyKind;
 use keygate_core_fuzz::{config, corpus_dir, decision, header_pairs_seed, sample_keys};
 use std::fs;
 
@@ -28,6 +30,25 @@ fn prefixed(mode: &str, name: &str) -> String {
         }
         None => format!("{mode}-{name}"),
     }
+}
+
+/// One binary-map entry.
+fn entry_of<'a>(
+    key: &str,
+    account_id: &'a str,
+    key_id: &'a str,
+    kind: KeyKind,
+    expires_at: Option<u64>,
+    disabled: bool,
+) -> (Digest, KeyInfo<'a>) {
+    let info = KeyInfo {
+        account_id,
+        key_id,
+        kind,
+        expires_at,
+        disabled,
+    };
+    (Digest::of_key(key), info)
 }
 
 fn b64(s: &str) -> String {
@@ -354,6 +375,101 @@ fn main() {
     ];
     for (name, lines) in sync {
         write("sync_message", name, lines.join("\n").as_bytes());
+    }
+
+    // sync_binary: control byte, then a binary full map. Control: % 9 read cap (4 = 97 bytes,
+    // 0 = 1 byte, 8 = unlimited), / 9 % 2 a map held already (version 5), / 18 % 2 lenient.
+    let [sk_t, pk_t, sk_p, pk_p] = KeyKind::ALL;
+    let binary = |version: u64, mut keys: Vec<(Digest, KeyInfo<'_>)>| {
+        keys.sort_by_key(|k| k.0);
+        let mut out = b"KGMAP01\n".to_vec();
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+        for (d, info) in &keys {
+            encode_entry(&mut out, d, info);
+        }
+        out
+    };
+    let three = || {
+        vec![
+            entry_of("k1", "acct_1", "a", sk_t, None, false),
+            entry_of("k4", "acct_2", "d", pk_p, Some(7), false),
+            entry_of("k5", "acct_2", "e", sk_p, None, true),
+        ]
+    };
+    let many: Vec<String> = (0..12).map(|i| format!("m{i}")).collect();
+    let twelve: Vec<_> = many
+        .iter()
+        .map(|k| entry_of(k, "acct", k, pk_t, None, false))
+        .collect();
+    let mut unsorted = binary(1, three());
+    let tail = unsorted[20..].to_vec();
+    unsorted.extend_from_slice(&tail);
+    unsorted[16] = 6;
+    let mut wrong_count = binary(1, three());
+    wrong_count[16] = 4;
+    let mut unknown_flags = binary(1, three());
+    unknown_flags[20 + 32] |= 0x10;
+    let long_id = "i".repeat(200);
+    let bin: Vec<(&str, u8, Vec<u8>)> = vec![
+        ("three-fresh", 4, binary(6, three())),
+        ("three-over-held", 13, binary(6, three())),
+        ("same-version-held", 13, binary(5, three())),
+        ("older-held", 13, binary(4, three())),
+        ("empty-over-held", 13, binary(6, vec![])),
+        ("empty-over-held-lenient", 31, binary(6, vec![])),
+        (
+            "finding-KF3-twelve-one-byte-reads",
+            0,
+            binary(2, twelve.clone()),
+        ),
+        ("twelve-unlimited", 8, binary(2, twelve)),
+        (
+            "held-keys-kept",
+            22,
+            binary(
+                9,
+                vec![
+                    entry_of("k2", "acct_1", "b", sk_t, None, false),
+                    entry_of("k6", "acct_1", "f", sk_t, Some(u64::MAX), false),
+                ],
+            ),
+        ),
+        ("truncated", 4, binary(1, three())[..60].to_vec()),
+        ("header-only", 4, binary(1, vec![])[..20].to_vec()),
+        ("short-header", 4, b"KGMAP01\n\x01".to_vec()),
+        (
+            "bad-magic",
+            4,
+            b"KGMAP02\n\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00".to_vec(),
+        ),
+        ("unsorted-duplicate", 4, unsorted),
+        ("wrong-count", 4, wrong_count),
+        ("unknown-flag-bits", 4, unknown_flags),
+        (
+            "plaintext-account",
+            4,
+            binary(1, vec![entry_of("k1", &sk_test, "a", sk_t, None, false)]),
+        ),
+        (
+            "long-key-id",
+            4,
+            binary(1, vec![entry_of("k1", "acct", &long_id, sk_t, None, false)]),
+        ),
+        (
+            "empty-key-id",
+            4,
+            binary(1, vec![entry_of("k1", "acct", "", sk_t, None, false)]),
+        ),
+        (
+            "space-in-account",
+            4,
+            binary(1, vec![entry_of("k1", "a b", "x", sk_t, None, false)]),
+        ),
+        ("u64-max-version", 8, binary(u64::MAX, three())),
+    ];
+    for (name, control, body) in bin {
+        write("sync_binary", name, &[&[control][..], &body].concat());
     }
 
     for (name, data) in header_pairs_seed() {

@@ -20,18 +20,21 @@ use keygate_core::key::KeyKind;
 use keygate_core::sync::{
     parse_message, Applied, BucketStore, Guard, Refusal, SyncState, ValidMessage,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A bucket store in memory: one `Vec` per bucket (a fresh `SyncState`'s first full map
-/// writes all of them, so this is cheaper than a map).
+/// writes all of them, so this is cheaper than a map), and the set of non-empty ones.
+#[derive(Clone)]
 pub struct MemStore {
     pub buckets: Vec<Vec<u8>>,
+    pub non_empty: BTreeSet<usize>,
 }
 
 impl Default for MemStore {
     fn default() -> Self {
         MemStore {
             buckets: vec![Vec::new(); BUCKETS],
+            non_empty: BTreeSet::new(),
         }
     }
 }
@@ -42,8 +45,43 @@ impl BucketStore for MemStore {
     }
     fn write(&mut self, bucket: usize, bytes: &[u8]) {
         let slot = &mut self.buckets[bucket];
+        // A fresh state's first map empties all 65,536 buckets: keep that cheap.
+        match (slot.is_empty(), bytes.is_empty()) {
+            (true, true) => return,
+            (false, true) => {
+                self.non_empty.remove(&bucket);
+            }
+            (true, false) => {
+                self.non_empty.insert(bucket);
+            }
+            (false, false) => {}
+        }
         slot.clear();
         slot.extend_from_slice(bytes);
+    }
+}
+
+/// Equal when the same buckets hold the same bytes (the others are empty).
+impl PartialEq for MemStore {
+    fn eq(&self, other: &MemStore) -> bool {
+        self.non_empty == other.non_empty
+            && self
+                .non_empty
+                .iter()
+                .all(|&b| self.buckets[b] == other.buckets[b])
+    }
+}
+
+impl MemStore {
+    /// Every stored entry, by digest.
+    pub fn contents(&self) -> Vec<(Digest, KeyInfo<'_>)> {
+        let mut all: Vec<_> = self
+            .non_empty
+            .iter()
+            .flat_map(|&b| entries(&self.buckets[b]))
+            .collect();
+        all.sort_by_key(|a| a.0);
+        all
     }
 }
 
@@ -216,12 +254,8 @@ fn check_store(store: &MemStore, model: &Model) {
         );
     }
     let mut stored = 0;
-    for (b, bytes) in store
-        .buckets
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| !b.is_empty())
-    {
+    for &b in &store.non_empty {
+        let bytes = &store.buckets[b];
         let mut parsed_len = 0;
         for (d, info) in entries(bytes) {
             stored += 1;

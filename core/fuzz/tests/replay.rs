@@ -58,6 +58,11 @@ fn sync_message() {
 }
 
 #[test]
+fn sync_binary() {
+    replay("sync_binary");
+}
+
+#[test]
 fn header_pairs() {
     replay("header_pairs");
 }
@@ -74,6 +79,7 @@ fn every_target_has_a_test_and_corpora_stay_small() {
         "path_policy",
         "config",
         "sync_message",
+        "sync_binary",
         "header_pairs",
         "decision",
     ];
