@@ -23,8 +23,6 @@ const STREAM_SLOTS: usize = 1024;
 #[derive(Default)]
 struct State {
     roots: HashMap<u32, Rc<Filter>>,
-    /// Roots that exist but whose configuration was refused or not yet given.
-    unconfigured: Vec<u32>,
     streams: Vec<(u32, u32)>,
 }
 
@@ -71,10 +69,12 @@ pub extern "C" fn proxy_on_vm_start(_root_id: u32, _vm_configuration_size: usize
 
 #[no_mangle]
 pub extern "C" fn proxy_on_context_create(context_id: u32, root_id: u32) {
+    // A root (root_id 0) needs nothing until it is configured.
+    if root_id == 0 {
+        return;
+    }
     STATE.with_borrow_mut(|state| {
-        if root_id == 0 {
-            state.unconfigured.push(context_id);
-        } else if let Some(slot) = state.streams.get_mut(context_id as usize % STREAM_SLOTS) {
+        if let Some(slot) = state.streams.get_mut(context_id as usize % STREAM_SLOTS) {
             *slot = (context_id, root_id);
         }
     });
@@ -128,7 +128,6 @@ pub extern "C" fn proxy_on_configure(root_id: u32, _plugin_configuration_size: u
         ),
     );
     STATE.with_borrow_mut(|state| {
-        state.unconfigured.retain(|id| *id != root_id);
         state.roots.insert(root_id, Rc::new(filter));
     });
     true
@@ -180,9 +179,6 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
     STATE.with_borrow_mut(|state| {
-        if state.roots.remove(&context_id).is_some() {
-            return;
-        }
-        state.unconfigured.retain(|id| *id != context_id);
+        state.roots.remove(&context_id);
     });
 }
