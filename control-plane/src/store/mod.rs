@@ -7,6 +7,7 @@
 //! caller (so tests control the clock) and answers a typed `StoreError`.
 
 pub mod postgres;
+pub mod rules;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;

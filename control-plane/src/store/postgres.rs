@@ -20,7 +20,7 @@
 //! blocking threads at once); one that the server closed while idle is replaced on its next
 //! use. Invariants are SQLite's (see `sqlite.rs`).
 
-use super::sqlite::{corrupt, ensure_changeable, ChangeOp};
+use super::rules::{corrupt, disable_changes, plan_roll, ChangeOp};
 use super::{
     Account, AccountWithKeys, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled, Store,
     StoreError, StoreResult, Versioned, DEFAULT_CHANGE_LOG_LIMIT,
@@ -667,41 +667,24 @@ impl Store for PostgresStore {
     ) -> StoreResult<Versioned<Rolled>> {
         self.write(|c| {
             let old = load_key(c, key_id)?;
-            ensure_changeable(&old, "rolled", now)?;
-            if let Some(successor) = &old.replaced_by {
-                return Err(StoreError::KeyState {
-                    key_id: old.key_id.clone(),
-                    action: "rolled",
-                    reason: format!("it was already rolled; roll its replacement {successor}"),
-                });
-            }
-            if replacement.account_id != old.account_id || replacement.kind != old.kind {
-                return Err(StoreError::KeyMismatch(old.key_id.clone()));
-            }
+            let plan = plan_roll(&old, replacement, grace_seconds, now)?;
             let new = insert_key(c, replacement, now)?;
-            let old_op = if grace_seconds == 0 {
-                c.execute(
-                    "UPDATE keys SET expires_at = $1, rolled_at = $1, replaced_by = $2, \
-                     removed_at = $1 WHERE id = $3",
-                    &[&signed(now)?, &new.key_id, &old.key_id],
-                )?;
-                ChangeOp::Remove
-            } else {
-                // A key that already expires sooner keeps its earlier expiry.
-                let expires_at = now.saturating_add(grace_seconds);
-                let expires_at = old.expires_at.map_or(expires_at, |e| e.min(expires_at));
-                c.execute(
-                    "UPDATE keys SET expires_at = $1, rolled_at = $2, replaced_by = $3 \
-                     WHERE id = $4",
-                    &[
-                        &signed(expires_at)?,
-                        &signed(now)?,
-                        &new.key_id,
-                        &old.key_id,
-                    ],
-                )?;
-                ChangeOp::Upsert
+            let removed_at = match plan.old_op {
+                ChangeOp::Remove => Some(signed(now)?),
+                ChangeOp::Upsert => None,
             };
+            c.execute(
+                "UPDATE keys SET expires_at = $1, rolled_at = $2, replaced_by = $3, \
+                 removed_at = COALESCE($4, removed_at) WHERE id = $5",
+                &[
+                    &signed(plan.expires_at)?,
+                    &signed(now)?,
+                    &new.key_id,
+                    &removed_at,
+                    &old.key_id,
+                ],
+            )?;
+            let old_op = plan.old_op;
             let version =
                 self.bump_version(c, &[(&new.digest, ChangeOp::Upsert), (&old.digest, old_op)])?;
             Ok(Versioned {
@@ -745,8 +728,7 @@ impl Store for PostgresStore {
     ) -> StoreResult<Versioned<KeyRecord>> {
         self.write(|c| {
             let key = load_key(c, key_id)?;
-            ensure_changeable(&key, if disabled { "disabled" } else { "enabled" }, now)?;
-            if key.disabled_at.is_some() == disabled {
+            if !disable_changes(&key, disabled, now)? {
                 return Ok(Versioned {
                     value: key,
                     version: current_version(c)?,

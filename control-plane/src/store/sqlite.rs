@@ -5,6 +5,7 @@
 //! Invariant: a key is in the key map exactly while `removed_at IS NULL` and its expiry (if
 //! any) has not passed; purging sets `removed_at` when that expiry passes.
 
+use super::rules::{corrupt, disable_changes, plan_roll, ChangeOp};
 use super::{
     Account, AccountWithKeys, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled, Store,
     StoreError, StoreResult, Versioned, DEFAULT_CHANGE_LOG_LIMIT,
@@ -28,21 +29,6 @@ const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
 
 /// How long a call waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Clone, Copy)]
-pub(super) enum ChangeOp {
-    Upsert,
-    Remove,
-}
-
-impl ChangeOp {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            ChangeOp::Upsert => "upsert",
-            ChangeOp::Remove => "remove",
-        }
-    }
-}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -198,10 +184,6 @@ fn current_version(tx: &Transaction) -> StoreResult<u64> {
     )
 }
 
-pub(super) fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Corrupt(format!("unexpected {what} {value:?}"))
-}
-
 fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
     let digest: String = row.get(2)?;
     let key_type: String = row.get(4)?;
@@ -308,26 +290,6 @@ fn insert_key(tx: &Transaction, key: &NewKey, now: u64) -> StoreResult<KeyRecord
         ],
     )?;
     load_key(tx, &key.key_id)
-}
-
-/// Refuses changes to a key that has left the key map for good.
-pub(super) fn ensure_changeable(
-    key: &KeyRecord,
-    action: &'static str,
-    now: u64,
-) -> StoreResult<()> {
-    let reason = if let Some(at) = key.revoked_at {
-        format!("it was revoked at {at}")
-    } else if !key.in_key_map(now) {
-        "it has expired".to_string()
-    } else {
-        return Ok(());
-    };
-    Err(StoreError::KeyState {
-        key_id: key.key_id.clone(),
-        action,
-        reason,
-    })
 }
 
 /// Marks keys whose expiry has passed as removed, in one new version.
@@ -469,36 +431,15 @@ impl Store for SqliteStore {
     ) -> StoreResult<Versioned<Rolled>> {
         self.write(|tx| {
             let old = load_key(tx, key_id)?;
-            ensure_changeable(&old, "rolled", now)?;
-            if let Some(successor) = &old.replaced_by {
-                return Err(StoreError::KeyState {
-                    key_id: old.key_id.clone(),
-                    action: "rolled",
-                    reason: format!("it was already rolled; roll its replacement {successor}"),
-                });
-            }
-            if replacement.account_id != old.account_id || replacement.kind != old.kind {
-                return Err(StoreError::KeyMismatch(old.key_id.clone()));
-            }
+            let plan = plan_roll(&old, replacement, grace_seconds, now)?;
             let new = insert_key(tx, replacement, now)?;
-            let old_op = if grace_seconds == 0 {
-                tx.execute(
-                    "UPDATE keys SET expires_at = ?1, rolled_at = ?1, replaced_by = ?2, \
-                     removed_at = ?1 WHERE id = ?3",
-                    params![now, new.key_id, old.key_id],
-                )?;
-                ChangeOp::Remove
-            } else {
-                // A key that already expires sooner keeps its earlier expiry.
-                let expires_at = now.saturating_add(grace_seconds);
-                let expires_at = old.expires_at.map_or(expires_at, |e| e.min(expires_at));
-                tx.execute(
-                    "UPDATE keys SET expires_at = ?1, rolled_at = ?2, replaced_by = ?3 \
-                     WHERE id = ?4",
-                    params![expires_at, now, new.key_id, old.key_id],
-                )?;
-                ChangeOp::Upsert
-            };
+            let removed_at = (plan.old_op == ChangeOp::Remove).then_some(now);
+            tx.execute(
+                "UPDATE keys SET expires_at = ?1, rolled_at = ?2, replaced_by = ?3, \
+                 removed_at = COALESCE(?4, removed_at) WHERE id = ?5",
+                params![plan.expires_at, now, new.key_id, removed_at, old.key_id],
+            )?;
+            let old_op = plan.old_op;
             let version = self.bump_version(
                 tx,
                 &[(&new.digest, ChangeOp::Upsert), (&old.digest, old_op)],
@@ -544,8 +485,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Versioned<KeyRecord>> {
         self.write(|tx| {
             let key = load_key(tx, key_id)?;
-            ensure_changeable(&key, if disabled { "disabled" } else { "enabled" }, now)?;
-            if key.disabled_at.is_some() == disabled {
+            if !disable_changes(&key, disabled, now)? {
                 return Ok(Versioned {
                     value: key,
                     version: current_version(tx)?,

@@ -1,0 +1,89 @@
+//! What a change to a key may do, whatever the database: both backends ask these rules and
+//! then write what they decided, so the two cannot drift apart.
+
+use super::{KeyRecord, NewKey, StoreError, StoreResult};
+
+/// What a change does to a key's entry in the key map (recorded in the change log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeOp {
+    Upsert,
+    Remove,
+}
+
+impl ChangeOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeOp::Upsert => "upsert",
+            ChangeOp::Remove => "remove",
+        }
+    }
+}
+
+/// A store's unexpected value, named.
+pub fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("unexpected {what} {value:?}"))
+}
+
+/// Refuses changes to a key that has left the key map for good.
+pub fn ensure_changeable(key: &KeyRecord, action: &'static str, now: u64) -> StoreResult<()> {
+    let reason = if let Some(at) = key.revoked_at {
+        format!("it was revoked at {at}")
+    } else if !key.in_key_map(now) {
+        "it has expired".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::KeyState {
+        key_id: key.key_id.clone(),
+        action,
+        reason,
+    })
+}
+
+/// How a roll changes the old key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RollPlan {
+    /// The old key's new expiry.
+    pub expires_at: u64,
+    /// Out of the key map now (`Remove`), or still in it until `expires_at` (`Upsert`).
+    pub old_op: ChangeOp,
+}
+
+/// Checks that `old` may be rolled into `replacement` and says what happens to it: a key is
+/// rolled once (roll its replacement next), into a key of the same account and kind; with a
+/// grace period it keeps working until then (or until an earlier expiry it already had).
+pub fn plan_roll(
+    old: &KeyRecord,
+    replacement: &NewKey,
+    grace_seconds: u64,
+    now: u64,
+) -> StoreResult<RollPlan> {
+    ensure_changeable(old, "rolled", now)?;
+    if let Some(successor) = &old.replaced_by {
+        return Err(StoreError::KeyState {
+            key_id: old.key_id.clone(),
+            action: "rolled",
+            reason: format!("it was already rolled; roll its replacement {successor}"),
+        });
+    }
+    if replacement.account_id != old.account_id || replacement.kind != old.kind {
+        return Err(StoreError::KeyMismatch(old.key_id.clone()));
+    }
+    if grace_seconds == 0 {
+        return Ok(RollPlan {
+            expires_at: now,
+            old_op: ChangeOp::Remove,
+        });
+    }
+    let expires_at = now.saturating_add(grace_seconds);
+    Ok(RollPlan {
+        expires_at: old.expires_at.map_or(expires_at, |e| e.min(expires_at)),
+        old_op: ChangeOp::Upsert,
+    })
+}
+
+/// Whether disabling (or enabling) `key` changes anything; errors for keys out of the map.
+pub fn disable_changes(key: &KeyRecord, disabled: bool, now: u64) -> StoreResult<bool> {
+    ensure_changeable(key, if disabled { "disabled" } else { "enabled" }, now)?;
+    Ok(key.disabled_at.is_some() != disabled)
+}
