@@ -164,13 +164,26 @@ pub fn parse_authorization<'a>(
         return Err(CredentialError::Missing);
     }
     let value = std::str::from_utf8(value).map_err(|_| CredentialError::NotUtf8)?;
-    // One pass for both: no valid credential holds either. Non-ASCII controls (C1) too.
-    for c in value.chars() {
-        if c.is_control() {
-            return Err(CredentialError::ControlCharacter);
+    // One pass for both: no valid credential holds either. Real credentials are ASCII, so
+    // that case is checked byte by byte; anything else char by char (C1 controls too).
+    let ascii = value.is_ascii();
+    if ascii {
+        for b in value.bytes() {
+            if b < 0x20 || b == 0x7f {
+                return Err(CredentialError::ControlCharacter);
+            }
+            if b == b',' {
+                return Err(CredentialError::CommaJoined);
+            }
         }
-        if c == ',' {
-            return Err(CredentialError::CommaJoined);
+    } else {
+        for c in value.chars() {
+            if c.is_control() {
+                return Err(CredentialError::ControlCharacter);
+            }
+            if c == ',' {
+                return Err(CredentialError::CommaJoined);
+            }
         }
     }
 
@@ -191,7 +204,13 @@ pub fn parse_authorization<'a>(
             if rest.len() > max_key_len {
                 return Err(CredentialError::TooLong);
             }
-            if rest.chars().any(char::is_whitespace) {
+            // In ASCII the only whitespace left after the control check is ' '.
+            let whitespace = if ascii {
+                rest.bytes().any(|b| b == b' ')
+            } else {
+                rest.chars().any(char::is_whitespace)
+            };
+            if whitespace {
                 return Err(CredentialError::InnerWhitespace);
             }
             Ok(Credential {
