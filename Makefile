@@ -20,6 +20,7 @@ build: wasm keygatectl
 # The filter (keygate.wasm), the key-map fetcher (keygate_sync.wasm), and a test-only variant that traps on request (for the fault suite); the
 # plain build runs last so $(WASM) is always the shippable module.
 wasm:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	$(CARGO) build --release --target wasm32-wasip1 -p keygate --features fault-injection
 	cp $(WASM) target/keygate-fault.wasm
 	$(CARGO) build --release --target wasm32-wasip1 -p keygate -p keygate-sync
