@@ -37,8 +37,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import zlib
-import hashlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -64,25 +62,11 @@ def log(*args):
 
 
 # ---------------------------------------------------------------------------------------
-# Keys in keygate's format (as tests/keys.py makes them): prefix + 32 base62 characters +
-# 6 base62 characters of CRC-32(prefix + random part).
+# Keys in keygate's format, from the test suite's own implementation (tests/keys.py), with a
+# seeded generator so every run uses the same keys.
 
-BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-PREFIXES = {
-    ("secret", "test"): "sk_test_",
-    ("publishable", "test"): "pk_test_",
-    ("secret", "production"): "sk_",
-    ("publishable", "production"): "pk_",
-}
-
-
-def checksum(text):
-    value = zlib.crc32(text.encode())
-    out = []
-    for _ in range(6):
-        out.append(BASE62[value % 62])
-        value //= 62
-    return "".join(reversed(out))
+sys.path.insert(0, str(ROOT / "tests"))
+from keys import BASE62, PREFIXES, checksum, digest  # noqa: E402
 
 
 def make_key(rng, key_type="secret", environment="test"):
@@ -90,8 +74,6 @@ def make_key(rng, key_type="secret", environment="test"):
     return signed + checksum(signed)
 
 
-def digest(key):
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def entry_json(digest_hex, account_id, key_id, key_type, environment="test"):

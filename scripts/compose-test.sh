@@ -45,12 +45,7 @@ export KEYGATE_ADMIN_TOKEN
 
 dc() { docker-compose -f "$ROOT/envoy/docker-compose.yaml" "$@"; }
 
-# One run at a time per state directory (the lock is this script file, held until exit).
-exec 9<"$0"
-if ! flock -n 9; then
-    kg_log "another compose-test is running (or a killed one's last step): waiting for it"
-    flock -w 300 9 || kg_die "still locked after 300 s"
-fi
+kg_lock "$0"
 
 # Takes down whatever runs on the private engine (this run's, or one a killed run left), then
 # the engine itself. With "logs", shows the stack's state first.

@@ -25,11 +25,7 @@ CTL=$ROOT/target/release/keygatectl
 PYTHON=$ROOT/.venv/bin/python
 IMAGE=keygate-local/keygate-wasm:oci-test
 
-exec 9<"$0"
-if ! flock -n 9; then
-    kg_log "another oci-test is running (or a killed one's last step): waiting for it"
-    flock -w 300 9 || kg_die "still locked after 300 s"
-fi
+kg_lock "$0"
 
 teardown_engine() {
     if [ -S "$KG_STATE/docker.sock" ] && DOCKER_HOST="unix://$KG_STATE/docker.sock" /usr/bin/docker version >/dev/null 2>&1; then

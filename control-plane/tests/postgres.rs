@@ -9,10 +9,9 @@ use common::{run, send, Answer, ADMIN_TOKEN, BIN};
 use keygate_core::sync::KeyMapMessage;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The servers' re-read interval: the longest a change may take to reach another replica.
@@ -116,44 +115,16 @@ impl Replica {
 
     /// Starts a replica; `Err` carries its log if it exits before listening.
     fn try_start(url: &str, token: &str, listen: &str) -> Result<Replica, String> {
-        let mut child = keygatectl(url)
+        let mut command = keygatectl(url);
+        command
             .args(["serve", "--listen", listen, "--purge-interval", "1s"])
-            .env("KEYGATE_ADMIN_TOKEN", token)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keygatectl serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (address_tx, address_rx) = mpsc::channel();
-        let writer = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let address = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = address_tx.send(address);
-                }
-                let mut log = writer.lock().expect("log");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        match address_rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(address) => Ok(Replica {
-                child,
-                base: format!("http://{address}"),
-                log,
-            }),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                let log = log.lock().expect("log").clone();
-                Err(log)
-            }
-        }
+            .env("KEYGATE_ADMIN_TOKEN", token);
+        let running = common::spawn_listening(&mut command)?;
+        Ok(Replica {
+            child: running.child,
+            base: running.base,
+            log: running.log,
+        })
     }
 
     fn address(&self) -> &str {

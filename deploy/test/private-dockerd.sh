@@ -22,6 +22,16 @@ kg_ok() { kg_passed=$((kg_passed + 1)); kg_log "ok: $*"; }
 kg_die() { printf '%s FAILED: %s\n' "$KG_NAME:" "$*" >&2; exit 1; }
 
 # kg_require_docker engine|compose: installs Debian's docker.io (and docker-compose) if missing.
+# One run at a time per state directory: the lock is the calling script's own file, held on
+# fd 9 until exit.
+kg_lock() {
+    exec 9<"$1"
+    if ! flock -n 9; then
+        kg_log "another $KG_NAME is running (or a killed one's last step): waiting for it"
+        flock -w 300 9 || kg_die "still locked after 300 s"
+    fi
+}
+
 kg_require_docker() {
     local pkgs=(docker.io) missing=0
     [ "${1:-}" = compose ] && pkgs+=(docker-compose)

@@ -20,7 +20,7 @@
 //! blocking threads at once); one that the server closed while idle is replaced on its next
 //! use. Invariants are SQLite's (see `sqlite.rs`).
 
-use super::rules::{corrupt, disable_changes, plan_roll, ChangeOp};
+use super::rules::{corrupt, disable_changes, ensure_keys_of, plan_roll, ChangeOp};
 use super::{
     Account, AccountWithKeys, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled, Store,
     StoreError, StoreResult, Versioned, DEFAULT_CHANGE_LOG_LIMIT,
@@ -590,13 +590,11 @@ impl Store for PostgresStore {
                 "INSERT INTO accounts (id, name, created_at) VALUES ($1, $2, $3)",
                 &[&account.id, &account.name, &signed(account.created_at)?],
             )?;
-            let mut records = Vec::with_capacity(keys.len());
-            for key in keys {
-                if key.account_id != account.id {
-                    return Err(StoreError::KeyMismatch(key.key_id.clone()));
-                }
-                records.push(insert_key(c, key, account.created_at)?);
-            }
+            ensure_keys_of(account, keys)?;
+            let records = keys
+                .iter()
+                .map(|key| insert_key(c, key, account.created_at))
+                .collect::<StoreResult<Vec<_>>>()?;
             let changes: Vec<_> = records
                 .iter()
                 .map(|k| (&k.digest, ChangeOp::Upsert))

@@ -1,7 +1,7 @@
 //! What a change to a key may do, whatever the database: both backends ask these rules and
 //! then write what they decided, so the two cannot drift apart.
 
-use super::{KeyRecord, NewKey, StoreError, StoreResult};
+use super::{Account, KeyRecord, NewKey, StoreError, StoreResult};
 
 /// What a change does to a key's entry in the key map (recorded in the change log).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +38,14 @@ pub fn ensure_changeable(key: &KeyRecord, action: &'static str, now: u64) -> Sto
         action,
         reason,
     })
+}
+
+/// Refuses a new account whose keys name another account.
+pub fn ensure_keys_of(account: &Account, keys: &[NewKey]) -> StoreResult<()> {
+    match keys.iter().find(|key| key.account_id != account.id) {
+        Some(key) => Err(StoreError::KeyMismatch(key.key_id.clone())),
+        None => Ok(()),
+    }
 }
 
 /// How a roll changes the old key.

@@ -5,7 +5,7 @@
 //! Invariant: a key is in the key map exactly while `removed_at IS NULL` and its expiry (if
 //! any) has not passed; purging sets `removed_at` when that expiry passes.
 
-use super::rules::{corrupt, disable_changes, plan_roll, ChangeOp};
+use super::rules::{corrupt, disable_changes, ensure_keys_of, plan_roll, ChangeOp};
 use super::{
     Account, AccountWithKeys, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled, Store,
     StoreError, StoreResult, Versioned, DEFAULT_CHANGE_LOG_LIMIT,
@@ -349,13 +349,11 @@ impl Store for SqliteStore {
                 "INSERT INTO accounts (id, name, created_at) VALUES (?1, ?2, ?3)",
                 params![account.id, account.name, account.created_at],
             )?;
-            let mut records = Vec::with_capacity(keys.len());
-            for key in keys {
-                if key.account_id != account.id {
-                    return Err(StoreError::KeyMismatch(key.key_id.clone()));
-                }
-                records.push(insert_key(tx, key, account.created_at)?);
-            }
+            ensure_keys_of(account, keys)?;
+            let records = keys
+                .iter()
+                .map(|key| insert_key(tx, key, account.created_at))
+                .collect::<StoreResult<Vec<_>>>()?;
             let changes: Vec<_> = records
                 .iter()
                 .map(|k| (&k.digest, ChangeOp::Upsert))

@@ -112,6 +112,25 @@ impl PostgresDb {
     }
 
     /// Ends every other connection to the test database, as a server restart would.
+    /// Waits (up to 5 s) until the database has at least `n` connections besides ours: the
+    /// listener connects in the background.
+    fn wait_for_connections(&self, n: usize) {
+        let mut client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let rows = client
+                .query(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&self.name],
+                )
+                .expect("pg_stat_activity");
+            if rows.len() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn terminate_connections(&self) -> u64 {
         let mut client = self.client();
         let ended = client
@@ -929,6 +948,7 @@ fn postgres_replaces_connections_the_server_closed() {
     create(&*store, "a", 1);
     let heard = watch(store.as_ref());
     // The pooled connection and the listener's, ended as by a server restart.
+    db.wait_for_connections(2);
     assert!(db.terminate_connections() >= 2);
     // The next calls work, on new connections.
     assert_eq!(store.keys(None).expect("keys after the restart").len(), 4);

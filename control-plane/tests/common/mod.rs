@@ -25,6 +25,56 @@ pub fn keygatectl(database: &Path) -> Command {
     command
 }
 
+/// A spawned `keygatectl serve` that has said where it listens.
+pub struct Listening {
+    pub child: Child,
+    pub base: String,
+    /// Everything it wrote to stderr so far (drained for its whole life).
+    pub log: Arc<Mutex<String>>,
+}
+
+/// Spawns `command` (a `serve`) and waits for its `listening on` line; `Err` carries its
+/// log if it exits or stays silent for 15 s.
+pub fn spawn_listening(command: &mut Command) -> Result<Listening, String> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keygatectl serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (address_tx, address_rx) = mpsc::channel();
+    let log_writer = Arc::clone(&log);
+    // Keeps draining stderr for the server's whole life, so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let address = rest.split_whitespace().next().unwrap_or("").to_string();
+                let _ = address_tx.send(address);
+            }
+            let mut log = log_writer.lock().expect("log lock");
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    match address_rx.recv_timeout(Duration::from_secs(15)) {
+        Ok(address) => Ok(Listening {
+            child,
+            base: format!("http://{address}"),
+            log,
+        }),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            let log = log.lock().expect("log lock").clone();
+            Err(log)
+        }
+    }
+}
+
 pub struct Server {
     child: Child,
     pub base: String,
@@ -64,45 +114,18 @@ impl Server {
         let mut command = keygatectl(&dir.path().join("keygate.db"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--purge-interval", "1s"])
-            .args(&options.extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .args(&options.extra_args);
         if let Some(token) = options.admin_token {
             command.env("KEYGATE_ADMIN_TOKEN", token);
         }
-        let mut child = command.spawn().expect("spawn keygatectl serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (address_tx, address_rx) = mpsc::channel();
-        let log_writer = Arc::clone(&log);
-        // Keeps draining stderr for the server's whole life, so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let address = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = address_tx.send(address);
-                }
-                let mut log = log_writer.lock().expect("log lock");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        match address_rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(address) => Ok(Server {
-                child,
-                base: format!("http://{address}"),
+        match spawn_listening(&mut command) {
+            Ok(running) => Ok(Server {
+                child: running.child,
+                base: running.base,
                 dir,
-                log,
+                log: running.log,
             }),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                let log = log.lock().expect("log lock").clone();
-                Err((dir, log))
-            }
+            Err(log) => Err((dir, log)),
         }
     }
 
