@@ -1,7 +1,11 @@
 //! The callbacks this module exports to Envoy, and nothing more: per request Envoy calls
-//! only `proxy_on_context_create`, `proxy_on_request_headers` and `proxy_on_delete`
-//! (the SDK would export and be called for seven). Each root context is one filter
-//! configuration; a stream is judged by the configuration of the root that created it.
+//! only `proxy_on_context_create` and `proxy_on_request_headers` (the SDK would export and
+//! be called for seven). Each root context is one filter configuration; a stream is judged
+//! by the configuration of the root that created it.
+//!
+//! There is no `proxy_on_delete`: Envoy would call it for every stream too. Instead each
+//! tick asks Envoy which roots still exist (`proxy_set_effective_context` fails for a
+//! context that is gone) and drops the configurations of the ones that do not.
 
 use crate::abi::{self, LogLevel};
 use crate::filter::{Filter, PAUSE};
@@ -173,12 +177,27 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
     if let Some(filter) = filter {
         filter.on_tick();
     }
+    forget_ended_roots(root_id);
 }
 
-/// Called for every context at its end: a root's end frees its configuration.
-#[no_mangle]
-pub extern "C" fn proxy_on_delete(context_id: u32) {
-    STATE.with_borrow_mut(|state| {
-        state.roots.remove(&context_id);
-    });
+/// Drops the configuration of every root Envoy has ended (a replaced or removed filter
+/// configuration), then points host calls back at `current_root`.
+fn forget_ended_roots(current_root: u32) {
+    let roots: Vec<u32> = STATE.with_borrow(|state| state.roots.keys().copied().collect());
+    let ended: Vec<u32> = roots
+        .into_iter()
+        .filter(|&root| root != current_root && abi::set_effective_context(root).is_err())
+        .collect();
+    let _ = abi::set_effective_context(current_root);
+    if !ended.is_empty() {
+        STATE.with_borrow_mut(|state| {
+            for root in &ended {
+                state.roots.remove(root);
+            }
+        });
+        abi::log(
+            LogLevel::Info,
+            &format!("keygate: released {} ended configuration(s)", ended.len()),
+        );
+    }
 }

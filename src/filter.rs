@@ -5,14 +5,35 @@ use crate::abi;
 use crate::metrics::Metrics;
 use crate::synced_map::SyncedMap;
 use keygate_core::bucket::{self, KeyInfo};
-use keygate_core::config::{FilterConfig, Settings};
-use keygate_core::decision::{decide, Decision, Request};
+use keygate_core::config::{FilterConfig, IdentityHeaders, Settings};
+use keygate_core::decision::{decide, Decision, Request, Sources};
 use keygate_core::denial::Denial;
 use keygate_core::digest::Digest;
+use keygate_core::digest_cache::{self, DigestCache};
 use keygate_core::header_pairs;
+use keygate_core::identity;
+use keygate_core::key::{KeyFormatError, KeyKind};
 use keygate_core::request_scan;
 use log::warn;
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
+
+thread_local! {
+    /// Kinds and digests of recently presented keys, for every configuration of this VM
+    /// (the answer depends on the key alone). None if the host gave no random secret: then
+    /// every request is hashed afresh.
+    static DIGESTS: RefCell<Option<DigestCache>> = RefCell::new(
+        abi::random_bytes()
+            .ok()
+            .map(|secret| DigestCache::new(secret, digest_cache::DEFAULT_SLOTS)),
+    );
+}
+
+fn identify(key: &str) -> Result<(KeyKind, Digest), KeyFormatError> {
+    DIGESTS.with_borrow_mut(|cache| match cache {
+        Some(cache) => cache.identify(key),
+        None => digest_cache::identify(key),
+    })
+}
 
 /// proxy-wasm's answers to `proxy_on_request_headers`.
 pub const CONTINUE: u32 = 0;
@@ -100,9 +121,13 @@ impl Filter {
             }
             None => self.config.keys.get(digest).map(|e| e.info()),
         };
-        let now = || abi::now_unix_seconds().unwrap_or(u64::MAX);
-        match decide(settings, lookup, &request, now) {
-            Decision::Allow(entry) => self.forward(settings, &entry),
+        let sources = Sources {
+            identify,
+            lookup,
+            now: || abi::now_unix_seconds().unwrap_or(u64::MAX),
+        };
+        match decide(settings, sources, &request) {
+            Decision::Allow(entry) => self.forward(settings, &entry, scanned.identity_sent),
             Decision::Deny(denial) => {
                 // The access log reads request headers: a refused client must not be able
                 // to write an identity there.
@@ -140,17 +165,31 @@ impl Filter {
         PAUSE
     }
 
-    /// Sets our identity headers (each replace drops every client-sent copy) and removes
-    /// the credential.
-    fn forward(&self, settings: &Settings, entry: &KeyInfo<'_>) -> u32 {
-        let values = [
-            entry.account_id,
-            entry.key_id,
-            entry.kind.key_type.as_str(),
-            entry.kind.environment.as_str(),
-        ];
-        for (name, value) in settings.identity_headers.names().iter().zip(values) {
-            let _ = abi::set_request_header(name, value);
+    /// Sets our identity headers and removes the credential. A header the client sent is
+    /// replaced (every copy goes); one it did not send is added, which costs Envoy less.
+    fn forward(&self, settings: &Settings, entry: &KeyInfo<'_>, client_sent: [bool; 4]) -> u32 {
+        let set = |name: &str, value: &str, sent: bool| {
+            let _ = if sent {
+                abi::set_request_header(name, value)
+            } else {
+                abi::add_request_header(name, value)
+            };
+        };
+        match &settings.identity_headers {
+            IdentityHeaders::Separate(names) => {
+                let values = [
+                    entry.account_id,
+                    entry.key_id,
+                    entry.kind.key_type.as_str(),
+                    entry.kind.environment.as_str(),
+                ];
+                for ((name, value), sent) in names.iter().zip(values).zip(client_sent) {
+                    set(name, value, sent);
+                }
+            }
+            IdentityHeaders::Combined(name) => {
+                set(name, &identity::combined_value(entry), client_sent[0]);
+            }
         }
         if !settings.keep_authorization {
             let _ = abi::remove_request_header("authorization");

@@ -582,6 +582,52 @@ def test_custom_identity_header_names(custom, keyset, upstream):
     assert values(seen, "x-keygate-key-id") == []
 
 
+@pytest.fixture
+def combined(pool, protocol):
+    gate = pool.get(identity_header="x-keygate-identity")
+    with http_client(protocol, gate.url) as c:
+        yield c
+
+
+def dictionary(value):
+    """An RFC 8941 dictionary of sf-strings and tokens, as an upstream would read it."""
+    out = {}
+    for member in value.split(", "):
+        name, _, item = member.partition("=")
+        if item.startswith('"'):
+            assert item.endswith('"') and len(item) >= 2, value
+            item = item[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        out[name] = item
+    return out
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_identity_header_carries_every_field_in_one_header(combined, keyset, upstream, name):
+    spoofed = [("x-keygate-identity", 'account-id="acct_victim", key-type=secret'),
+               ("x-keygate-identity", "environment=production")]
+    headers = [("authorization", f"token {keyset.keys[name]}")] + spoofed
+    seen = forwarded(combined.get("/v3/devices/abc", headers=headers), upstream)
+    entry = next(e for e in keyset.entries if e["key_id"] == f"key_{name}")
+    sent = values(seen, "x-keygate-identity")
+    assert len(sent) == 1, seen
+    assert dictionary(sent[0]) == {"account-id": entry["account_id"], "key-id": entry["key_id"],
+                                   "key-type": entry["type"], "environment": entry["environment"]}
+    # Only the combined header: no per-field headers, no credential.
+    for header in IDENTITY + ("authorization",):
+        assert values(seen, header) == [], (header, seen)
+
+
+def test_identity_header_without_a_client_copy_is_added_once(combined, keyset, upstream):
+    seen = forwarded(combined.get("/v3/devices/abc", headers=token(keyset.keys["sk_test"])),
+                     upstream)
+    assert len(values(seen, "x-keygate-identity")) == 1, seen
+
+
+def test_identity_header_spoof_on_a_refusal_never_reaches_the_upstream(combined, upstream):
+    r = combined.get("/v3/devices", headers=[("x-keygate-identity", 'account-id="acct_victim"')])
+    assert_refused(r, upstream, 401, "missing_credentials")
+
+
 # --- stats --------------------------------------------------------------------------------
 
 

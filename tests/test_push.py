@@ -70,6 +70,10 @@ def test_a_pushed_config_replaces_the_map_on_every_worker(upstream, keyset):
         rolled.append(keylib.entry(new, "acct_demo", "key_new", "secret", "test"))
         write_resource(envoy.ecds_file, {"version": 1, "keys": rolled})
         wait_for(lambda: all_workers(envoy, old) == {401} and all_workers(envoy, new) == {200})
+        # The replaced configuration (and its key map) is freed in every worker's VM, not
+        # kept for the life of the process.
+        wait_for(lambda: envoy.read_log().count("keygate: released 1 ended configuration") >= 2)
+        assert all_workers(envoy, new) == {200}
     finally:
         envoy.stop()
 

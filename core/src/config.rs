@@ -20,32 +20,35 @@ pub const DEFAULT_API_PREFIXES: [&str; 2] = ["/v3", "/api/v1"];
 
 /// Where the identity of an authenticated caller goes, as request headers to the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityHeaders {
-    pub account_id: String,
-    pub key_id: String,
-    pub key_type: String,
-    pub environment: String,
+pub enum IdentityHeaders {
+    /// One header per field, in the order account id, key id, key type, environment.
+    Separate([String; 4]),
+    /// The four fields in one structured header (see `identity::combined_value`): one
+    /// header mutation per request instead of four, each of which Envoy charges for.
+    Combined(String),
 }
 
 impl Default for IdentityHeaders {
     fn default() -> Self {
-        IdentityHeaders {
-            account_id: "x-keygate-account-id".into(),
-            key_id: "x-keygate-key-id".into(),
-            key_type: "x-keygate-key-type".into(),
-            environment: "x-keygate-environment".into(),
-        }
+        IdentityHeaders::Separate(DEFAULT_IDENTITY_HEADERS.map(String::from))
     }
 }
 
+/// The separate identity headers' default names.
+pub const DEFAULT_IDENTITY_HEADERS: [&str; 4] = [
+    "x-keygate-account-id",
+    "x-keygate-key-id",
+    "x-keygate-key-type",
+    "x-keygate-environment",
+];
+
 impl IdentityHeaders {
-    pub fn names(&self) -> [&str; 4] {
-        [
-            &self.account_id,
-            &self.key_id,
-            &self.key_type,
-            &self.environment,
-        ]
+    /// The header names keygate sets (and strips from clients).
+    pub fn names(&self) -> &[String] {
+        match self {
+            IdentityHeaders::Separate(names) => names,
+            IdentityHeaders::Combined(name) => std::slice::from_ref(name),
+        }
     }
 }
 
@@ -97,6 +100,7 @@ pub enum Problem {
     MaxKeyLengthOutOfRange,
     BadHeaderName,
     DuplicateHeaderName,
+    IdentityModes,
     BadIdentifier,
     EmptyMethods,
     BadName,
@@ -131,6 +135,9 @@ impl fmt::Display for Problem {
                 "must be a lower-case header name (a-z, 0-9, '-'), not a pseudo-header, authorization or host",
             ),
             Problem::DuplicateHeaderName => f.write_str("names the same header as another field"),
+            Problem::IdentityModes => f.write_str(
+                "give either identity_header (one combined header) or identity_headers (one per field), not both",
+            ),
             Problem::BadIdentifier => {
                 f.write_str("must be 1-128 visible ASCII characters and not a plaintext key")
             }
@@ -181,6 +188,7 @@ struct RawConfig {
     max_key_length: Option<usize>,
     environment: Option<Environment>,
     identity_headers: Option<RawIdentityHeaders>,
+    identity_header: Option<String>,
     #[serde(default)]
     keep_authorization: bool,
     publishable: Option<RawPublishable>,
@@ -268,7 +276,7 @@ impl FilterConfig {
             max_key_length,
             environment: raw.environment,
             policy: parse_policy(raw.publishable)?,
-            identity_headers: parse_identity_headers(raw.identity_headers)?,
+            identity_headers: parse_identity_headers(raw.identity_headers, raw.identity_header)?,
             keep_authorization: raw.keep_authorization,
         };
         let sync_namespace = match raw.sync {
@@ -386,19 +394,30 @@ fn parse_policy(raw: Option<RawPublishable>) -> Result<Policy, ConfigError> {
     ))
 }
 
-fn parse_identity_headers(raw: Option<RawIdentityHeaders>) -> Result<IdentityHeaders, ConfigError> {
-    let defaults = IdentityHeaders::default();
+fn parse_identity_headers(
+    raw: Option<RawIdentityHeaders>,
+    combined: Option<String>,
+) -> Result<IdentityHeaders, ConfigError> {
+    if let Some(name) = combined {
+        if raw.is_some() {
+            return Err(err("identity_header", Problem::IdentityModes));
+        }
+        if !is_valid_header_name(&name) {
+            return Err(err("identity_header", Problem::BadHeaderName));
+        }
+        return Ok(IdentityHeaders::Combined(name));
+    }
     let Some(raw) = raw else {
-        return Ok(defaults);
+        return Ok(IdentityHeaders::default());
     };
-    let headers = IdentityHeaders {
-        account_id: raw.account_id.unwrap_or(defaults.account_id),
-        key_id: raw.key_id.unwrap_or(defaults.key_id),
-        key_type: raw.key_type.unwrap_or(defaults.key_type),
-        environment: raw.environment.unwrap_or(defaults.environment),
-    };
+    let [account_id, key_id, key_type, environment] = DEFAULT_IDENTITY_HEADERS;
+    let names = [
+        raw.account_id.unwrap_or_else(|| account_id.into()),
+        raw.key_id.unwrap_or_else(|| key_id.into()),
+        raw.key_type.unwrap_or_else(|| key_type.into()),
+        raw.environment.unwrap_or_else(|| environment.into()),
+    ];
     let fields = ["account_id", "key_id", "key_type", "environment"];
-    let names = headers.names();
     for (i, (field, name)) in fields.iter().zip(names.iter()).enumerate() {
         let path = format!("identity_headers.{field}");
         if !is_valid_header_name(name) {
@@ -408,7 +427,7 @@ fn parse_identity_headers(raw: Option<RawIdentityHeaders>) -> Result<IdentityHea
             return Err(err(path, Problem::DuplicateHeaderName));
         }
     }
-    Ok(headers)
+    Ok(IdentityHeaders::Separate(names))
 }
 
 fn is_valid_header_name(name: &str) -> bool {
@@ -521,12 +540,34 @@ mod tests {
             r#"Token realm="api", Basic realm="api""#
         );
         assert_eq!(config.settings.environment, Some(Environment::Production));
-        assert_eq!(config.settings.identity_headers.account_id, "x-account");
-        assert_eq!(config.settings.identity_headers.key_id, "x-keygate-key-id");
+        assert_eq!(
+            config.settings.identity_headers.names(),
+            [
+                "x-account",
+                "x-keygate-key-id",
+                "x-keygate-key-type",
+                "x-keygate-environment"
+            ]
+        );
         let digest = Digest::from_hex(DIGEST).expect("hex");
         assert_eq!(
             config.keys.get(&digest).map(|e| &*e.account_id),
             Some("acct_1")
+        );
+    }
+
+    #[test]
+    fn identity_header_puts_every_field_in_one_header() {
+        let config =
+            FilterConfig::parse(br#"{"version":1,"identity_header":"x-keygate-identity"}"#)
+                .expect("valid");
+        assert_eq!(
+            config.settings.identity_headers,
+            IdentityHeaders::Combined("x-keygate-identity".into())
+        );
+        assert_eq!(
+            config.settings.identity_headers.names(),
+            ["x-keygate-identity"]
         );
     }
 
@@ -546,6 +587,8 @@ mod tests {
             (r#"{"version":1,"max_key_length":4}"#.into(), "invalid keygate config: max_key_length: must be between 16 and 1024"),
             (r#"{"version":1,"identity_headers":{"key_id":"Authorization"}}"#.into(), "invalid keygate config: identity_headers.key_id: must be a lower-case header name (a-z, 0-9, '-'), not a pseudo-header, authorization or host"),
             (r#"{"version":1,"identity_headers":{"key_id":"x-keygate-account-id"}}"#.into(), "invalid keygate config: identity_headers.key_id: names the same header as another field"),
+            (r#"{"version":1,"identity_header":"X-Identity"}"#.into(), "invalid keygate config: identity_header: must be a lower-case header name (a-z, 0-9, '-'), not a pseudo-header, authorization or host"),
+            (r#"{"version":1,"identity_header":"x-identity","identity_headers":{}}"#.into(), "invalid keygate config: identity_header: give either identity_header (one combined header) or identity_headers (one per field), not both"),
             (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json("abc")), "invalid keygate config: keys[0].digest: expected 64 hex characters (a SHA-256 digest), got 3"),
             (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(&"z".repeat(64))), "invalid keygate config: keys[0].digest: expected only hex characters 0-9, a-f"),
             (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(&plaintext)), "invalid keygate config: keys[0].digest: looks like a plaintext API key; configs hold only SHA-256 digests (see `keygatectl hash`)"),

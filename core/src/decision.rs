@@ -6,7 +6,7 @@ use crate::config::Settings;
 use crate::credentials::{parse_authorization, CredentialError};
 use crate::denial::Denial;
 use crate::digest::Digest;
-use crate::key::{check_key, KeyFormatError, KeyType};
+use crate::key::{KeyFormatError, KeyKind, KeyType};
 use crate::path::normalize;
 
 /// What the filter read off a request.
@@ -25,16 +25,28 @@ pub enum Decision<'m> {
     Deny(Denial),
 }
 
-/// Decides one request. `lookup` finds a digest in whichever key map serves (plugin config
-/// or synced); `now` (Unix seconds) is asked only when a key has an expiry, so the common
-/// path makes no clock call.
-pub fn decide<'m>(
+/// The steps of a decision that reach outside the request: how a key becomes its kind and
+/// digest (`digest_cache::identify`, or a cache of it), where digests are looked up
+/// (plugin config or synced map), and the clock (Unix seconds), asked only when a key has an
+/// expiry, so the common path makes no clock call.
+pub struct Sources<I, L, N> {
+    pub identify: I,
+    pub lookup: L,
+    pub now: N,
+}
+
+/// Decides one request.
+pub fn decide<'m, I, L, N>(
     settings: &Settings,
-    lookup: impl FnOnce(&Digest) -> Option<KeyInfo<'m>>,
+    sources: Sources<I, L, N>,
     request: &Request<'_>,
-    now: impl FnOnce() -> u64,
-) -> Decision<'m> {
-    match authenticate(settings, lookup, request, now) {
+) -> Decision<'m>
+where
+    I: FnOnce(&str) -> Result<(KeyKind, Digest), KeyFormatError>,
+    L: FnOnce(&Digest) -> Option<KeyInfo<'m>>,
+    N: FnOnce() -> u64,
+{
+    match authenticate(settings, sources, request) {
         Ok(entry) => match authorize(settings, &entry, request) {
             Ok(()) => Decision::Allow(entry),
             Err(denial) => Decision::Deny(denial),
@@ -44,12 +56,16 @@ pub fn decide<'m>(
 }
 
 /// Who is calling: a known, live key whose prefix and account agree with its entry.
-fn authenticate<'m>(
+fn authenticate<'m, I, L, N>(
     settings: &Settings,
-    lookup: impl FnOnce(&Digest) -> Option<KeyInfo<'m>>,
+    sources: Sources<I, L, N>,
     request: &Request<'_>,
-    now: impl FnOnce() -> u64,
-) -> Result<KeyInfo<'m>, Denial> {
+) -> Result<KeyInfo<'m>, Denial>
+where
+    I: FnOnce(&str) -> Result<(KeyKind, Digest), KeyFormatError>,
+    L: FnOnce(&Digest) -> Option<KeyInfo<'m>>,
+    N: FnOnce() -> u64,
+{
     let credential = parse_authorization(
         request.authorization,
         settings.schemes,
@@ -59,11 +75,11 @@ fn authenticate<'m>(
         CredentialError::Missing => Denial::MissingCredentials,
         _ => Denial::MalformedCredentials,
     })?;
-    let kind = check_key(&credential.key).map_err(|e| match e {
+    let (kind, digest) = (sources.identify)(&credential.key).map_err(|e| match e {
         KeyFormatError::UnknownPrefix | KeyFormatError::BadChecksum => Denial::InvalidApiKey,
         KeyFormatError::EmptyBody | KeyFormatError::BadCharacter => Denial::MalformedCredentials,
     })?;
-    let entry = lookup(&Digest::of_key(&credential.key)).ok_or(Denial::InvalidApiKey)?;
+    let entry = (sources.lookup)(&digest).ok_or(Denial::InvalidApiKey)?;
     // A prefix that disagrees with the entry, or a key of another account, is answered
     // exactly as an unknown key: nothing tells the caller the key exists.
     if entry.kind != kind {
@@ -78,7 +94,7 @@ fn authenticate<'m>(
         return Err(Denial::DisabledApiKey);
     }
     if let Some(expires_at) = entry.expires_at {
-        if now() >= expires_at {
+        if (sources.now)() >= expires_at {
             return Err(Denial::ExpiredApiKey);
         }
     }
@@ -121,6 +137,7 @@ fn authorize(
 mod tests {
     use super::*;
     use crate::config::FilterConfig;
+    use crate::digest_cache::{identify, DigestCache};
     use crate::key::{issue_key, KeyKind};
 
     struct Fixture {
@@ -165,11 +182,23 @@ mod tests {
             path: path.as_bytes(),
             method_overrides: Some(&[]),
         };
-        let lookup = |d: &Digest| f.config.keys.get(d).map(|e| e.info());
-        match decide(&f.config.settings, lookup, &request, || 1_000) {
-            Decision::Allow(entry) => Ok(entry.key_id.to_string()),
-            Decision::Deny(d) => Err(d),
-        }
+        let judge = |identify: &mut dyn FnMut(&str) -> _| {
+            let sources = Sources {
+                identify,
+                lookup: |d: &Digest| f.config.keys.get(d).map(|e| e.info()),
+                now: || 1_000,
+            };
+            match decide(&f.config.settings, sources, &request) {
+                Decision::Allow(entry) => Ok(entry.key_id.to_string()),
+                Decision::Deny(d) => Err(d),
+            }
+        };
+        // A cached identify must decide exactly as the plain one, on a miss and on a hit.
+        let plain = judge(&mut |key: &str| identify(key));
+        let mut cache = DigestCache::new([3; 16], 8);
+        assert_eq!(judge(&mut |key: &str| cache.identify(key)), plain);
+        assert_eq!(judge(&mut |key: &str| cache.identify(key)), plain);
+        plain
     }
 
     #[test]
@@ -303,8 +332,12 @@ mod tests {
                 path: b"/v3/devices/abc",
                 method_overrides: overrides,
             };
-            let lookup = |d: &Digest| f.config.keys.get(d).map(|e| e.info());
-            decide(&f.config.settings, lookup, &request, || 0)
+            let sources = Sources {
+                identify,
+                lookup: |d: &Digest| f.config.keys.get(d).map(|e| e.info()),
+                now: || 0,
+            };
+            decide(&f.config.settings, sources, &request)
         };
         assert!(matches!(judge(Some(&[b"GET"])), Decision::Allow(_)));
         assert_eq!(

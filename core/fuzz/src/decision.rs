@@ -27,8 +27,9 @@ use crate::oracle;
 use keygate_core::bucket::{bucket_of, encode_entry, find};
 use keygate_core::config::FilterConfig;
 use keygate_core::credentials::parse_authorization;
-use keygate_core::decision::{decide, Decision, Request};
+use keygate_core::decision::{decide, Decision, Request, Sources};
 use keygate_core::digest::Digest;
+use keygate_core::digest_cache::{identify, DigestCache};
 use keygate_core::key::{KeyKind, KeyType};
 use keygate_core::path::normalize;
 use keygate_core::request_scan::{scan, METHOD_OVERRIDE_HEADERS};
@@ -250,17 +251,47 @@ fn check_one(
     let (method, path) = (scanned.method, scanned.path);
     let lookup = |d: &Digest| config.keys.get(d).map(|e| e.info());
     let mut clock_asked = false;
-    let decision = decide(settings, lookup, &request, || {
-        clock_asked = true;
-        NOW
-    });
+    let sources = Sources {
+        identify,
+        lookup,
+        now: || {
+            clock_asked = true;
+            NOW
+        },
+    };
+    let decision = decide(settings, sources, &request);
     // Sync mode finds keys in buckets instead: the same request must get the same answer.
     let from_buckets = |d: &Digest| buckets.get(&bucket_of(d)).and_then(|b| find(b, d));
-    let synced = decide(settings, from_buckets, &request, || NOW);
+    let synced = decide(
+        settings,
+        Sources {
+            identify,
+            lookup: from_buckets,
+            now: || NOW,
+        },
+        &request,
+    );
     invariant!(
         decision == synced,
         "key map says {decision:?}, sync buckets say {synced:?}"
     );
+    // The filter identifies keys through a cache: a miss and then a hit decide the same.
+    let mut cache = DigestCache::new([0x5a; 16], 2);
+    for round in ["miss", "hit"] {
+        let cached = decide(
+            settings,
+            Sources {
+                identify: |key: &str| cache.identify(key),
+                lookup,
+                now: || NOW,
+            },
+            &request,
+        );
+        invariant!(
+            decision == cached,
+            "uncached says {decision:?}, cached ({round}) says {cached:?}"
+        );
+    }
     match decision {
         Decision::Deny(denial) => {
             invariant!(

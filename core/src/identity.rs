@@ -1,0 +1,67 @@
+//! The value of the combined identity header: the four identity fields as one RFC 8941
+//! structured-field dictionary, so upstreams can read it with any structured-field parser,
+//! e.g. `account-id="acct_1", key-id="key_1", key-type=secret, environment=test`.
+
+use crate::bucket::KeyInfo;
+
+/// The dictionary for `entry`. Ids are sf-strings (quoted, `"` and `\` escaped: config
+/// validation already limits them to visible ASCII); type and environment are tokens.
+pub fn combined_value(entry: &KeyInfo<'_>) -> String {
+    let mut value = String::with_capacity(64 + entry.account_id.len() + entry.key_id.len());
+    value.push_str("account-id=");
+    push_sf_string(&mut value, entry.account_id);
+    value.push_str(", key-id=");
+    push_sf_string(&mut value, entry.key_id);
+    value.push_str(", key-type=");
+    value.push_str(entry.kind.key_type.as_str());
+    value.push_str(", environment=");
+    value.push_str(entry.kind.environment.as_str());
+    value
+}
+
+fn push_sf_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyKind;
+
+    fn entry<'a>(account_id: &'a str, key_id: &'a str, kind: usize) -> KeyInfo<'a> {
+        KeyInfo {
+            account_id,
+            key_id,
+            kind: KeyKind::ALL[kind],
+            expires_at: None,
+            disabled: false,
+        }
+    }
+
+    #[test]
+    fn names_every_field() {
+        assert_eq!(
+            combined_value(&entry("acct_1", "key_1", 0)),
+            r#"account-id="acct_1", key-id="key_1", key-type=secret, environment=test"#
+        );
+        assert_eq!(
+            combined_value(&entry("acct_2", "key_9", 3)),
+            r#"account-id="acct_2", key-id="key_9", key-type=publishable, environment=production"#
+        );
+    }
+
+    #[test]
+    fn quotes_and_backslashes_cannot_break_out_of_a_string() {
+        assert_eq!(
+            combined_value(&entry(r#"a",x="1"#, r"k\", 0)),
+            r#"account-id="a\",x=\"1", key-id="k\\", key-type=secret, environment=test"#
+        );
+    }
+}
