@@ -12,7 +12,6 @@ use crate::filter::{Filter, PAUSE};
 use crate::metrics::Metrics;
 use keygate_core::config::FilterConfig;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::rc::Rc;
 
@@ -26,7 +25,8 @@ const STREAM_SLOTS: usize = 1024;
 
 #[derive(Default)]
 struct State {
-    roots: HashMap<u32, Rc<Filter>>,
+    /// (root id, its configuration): one or two entries, so a list beats a hash map.
+    roots: Vec<(u32, Rc<Filter>)>,
     streams: Vec<(u32, u32)>,
 }
 
@@ -132,7 +132,8 @@ pub extern "C" fn proxy_on_configure(root_id: u32, _plugin_configuration_size: u
         ),
     );
     STATE.with_borrow_mut(|state| {
-        state.roots.insert(root_id, Rc::new(filter));
+        state.roots.retain(|(id, _)| *id != root_id);
+        state.roots.push((root_id, Rc::new(filter)));
     });
     true
 }
@@ -151,7 +152,7 @@ pub extern "C" fn proxy_on_request_headers(
         if stream != context_id {
             return None;
         }
-        state.roots.get(&root).cloned()
+        root_filter(state, root)
     });
     match filter {
         // The state is not borrowed while the request is judged.
@@ -171,9 +172,17 @@ pub extern "C" fn proxy_on_request_headers(
     }
 }
 
+fn root_filter(state: &State, root_id: u32) -> Option<Rc<Filter>> {
+    state
+        .roots
+        .iter()
+        .find(|(id, _)| *id == root_id)
+        .map(|(_, filter)| Rc::clone(filter))
+}
+
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root_id: u32) {
-    let filter = STATE.with_borrow(|state| state.roots.get(&root_id).cloned());
+    let filter = STATE.with_borrow(|state| root_filter(state, root_id));
     if let Some(filter) = filter {
         filter.on_tick();
     }
@@ -183,7 +192,8 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
 /// Drops the configuration of every root Envoy has ended (a replaced or removed filter
 /// configuration), then points host calls back at `current_root`.
 fn forget_ended_roots(current_root: u32) {
-    let roots: Vec<u32> = STATE.with_borrow(|state| state.roots.keys().copied().collect());
+    let roots: Vec<u32> =
+        STATE.with_borrow(|state| state.roots.iter().map(|(id, _)| *id).collect());
     let ended: Vec<u32> = roots
         .into_iter()
         .filter(|&root| root != current_root && abi::set_effective_context(root).is_err())
@@ -191,9 +201,7 @@ fn forget_ended_roots(current_root: u32) {
     let _ = abi::set_effective_context(current_root);
     if !ended.is_empty() {
         STATE.with_borrow_mut(|state| {
-            for root in &ended {
-                state.roots.remove(root);
-            }
+            state.roots.retain(|(id, _)| !ended.contains(id));
         });
         abi::log(
             LogLevel::Info,

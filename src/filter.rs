@@ -45,8 +45,9 @@ pub struct Filter {
     pub metrics: Metrics,
     /// Sync mode: the map the fetcher service publishes.
     pub synced: Option<SyncedMap>,
-    /// The local answers' serialized headers, built once.
+    /// The local answers' serialized headers and bodies (by `Denial::index`), built once.
     answer_headers: AnswerHeaders,
+    bodies: [String; Denial::ALL.len()],
 }
 
 struct AnswerHeaders {
@@ -75,6 +76,7 @@ impl Filter {
             metrics,
             synced,
             answer_headers,
+            bodies: Denial::ALL.map(Denial::body),
         }
     }
 
@@ -153,7 +155,7 @@ impl Filter {
             503 => &self.answer_headers.unavailable,
             _ => &self.answer_headers.forbidden,
         };
-        let body = denial.body();
+        let body = &self.bodies[denial.index()];
         if let Err(status) =
             abi::send_local_response(denial.status(), denial.details(), headers, body.as_bytes())
         {

@@ -27,6 +27,20 @@ impl Denial {
         Denial::KeyMapUnavailable,
     ];
 
+    /// This denial's position in `ALL`, for tables indexed by denial.
+    pub fn index(self) -> usize {
+        match self {
+            Denial::MissingCredentials => 0,
+            Denial::MalformedCredentials => 1,
+            Denial::InvalidApiKey => 2,
+            Denial::ExpiredApiKey => 3,
+            Denial::DisabledApiKey => 4,
+            Denial::InsufficientPermissions => 5,
+            Denial::WrongEnvironment => 6,
+            Denial::KeyMapUnavailable => 7,
+        }
+    }
+
     pub fn status(self) -> u32 {
         match self {
             Denial::MissingCredentials
@@ -103,6 +117,13 @@ mod tests {
             assert_eq!(v["error"]["code"], d.code());
             assert_eq!(v["error"]["message"], d.message());
             assert!(!d.details().contains(' '));
+        }
+    }
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (i, d) in Denial::ALL.iter().enumerate() {
+            assert_eq!(d.index(), i);
         }
     }
 
