@@ -83,7 +83,7 @@ soak: build venv
 # Throughput, latency and CPU against Envoy's native filter, Lua and a floor wasm filter;
 # a million keys; sync cost. Writes BENCHMARKS.md. Needs a quiet machine (~10 min).
 bench:
-	bash bench/run.sh --million --sync-cost $(BENCH_ARGS)
+	bash bench/run.sh --instructions --million --sync-cost $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -514,10 +514,12 @@ def floor_filter():
     }
 
 
-def keygate_static_filter(keyset):
+def keygate_static_filter(keyset, **options):
+    """envoy.yaml's keygate filter with `keyset`'s keys (and any extra plugin `options`)."""
     _, block = keygate_filter("envoy.yaml")
     plugin = plugin_of(block)
     plugin.pop("keys", None)
+    plugin.update(options)
     head = json.dumps(plugin)[:-1]  # splice the (big) key list in as text
     set_plugin(block, head + ', "keys": ' + keyset.keys_json() + "}")
     return block
@@ -632,13 +634,14 @@ end
 # ---------------------------------------------------------------------------------------
 # The filter comparison.
 
-CONFIGS = ["noauth", "native", "lua", "floor", "keygate", "keygate-sync"]
+CONFIGS = ["noauth", "native", "lua", "floor", "keygate", "keygate-combined", "keygate-sync"]
 LABELS = {
     "noauth": "no auth (router only)",
     "native": "Envoy api_key_auth",
     "lua": "Lua table",
     "floor": "floor wasm filter",
     "keygate": "keygate, static map",
+    "keygate-combined": "keygate, static map, one identity header",
     "keygate-sync": "keygate, synced map",
 }
 TRAFFIC_LABELS = {"valid": "valid key (200)", "unknown": "unknown key (401)", "forbidden": "publishable on list (403)"}
@@ -668,6 +671,8 @@ def build_config(name, keyset, keymap_port):
         filters, extra = [floor_filter()], {}
     elif name == "keygate":
         filters, extra = [keygate_static_filter(keyset)], {}
+    elif name == "keygate-combined":
+        filters, extra = [keygate_static_filter(keyset, identity_header="x-keygate-identity")], {}
     elif name == "keygate-sync":
         services, block, cluster = keygate_sync_parts(keymap_port)
         filters, extra = [block], {"clusters": [cluster], "bootstrap_extensions": services,
@@ -795,6 +800,116 @@ def compare_tables(args, runs):
     header = ["config", "traffic", "req/s (median)", "vs no auth", "vs floor", "p50", "p99",
               "Envoy CPU µs/req", "µs/req over no auth", "Envoy core busy",
               f"req/s min–max ({args.rounds} rounds)"]
+    return table(header, rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Instructions per request: the same configurations counted under callgrind instead of
+# timed. Instruction counts do not move with what else the machine is doing (a busy or
+# throttled VM makes req/s swing by half), so this table explains where the CPU goes and
+# shows each change's effect exactly; it counts Envoy's user-space instructions only (the
+# kernel's socket work, the same for every configuration, is left out).
+
+def drive(port, headers, n, path=PATH):
+    """`n` keep-alive GETs, one at a time; the statuses seen and how often."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    statuses = {}
+    try:
+        for _ in range(n):
+            conn.request("GET", path, headers=headers)
+            r = conn.getresponse()
+            r.read()
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+    finally:
+        conn.close()
+    return statuses
+
+
+def callgrind_total(pid, dump_dir):
+    """Dumps callgrind's counters for `pid` and returns the instructions since the last zero."""
+    subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
+    newest = max(dump_dir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime_ns)
+    m = re.search(r"^(?:summary|totals): (\d+)", newest.read_text(errors="replace"), re.M)
+    if not m:
+        raise RuntimeError(f"no totals in {newest}")
+    return int(m.group(1))
+
+
+def count_instructions(args, workdir, name, keyset, keymap_port):
+    """{traffic: Envoy instructions per request} for configuration `name`."""
+    config, port = build_config(name, keyset, keymap_port)
+    d = Path(workdir) / f"{name}-instructions"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "envoy.json").write_text(json.dumps(config))
+    with open(d / "envoy.log", "wb") as envoy_log:
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
+             f"--callgrind-out-file={d / 'callgrind.out'}", envoy_binary(),
+             "-c", str(d / "envoy.json"), "--concurrency", "1", "--disable-hot-restart",
+             "--log-level", "warn"],
+            stdout=envoy_log, stderr=subprocess.STDOUT, cwd=d)
+    try:
+        per_request = {}
+        for tname, auth, expected in traffic_for(name, keyset):
+            headers = {"Authorization": auth}
+            wait_status(port, headers, expected, timeout=args.instr_timeout)
+            warm = drive(port, headers, args.instr_warmup)
+            if set(warm) != {expected}:
+                raise RuntimeError(f"{name}/{tname}: expected {expected}, got {warm}")
+            counts = []
+            for _ in range(2):  # two counts; they agree to a fraction of a percent
+                subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True,
+                               check=True)
+                got = drive(port, headers, args.instr_requests)
+                if set(got) != {expected}:
+                    raise RuntimeError(f"{name}/{tname}: expected {expected}, got {got}")
+                counts.append(callgrind_total(proc.pid, d) / args.instr_requests)
+            per_request[tname] = min(counts)
+            log(f"  {name:16s} {tname:9s} {per_request[tname]:9,.0f} instructions/request"
+                f"  (counts {' '.join(f'{c:,.0f}' for c in counts)})")
+        return per_request
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def instructions(args, workdir, keyset):
+    """Counts every configuration, two at a time (counts do not depend on the machine's load)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = StaticKeyMapServer(keyset.full_map_body())
+    configs = [c for c in CONFIGS if c in args.configs]
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            counted = pool.map(lambda c: count_instructions(args, workdir, c, keyset, server.port),
+                               configs)
+            return dict(zip(configs, counted))
+    finally:
+        server.close()
+
+
+def instruction_table(counts):
+    base = counts.get("noauth", {}).get("valid")
+    floor = counts.get("floor", {}).get("valid")
+    rows = []
+    for cfg in CONFIGS:
+        for tr in ("valid", "unknown", "forbidden"):
+            n = counts.get(cfg, {}).get(tr)
+            if n is None:
+                continue
+            rows.append([
+                LABELS[cfg], TRAFFIC_LABELS[tr], fmt_num(n),
+                fmt_ratio(base / n if base else None),
+                fmt_ratio(floor / n if floor else None),
+                fmt_num(n - base) if base else "n/a",
+                fmt_num(n - floor) if floor else "n/a",
+            ])
+    header = ["config", "traffic", "Envoy instructions/request", "no auth ÷ this",
+              "floor ÷ this", "over no auth", "over floor"]
     return table(header, rows)
 
 
@@ -1251,6 +1366,12 @@ def parse_args(argv=None):
     p.add_argument("--sync-cost", action="store_true", help="also run the sync-cost section (real keygatectl)")
     p.add_argument("--sync-keys", type=int, default=10_000, help="keys imported into keygatectl")
     p.add_argument("--sync-quiet", type=float, default=5, help="seconds of idle polling measured")
+    p.add_argument("--instructions", action="store_true",
+                   help="also count Envoy's instructions per request under callgrind (valgrind)")
+    p.add_argument("--instr-requests", type=int, default=1000, help="requests counted per traffic")
+    p.add_argument("--instr-warmup", type=int, default=300, help="requests before counting")
+    p.add_argument("--instr-timeout", type=float, default=300,
+                   help="seconds to wait for Envoy under valgrind to answer")
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     p.add_argument("--noisy-note", default="", help="a warning printed above the results")
     p.add_argument("--json", type=Path, help="also write the raw results here")
@@ -1273,7 +1394,8 @@ def preflight(args):
     for path, fix in need:
         if not path.exists():
             missing.append(f"{path} is missing: {fix}")
-    for tool in ("wrk", "taskset"):
+    tools = ("wrk", "taskset") + (("valgrind", "callgrind_control") if args.instructions else ())
+    for tool in tools:
         if not shutil.which(tool):
             missing.append(f"`{tool}` is not on PATH (apt-get install -y wrk / util-linux)")
     if not Path(envoy_binary()).exists() and not shutil.which(envoy_binary()):
@@ -1303,6 +1425,11 @@ def main(argv=None):
                 compare_tables(args, runs),
             ))
             raw["compare"] = {f"{c}/{t}": [r.as_dict() for r in rs] for (c, t), rs in runs.items()}
+            if args.instructions:
+                counts = instructions(args, workdir, keyset)
+                sections.append(("Envoy instructions per request (callgrind, same configurations)",
+                                 instruction_table(counts)))
+                raw["instructions"] = counts
         if args.million:
             m = million(args, workdir)
             sections.append((f"{args.million_keys:,} keys (keygate synced, {args.million_workers} workers)",

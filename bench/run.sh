@@ -3,7 +3,7 @@
 # bench/bench.py with the repo's venv. Results are printed and written into BENCHMARKS.md.
 #
 #   bash bench/run.sh                          # the filter comparison (about 5 minutes)
-#   bash bench/run.sh --million --sync-cost    # everything (what `make bench` runs)
+#   bash bench/run.sh --instructions --million --sync-cost   # everything (`make bench`)
 #   bash bench/run.sh --rounds 1 --duration 2 --no-write   # a quick smoke run
 #
 # Every other flag goes to bench.py (`bash bench/run.sh --help`). Needs 2 cores: Envoy is
@@ -34,6 +34,15 @@ if ! command -v wrk >/dev/null; then
     apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
   else
     echo "bench: wrk is missing: apt-get install -y wrk" >&2
+    exit 1
+  fi
+fi
+# valgrind (callgrind) counts instructions for --instructions.
+if [[ " $* " == *" --instructions "* ]] && ! command -v valgrind >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y valgrind || { apt-get update && apt-get install -y valgrind; }
+  else
+    echo "bench: valgrind is missing: apt-get install -y valgrind" >&2
     exit 1
   fi
 fi

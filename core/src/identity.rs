@@ -21,11 +21,16 @@ pub fn combined_value(entry: &KeyInfo<'_>) -> String {
 
 fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+    if s.bytes().any(|b| b == b'"' || b == b'\\') {
+        for c in s.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
         }
-        out.push(c);
+    } else {
+        // Ids rarely hold either: copy in one go.
+        out.push_str(s);
     }
     out.push('"');
 }

@@ -48,25 +48,28 @@ pub fn scan<'a>(
     let names = identity.names();
     let mut scanned = ScannedRequest::default();
     for (name, value) in pairs {
-        match name {
-            b"authorization" => {
-                if let Some(slot) = scanned.authorization.get_mut(scanned.authorization_count) {
-                    *slot = value;
-                }
-                scanned.authorization_count += 1;
+        // Pseudo-headers first: only two of them matter, and no other header starts with ':'.
+        if name.first() == Some(&b':') {
+            match name {
+                b":method" => scanned.method = value,
+                b":path" => scanned.path = value,
+                _ => {}
             }
-            b":method" => scanned.method = value,
-            b":path" => scanned.path = value,
-            _ if METHOD_OVERRIDE_HEADERS.contains(&name) => {
-                if let Some(slot) = scanned.overrides.get_mut(scanned.override_count) {
-                    *slot = value;
-                }
-                scanned.override_count += 1;
+            continue;
+        }
+        if name == b"authorization" {
+            if let Some(slot) = scanned.authorization.get_mut(scanned.authorization_count) {
+                *slot = value;
             }
-            _ => {
-                for (sent, identity_name) in scanned.identity_sent.iter_mut().zip(names) {
-                    *sent |= name == identity_name.as_bytes();
-                }
+            scanned.authorization_count += 1;
+        } else if METHOD_OVERRIDE_HEADERS.contains(&name) {
+            if let Some(slot) = scanned.overrides.get_mut(scanned.override_count) {
+                *slot = value;
+            }
+            scanned.override_count += 1;
+        } else {
+            for (sent, identity_name) in scanned.identity_sent.iter_mut().zip(names) {
+                *sent |= name == identity_name.as_bytes();
             }
         }
     }
