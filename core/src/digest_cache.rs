@@ -13,8 +13,9 @@ use crate::key::{check_key, KeyFormatError, KeyKind};
 use siphasher::sip128::{Hasher128, SipHasher13};
 use std::hash::Hasher;
 
-/// Slots in a cache: 64 bytes each, so 256 KiB per VM.
-pub const DEFAULT_SLOTS: usize = 4096;
+/// Slots in a cache: 64 bytes each, so 4 MiB per worker VM (allocated at its first
+/// request). Direct-mapped, so 10,000 clients' keys in rotation mostly hit (about 86%).
+pub const DEFAULT_SLOTS: usize = 65536;
 
 /// The kind and digest of a well-formed key: what a key map lookup needs.
 pub fn identify(key: &str) -> Result<(KeyKind, Digest), KeyFormatError> {
@@ -118,6 +119,11 @@ mod tests {
         assert!(!stored
             .windows(8)
             .any(|w| k.as_bytes().windows(8).any(|kw| kw == w)));
+    }
+
+    #[test]
+    fn a_slot_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 64);
     }
 
     #[test]
