@@ -811,12 +811,14 @@ def compare_tables(args, runs):
 # kernel's socket work, the same for every configuration, is left out).
 
 def drive(port, headers, n, path=PATH):
-    """`n` keep-alive GETs, one at a time; the statuses seen and how often."""
+    """`n` keep-alive GETs, one at a time (`headers` a dict, or a list of dicts sent in
+    rotation); the statuses seen and how often."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    rotation = headers if isinstance(headers, list) else [headers]
     statuses = {}
     try:
-        for _ in range(n):
-            conn.request("GET", path, headers=headers)
+        for i in range(n):
+            conn.request("GET", path, headers=rotation[i % len(rotation)])
             r = conn.getresponse()
             r.read()
             statuses[r.status] = statuses.get(r.status, 0) + 1
@@ -838,6 +840,14 @@ def callgrind_total(pid, dump_dir):
 def count_instructions(args, workdir, name, keyset, keymap_port):
     """{traffic: Envoy instructions per request} for configuration `name`."""
     config, port = build_config(name, keyset, keymap_port)
+    traffic = [(tname, {"Authorization": auth}, expected)
+               for tname, auth, expected in traffic_for(name, keyset)]
+    return count_config_instructions(args, workdir, name, config, port, traffic)
+
+
+def count_config_instructions(args, workdir, name, config, port, traffic):
+    """{traffic name: Envoy instructions per request} for one Envoy `config` listening on
+    `port`; `traffic` is [(name, headers or a list of them in rotation, expected status)]."""
     d = Path(workdir) / f"{name}-instructions"
     d.mkdir(parents=True, exist_ok=True)
     (d / "envoy.json").write_text(json.dumps(config))
@@ -850,20 +860,23 @@ def count_instructions(args, workdir, name, keyset, keymap_port):
             stdout=envoy_log, stderr=subprocess.STDOUT, cwd=d)
     try:
         per_request = {}
-        for tname, auth, expected in traffic_for(name, keyset):
-            headers = {"Authorization": auth}
-            wait_status(port, headers, expected, timeout=args.instr_timeout)
-            warm = drive(port, headers, args.instr_warmup)
+        for tname, headers, expected in traffic:
+            first = headers[0] if isinstance(headers, list) else headers
+            wait_status(port, first, expected, timeout=args.instr_timeout)
+            # A rotation is warmed up and counted whole: every key seen before it is counted.
+            rotation = len(headers) if isinstance(headers, list) else 1
+            requests = max(args.instr_requests, rotation)
+            warm = drive(port, headers, max(args.instr_warmup, rotation))
             if set(warm) != {expected}:
                 raise RuntimeError(f"{name}/{tname}: expected {expected}, got {warm}")
             counts = []
             for _ in range(2):  # two counts; they agree to a fraction of a percent
                 subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True,
                                check=True)
-                got = drive(port, headers, args.instr_requests)
+                got = drive(port, headers, requests)
                 if set(got) != {expected}:
                     raise RuntimeError(f"{name}/{tname}: expected {expected}, got {got}")
-                counts.append(callgrind_total(proc.pid, d) / args.instr_requests)
+                counts.append(callgrind_total(proc.pid, d) / requests)
             per_request[tname] = min(counts)
             log(f"  {name:16s} {tname:9s} {per_request[tname]:9,.0f} instructions/request"
                 f"  (counts {' '.join(f'{c:,.0f}' for c in counts)})")
@@ -1030,8 +1043,27 @@ def million(args, workdir):
             rows[label] = row
         finally:
             synced.stop()
+        if args.instructions:
+            row["instructions"] = million_instructions(args, workdir, keyset, map_body, traffic)
     out["rows"] = rows
     return out
+
+
+def million_instructions(args, workdir, keyset, map_body, traffic):
+    """Instructions per request for one map and each client-key traffic, one worker."""
+    server = StaticKeyMapServer(map_body)
+    try:
+        services, block, cluster = keygate_sync_parts(server.port)
+        admin, port = free_port(), free_port()
+        config = base_config(admin, port, [block], clusters=[cluster],
+                             bootstrap_extensions=services,
+                             runtime=with_async_limit(sync_runtime(), args.async_limit))
+        rotations = [(tname, [{"Authorization": f"Bearer {k}"} for k in keys], 200)
+                     for tname, keys in traffic]
+        return count_config_instructions(args, workdir, f"m-{keyset.count}", config, port,
+                                         rotations)
+    finally:
+        server.close()
 
 
 # Answers smaller than this are not expected to meet Envoy's default async buffer limit, so
@@ -1066,6 +1098,7 @@ def million_tables(args, m):
     rows = []
     small_label = next(label for label in m["rows"] if label != "noauth")
     ref_cpu = median([r.cpu_us for r in m["rows"][small_label]["traffic"]["1 key"]])
+    ref_instructions = m["rows"][small_label].get("instructions", {}).get("1 key")
     for label, row in m["rows"].items():
         if label == "noauth":
             continue
@@ -1079,6 +1112,14 @@ def million_tables(args, m):
             ])
     lines.append(table(["map", "client keys", f"req/s (median of {args.rounds})", "p50", "p99",
                         "Envoy CPU µs/req", "CPU vs 10-key map, 1 key", "Envoy core busy"], rows))
+    if ref_instructions:
+        lines.append("")
+        rows = []
+        for label, row in m["rows"].items():
+            for tname, n in row.get("instructions", {}).items():
+                rows.append([label, tname, fmt_num(n), fmt_ratio(n / ref_instructions)])
+        lines.append(table(["map", "client keys", "Envoy instructions/request (callgrind)",
+                            "vs 10-key map, 1 key"], rows))
     return "\n".join(lines)
 
 
