@@ -192,11 +192,21 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
 /// Drops the configuration of every root Envoy has ended (a replaced or removed filter
 /// configuration), then points host calls back at `current_root`.
 fn forget_ended_roots(current_root: u32) {
-    let roots: Vec<u32> =
-        STATE.with_borrow(|state| state.roots.iter().map(|(id, _)| *id).collect());
+    let roots: Vec<u32> = STATE.with_borrow(|state| {
+        state
+            .roots
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|&id| id != current_root)
+            .collect()
+    });
+    // The usual case: this root is the only one, and there is nothing to ask Envoy.
+    if roots.is_empty() {
+        return;
+    }
     let ended: Vec<u32> = roots
         .into_iter()
-        .filter(|&root| root != current_root && abi::set_effective_context(root).is_err())
+        .filter(|&root| abi::set_effective_context(root).is_err())
         .collect();
     let _ = abi::set_effective_context(current_root);
     if !ended.is_empty() {
