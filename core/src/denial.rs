@@ -27,18 +27,9 @@ impl Denial {
         Denial::KeyMapUnavailable,
     ];
 
-    /// This denial's position in `ALL`, for tables indexed by denial.
+    /// This denial's position in `ALL` (declaration order), for tables indexed by denial.
     pub fn index(self) -> usize {
-        match self {
-            Denial::MissingCredentials => 0,
-            Denial::MalformedCredentials => 1,
-            Denial::InvalidApiKey => 2,
-            Denial::ExpiredApiKey => 3,
-            Denial::DisabledApiKey => 4,
-            Denial::InsufficientPermissions => 5,
-            Denial::WrongEnvironment => 6,
-            Denial::KeyMapUnavailable => 7,
-        }
+        self as usize
     }
 
     pub fn status(self) -> u32 {
