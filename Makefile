@@ -18,12 +18,15 @@ WITH_PG  := bash scripts/postgres.sh run
 build: wasm keygatectl
 
 # The filter (keygate.wasm), the key-map fetcher (keygate_sync.wasm), and a test-only variant that traps on request (for the fault suite); the
-# plain build runs last so $(WASM) is always the shippable module.
+# plain build runs last so $(WASM) is always the shippable module. The filter is built on its
+# own: it uses keygate-core without std, and one cargo run with keygate-sync (which needs std)
+# would unify the features.
 wasm:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	$(CARGO) build --release --target wasm32-wasip1 -p keygate-sync
 	$(CARGO) build --release --target wasm32-wasip1 -p keygate --features fault-injection
 	cp $(WASM) target/keygate-fault.wasm
-	$(CARGO) build --release --target wasm32-wasip1 -p keygate -p keygate-sync
+	$(CARGO) build --release --target wasm32-wasip1 -p keygate
 
 keygatectl:
 	$(CARGO) build --release -p keygatectl
@@ -64,7 +67,8 @@ lint:
 	$(CARGO) fmt --manifest-path core/fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path core/fuzz/Cargo.toml --all-targets -- -D warnings
-	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate -p keygate-sync -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate-sync -- -D warnings
 	bash scripts/audit.sh
 
 # Coverage-guided fuzzing of keygate-core, FUZZ_SECONDS per target (cargo-fuzz, libFuzzer).

@@ -6,7 +6,7 @@
 #   scripts/fuzz.sh [SECONDS]          # default 60 s per target
 #
 # Environment:
-#   FUZZ_TARGETS="credentials config"  only these targets (default: all seven)
+#   FUZZ_TARGETS="credentials config"  only these targets (default: all eight)
 #   FUZZ_SANITIZER=none|address         one sanitizer for every target (default: address,
 #                                       but none for sync_message and sync_binary: see below)
 #   FUZZ_NICE=10                        niceness of the builds and the fuzzers (default 10)
@@ -31,7 +31,7 @@ if ! [[ "$secs" =~ ^[0-9]+$ ]] || [ "$secs" -lt 1 ]; then
     echo "usage: $0 [SECONDS]" >&2
     exit 2
 fi
-all_targets=(credentials path_policy config sync_message sync_binary header_pairs decision)
+all_targets=(credentials path_policy config json sync_message sync_binary header_pairs decision)
 read -r -a targets <<<"${FUZZ_TARGETS:-${all_targets[*]}}"
 nice=(nice -n "${FUZZ_NICE:-10}")
 export RUSTC_BOOTSTRAP=1

@@ -3,7 +3,8 @@
 //! it uses (see `exports.rs`): Envoy skips every callback a module does not export, and each
 //! one skipped is CPU saved on every request. Nothing here can panic or trap.
 
-use std::ptr::null_mut;
+use alloc::vec::Vec;
+use core::ptr::null_mut;
 
 /// A host call's non-Ok status (1 = not found, 2 = bad argument, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub enum LogLevel {
     Info = 2,
     Warn = 3,
     Error = 4,
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // the panic handler
+    Critical = 5,
 }
 
 mod host {

@@ -10,10 +10,15 @@
 use crate::abi::{self, LogLevel};
 use crate::filter::{Filter, PAUSE};
 use crate::metrics::Metrics;
+use crate::vm_global::VmGlobal;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 use keygate_core::config::FilterConfig;
-use std::cell::RefCell;
-use std::mem::MaybeUninit;
-use std::rc::Rc;
 
 /// Timer period: counters are flushed, and in sync mode the published version re-read,
 /// this often.
@@ -30,12 +35,10 @@ struct State {
     streams: Vec<(u32, u32)>,
 }
 
-thread_local! {
-    static STATE: RefCell<State> = RefCell::new(State {
-        streams: vec![(0, 0); STREAM_SLOTS],
-        ..State::default()
-    });
-}
+static STATE: VmGlobal<State> = VmGlobal::new(|| State {
+    streams: vec![(0, 0); STREAM_SLOTS],
+    ..State::default()
+});
 
 /// The ABI version marker Envoy looks for.
 #[no_mangle]

@@ -4,6 +4,10 @@
 use crate::abi;
 use crate::metrics::Metrics;
 use crate::synced_map::SyncedMap;
+use crate::vm_global::VmGlobal;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::OnceCell;
 use keygate_core::bucket::{self, KeyInfo};
 use keygate_core::config::{FilterConfig, IdentityHeaders, Settings};
 use keygate_core::decision::{decide, Decision, Request, Sources};
@@ -15,18 +19,15 @@ use keygate_core::identity;
 use keygate_core::key::{KeyFormatError, KeyKind};
 use keygate_core::request_scan;
 use log::warn;
-use std::cell::{OnceCell, RefCell};
 
-thread_local! {
-    /// Kinds and digests of recently presented keys, for every configuration of this VM
-    /// (the answer depends on the key alone). None if the host gave no random secret: then
-    /// every request is hashed afresh.
-    static DIGESTS: RefCell<Option<DigestCache>> = RefCell::new(
-        abi::random_bytes()
-            .ok()
-            .map(|secret| DigestCache::new(secret, digest_cache::DEFAULT_SLOTS)),
-    );
-}
+/// Kinds and digests of recently presented keys, for every configuration of this VM (the
+/// answer depends on the key alone). None if the host gave no random secret: then every
+/// request is hashed afresh.
+static DIGESTS: VmGlobal<Option<DigestCache>> = VmGlobal::new(|| {
+    abi::random_bytes()
+        .ok()
+        .map(|secret| DigestCache::new(secret, digest_cache::DEFAULT_SLOTS))
+});
 
 fn identify(key: &str) -> Result<(KeyKind, Digest), KeyFormatError> {
     DIGESTS.with_borrow_mut(|cache| match cache {

@@ -4,9 +4,40 @@
 //! SDK, so Envoy calls three callbacks per request instead of seven; the key-map fetcher,
 //! which runs once per poll, is a separate SDK-based module (`sync-service/`).
 
+//!
+//! The module is `no_std` (with `alloc`): std's panic, I/O and thread-local machinery were a
+//! sixth of the module, and a filter has no use for them. It allocates with dlmalloc, and a
+//! panic (which no input reaches) logs its location and traps, failing the VM as before.
+
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
 mod abi;
 mod exports;
 mod filter;
 mod logger;
 mod metrics;
 mod synced_map;
+mod vm_global;
+
+// memcmp and friends come from wasi-libc, as they do for std; only those few objects of the
+// archive are linked (its allocator and stdio are not referenced).
+#[cfg(target_os = "wasi")]
+#[link(name = "c")]
+extern "C" {}
+
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
+#[cfg(target_arch = "wasm32")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    // The message is ours (no input reaches a panic), so it carries no key.
+    if let Some(at) = info.location() {
+        let message = alloc::format!("keygate: panic at {}:{}", at.file(), at.line());
+        abi::log(abi::LogLevel::Critical, &message);
+    }
+    core::arch::wasm32::unreachable()
+}

@@ -1,6 +1,7 @@
 //! Routes the `log` crate to Envoy's log (`proxy_log`). Messages never carry a key.
 
 use crate::abi::{self, LogLevel};
+use alloc::string::ToString;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 struct EnvoyLogger;

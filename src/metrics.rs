@@ -3,8 +3,9 @@
 //! in the VM; the tick flushes the sums to Envoy, so counting costs no host call per request.
 
 use crate::abi;
+use alloc::format;
+use core::cell::Cell;
 use keygate_core::denial::Denial;
-use std::cell::Cell;
 
 const SLOTS: usize = Denial::ALL.len() + 1;
 const ALLOWED: usize = Denial::ALL.len();

@@ -754,7 +754,7 @@ PLAINTEXT = keys.make_key("secret", "production")
 
 BAD_CONFIGS = {
     # name: (plugin configuration text, text the error line must hold)
-    "invalid JSON": ('{"version": 1, "keys": [', "EOF while parsing a list at line 1 column 24"),
+    "invalid JSON": ('{"version": 1, "keys": [', "not JSON: the document ends too early at line 1 column 25"),
     "not an object": ('[1]', "invalid keygate config: "),
     "unknown field": ('{"version": 1, "realms": "api"}', "invalid keygate config: realms: "),
     "unknown field in a key": (json.dumps({"version": 1, "keys": [_entry(secret="x")]}),
@@ -793,7 +793,11 @@ BAD_CONFIGS = {
         json.dumps({"version": 1, "identity_headers": {"key_id": "authorization"}}),
         "invalid keygate config: identity_headers.key_id: "),
     "unknown environment": (json.dumps({"version": 1, "environment": "staging"}),
-                            "invalid keygate config: environment: "),
+                            "invalid keygate config: environment: must be one of `test`, `production`"),
+    "field given twice": ('{"version": 1, "realm": "a", "realm": "b"}',
+                          "invalid keygate config: realm: given twice"),
+    "wrong type": ('{"version": "1"}',
+                   "invalid keygate config: version: expected a number, got a string"),
 }
 
 

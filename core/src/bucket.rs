@@ -6,6 +6,8 @@
 //! Entry layout: digest (32 bytes) | flags (1) | expires_at (8, LE, if flagged) |
 //! account_id length (1) + bytes | key_id length (1) + bytes.
 
+use crate::prelude::*;
+
 use crate::digest::Digest;
 use crate::key::{Environment, KeyKind, KeyType};
 
@@ -156,7 +158,7 @@ fn split_array<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
 fn split_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
     let (&len, rest) = bytes.split_first()?;
     let len = usize::from(len);
-    let s = std::str::from_utf8(rest.get(..len)?).ok()?;
+    let s = core::str::from_utf8(rest.get(..len)?).ok()?;
     Some((s, rest.get(len..)?))
 }
 

@@ -1,15 +1,19 @@
 //! The filter's plugin configuration: JSON in, validated `FilterConfig` out, or a
 //! `ConfigError` naming the field and what is wrong with it.
 
+use crate::prelude::*;
+
 use crate::credentials::{AcceptedSchemes, Scheme};
 use crate::digest::{Digest, DigestError};
+use crate::fields::{as_bool, as_choice, as_str, as_u64, strings, Fields, Path};
+use crate::json::{self, SyntaxError, Value};
 use crate::key::{is_issued_key, Environment, KeyKind, KeyType};
 use crate::keymap::{KeyEntry, KeyMap};
 use crate::policy::{parse_method, MethodError, Policy, Rule, Template, TemplateError};
+use alloc::rc::Rc;
+use core::fmt;
+use hashbrown::HashMap;
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::fmt;
-use std::rc::Rc;
 
 /// The config schema this build reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -47,7 +51,7 @@ impl IdentityHeaders {
     pub fn names(&self) -> &[String] {
         match self {
             IdentityHeaders::Separate(names) => names,
-            IdentityHeaders::Combined(name) => std::slice::from_ref(name),
+            IdentityHeaders::Combined(name) => core::slice::from_ref(name),
         }
     }
 }
@@ -87,9 +91,25 @@ pub struct ConfigError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
-    /// Not JSON, a wrong type, an unknown or missing field (serde's own words).
+    /// The key-map message (read with serde): not JSON, a wrong type, an unknown or missing
+    /// field, in serde's words.
     Json(String),
+    /// Not JSON (configs are read with `json`, whose messages never quote the input).
+    Syntax(SyntaxError),
     NotAnObject,
+    WrongType {
+        expected: &'static str,
+        got: &'static str,
+    },
+    MissingField,
+    /// The member names an object accepts.
+    UnknownField(&'static [&'static str]),
+    DuplicateField,
+    /// The strings a field accepts.
+    UnknownVariant(&'static [&'static str]),
+    /// The largest value the field accepts.
+    NotAWholeNumber(u64),
+    NumberTooLarge,
     UnsupportedVersion(u32),
     Digest(DigestError),
     PlaintextKey,
@@ -115,7 +135,21 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::Json(msg) => f.write_str(msg),
+            Problem::Syntax(e) => write!(f, "not JSON: {e}"),
             Problem::NotAnObject => f.write_str("the configuration must be a JSON object"),
+            Problem::WrongType { expected, got } => write!(f, "expected {expected}, got {got}"),
+            Problem::MissingField => f.write_str("required field missing"),
+            Problem::UnknownField(allowed) => {
+                f.write_str("unknown field; expected one of ")?;
+                write_names(f, allowed)
+            }
+            Problem::DuplicateField => f.write_str("given twice"),
+            Problem::UnknownVariant(choices) => {
+                f.write_str("must be one of ")?;
+                write_names(f, choices)
+            }
+            Problem::NotAWholeNumber(max) => write!(f, "must be a whole number from 0 to {max}"),
+            Problem::NumberTooLarge => f.write_str("number too large"),
             Problem::UnsupportedVersion(v) => write!(
                 f,
                 "unsupported config version {v}; this keygate reads version {CONFIG_VERSION}"
@@ -156,6 +190,17 @@ impl fmt::Display for Problem {
     }
 }
 
+/// `a`, `b`, `c`: the names a field accepts.
+fn write_names(f: &mut fmt::Formatter<'_>, names: &[&str]) -> fmt::Result {
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "`{name}`")?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for ConfigError {
     /// Keys are redacted: serde's messages quote what they were given, and a field path can
     /// be an (unknown) field named like a key.
@@ -170,62 +215,13 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl core::error::Error for ConfigError {}
 
 fn err(field: impl Into<String>, problem: Problem) -> ConfigError {
     ConfigError {
         field: field.into(),
         problem,
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    version: u32,
-    schemes: Option<Vec<String>>,
-    realm: Option<String>,
-    max_key_length: Option<usize>,
-    environment: Option<Environment>,
-    identity_headers: Option<RawIdentityHeaders>,
-    identity_header: Option<String>,
-    #[serde(default)]
-    keep_authorization: bool,
-    publishable: Option<RawPublishable>,
-    #[serde(default)]
-    keys: Vec<RawKey>,
-    sync: Option<RawSyncRef>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSyncRef {
-    namespace: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIdentityHeaders {
-    account_id: Option<String>,
-    key_id: Option<String>,
-    key_type: Option<String>,
-    environment: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPublishable {
-    api_prefixes: Option<Vec<String>>,
-    retrieve_by_id: Option<bool>,
-    #[serde(default)]
-    allow: Vec<RawRule>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    methods: Vec<String>,
-    path: String,
 }
 
 /// One key of the map as configs and the control plane carry it.
@@ -240,66 +236,162 @@ pub struct RawKey {
     pub environment: Environment,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "core::ops::Not::not")]
     pub disabled: bool,
 }
+
+const TOP_FIELDS: &[&str] = &[
+    "version",
+    "schemes",
+    "realm",
+    "max_key_length",
+    "environment",
+    "identity_headers",
+    "identity_header",
+    "keep_authorization",
+    "publishable",
+    "keys",
+    "sync",
+];
+const IDENTITY_FIELDS: &[&str] = &["account_id", "key_id", "key_type", "environment"];
+const PUBLISHABLE_FIELDS: &[&str] = &["api_prefixes", "retrieve_by_id", "allow"];
+const RULE_FIELDS: &[&str] = &["methods", "path"];
+const SYNC_FIELDS: &[&str] = &["namespace"];
+const KEY_FIELDS: &[&str] = &[
+    "digest",
+    "account_id",
+    "key_id",
+    "type",
+    "environment",
+    "expires_at",
+    "disabled",
+];
+const KEY_TYPES: &[&str] = &["secret", "publishable"];
+const ENVIRONMENTS: &[&str] = &["test", "production"];
 
 impl FilterConfig {
     /// Parses and validates a whole plugin configuration.
     pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
-        // serde would also read a struct from a JSON array, by position: refuse that.
-        if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(err("", Problem::NotAnObject));
-        }
-        let mut de = serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let field = json_error_field(e.path());
-            err(field, Problem::Json(e.into_inner().to_string()))
-        })?;
-        de.end()
-            .map_err(|e| err("", Problem::Json(e.to_string())))?;
-        if raw.version != CONFIG_VERSION {
-            return Err(err("version", Problem::UnsupportedVersion(raw.version)));
-        }
-        let schemes = parse_schemes(raw.schemes.as_deref())?;
-        let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.into());
-        if !is_valid_realm(&realm) {
+        let doc = read_document(json)?;
+        let root = Path::Root;
+        let top = Fields::of(&doc, &root, TOP_FIELDS)?;
+        check_version(&top)?;
+        let schemes = match top.list("schemes")? {
+            None => AcceptedSchemes::ALL,
+            Some(names) => parse_schemes(&strings(names, &top.path("schemes"))?)?,
+        };
+        let realm = top.string("realm")?.unwrap_or(DEFAULT_REALM);
+        if !is_valid_realm(realm) {
             return Err(err("realm", Problem::BadRealm));
         }
-        let max_key_length = raw.max_key_length.unwrap_or(DEFAULT_MAX_KEY_LENGTH);
+        let max_key_length = top
+            .u64("max_key_length", u64::MAX)?
+            .unwrap_or(DEFAULT_MAX_KEY_LENGTH as u64);
         if !(16..=1024).contains(&max_key_length) {
             return Err(err("max_key_length", Problem::MaxKeyLengthOutOfRange));
         }
+        let environment = top.choice("environment", ENVIRONMENTS)?.map(environment_of);
         let settings = Settings {
-            www_authenticate: challenges(schemes, &realm),
+            www_authenticate: challenges(schemes, realm),
             schemes,
-            max_key_length,
-            environment: raw.environment,
-            policy: parse_policy(raw.publishable)?,
-            identity_headers: parse_identity_headers(raw.identity_headers, raw.identity_header)?,
-            keep_authorization: raw.keep_authorization,
+            max_key_length: max_key_length as usize,
+            environment,
+            policy: parse_policy(&top)?,
+            identity_headers: parse_identity_headers(&top)?,
+            keep_authorization: top.bool("keep_authorization")?.unwrap_or(false),
         };
-        let sync_namespace = match raw.sync {
+        let sync_namespace = match top.get("sync") {
             None => None,
             Some(sync) => {
+                let sync_path = top.path("sync");
+                let sync = Fields::of(sync, &sync_path, SYNC_FIELDS)?;
                 let namespace = sync
-                    .namespace
-                    .unwrap_or_else(|| crate::service_config::DEFAULT_NAMESPACE.into());
-                if !crate::service_config::is_valid_name(&namespace) {
+                    .string("namespace")?
+                    .unwrap_or(crate::service_config::DEFAULT_NAMESPACE);
+                if !crate::service_config::is_valid_name(namespace) {
                     return Err(err("sync.namespace", Problem::BadName));
                 }
-                Some(namespace)
+                Some(namespace.to_owned())
             }
+        };
+        let keys = match top.list("keys")? {
+            None => Vec::new(),
+            Some(items) => read_keys(items, &top.path("keys"))?,
         };
         Ok(FilterConfig {
             settings,
-            keys: build_key_map(&raw.keys, "keys")?,
+            keys: build_key_map(&keys, "keys")?,
             sync_namespace,
         })
     }
 }
 
-/// The field path of a JSON error, empty when the error is about the document itself.
+/// A configuration document: JSON whose top level is an object.
+pub(crate) fn read_document(json: &[u8]) -> Result<Value, ConfigError> {
+    let doc = json::parse(json).map_err(|e| err("", Problem::Syntax(e)))?;
+    if !matches!(doc, Value::Object(_)) {
+        return Err(err("", Problem::NotAnObject));
+    }
+    Ok(doc)
+}
+
+/// The required `version` field, which must be the one this build reads.
+pub(crate) fn check_version(top: &Fields) -> Result<(), ConfigError> {
+    let version = as_u64(
+        top.required("version")?,
+        &top.path("version"),
+        u32::MAX as u64,
+    )?;
+    if version != CONFIG_VERSION as u64 {
+        return Err(err("version", Problem::UnsupportedVersion(version as u32)));
+    }
+    Ok(())
+}
+
+fn environment_of(index: usize) -> Environment {
+    if index == 0 {
+        Environment::Test
+    } else {
+        Environment::Production
+    }
+}
+
+/// The `keys` list of a config.
+fn read_keys(items: &[Value], path: &Path) -> Result<Vec<RawKey>, ConfigError> {
+    let mut keys = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = Path::Index(path, i);
+        let key = Fields::of(item, &at, KEY_FIELDS)?;
+        let text = |name: &'static str| -> Result<String, ConfigError> {
+            Ok(as_str(key.required(name)?, &key.path(name))?.to_owned())
+        };
+        let key_type = as_choice(key.required("type")?, &key.path("type"), KEY_TYPES)?;
+        let environment = as_choice(
+            key.required("environment")?,
+            &key.path("environment"),
+            ENVIRONMENTS,
+        )?;
+        keys.push(RawKey {
+            digest: text("digest")?,
+            account_id: text("account_id")?,
+            key_id: text("key_id")?,
+            key_type: if key_type == 0 {
+                KeyType::Secret
+            } else {
+                KeyType::Publishable
+            },
+            environment: environment_of(environment),
+            expires_at: key.u64("expires_at", u64::MAX)?,
+            disabled: key
+                .get("disabled")
+                .map_or(Ok(false), |v| as_bool(v, &key.path("disabled")))?,
+        });
+    }
+    Ok(keys)
+}
+
+#[cfg(feature = "std")]
+/// The field path of a serde JSON error, empty when the error is about the document itself.
 pub(crate) fn json_error_field(path: &serde_path_to_error::Path) -> String {
     let field = path.to_string();
     if field == "." || field == "?" {
@@ -309,10 +401,7 @@ pub(crate) fn json_error_field(path: &serde_path_to_error::Path) -> String {
     }
 }
 
-fn parse_schemes(names: Option<&[String]>) -> Result<AcceptedSchemes, ConfigError> {
-    let Some(names) = names else {
-        return Ok(AcceptedSchemes::ALL);
-    };
+fn parse_schemes(names: &[&str]) -> Result<AcceptedSchemes, ConfigError> {
     let mut accepted = AcceptedSchemes {
         token: false,
         bearer: false,
@@ -347,15 +436,16 @@ fn challenges(schemes: AcceptedSchemes, realm: &str) -> String {
         .join(", ")
 }
 
-fn parse_policy(raw: Option<RawPublishable>) -> Result<Policy, ConfigError> {
-    let raw = raw.unwrap_or(RawPublishable {
-        api_prefixes: None,
-        retrieve_by_id: None,
-        allow: Vec::new(),
-    });
-    let prefixes: Vec<String> = raw
-        .api_prefixes
-        .unwrap_or_else(|| DEFAULT_API_PREFIXES.iter().map(|s| s.to_string()).collect());
+fn parse_policy(top: &Fields) -> Result<Policy, ConfigError> {
+    let Some(raw) = top.get("publishable") else {
+        return Ok(default_policy());
+    };
+    let publishable_path = top.path("publishable");
+    let publishable = Fields::of(raw, &publishable_path, PUBLISHABLE_FIELDS)?;
+    let prefixes = match publishable.list("api_prefixes")? {
+        None => DEFAULT_API_PREFIXES.to_vec(),
+        Some(items) => strings(items, &publishable.path("api_prefixes"))?,
+    };
     let prefixes = prefixes
         .iter()
         .enumerate()
@@ -368,14 +458,22 @@ fn parse_policy(raw: Option<RawPublishable>) -> Result<Policy, ConfigError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut rules = Vec::with_capacity(raw.allow.len());
-    for (i, rule) in raw.allow.iter().enumerate() {
+    let allow = publishable.list("allow")?.unwrap_or_default();
+    let allow_path = publishable.path("allow");
+    let mut rules = Vec::with_capacity(allow.len());
+    for (i, rule) in allow.iter().enumerate() {
+        let rule_path = Path::Index(&allow_path, i);
+        let rule = Fields::of(rule, &rule_path, RULE_FIELDS)?;
         let field = format!("publishable.allow[{i}]");
-        if rule.methods.is_empty() {
+        let methods_path = rule.path("methods");
+        let methods = strings(
+            crate::fields::as_list(rule.required("methods")?, &methods_path)?,
+            &methods_path,
+        )?;
+        if methods.is_empty() {
             return Err(err(format!("{field}.methods"), Problem::EmptyMethods));
         }
-        let methods = rule
-            .methods
+        let methods = methods
             .iter()
             .enumerate()
             .map(|(j, m)| {
@@ -383,42 +481,50 @@ fn parse_policy(raw: Option<RawPublishable>) -> Result<Policy, ConfigError> {
                     .map_err(|e| err(format!("{field}.methods[{j}]"), Problem::Method(e)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let template = Template::parse(&rule.path)
+        let path = as_str(rule.required("path")?, &rule.path("path"))?;
+        let template = Template::parse(path)
             .map_err(|e| err(format!("{field}.path"), Problem::Template(e)))?;
         rules.push(Rule { methods, template });
     }
     Ok(Policy::new(
         &prefixes,
-        raw.retrieve_by_id.unwrap_or(true),
+        publishable.bool("retrieve_by_id")?.unwrap_or(true),
         rules,
     ))
 }
 
-fn parse_identity_headers(
-    raw: Option<RawIdentityHeaders>,
-    combined: Option<String>,
-) -> Result<IdentityHeaders, ConfigError> {
-    if let Some(name) = combined {
-        if raw.is_some() {
+/// The policy of a config without a `publishable` section.
+fn default_policy() -> Policy {
+    let prefixes: Vec<Template> = DEFAULT_API_PREFIXES
+        .iter()
+        .filter_map(|p| Template::parse(p).ok())
+        .collect();
+    Policy::new(&prefixes, true, Vec::new())
+}
+
+fn parse_identity_headers(top: &Fields) -> Result<IdentityHeaders, ConfigError> {
+    let separate = top.get("identity_headers");
+    if let Some(name) = top.string("identity_header")? {
+        if separate.is_some() {
             return Err(err("identity_header", Problem::IdentityModes));
         }
-        if !is_valid_header_name(&name) {
+        if !is_valid_header_name(name) {
             return Err(err("identity_header", Problem::BadHeaderName));
         }
-        return Ok(IdentityHeaders::Combined(name));
+        return Ok(IdentityHeaders::Combined(name.to_owned()));
     }
-    let Some(raw) = raw else {
+    let Some(separate) = separate else {
         return Ok(IdentityHeaders::default());
     };
-    let [account_id, key_id, key_type, environment] = DEFAULT_IDENTITY_HEADERS;
-    let names = [
-        raw.account_id.unwrap_or_else(|| account_id.into()),
-        raw.key_id.unwrap_or_else(|| key_id.into()),
-        raw.key_type.unwrap_or_else(|| key_type.into()),
-        raw.environment.unwrap_or_else(|| environment.into()),
-    ];
-    let fields = ["account_id", "key_id", "key_type", "environment"];
-    for (i, (field, name)) in fields.iter().zip(names.iter()).enumerate() {
+    let path = top.path("identity_headers");
+    let given = Fields::of(separate, &path, IDENTITY_FIELDS)?;
+    let mut names = DEFAULT_IDENTITY_HEADERS.map(String::from);
+    for (i, field) in IDENTITY_FIELDS.iter().enumerate() {
+        if let Some(name) = given.string(field)? {
+            names[i] = name.to_owned();
+        }
+    }
+    for (i, (field, name)) in IDENTITY_FIELDS.iter().zip(names.iter()).enumerate() {
         let path = format!("identity_headers.{field}");
         if !is_valid_header_name(name) {
             return Err(err(path, Problem::BadHeaderName));
@@ -575,12 +681,18 @@ mod tests {
     fn errors_name_the_field_and_the_problem() {
         let plaintext = crate::key::issue_key(KeyKind::ALL[0], &[1; 32]);
         let cases: Vec<(String, &str)> = vec![
-            ("{".into(), "invalid keygate config: EOF while parsing an object at line 1 column 1"),
+            ("{".into(), "invalid keygate config: not JSON: the document ends too early at line 1 column 2"),
             ("[]".into(), "invalid keygate config: the configuration must be a JSON object"),
-            ("".into(), "invalid keygate config: the configuration must be a JSON object"),
-            (r#"{"version":1,"extra":1}"#.into(), "invalid keygate config: extra: unknown field `extra`"),
+            ("".into(), "invalid keygate config: not JSON: the document ends too early at line 1 column 1"),
+            (r#"{"version":1,"extra":1}"#.into(), "invalid keygate config: extra: unknown field; expected one of `version`, `schemes`"),
             (r#"{"version":2}"#.into(), "invalid keygate config: version: unsupported config version 2; this keygate reads version 1"),
-            (r#"{}"#.into(), "invalid keygate config: missing field `version` at line 1 column 2"),
+            (r#"{}"#.into(), "invalid keygate config: version: required field missing"),
+            (r#"{"version":1.0}"#.into(), "invalid keygate config: version: must be a whole number from 0 to 4294967295"),
+            (r#"{"version":1,"version":1}"#.into(), "invalid keygate config: version: given twice"),
+            (r#"{"version":1,"realm":7}"#.into(), "invalid keygate config: realm: expected a string, got a number"),
+            (r#"{"version":1,"environment":"staging"}"#.into(), "invalid keygate config: environment: must be one of `test`, `production`"),
+            (r#"{"version":1,"keys":{}}"#.into(), "invalid keygate config: keys: expected a list, got an object"),
+            (r#"{"version":1,"publishable":{"allow":[{"path":"/a"}]}}"#.into(), "invalid keygate config: publishable.allow[0].methods: required field missing"),
             (r#"{"version":1,"schemes":["digest"]}"#.into(), "invalid keygate config: schemes[0]: unknown scheme; use token, bearer or basic"),
             (r#"{"version":1,"schemes":[]}"#.into(), "invalid keygate config: schemes: at least one scheme must be accepted"),
             (r#"{"version":1,"realm":"a\"b"}"#.into(), "invalid keygate config: realm: must be 1-64 visible ASCII characters without '\"' or '\\'"),
@@ -594,8 +706,8 @@ mod tests {
             (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(&plaintext)), "invalid keygate config: keys[0].digest: looks like a plaintext API key; configs hold only SHA-256 digests (see `keygatectl hash`)"),
             (format!(r#"{{"version":1,"keys":[{},{}]}}"#, key_json(DIGEST), key_json(DIGEST)), "invalid keygate config: keys[1].digest: digest given by an earlier key too"),
             (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(DIGEST).replace("acct_1", &plaintext)), "invalid keygate config: keys[0].account_id: must be 1-128 visible ASCII characters and not a plaintext key"),
-            (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(DIGEST).replace("\"secret\"", "\"admin\"")), "invalid keygate config: keys[0].type: unknown variant `admin`, expected `secret` or `publishable`"),
-            (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(DIGEST).replace("\"digest\"", "\"key\"")), "invalid keygate config: keys[0].key: unknown field `key`, expected one of `digest`, `account_id`, `key_id`, `type`, `environment`, `expires_at`, `disabled`"),
+            (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(DIGEST).replace("\"secret\"", "\"admin\"")), "invalid keygate config: keys[0].type: must be one of `secret`, `publishable`"),
+            (format!(r#"{{"version":1,"keys":[{}]}}"#, key_json(DIGEST).replace("\"digest\"", "\"key\"")), "invalid keygate config: keys[0].key: unknown field; expected one of `digest`, `account_id`, `key_id`, `type`, `environment`, `expires_at`, `disabled`"),
             (r#"{"version":1,"publishable":{"allow":[{"methods":[],"path":"/a"}]}}"#.into(), "invalid keygate config: publishable.allow[0].methods: must list at least one method"),
         ];
         for (json, expected) in cases {
@@ -648,6 +760,9 @@ mod tests {
     #[test]
     fn trailing_garbage_after_the_json_is_refused() {
         let got = error_of(r#"{"version":1} x"#);
-        assert!(got.contains("trailing characters"), "{got}");
+        assert_eq!(
+            got,
+            "invalid keygate config: not JSON: trailing characters after the JSON value at line 1 column 15"
+        );
     }
 }

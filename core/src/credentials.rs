@@ -4,12 +4,14 @@
 //! or comma-joined headers, control characters, whitespace inside the key, non-canonical
 //! base64) is refused rather than guessed at.
 
+use crate::prelude::*;
+
+use alloc::borrow::Cow;
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
-use std::borrow::Cow;
-use std::fmt;
+use core::fmt;
 
 /// An authorization scheme keygate understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +165,7 @@ pub fn parse_authorization<'a>(
     if value.is_empty() {
         return Err(CredentialError::Missing);
     }
-    let value = std::str::from_utf8(value).map_err(|_| CredentialError::NotUtf8)?;
+    let value = core::str::from_utf8(value).map_err(|_| CredentialError::NotUtf8)?;
     // One pass for both: no valid credential holds either. Real credentials are ASCII, so
     // that case is checked byte by byte; anything else char by char (C1 controls too).
     let ascii = value.is_ascii();

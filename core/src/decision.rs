@@ -121,7 +121,7 @@ fn authorize(
             let overrides = request
                 .method_overrides
                 .ok_or(Denial::InsufficientPermissions)?;
-            let allowed = std::iter::once(request.method)
+            let allowed = core::iter::once(request.method)
                 .chain(overrides.iter().copied())
                 .all(|method| settings.policy.allows(method, &path));
             if allowed {

@@ -1,6 +1,8 @@
 //! Every way a request can be refused: one table of reason → status → code → message →
 //! response-code details, so the answer, the logs and the stats always agree.
 
+use crate::prelude::*;
+
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Denial {

@@ -1,7 +1,9 @@
 //! SHA-256 digests of keys: the only form in which a key is stored or shipped.
 
+use crate::prelude::*;
+
+use core::fmt;
 use sha2::{Digest as _, Sha256};
-use std::fmt;
 
 /// The SHA-256 digest of a whole key (prefix included).
 /// Equality is constant-time (see `ct_eq`) so that a hash-map lookup never compares digests
@@ -17,8 +19,8 @@ impl PartialEq for Digest {
 
 impl Eq for Digest {}
 
-impl std::hash::Hash for Digest {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+impl core::hash::Hash for Digest {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
         state.write_u64(self.index_bits());
     }
 }
@@ -27,7 +29,7 @@ impl std::hash::Hash for Digest {
 #[derive(Default, Clone, Copy)]
 pub struct DigestHasher(u64);
 
-impl std::hash::Hasher for DigestHasher {
+impl core::hash::Hasher for DigestHasher {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -43,7 +45,7 @@ impl std::hash::Hasher for DigestHasher {
 }
 
 /// Build hasher for maps keyed by `Digest`.
-pub type DigestBuildHasher = std::hash::BuildHasherDefault<DigestHasher>;
+pub type DigestBuildHasher = core::hash::BuildHasherDefault<DigestHasher>;
 
 /// Why a digest string was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +101,7 @@ impl Digest {
             diff |= a ^ b;
         }
         // black_box keeps the optimiser from turning the fold into an early exit.
-        std::hint::black_box(diff) == 0
+        core::hint::black_box(diff) == 0
     }
 
     /// The first 8 bytes, already uniformly distributed: a hash table index needs no more.

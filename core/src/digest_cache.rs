@@ -8,10 +8,12 @@
 //! key → (kind, digest) never changes, so entries cannot go stale when keys are rolled or
 //! revoked: the key map is still asked on every request.
 
+use crate::prelude::*;
+
 use crate::digest::Digest;
 use crate::key::{check_key, KeyFormatError, KeyKind};
+use core::hash::Hasher;
 use siphasher::sip128::{Hasher128, SipHasher13};
-use std::hash::Hasher;
 
 /// Slots in a cache: 64 bytes each, so 4 MiB per worker VM (allocated at its first
 /// request). Direct-mapped, so 10,000 clients' keys in rotation mostly hit (about 86%).
@@ -123,7 +125,7 @@ mod tests {
 
     #[test]
     fn a_slot_is_64_bytes() {
-        assert_eq!(std::mem::size_of::<Option<Slot>>(), 64);
+        assert_eq!(core::mem::size_of::<Option<Slot>>(), 64);
     }
 
     #[test]

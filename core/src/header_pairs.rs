@@ -4,6 +4,8 @@
 //! Layout (little-endian u32s): count N; N pairs of (name length, value length); then each
 //! name and value, each followed by a NUL byte.
 
+use crate::prelude::*;
+
 /// The buffer does not follow the layout (a host bug or a truncated buffer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MalformedHeaderMap;

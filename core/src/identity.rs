@@ -2,6 +2,8 @@
 //! structured-field dictionary, so upstreams can read it with any structured-field parser,
 //! e.g. `account-id="acct_1", key-id="key_1", key-type=secret, environment=test`.
 
+use crate::prelude::*;
+
 use crate::bucket::KeyInfo;
 
 /// The dictionary for `entry`. Ids are sf-strings (quoted, `"` and `\` escaped: config

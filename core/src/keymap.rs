@@ -1,12 +1,14 @@
 //! The key map: digest of a key → what the key is. Lookup is one hash probe whatever the
 //! number of keys, and digests are compared in constant time (`Digest`'s equality).
 
+use crate::prelude::*;
+
 use crate::bucket::KeyInfo;
 use crate::digest::{Digest, DigestBuildHasher};
 use crate::key::KeyKind;
-use std::collections::HashMap;
-use std::fmt;
-use std::rc::Rc;
+use alloc::rc::Rc;
+use core::fmt;
+use hashbrown::HashMap;
 
 /// What the map knows about one key. Never the key itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,22 @@
 //! keygate-core: the pure logic of keygate, with no proxy-wasm in it, so that it is tested and
 //! fuzzed on the host and shared by the Envoy filter and `keygatectl`.
+//!
+//! `no_std` (with `alloc`) unless the `std` feature is on: the filter module builds it that
+//! way to leave std's panic, I/O and thread machinery out of the module.
+
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
+
+extern crate alloc;
+
+/// What std's prelude gives beyond core's: alloc's strings, vectors and boxes, so that every
+/// module reads the same with and without std.
+mod prelude {
+    pub use alloc::borrow::ToOwned;
+    pub use alloc::boxed::Box;
+    pub use alloc::string::{String, ToString};
+    pub use alloc::vec::Vec;
+    pub use alloc::{format, vec};
+}
 
 pub mod bucket;
 pub mod config;
@@ -8,12 +25,15 @@ pub mod decision;
 pub mod denial;
 pub mod digest;
 pub mod digest_cache;
+pub mod fields;
 pub mod header_pairs;
 pub mod identity;
+pub mod json;
 pub mod key;
 pub mod keymap;
 pub mod path;
 pub mod policy;
 pub mod request_scan;
 pub mod service_config;
+#[cfg(feature = "std")]
 pub mod sync;

@@ -4,7 +4,9 @@
 //! `/v3/%78` are judged as the same call as `/v3/x`. What cannot be made unambiguous (an
 //! encoded slash, a path parameter) is kept but marked not `plain`, and never matches a rule.
 
-use std::fmt;
+use crate::prelude::*;
+
+use core::fmt;
 
 /// One path segment, percent-decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]

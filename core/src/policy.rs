@@ -1,8 +1,10 @@
 //! Which calls a publishable key may make: rules of methods and path templates, matched
 //! against a [`NormalizedPath`]. Anything not matched by a rule is refused.
 
+use crate::prelude::*;
+
 use crate::path::{is_plain_char, NormalizedPath};
-use std::fmt;
+use core::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplateSegment {
@@ -33,11 +35,27 @@ impl fmt::Display for TemplateError {
             TemplateError::NotAbsolute => f.write_str("must start with '/'"),
             TemplateError::EmptyPlaceholderName => f.write_str("'{}' without a placeholder name"),
             TemplateError::UnclosedBrace => f.write_str("'{' without a closing '}'"),
-            TemplateError::BadCharacter(c) => write!(f, "character {c:?} is not allowed here"),
+            TemplateError::BadCharacter(c) => {
+                write!(f, "character {} is not allowed here", Shown(*c))
+            }
             TemplateError::QueryNotAllowed => {
                 f.write_str("a query string or fragment ('?', '#') is not allowed")
             }
             TemplateError::DotSegment => f.write_str("'.' and '..' segments are not allowed"),
+        }
+    }
+}
+
+/// A character in an error message: `'x'` when visible ASCII, else its code point (`U+0009`),
+/// so control characters never reach a log line raw.
+struct Shown(char);
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_ascii_graphic() || self.0 == ' ' {
+            write!(f, "'{}'", self.0)
+        } else {
+            write!(f, "U+{:04X}", u32::from(self.0))
         }
     }
 }
@@ -129,7 +147,7 @@ impl fmt::Display for MethodError {
         match self {
             MethodError::Empty => f.write_str("the method is empty"),
             MethodError::BadCharacter(c) => {
-                write!(f, "character {c:?} is not allowed in a method")
+                write!(f, "character {} is not allowed in a method", Shown(*c))
             }
         }
     }
@@ -141,7 +159,9 @@ pub fn parse_method(s: &str) -> Result<String, MethodError> {
     if s.is_empty() {
         return Err(MethodError::Empty);
     }
-    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    let is_tchar = |c: char| {
+        c.is_ascii_alphanumeric() || (c.is_ascii() && b"!#$%&'*+-.^_`|~".contains(&(c as u8)))
+    };
     if let Some(c) = s.chars().find(|c| !is_tchar(*c)) {
         return Err(MethodError::BadCharacter(c));
     }

@@ -1,13 +1,21 @@
 //! Configuration of the key-map fetcher: the singleton `envoy.bootstrap.wasm` service that
 //! polls keygatectl once per Envoy process and publishes the map to every worker.
 
-use crate::config::{json_error_field, ConfigError, Problem, CONFIG_VERSION};
+use crate::prelude::*;
+
+#[cfg(feature = "std")]
+use crate::config::{check_version, read_document, ConfigError, Problem};
+#[cfg(feature = "std")]
+use crate::fields::{as_f64, Fields, Path};
+#[cfg(feature = "std")]
 use crate::sync::Guard;
-use serde::Deserialize;
 
 /// Shared-data namespace used when none is configured.
 pub const DEFAULT_NAMESPACE: &str = "keygate";
 
+/// The fetcher's whole configuration (host and fetcher builds only: the filter reads just
+/// the namespace from its own config).
+#[cfg(feature = "std")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     pub namespace: String,
@@ -24,22 +32,22 @@ pub struct ServiceConfig {
     pub guard: Guard,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServiceConfig {
-    version: u32,
-    namespace: Option<String>,
-    cluster: String,
-    path: Option<String>,
-    authority: Option<String>,
-    interval_ms: Option<u64>,
-    timeout_ms: Option<u64>,
-    jitter: Option<f64>,
-    bearer_token: Option<String>,
-    allow_empty_map: Option<bool>,
-    max_removed_fraction: Option<f64>,
-}
+#[cfg(feature = "std")]
+const FIELDS: &[&str] = &[
+    "version",
+    "namespace",
+    "cluster",
+    "path",
+    "authority",
+    "interval_ms",
+    "timeout_ms",
+    "jitter",
+    "bearer_token",
+    "allow_empty_map",
+    "max_removed_fraction",
+];
 
+#[cfg(feature = "std")]
 fn err(field: &str, problem: Problem) -> ConfigError {
     ConfigError {
         field: field.into(),
@@ -54,75 +62,72 @@ pub fn is_valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
+#[cfg(feature = "std")]
 impl ServiceConfig {
     pub fn parse(json: &[u8]) -> Result<ServiceConfig, ConfigError> {
-        if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(err("", Problem::NotAnObject));
-        }
-        let mut de = serde_json::Deserializer::from_slice(json);
-        let raw: RawServiceConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            err(
-                &json_error_field(e.path()),
-                Problem::Json(e.into_inner().to_string()),
-            )
-        })?;
-        de.end()
-            .map_err(|e| err("", Problem::Json(e.to_string())))?;
-        if raw.version != CONFIG_VERSION {
-            return Err(err("version", Problem::UnsupportedVersion(raw.version)));
-        }
-        let namespace = raw.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into());
-        if !is_valid_name(&namespace) {
+        let doc = read_document(json)?;
+        let root = Path::Root;
+        let raw = Fields::of(&doc, &root, FIELDS)?;
+        check_version(&raw)?;
+        let number = |name: &'static str| {
+            raw.get(name)
+                .map(|v| as_f64(v, &raw.path(name)))
+                .transpose()
+        };
+        let namespace = raw.string("namespace")?.unwrap_or(DEFAULT_NAMESPACE);
+        if !is_valid_name(namespace) {
             return Err(err("namespace", Problem::BadName));
         }
-        if !is_valid_name(&raw.cluster) {
+        let cluster = crate::fields::as_str(raw.required("cluster")?, &raw.path("cluster"))?;
+        if !is_valid_name(cluster) {
             return Err(err("cluster", Problem::BadName));
         }
-        let authority = raw.authority.unwrap_or_else(|| raw.cluster.clone());
-        if !is_valid_name(&authority) {
+        let authority = raw.string("authority")?.unwrap_or(cluster);
+        if !is_valid_name(authority) {
             return Err(err("authority", Problem::BadName));
         }
-        let path = raw.path.unwrap_or_else(|| "/v1/keymap".into());
+        let path = raw.string("path")?.unwrap_or("/v1/keymap");
         if !path.starts_with('/')
             || path.contains(['?', '#'])
             || !path.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(err("path", Problem::BadSyncPath));
         }
-        let interval_ms = raw.interval_ms.unwrap_or(1000);
+        let interval_ms = raw.u64("interval_ms", u64::MAX)?.unwrap_or(1000);
         if !(100..=3_600_000).contains(&interval_ms) {
             return Err(err("interval_ms", Problem::OutOfRange("100", "3600000")));
         }
         // Never 0: Envoy reads a zero timeout as "no timeout", and a hung control plane
         // would then stall syncing for good.
-        let timeout_ms = raw.timeout_ms.unwrap_or(5000);
+        let timeout_ms = raw.u64("timeout_ms", u64::MAX)?.unwrap_or(5000);
         if !(10..=60_000).contains(&timeout_ms) {
             return Err(err("timeout_ms", Problem::OutOfRange("10", "60000")));
         }
-        let jitter = raw.jitter.unwrap_or(0.1);
+        let jitter = number("jitter")?.unwrap_or(0.1);
         if !(0.0..=0.5).contains(&jitter) {
             return Err(err("jitter", Problem::OutOfRange("0", "0.5")));
         }
-        if let Some(token) = &raw.bearer_token {
+        let bearer_token = raw.string("bearer_token")?;
+        if let Some(token) = bearer_token {
             if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(err("bearer_token", Problem::BadIdentifier));
             }
         }
-        let max_removed_fraction = raw.max_removed_fraction.unwrap_or(0.5);
+        let max_removed_fraction = number("max_removed_fraction")?.unwrap_or(0.5);
         if !(0.0..=1.0).contains(&max_removed_fraction) {
             return Err(err("max_removed_fraction", Problem::OutOfRange("0", "1")));
         }
         Ok(ServiceConfig {
-            namespace,
-            cluster: raw.cluster,
-            path,
-            authority,
+            namespace: namespace.to_owned(),
+            cluster: cluster.to_owned(),
+            path: path.to_owned(),
+            authority: authority.to_owned(),
             interval_ms,
             timeout_ms,
             jitter,
-            bearer_token: raw.bearer_token,
+            bearer_token: bearer_token.map(str::to_owned),
             guard: Guard {
-                allow_empty_map: raw.allow_empty_map.unwrap_or(false),
+                allow_empty_map: raw.bool("allow_empty_map")?.unwrap_or(false),
                 max_removed_fraction,
             },
         })
@@ -159,7 +164,7 @@ mod tests {
         let cases = [
             (
                 r#"{"version":1}"#,
-                "invalid keygate config: missing field `cluster`",
+                "invalid keygate config: cluster: required field missing",
             ),
             (
                 r#"{"version":1,"cluster":"a b"}"#,
@@ -184,6 +189,14 @@ mod tests {
             (
                 r#"{"version":1,"cluster":"c","nope":2}"#,
                 "invalid keygate config: nope: unknown field",
+            ),
+            (
+                r#"{"version":1,"cluster":"c","jitter":"0.2"}"#,
+                "invalid keygate config: jitter: expected a number, got a string",
+            ),
+            (
+                r#"{"version":1,"cluster":"c","jitter":1e400}"#,
+                "invalid keygate config: jitter: number too large",
             ),
         ];
         for (json, want) in cases {

@@ -2,6 +2,8 @@
 //! delta since a version so that rolling one key does not resend the whole map. Defined
 //! once here; the server writes it, the filter's fetcher reads it.
 
+use crate::prelude::*;
+
 use crate::bucket::{bucket_of, encode_entry, entries, rewrite, KeyInfo, BUCKETS};
 use crate::config::{build_key_map, ConfigError, RawKey};
 use crate::digest::Digest;
@@ -135,8 +137,8 @@ pub enum Refusal {
     MassRemoval { removed: usize, of: usize },
 }
 
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Refusal::OlderVersion { got, have } => {
                 write!(f, "answer has version {got}, older than the {have} we hold")
@@ -328,7 +330,7 @@ mod tests {
 
     #[derive(Default)]
     struct MemStore {
-        buckets: std::collections::HashMap<usize, Vec<u8>>,
+        buckets: hashbrown::HashMap<usize, Vec<u8>>,
         writes: usize,
     }
 
@@ -679,8 +681,8 @@ pub enum BinaryError {
     Refused(Refusal),
 }
 
-impl std::fmt::Display for BinaryError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for BinaryError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             BinaryError::Invalid(e) => e.fmt(f),
             BinaryError::Refused(r) => r.fmt(f),
@@ -758,8 +760,8 @@ mod binary_tests {
     use crate::bucket::find;
     use crate::key::{Environment, KeyKind, KeyType};
     use crate::keymap::KeyEntry;
-    use std::collections::HashMap;
-    use std::rc::Rc;
+    use alloc::rc::Rc;
+    use hashbrown::HashMap;
 
     #[derive(Default)]
     struct MemStore(HashMap<usize, Vec<u8>>);

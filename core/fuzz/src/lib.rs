@@ -11,6 +11,7 @@ pub mod config;
 pub mod credentials;
 pub mod decision;
 pub mod header_pairs;
+pub mod json;
 pub mod oracle;
 pub mod path_policy;
 pub mod sync_binary;
@@ -28,6 +29,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("sync_binary", sync_binary::check),
     ("header_pairs", header_pairs::check),
     ("decision", decision::check),
+    ("json", json::check),
 ];
 
 /// Checks an invariant: panics with the message when it does not hold.

@@ -82,6 +82,7 @@ fn every_target_has_a_test_and_corpora_stay_small() {
         "sync_binary",
         "header_pairs",
         "decision",
+        "json",
     ];
     let mut total = 0;
     for (name, _) in TARGETS {
@@ -94,4 +95,9 @@ fn every_target_has_a_test_and_corpora_stay_small() {
         total <= MAX_TOTAL_BYTES,
         "committed corpora hold {total} bytes (limit {MAX_TOTAL_BYTES}): cmin them"
     );
+}
+
+#[test]
+fn json() {
+    replay("json");
 }
