@@ -25,7 +25,8 @@ pub struct ServiceConfig {
     pub authority: String,
     pub interval_ms: u64,
     pub timeout_ms: u64,
-    /// Each wait is the interval ± this share of it, so fleets do not poll in step.
+    /// Each wait is the interval less up to this share of it, so fleets do not poll in step
+    /// and a poll never comes later than one interval after the last.
     pub jitter: f64,
     /// Sent as `Authorization: Bearer …` when keygatectl requires a sync token.
     pub bearer_token: Option<String>,

@@ -301,13 +301,43 @@ impl SyncService {
         self.next_fetch_ms = now + self.jittered(self.config.interval_ms.min(RETRY_MS));
     }
 
-    /// `base` ± the configured jitter share (xorshift: no need for a secure source).
+    /// The wait before the next poll (see `poll_wait`); xorshift: no need for a secure source.
     fn jittered(&mut self, base: u64) -> u64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let unit = (self.rng % 10_001) as f64 / 10_000.0; // 0..=1
-        let factor = 1.0 + self.config.jitter * (2.0 * unit - 1.0);
-        (base as f64 * factor) as u64
+        poll_wait(base, self.config.jitter, unit)
+    }
+}
+
+/// How long to wait before the next poll: `base` less `unit` (0..=1) of the jitter share (so
+/// fleets do not poll in step), less one tick. A poll starts on the first tick at or after
+/// its time, so it starts within `base` of the last answer, never later: a roll is seen
+/// within one interval plus a poll's round trip and the workers' tick.
+fn poll_wait(base: u64, jitter: f64, unit: f64) -> u64 {
+    let factor = 1.0 - jitter * unit.clamp(0.0, 1.0);
+    let tick = TICK.as_millis() as u64;
+    ((base as f64 * factor) as u64).saturating_sub(tick)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_is_never_scheduled_later_than_one_interval_less_a_tick() {
+        let tick = TICK.as_millis() as u64;
+        for unit in [0.0, 0.25, 0.5, 1.0, 7.0] {
+            let wait = poll_wait(1000, 0.1, unit);
+            assert!(wait <= 1000 - tick, "unit {unit}: {wait}");
+            assert!(wait >= 900 - tick, "unit {unit}: {wait}");
+        }
+        assert_eq!(poll_wait(1000, 0.0, 0.7), 1000 - tick);
+        assert_eq!(
+            poll_wait(50, 0.5, 1.0),
+            0,
+            "a wait shorter than a tick polls on the next tick"
+        );
     }
 }
