@@ -182,8 +182,8 @@ impl Service {
         })
     }
 
-    /// Issues a new key of the same kind; the old one stops working after `grace_seconds`
-    /// (at once for 0).
+    /// Issues a new key of the same kind; the old one stops working after `grace_seconds`,
+    /// at least and less than a second more (at once for 0).
     pub fn roll_key(
         &self,
         key_id: &str,
@@ -197,9 +197,15 @@ impl Service {
         }
         let old = self.store.key(key_id)?;
         let (replacement, plaintext) = issue(&old.account_id, old.kind)?;
-        let rolled = self
-            .store
-            .roll_key(key_id, &replacement, grace_seconds, now)?;
+        // Expiries are whole unix seconds and `now` is truncated, so `now + grace` could end
+        // the old key up to a second early (a 1 s grace could last 10 ms): one more second
+        // makes the grace at least what was asked.
+        let grace = if grace_seconds == 0 {
+            0
+        } else {
+            grace_seconds + 1
+        };
+        let rolled = self.store.roll_key(key_id, &replacement, grace, now)?;
         Ok(Versioned {
             value: RolledView {
                 new_key: IssuedKeyView {
