@@ -217,7 +217,7 @@ impl fmt::Display for ConfigError {
 
 impl core::error::Error for ConfigError {}
 
-fn err(field: impl Into<String>, problem: Problem) -> ConfigError {
+pub(crate) fn err(field: impl Into<String>, problem: Problem) -> ConfigError {
     ConfigError {
         field: field.into(),
         problem,
@@ -278,7 +278,7 @@ impl FilterConfig {
         check_version(&top)?;
         let schemes = match top.list("schemes")? {
             None => AcceptedSchemes::ALL,
-            Some(names) => parse_schemes(&strings(names, &top.path("schemes"))?)?,
+            Some(items) => parse_schemes(items, &top.path("schemes"))?,
         };
         let realm = top.string("realm")?.unwrap_or(DEFAULT_REALM);
         if !is_valid_realm(realm) {
@@ -401,22 +401,22 @@ pub(crate) fn json_error_field(path: &serde_path_to_error::Path) -> String {
     }
 }
 
-fn parse_schemes(names: &[&str]) -> Result<AcceptedSchemes, ConfigError> {
+fn parse_schemes(items: &[Value], path: &Path) -> Result<AcceptedSchemes, ConfigError> {
     let mut accepted = AcceptedSchemes {
         token: false,
         bearer: false,
         basic: false,
     };
-    for (i, name) in names.iter().enumerate() {
+    for (i, name) in strings(items, path)?.into_iter().enumerate() {
         match Scheme::parse_name(name) {
             Some(Scheme::Token) => accepted.token = true,
             Some(Scheme::Bearer) => accepted.bearer = true,
             Some(Scheme::Basic) => accepted.basic = true,
-            None => return Err(err(format!("schemes[{i}]"), Problem::UnknownScheme)),
+            None => return Err(Path::Index(path, i).error(Problem::UnknownScheme)),
         }
     }
     if accepted.iter().next().is_none() {
-        return Err(err("schemes", Problem::NoSchemes));
+        return Err(path.error(Problem::NoSchemes));
     }
     Ok(accepted)
 }
@@ -436,70 +436,73 @@ fn challenges(schemes: AcceptedSchemes, realm: &str) -> String {
         .join(", ")
 }
 
+/// The publishable-key policy; without a `publishable` section, the defaults.
 fn parse_policy(top: &Fields) -> Result<Policy, ConfigError> {
-    let Some(raw) = top.get("publishable") else {
-        return Ok(default_policy());
-    };
     let publishable_path = top.path("publishable");
-    let publishable = Fields::of(raw, &publishable_path, PUBLISHABLE_FIELDS)?;
-    let prefixes = match publishable.list("api_prefixes")? {
-        None => DEFAULT_API_PREFIXES.to_vec(),
-        Some(items) => strings(items, &publishable.path("api_prefixes"))?,
+    let publishable = top
+        .get("publishable")
+        .map(|raw| Fields::of(raw, &publishable_path, PUBLISHABLE_FIELDS))
+        .transpose()?;
+    let prefixes_path = Path::Field(&publishable_path, "api_prefixes");
+    let prefixes = match publishable
+        .as_ref()
+        .map(|p| p.list("api_prefixes"))
+        .transpose()?
+    {
+        Some(Some(items)) => strings(items, &prefixes_path)?,
+        _ => DEFAULT_API_PREFIXES.to_vec(),
     };
     let prefixes = prefixes
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            Template::parse(p).map_err(|e| {
-                err(
-                    format!("publishable.api_prefixes[{i}]"),
-                    Problem::Template(e),
-                )
-            })
+            Template::parse(p)
+                .map_err(|e| Path::Index(&prefixes_path, i).error(Problem::Template(e)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let allow = publishable.list("allow")?.unwrap_or_default();
-    let allow_path = publishable.path("allow");
+    let allow = match &publishable {
+        Some(p) => p.list("allow")?.unwrap_or_default(),
+        None => &[],
+    };
+    let retrieve_by_id = match &publishable {
+        Some(p) => p.bool("retrieve_by_id")?,
+        None => None,
+    };
+    let allow_path = Path::Field(&publishable_path, "allow");
     let mut rules = Vec::with_capacity(allow.len());
     for (i, rule) in allow.iter().enumerate() {
         let rule_path = Path::Index(&allow_path, i);
-        let rule = Fields::of(rule, &rule_path, RULE_FIELDS)?;
-        let field = format!("publishable.allow[{i}]");
-        let methods_path = rule.path("methods");
-        let methods = strings(
-            crate::fields::as_list(rule.required("methods")?, &methods_path)?,
-            &methods_path,
-        )?;
-        if methods.is_empty() {
-            return Err(err(format!("{field}.methods"), Problem::EmptyMethods));
-        }
-        let methods = methods
-            .iter()
-            .enumerate()
-            .map(|(j, m)| {
-                parse_method(m)
-                    .map_err(|e| err(format!("{field}.methods[{j}]"), Problem::Method(e)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let path = as_str(rule.required("path")?, &rule.path("path"))?;
-        let template = Template::parse(path)
-            .map_err(|e| err(format!("{field}.path"), Problem::Template(e)))?;
-        rules.push(Rule { methods, template });
+        rules.push(parse_rule(rule, &rule_path)?);
     }
     Ok(Policy::new(
         &prefixes,
-        publishable.bool("retrieve_by_id")?.unwrap_or(true),
+        retrieve_by_id.unwrap_or(true),
         rules,
     ))
 }
 
-/// The policy of a config without a `publishable` section.
-fn default_policy() -> Policy {
-    let prefixes: Vec<Template> = DEFAULT_API_PREFIXES
+/// One `publishable.allow` rule: methods and a path template.
+fn parse_rule(value: &Value, at: &Path) -> Result<Rule, ConfigError> {
+    let rule = Fields::of(value, at, RULE_FIELDS)?;
+    let methods_path = rule.path("methods");
+    let methods = strings(
+        crate::fields::as_list(rule.required("methods")?, &methods_path)?,
+        &methods_path,
+    )?;
+    if methods.is_empty() {
+        return Err(methods_path.error(Problem::EmptyMethods));
+    }
+    let methods = methods
         .iter()
-        .filter_map(|p| Template::parse(p).ok())
-        .collect();
-    Policy::new(&prefixes, true, Vec::new())
+        .enumerate()
+        .map(|(j, m)| {
+            parse_method(m).map_err(|e| Path::Index(&methods_path, j).error(Problem::Method(e)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let template_path = rule.path("path");
+    let template = Template::parse(as_str(rule.required("path")?, &template_path)?)
+        .map_err(|e| template_path.error(Problem::Template(e)))?;
+    Ok(Rule { methods, template })
 }
 
 fn parse_identity_headers(top: &Fields) -> Result<IdentityHeaders, ConfigError> {
@@ -525,12 +528,12 @@ fn parse_identity_headers(top: &Fields) -> Result<IdentityHeaders, ConfigError> 
         }
     }
     for (i, (field, name)) in IDENTITY_FIELDS.iter().zip(names.iter()).enumerate() {
-        let path = format!("identity_headers.{field}");
+        let at = given.path(field);
         if !is_valid_header_name(name) {
-            return Err(err(path, Problem::BadHeaderName));
+            return Err(at.error(Problem::BadHeaderName));
         }
         if names[..i].contains(name) {
-            return Err(err(path, Problem::DuplicateHeaderName));
+            return Err(at.error(Problem::DuplicateHeaderName));
         }
     }
     Ok(IdentityHeaders::Separate(names))

@@ -4,7 +4,7 @@
 use crate::prelude::*;
 
 #[cfg(feature = "std")]
-use crate::config::{check_version, read_document, ConfigError, Problem};
+use crate::config::{check_version, err, read_document, ConfigError, Problem};
 #[cfg(feature = "std")]
 use crate::fields::{as_f64, Fields, Path};
 #[cfg(feature = "std")]
@@ -47,14 +47,6 @@ const FIELDS: &[&str] = &[
     "allow_empty_map",
     "max_removed_fraction",
 ];
-
-#[cfg(feature = "std")]
-fn err(field: &str, problem: Problem) -> ConfigError {
-    ConfigError {
-        field: field.into(),
-        problem,
-    }
-}
 
 /// True for a namespace, cluster or authority name: visible ASCII without '/' or spaces.
 pub fn is_valid_name(s: &str) -> bool {
