@@ -2,6 +2,7 @@
 from an example config, test keys, and HTTP/1.1 + HTTP/2 clients."""
 
 import sys
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,16 @@ import upstream as upstream_mod  # noqa: E402
 def pytest_sessionstart(session):
     if not harness.WASM.exists():
         raise pytest.UsageError(f"{harness.WASM} is missing: run `make build` first")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def process_dirs_under_basetemp(tmp_path_factory):
+    """Envoy's and keygatectl's work directories (config, log, stats, database) go under
+    pytest's base temp, which pytest prunes to the last three runs, instead of piling up in
+    /tmp at a thousand a run; a failed run's logs stay there to read."""
+    tempfile.tempdir = str(tmp_path_factory.mktemp("processes"))
+    yield
+    tempfile.tempdir = None
 
 
 @pytest.fixture
