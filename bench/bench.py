@@ -9,7 +9,8 @@ tables give medians over rounds.
 
 Sections:
   default       the filter comparison (no auth, Envoy's api_key_auth, Lua, a floor wasm
-                filter, keygate static, keygate synced), 10,000 keys each
+                filter, keygate static, keygate synced, and native dynamic-module floors),
+                10,000 keys each
   --million     keygate synced with 1,000,000 keys, 2 workers: memory, start-up time,
                 per-request cost against a 10-key map
   --sync-cost   a real `keygatectl serve`: bytes sent to Envoy when one key is rolled, and
@@ -45,6 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
 FLOOR_WASM = ROOT / "bench" / "floor" / "target" / "wasm32-wasip1" / "release" / "keygate_bench_floor.wasm"
+DYNAMIC_FLOOR = ROOT / "bench" / "dynamic-floor" / "target" / "release" / "libkeygate_bench_dynamic_floor.so"
 SYNC_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_sync.wasm"
 # Issue 9's goal for the filter module, in bytes (150 KB, decimal).
 MODULE_SIZE_GOAL = 150_000
@@ -517,6 +519,19 @@ def floor_filter():
     }
 
 
+def dynamic_floor_filter(mode):
+    """The native dynamic-module floor (bench/dynamic-floor) in `mode`: read, forward, reject."""
+    return {
+        "name": "dynamic-floor",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"module": {"local": {"filename": str(DYNAMIC_FLOOR)}}},
+            "filter_name": "floor",
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": mode},
+        },
+    }
+
+
 def keygate_static_filter(keyset, **options):
     """envoy.yaml's keygate filter with `keyset`'s keys (and any extra plugin `options`)."""
     _, block = keygate_filter("envoy.yaml")
@@ -637,7 +652,10 @@ end
 # ---------------------------------------------------------------------------------------
 # The filter comparison.
 
-CONFIGS = ["noauth", "native", "lua", "floor", "keygate", "keygate-combined", "keygate-sync"]
+CONFIGS = ["noauth", "native", "lua", "floor", "keygate", "keygate-combined", "keygate-sync",
+           "dynamic-read", "dynamic-forward", "dynamic-reject"]
+# Native dynamic-module floors (not keygate): what the same host work costs without wasm.
+DYNAMIC_MODES = {"dynamic-read": "read", "dynamic-forward": "forward", "dynamic-reject": "reject"}
 LABELS = {
     "noauth": "no auth (router only)",
     "native": "Envoy api_key_auth",
@@ -646,6 +664,9 @@ LABELS = {
     "keygate": "keygate, static map",
     "keygate-combined": "keygate, static map, one identity header",
     "keygate-sync": "keygate, synced map",
+    "dynamic-read": "native dynamic module: reads one header (a native floor)",
+    "dynamic-forward": "native dynamic module: … + adds one header, removes `authorization`",
+    "dynamic-reject": "native dynamic module: … + keygate's 401 (JSON body, 2 headers)",
 }
 TRAFFIC_LABELS = {"valid": "valid key (200)", "unknown": "unknown key (401)", "forbidden": "publishable on list (403)"}
 
@@ -655,8 +676,10 @@ def traffic_for(config, keyset):
     valid = ("valid", f"Bearer {keyset.secret}", 200)
     unknown = ("unknown", f"Bearer {keyset.unknown}", 401)
     forbidden = ("forbidden", f"Bearer {keyset.publishable}", 403)
-    if config in ("noauth", "floor"):
+    if config in ("noauth", "floor", "dynamic-read", "dynamic-forward"):
         return [valid]
+    if config == "dynamic-reject":
+        return [unknown]
     if config in ("native", "lua"):
         return [valid, unknown]
     return [valid, unknown, forbidden]
@@ -672,6 +695,8 @@ def build_config(name, keyset, keymap_port):
         filters, extra = [lua_filter(keyset)], {}
     elif name == "floor":
         filters, extra = [floor_filter()], {}
+    elif name in DYNAMIC_MODES:
+        filters, extra = [dynamic_floor_filter(DYNAMIC_MODES[name])], {}
     elif name == "keygate":
         filters, extra = [keygate_static_filter(keyset)], {}
     elif name == "keygate-combined":
@@ -1504,6 +1529,8 @@ def preflight(args):
     need = [(WASM, "run `cargo build --release --target wasm32-wasip1 -p keygate`")]
     if "floor" in args.configs:
         need.append((FLOOR_WASM, "run `cargo build --release --target wasm32-wasip1` in bench/floor"))
+    if set(DYNAMIC_MODES) & set(args.configs):
+        need.append((DYNAMIC_FLOOR, "run `cargo build --release` in bench/dynamic-floor"))
     if args.sync_cost:
         need.append((CTL, "run `cargo build --release -p keygatectl`"))
     for path, fix in need:

