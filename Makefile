@@ -69,6 +69,10 @@ lint:
 	$(CARGO) clippy --manifest-path core/fuzz/Cargo.toml --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate-sync -- -D warnings
+	$(CARGO) fmt --manifest-path bench/floor/Cargo.toml -- --check
+	$(CARGO) fmt --manifest-path bench/dynamic-floor/Cargo.toml -- --check
+	cd bench/floor && $(CARGO) clippy --release --target wasm32-wasip1 -- -D warnings
+	cd bench/dynamic-floor && $(CARGO) clippy --release -- -D warnings
 	bash scripts/audit.sh
 
 # Coverage-guided fuzzing of keygate-core, FUZZ_SECONDS per target (cargo-fuzz, libFuzzer).

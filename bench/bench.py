@@ -404,6 +404,11 @@ def plugin_of(block):
     return json.loads(block["typed_config"]["config"]["configuration"]["value"])
 
 
+def plugin_of_text(block):
+    """The plugin configuration of a wasm filter block, as the JSON text Envoy hands over."""
+    return block["typed_config"]["config"]["configuration"]["value"]
+
+
 def set_plugin(block, plugin_json_text):
     block["typed_config"]["config"]["configuration"]["value"] = plugin_json_text
 
@@ -520,7 +525,8 @@ def floor_filter():
 
 
 def dynamic_floor_filter(mode):
-    """The native dynamic-module floor (bench/dynamic-floor) in `mode`: read, forward, reject."""
+    """bench/dynamic-floor as a native dynamic module, in `mode`: read, forward, reject, or a
+    keygate plugin configuration (JSON) for its keygate prototype."""
     return {
         "name": "dynamic-floor",
         "typed_config": {
@@ -653,7 +659,8 @@ end
 # The filter comparison.
 
 CONFIGS = ["noauth", "native", "lua", "floor", "keygate", "keygate-combined", "keygate-sync",
-           "dynamic-read", "dynamic-forward", "dynamic-reject"]
+           "dynamic-read", "dynamic-forward", "dynamic-reject",
+           "dynamic-keygate", "dynamic-keygate-combined"]
 # Native dynamic-module floors (not keygate): what the same host work costs without wasm.
 DYNAMIC_MODES = {"dynamic-read": "read", "dynamic-forward": "forward", "dynamic-reject": "reject"}
 LABELS = {
@@ -667,6 +674,8 @@ LABELS = {
     "dynamic-read": "native dynamic module: reads one header (a native floor)",
     "dynamic-forward": "native dynamic module: … + adds one header, removes `authorization`",
     "dynamic-reject": "native dynamic module: … + keygate's 401 (JSON body, 2 headers)",
+    "dynamic-keygate": "prototype: keygate's request path as a native dynamic module, static map",
+    "dynamic-keygate-combined": "prototype: … one identity header",
 }
 TRAFFIC_LABELS = {"valid": "valid key (200)", "unknown": "unknown key (401)", "forbidden": "publishable on list (403)"}
 
@@ -697,6 +706,10 @@ def build_config(name, keyset, keymap_port):
         filters, extra = [floor_filter()], {}
     elif name in DYNAMIC_MODES:
         filters, extra = [dynamic_floor_filter(DYNAMIC_MODES[name])], {}
+    elif name in ("dynamic-keygate", "dynamic-keygate-combined"):
+        options = {"identity_header": "x-keygate-identity"} if name.endswith("combined") else {}
+        # The same plugin configuration the wasm filter gets, handed to the native prototype.
+        filters, extra = [dynamic_floor_filter(plugin_of_text(keygate_static_filter(keyset, **options)))], {}
     elif name == "keygate":
         filters, extra = [keygate_static_filter(keyset)], {}
     elif name == "keygate-combined":
@@ -1529,7 +1542,7 @@ def preflight(args):
     need = [(WASM, "run `cargo build --release --target wasm32-wasip1 -p keygate`")]
     if "floor" in args.configs:
         need.append((FLOOR_WASM, "run `cargo build --release --target wasm32-wasip1` in bench/floor"))
-    if set(DYNAMIC_MODES) & set(args.configs):
+    if any(c.startswith("dynamic-") for c in args.configs):
         need.append((DYNAMIC_FLOOR, "run `cargo build --release` in bench/dynamic-floor"))
     if args.sync_cost:
         need.append((CTL, "run `cargo build --release -p keygatectl`"))

@@ -7,19 +7,23 @@
 //! - `forward`: also adds one identity header and removes `authorization` (keygate's two
 //!   mutations on a valid key, with `identity_header`);
 //! - `reject`: answers 401 with keygate's JSON body, `content-type` and `WWW-Authenticate`
-//!   and its response-code details (keygate's answer to an unknown key).
+//!   and its response-code details (keygate's answer to an unknown key);
+//! - a JSON object: keygate's plugin configuration, served by the prototype in
+//!   `keygate.rs` (keygate's own decision code on a static key map).
 //!
 //! Only the argument shapes it relies on are declared; a buffer passed by value
 //! (`{ptr, length}`) travels in two registers, the same as a pointer and a length, which is
 //! how every ABI revision since Envoy 1.34 passes them. Envoy requires every hook below
 //! to exist; the ones this filter does not use do nothing and answer "continue" (0).
 
+mod keygate;
+
 use core::ffi::c_void;
 use core::ptr::null;
 
-const REQUEST_HEADER: u32 = 0;
-const CONTINUE: u32 = 0;
-const STOP_ITERATION: u32 = 1;
+pub(crate) const REQUEST_HEADER: u32 = 0;
+pub(crate) const CONTINUE: u32 = 0;
+pub(crate) const STOP_ITERATION: u32 = 1;
 const AUTHORIZATION: &[u8] = b"authorization";
 const IDENTITY_NAME: &[u8] = b"x-keygate-identity";
 const IDENTITY_VALUE: &[u8] =
@@ -31,17 +35,15 @@ const DETAILS: &[u8] = b"keygate_invalid_api_key";
 
 /// What the filter does per request (chosen by its configuration). Public only because the
 /// hooks that hand it to Envoy are.
-#[derive(Clone, Copy)]
-pub enum Mode {
+pub enum Config {
     Read,
     Forward,
     Reject,
+    Keygate(Box<keygate::Prototype>),
 }
 
-static MODES: [Mode; 3] = [Mode::Read, Mode::Forward, Mode::Reject];
-
 #[repr(C)]
-struct Buffer {
+pub(crate) struct Buffer {
     ptr: *const u8,
     len: usize,
 }
@@ -52,21 +54,42 @@ impl Buffer {
         len: 0,
     };
 
-    fn of(bytes: &[u8]) -> Buffer {
+    pub(crate) fn of(bytes: &[u8]) -> Buffer {
         Buffer {
             ptr: bytes.as_ptr(),
             len: bytes.len(),
         }
     }
+
+    /// The bytes Envoy lent for the duration of the current hook.
+    ///
+    /// # Safety
+    /// `ptr` must be null or point at `len` live bytes for the returned lifetime.
+    pub(crate) unsafe fn bytes<'a>(&self) -> &'a [u8] {
+        if self.ptr.is_null() {
+            &[]
+        } else {
+            core::slice::from_raw_parts(self.ptr, self.len)
+        }
+    }
 }
 
 #[repr(C)]
-struct Header {
-    key: Buffer,
-    value: Buffer,
+pub(crate) struct Header {
+    pub(crate) key: Buffer,
+    pub(crate) value: Buffer,
 }
 
 extern "C" {
+    pub(crate) fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter: *mut c_void,
+        header_type: u32,
+    ) -> usize;
+    pub(crate) fn envoy_dynamic_module_callback_http_get_headers(
+        filter: *mut c_void,
+        header_type: u32,
+        result: *mut Header,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_get_header(
         filter: *mut c_void,
         header_type: u32,
@@ -75,20 +98,20 @@ extern "C" {
         index: usize,
         count: *mut usize,
     ) -> bool;
-    fn envoy_dynamic_module_callback_http_add_header(
+    pub(crate) fn envoy_dynamic_module_callback_http_add_header(
         filter: *mut c_void,
         header_type: u32,
         key: Buffer,
         value: Buffer,
     ) -> bool;
     /// With an empty (null) value it removes every value of the header.
-    fn envoy_dynamic_module_callback_http_set_header(
+    pub(crate) fn envoy_dynamic_module_callback_http_set_header(
         filter: *mut c_void,
         header_type: u32,
         key: Buffer,
         value: Buffer,
     ) -> bool;
-    fn envoy_dynamic_module_callback_http_send_response(
+    pub(crate) fn envoy_dynamic_module_callback_http_send_response(
         filter: *mut c_void,
         status: u32,
         headers: *const Header,
@@ -106,7 +129,8 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
     ABI_VERSION.as_ptr()
 }
 
-/// Returns the mode the configuration names, or null (Envoy then refuses the config).
+/// Returns the configuration, or null when it names no mode and is no valid keygate
+/// configuration (Envoy then refuses it).
 ///
 /// # Safety
 /// Envoy passes live buffers for the filter name and configuration.
@@ -117,37 +141,56 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     _name_len: usize,
     config: *const u8,
     config_len: usize,
-) -> *const Mode {
-    let config = if config.is_null() {
-        &[][..]
-    } else {
-        core::slice::from_raw_parts(config, config_len)
+) -> *mut Config {
+    let config = Buffer {
+        ptr: config,
+        len: config_len,
+    }
+    .bytes();
+    let parsed = match config {
+        b"" | b"read" => Config::Read,
+        b"forward" => Config::Forward,
+        b"reject" => Config::Reject,
+        json => match keygate::Prototype::new(json) {
+            Ok(prototype) => Config::Keygate(Box::new(prototype)),
+            Err(error) => {
+                eprintln!("keygate prototype: {error}");
+                return core::ptr::null_mut();
+            }
+        },
     };
-    match config {
-        b"" | b"read" => &MODES[0],
-        b"forward" => &MODES[1],
-        b"reject" => &MODES[2],
-        _ => null(),
+    Box::into_raw(Box::new(parsed))
+}
+
+/// # Safety
+/// `config` is what `on_http_filter_config_new` returned, and Envoy is done with it.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *mut Config) {
+    if !config.is_null() {
+        drop(Box::from_raw(config));
     }
 }
 
-/// The per-stream object is the configuration's mode itself: nothing is allocated.
+/// The per-stream object is the configuration itself: nothing is allocated per stream.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
-    config: *const Mode,
+    config: *const Config,
     _filter_envoy: *mut c_void,
-) -> *const Mode {
+) -> *const Config {
     config
 }
 
 /// # Safety
-/// `mode` is what `on_http_filter_new` returned; `filter` is Envoy's live stream filter.
+/// `config` is what `on_http_filter_new` returned; `filter` is Envoy's live stream filter.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: *mut c_void,
-    mode: *const Mode,
+    config: *const Config,
     _end_of_stream: bool,
 ) -> u32 {
+    if let Config::Keygate(prototype) = &*config {
+        return prototype.on_request_headers(filter);
+    }
     let mut value = Buffer::EMPTY;
     let mut count = 0;
     envoy_dynamic_module_callback_http_get_header(
@@ -159,9 +202,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         &mut count,
     );
     core::hint::black_box((value.ptr, value.len, count));
-    match *mode {
-        Mode::Read => CONTINUE,
-        Mode::Forward => {
+    match &*config {
+        Config::Read | Config::Keygate(_) => CONTINUE,
+        Config::Forward => {
             envoy_dynamic_module_callback_http_add_header(
                 filter,
                 REQUEST_HEADER,
@@ -176,7 +219,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
             );
             CONTINUE
         }
-        Mode::Reject => {
+        Config::Reject => {
             let headers = [
                 Header {
                     key: Buffer::of(b"content-type"),
@@ -213,7 +256,6 @@ macro_rules! unused_hooks {
 }
 
 unused_hooks!(
-    envoy_dynamic_module_on_http_filter_config_destroy,
     envoy_dynamic_module_on_http_filter_config_http_callout_done,
     envoy_dynamic_module_on_http_filter_config_http_stream_complete,
     envoy_dynamic_module_on_http_filter_config_http_stream_data,
