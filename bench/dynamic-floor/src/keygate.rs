@@ -4,7 +4,8 @@
 //! the same identity headers, credential removal and answers.
 //!
 //! It measures what a native keygate would cost; it is not the product. Missing on purpose:
-//! sync mode (refused), Envoy counters, logging through Envoy. Nothing here can panic on a
+//! sync mode (refused), logging through Envoy. It counts as the wasm filter does
+//! (`keygate.allowed`, `keygate.denied.<code>`), here as Envoy counters bumped per request. Nothing here can panic on a
 //! request: every buffer Envoy lends is read as bytes, and a failed host call is ignored as
 //! the wasm filter ignores it.
 
@@ -51,6 +52,50 @@ impl fmt::Display for PrototypeError {
 pub struct Prototype {
     config: FilterConfig,
     bodies: [String; Denial::ALL.len()],
+    /// Envoy counter ids by `Denial::index`, then the allowed counter; None if Envoy
+    /// refused to define one (a lost count, never a lost request).
+    counters: [Option<usize>; COUNTERS],
+}
+
+const COUNTERS: usize = Denial::ALL.len() + 1;
+const ALLOWED: usize = Denial::ALL.len();
+
+extern "C" {
+    /// 1.40's form: a name, optional label names (none here), the id written back.
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: *mut c_void,
+        name: Buffer,
+        label_names: *const Buffer,
+        label_names_len: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> u32;
+}
+
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: u32 = 0;
+
+/// Defines one counter on the filter configuration; Envoy only allows it while the
+/// configuration is being created.
+///
+/// # Safety
+/// `config_envoy` is the configuration Envoy is creating.
+unsafe fn define_counter(config_envoy: *mut c_void, name: &str) -> Option<usize> {
+    let mut id = 0;
+    let result = envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config_envoy,
+        Buffer::of(name.as_bytes()),
+        core::ptr::null(),
+        0,
+        &mut id,
+    );
+    (result == METRICS_SUCCESS).then_some(id)
 }
 
 thread_local! {
@@ -82,15 +127,35 @@ fn now_unix_seconds() -> u64 {
 }
 
 impl Prototype {
-    pub fn new(json: &[u8]) -> Result<Prototype, PrototypeError> {
+    /// # Safety
+    /// `config_envoy` is the configuration Envoy is creating (its counters are defined on it).
+    pub unsafe fn new(config_envoy: *mut c_void, json: &[u8]) -> Result<Prototype, PrototypeError> {
         let config = FilterConfig::parse(json).map_err(PrototypeError::Config)?;
         if config.sync_namespace.is_some() {
             return Err(PrototypeError::SyncModeUnsupported);
         }
+        let mut counters = [None; COUNTERS];
+        for (slot, denial) in counters.iter_mut().zip(Denial::ALL) {
+            *slot = define_counter(config_envoy, &format!("keygate.denied.{}", denial.code()));
+        }
+        counters[ALLOWED] = define_counter(config_envoy, "keygate.allowed");
         Ok(Prototype {
             config,
             bodies: Denial::ALL.map(Denial::body),
+            counters,
         })
+    }
+
+    unsafe fn count(&self, filter: *mut c_void, slot: usize) {
+        if let Some(id) = self.counters[slot] {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                filter,
+                id,
+                core::ptr::null(),
+                0,
+                1,
+            );
+        }
     }
 
     /// Decides one request and acts on it, as the wasm filter's `on_request_headers` does.
@@ -127,6 +192,7 @@ impl Prototype {
         match decide(settings, sources, &request) {
             Decision::Allow(entry) => {
                 self.forward(filter, &entry, scanned.identity_sent);
+                self.count(filter, ALLOWED);
                 CONTINUE
             }
             Decision::Deny(denial) => {
@@ -141,6 +207,7 @@ impl Prototype {
                     }
                 }
                 self.deny(filter, denial);
+                self.count(filter, denial.index());
                 STOP_ITERATION
             }
         }

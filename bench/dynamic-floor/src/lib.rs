@@ -136,7 +136,7 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
 /// Envoy passes live buffers for the filter name and configuration.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _config_envoy: *mut c_void,
+    config_envoy: *mut c_void,
     _name: *const u8,
     _name_len: usize,
     config: *const u8,
@@ -151,7 +151,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         b"" | b"read" => Config::Read,
         b"forward" => Config::Forward,
         b"reject" => Config::Reject,
-        json => match keygate::Prototype::new(json) {
+        json => match keygate::Prototype::new(config_envoy, json) {
             Ok(prototype) => Config::Keygate(Box::new(prototype)),
             Err(error) => {
                 eprintln!("keygate prototype: {error}");
