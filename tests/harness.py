@@ -5,6 +5,7 @@ recording upstream. Only 127.0.0.1, only free ports."""
 import copy
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -28,10 +29,48 @@ def envoy_binary():
     return os.environ.get("ENVOY") or shutil.which("envoy") or str(venv_envoy)
 
 
+def _port_slice():
+    """This test worker's own range of ports for Envoy to listen on: below the kernel's
+    ephemeral range, so no outgoing connection (ours or Envoy's) can take a port between
+    our check and Envoy's bind, and split between the xdist workers, so two workers never
+    hand out the same port. None where the ephemeral range leaves no room below it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    start, end = 10000, min(low, 32768)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = (end - start) // max(count, 1)
+    if size < 500:
+        return None
+    return start + index * size, start + (index + 1) * size
+
+
+_PORTS = _port_slice()
+_next_port = random.randrange(*_PORTS) if _PORTS else None
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, for a process about to listen on it. Ports are handed
+    out in turn from this worker's slice, so one is not reused while its last connections
+    may linger."""
+    global _next_port
+    if _PORTS is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    lo, hi = _PORTS
+    for _ in range(hi - lo):
+        port, _next_port = _next_port, lo + (_next_port + 1 - lo) % (hi - lo)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {lo}-{hi}")
 
 
 def load_example(name):
