@@ -9,7 +9,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::OnceCell;
 use keygate_core::bucket::{self, KeyInfo};
-use keygate_core::config::{FilterConfig, IdentityHeaders, Settings};
+use keygate_core::config::{FilterConfig, Settings};
 use keygate_core::decision::{decide, Decision, Request, Sources};
 use keygate_core::denial::Denial;
 use keygate_core::digest::Digest;
@@ -171,29 +171,13 @@ impl Filter {
     /// Sets our identity headers and removes the credential. A header the client sent is
     /// replaced (every copy goes); one it did not send is added, which costs Envoy less.
     fn forward(&self, settings: &Settings, entry: &KeyInfo<'_>, client_sent: [bool; 4]) -> u32 {
-        let set = |name: &str, value: &str, sent: bool| {
-            let _ = if sent {
+        identity::for_each_header(&settings.identity_headers, entry, |slot, name, value| {
+            let _ = if client_sent[slot] {
                 abi::set_request_header(name, value)
             } else {
                 abi::add_request_header(name, value)
             };
-        };
-        match &settings.identity_headers {
-            IdentityHeaders::Separate(names) => {
-                let values = [
-                    entry.account_id,
-                    entry.key_id,
-                    entry.kind.key_type.as_str(),
-                    entry.kind.environment.as_str(),
-                ];
-                for ((name, value), sent) in names.iter().zip(values).zip(client_sent) {
-                    set(name, value, sent);
-                }
-            }
-            IdentityHeaders::Combined(name) => {
-                set(name, &identity::combined_value(entry), client_sent[0]);
-            }
-        }
+        });
         if !settings.keep_authorization {
             let _ = abi::remove_request_header("authorization");
         }

@@ -1,10 +1,35 @@
-//! The value of the combined identity header: the four identity fields as one RFC 8941
-//! structured-field dictionary, so upstreams can read it with any structured-field parser,
-//! e.g. `account-id="acct_1", key-id="key_1", key-type=secret, environment=test`.
+//! The identity headers a verified request goes upstream with. The combined form holds the
+//! four identity fields as one RFC 8941 structured-field dictionary, so upstreams can read
+//! it with any structured-field parser, e.g.
+//! `account-id="acct_1", key-id="key_1", key-type=secret, environment=test`.
 
 use crate::prelude::*;
 
 use crate::bucket::KeyInfo;
+use crate::config::IdentityHeaders;
+
+/// Calls `set(slot, name, value)` for each identity header `entry` gets in the configured
+/// form; `slot` indexes `ScannedRequest::identity_sent` (whether the client sent that name).
+pub fn for_each_header(
+    headers: &IdentityHeaders,
+    entry: &KeyInfo<'_>,
+    mut set: impl FnMut(usize, &str, &str),
+) {
+    match headers {
+        IdentityHeaders::Separate(names) => {
+            let values = [
+                entry.account_id,
+                entry.key_id,
+                entry.kind.key_type.as_str(),
+                entry.kind.environment.as_str(),
+            ];
+            for (slot, (name, value)) in names.iter().zip(values).enumerate() {
+                set(slot, name, value);
+            }
+        }
+        IdentityHeaders::Combined(name) => set(0, name, &combined_value(entry)),
+    }
+}
 
 /// The dictionary for `entry`. Ids are sf-strings (quoted, `"` and `\` escaped: config
 /// validation already limits them to visible ASCII); type and environment are tokens.

@@ -18,7 +18,7 @@ use crate::{
 };
 use core::ffi::c_void;
 use keygate_core::bucket::KeyInfo;
-use keygate_core::config::{FilterConfig, IdentityHeaders};
+use keygate_core::config::FilterConfig;
 use keygate_core::decision::{decide, Decision, Request, Sources};
 use keygate_core::denial::Denial;
 use keygate_core::digest::Digest;
@@ -215,30 +215,14 @@ impl Prototype {
 
     unsafe fn forward(&self, filter: *mut c_void, entry: &KeyInfo<'_>, client_sent: [bool; 4]) {
         let settings = &self.config.settings;
-        let set = |name: &str, value: &str, sent: bool| {
+        identity::for_each_header(&settings.identity_headers, entry, |slot, name, value| {
             let (name, value) = (Buffer::of(name.as_bytes()), Buffer::of(value.as_bytes()));
-            if sent {
+            if client_sent[slot] {
                 envoy_dynamic_module_callback_http_set_header(filter, REQUEST_HEADER, name, value);
             } else {
                 envoy_dynamic_module_callback_http_add_header(filter, REQUEST_HEADER, name, value);
             }
-        };
-        match &settings.identity_headers {
-            IdentityHeaders::Separate(names) => {
-                let values = [
-                    entry.account_id,
-                    entry.key_id,
-                    entry.kind.key_type.as_str(),
-                    entry.kind.environment.as_str(),
-                ];
-                for ((name, value), sent) in names.iter().zip(values).zip(client_sent) {
-                    set(name, value, sent);
-                }
-            }
-            IdentityHeaders::Combined(name) => {
-                set(name, &identity::combined_value(entry), client_sent[0]);
-            }
-        }
+        });
         if !settings.keep_authorization {
             remove(filter, b"authorization");
         }
