@@ -6,6 +6,7 @@ VENV     := .venv
 PYTEST   := $(VENV)/bin/pytest
 CARGO    ?= cargo
 WASM     := target/wasm32-wasip1/release/keygate.wasm
+NATIVE   := target/native/libkeygate_native.so
 CTL      := target/release/keygatectl
 # Integration suites run in parallel (each test starts its own Envoy with 2 workers).
 JOBS     ?= 2
@@ -13,9 +14,9 @@ JOBS     ?= 2
 # (Debian's postgresql, installed if missing), or the one KEYGATE_TEST_POSTGRES_URL names.
 WITH_PG  := bash scripts/postgres.sh run
 
-.PHONY: build wasm keygatectl venv test unit integration browser compose-test oci-test lint fuzz run soak bench clean
+.PHONY: build wasm native keygatectl venv test unit integration browser compose-test oci-test lint fuzz run soak bench clean
 
-build: wasm keygatectl
+build: wasm native keygatectl
 
 # The filter (keygate.wasm), the key-map fetcher (keygate_sync.wasm), and a test-only variant that traps on request (for the fault suite); the
 # plain build runs last so $(WASM) is always the shippable module. The filter is built on its
@@ -27,6 +28,13 @@ wasm:
 	$(CARGO) build --release --target wasm32-wasip1 -p keygate --features fault-injection
 	cp $(WASM) target/keygate-fault.wasm
 	$(CARGO) build --release --target wasm32-wasip1 -p keygate
+
+# The native dynamic module (target/native/libkeygate_native.so) and its test-only fault
+# variant; the plain build runs last so $(NATIVE) is always the shippable module.
+native:
+	$(CARGO) build --profile native -p keygate-native --features fault-injection
+	cp $(NATIVE) target/libkeygate_native-fault.so
+	$(CARGO) build --profile native -p keygate-native
 
 keygatectl:
 	$(CARGO) build --release -p keygatectl
@@ -43,8 +51,11 @@ unit:
 	$(WITH_PG) $(CARGO) test --workspace
 	$(CARGO) test --manifest-path core/fuzz/Cargo.toml
 
+# Every suite against the wasm filter, then against the native module (the same suites:
+# the harness swaps the filter; the wasm-only tests skip themselves).
 integration: build venv
 	$(WITH_PG) $(PYTEST) tests -q -n $(JOBS)
+	KEYGATE_FRONTEND=native $(WITH_PG) $(PYTEST) tests -q -n $(JOBS)
 
 # The operator page in a real headless Chromium (installs chromium + chromedriver if missing).
 browser: build venv

@@ -16,8 +16,9 @@ import upstream as upstream_mod  # noqa: E402
 
 
 def pytest_sessionstart(session):
-    if not harness.WASM.exists():
-        raise pytest.UsageError(f"{harness.WASM} is missing: run `make build` first")
+    module = harness.NATIVE if harness.NATIVE_MODE else harness.WASM
+    if not module.exists():
+        raise pytest.UsageError(f"{module} is missing: run `make build` first")
 
 
 @pytest.fixture(scope="session", autouse=True)

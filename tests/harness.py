@@ -21,7 +21,23 @@ import secret_scan
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
 SYNC_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_sync.wasm"
+NATIVE = ROOT / "target" / "native" / "libkeygate_native.so"
 ENVOY_DIR = ROOT / "envoy"
+
+# Which keygate the suites drive: the wasm filter (default) or, with
+# KEYGATE_FRONTEND=native, the native dynamic module. `localize` turns each example's wasm
+# filter (and, in sync mode, its fetcher service and keygatectl cluster) into the native
+# module with the same plugin configuration, so one suite tests both.
+FRONTEND = os.environ.get("KEYGATE_FRONTEND", "wasm")
+if FRONTEND not in ("wasm", "native"):
+    raise SystemExit(f"KEYGATE_FRONTEND must be wasm or native, not {FRONTEND!r}")
+NATIVE_MODE = FRONTEND == "native"
+# Where Envoy puts the module's own stats: `<prefix>keygate.allowed`, ….
+STATS = "dynamicmodulescustom." if NATIVE_MODE else "wasmcustom."
+# … and at /stats/prometheus: `<prefix>keygate_allowed` (Envoy drops a wasm module's prefix).
+PROMETHEUS = "envoy_dynamicmodulescustom_" if NATIVE_MODE else ""
+DYNAMIC_MODULE_TYPE = \
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
 
 
 def envoy_binary():
@@ -92,28 +108,114 @@ def wasm_filters(config):
     return [d for d in walk(config) if d.get("@type", "").endswith("filters.http.wasm.v3.Wasm")]
 
 
+def native_filters(config):
+    return [d for d in walk(config) if d.get("@type") == DYNAMIC_MODULE_TYPE
+            and d.get("filter_name") == "keygate"]
+
+
+def keygate_filters(config):
+    """The keygate filter blocks (typed configs) of either front end."""
+    return wasm_filters(config) + native_filters(config)
+
+
+def _plugin_holder(block):
+    """The StringValue that carries a keygate filter block's plugin configuration."""
+    if block.get("@type") == DYNAMIC_MODULE_TYPE:
+        return block["filter_config"]
+    return block["config"]["configuration"]
+
+
 def plugin_config(config):
-    """The keygate plugin configuration of the first wasm filter, as a dict."""
-    return json.loads(wasm_filters(config)[0]["config"]["configuration"]["value"])
+    """The keygate plugin configuration of the first keygate filter, as a dict."""
+    return json.loads(_plugin_holder(keygate_filters(config)[0])["value"])
+
+
+def set_plugin_text(block, text):
+    _plugin_holder(block)["value"] = text
 
 
 def set_plugin_config(config, plugin):
-    for f in wasm_filters(config):
-        f["config"]["configuration"]["value"] = json.dumps(plugin)
+    for f in keygate_filters(config):
+        set_plugin_text(f, json.dumps(plugin))
 
 
 def wasm_services(config):
     return [d for d in walk(config) if d.get("@type", "").endswith("wasm.v3.WasmService")]
 
 
+# The fetcher service's fields that the native module's `sync` block also reads.
+FETCH_FIELDS = ("interval_ms", "timeout_ms", "jitter", "bearer_token", "allow_empty_map",
+                "max_removed_fraction")
+
+
 def service_config(config):
-    """The keygate_sync service's configuration, as a dict."""
+    """The keygate_sync service's configuration, as a dict (native: the fetch settings of
+    the filter's `sync` block)."""
+    if NATIVE_MODE:
+        sync = plugin_config(config)["sync"]
+        return {k: v for k, v in sync.items() if k in FETCH_FIELDS}
     return json.loads(wasm_services(config)[0]["config"]["configuration"]["value"])
 
 
 def set_service_config(config, service):
+    if NATIVE_MODE:
+        plugin = plugin_config(config)
+        plugin["sync"].update({k: v for k, v in service.items() if k in FETCH_FIELDS})
+        set_plugin_config(config, plugin)
+        return
     for s in wasm_services(config):
         s["config"]["configuration"]["value"] = json.dumps(service)
+
+
+def _cluster_url(config, name, path):
+    """http://address:port<path> of a static cluster's first endpoint."""
+    for cluster in config.get("static_resources", {}).get("clusters", []):
+        if cluster.get("name") == name:
+            address = next(d for d in walk(cluster) if "port_value" in d)
+            return f"http://{address['address']}:{address['port_value']}{path}"
+    raise KeyError(f"no cluster {name}")
+
+
+def nativize(config):
+    """The same Envoy config with the native module in place of the wasm filter. In sync
+    mode the fetcher service's settings move into the filter's `sync` block, with the URL of
+    the keygatectl cluster (its first endpoint: the module polls one URL)."""
+    services = wasm_services(config)
+    sync_block = None
+    if services:
+        service = json.loads(services[0]["config"]["configuration"]["value"])
+        sync_block = {"url": _cluster_url(config, service["cluster"],
+                                          service.get("path", "/v1/keymap"))}
+        sync_block.update({k: v for k, v in service.items() if k in FETCH_FIELDS})
+        config["bootstrap_extensions"] = [
+            e for e in config.get("bootstrap_extensions", [])
+            if not e.get("typed_config", {}).get("@type", "").endswith("wasm.v3.WasmService")]
+        if not config["bootstrap_extensions"]:
+            del config["bootstrap_extensions"]
+    for holder in walk(config):
+        for key, value in list(holder.items()):
+            if isinstance(value, dict) and value.get("@type", "").endswith(
+                    "filters.http.wasm.v3.Wasm"):
+                plugin = json.loads(value["config"]["configuration"]["value"])
+                if "sync" in plugin:
+                    plugin["sync"] = sync_block
+                holder[key] = native_filter(json.dumps(plugin))
+            elif key == "type_urls":
+                holder[key] = [DYNAMIC_MODULE_TYPE if url.endswith("filters.http.wasm.v3.Wasm")
+                               else url for url in value]
+    return config
+
+
+def native_filter(plugin_text):
+    """The native module's filter config carrying `plugin_text`."""
+    return {
+        "@type": DYNAMIC_MODULE_TYPE,
+        "dynamic_module_config": {"module": {"local": {"filename": str(NATIVE)}},
+                                  "do_not_close": True},
+        "filter_name": "keygate",
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                          "value": plugin_text},
+    }
 
 
 def localize(config, ports):
@@ -129,6 +231,10 @@ def localize(config, ports):
             local["filename"] = str(SYNC_WASM)
         elif filename.endswith(".wasm"):
             local["filename"] = str(WASM)
+        elif filename.endswith("libkeygate_native.so"):
+            local["filename"] = str(NATIVE)
+    if NATIVE_MODE:
+        config = nativize(config)
     return config
 
 
@@ -160,7 +266,7 @@ class Envoy:
                 "--disable-hot-restart",
                 "--file-flush-interval-msec", str(self.log_flush_ms),
                 "--log-level", "info",
-                "--component-log-level", "wasm:debug",
+                "--component-log-level", "wasm:debug,dynamic_modules:debug",
             ],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=str(self.dir),
         )
@@ -194,7 +300,7 @@ class Envoy:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.read().decode()
 
-    def counters(self, prefix="wasmcustom.keygate."):
+    def counters(self, prefix=STATS + "keygate."):
         out = {}
         for line in self.admin("/stats?filter=" + prefix.replace(".", r"\.")).splitlines():
             name, _, value = line.partition(": ")
@@ -220,7 +326,7 @@ class Envoy:
                 return entries
             time.sleep(0.02)
 
-    def counters_settled(self, want, prefix="wasmcustom.keygate.", timeout=3):
+    def counters_settled(self, want, prefix=STATS + "keygate.", timeout=3):
         """The counters once they equal `want`, or as they are after `timeout` seconds:
         the filter flushes its counts to Envoy on a 50 ms timer."""
         deadline = time.monotonic() + timeout

@@ -1,5 +1,6 @@
 """Faults of Envoy itself: a trapped wasm VM (a test-only build traps on request) under the
-examples' `failure_policy: FAIL_RELOAD`, and an Envoy restart. Never an open door."""
+examples' `failure_policy: FAIL_RELOAD` (native module: a panic in the request path, caught
+at the hook), and an Envoy restart. Never an open door."""
 
 import time
 
@@ -10,13 +11,15 @@ import harness
 from conftest import start_envoy
 
 FAULT_WASM = harness.ROOT / "target" / "keygate-fault.wasm"
+FAULT_NATIVE = harness.ROOT / "target" / "libkeygate_native-fault.so"
 
 
 @pytest.fixture
 def fault_gate(upstream, keyset, monkeypatch):
-    if not FAULT_WASM.exists():
-        pytest.fail(f"{FAULT_WASM} is missing: `make build` makes it")
-    monkeypatch.setattr(harness, "WASM", FAULT_WASM)
+    module, attribute = (FAULT_NATIVE, "NATIVE") if harness.NATIVE_MODE else (FAULT_WASM, "WASM")
+    if not module.exists():
+        pytest.fail(f"{module} is missing: `make build` makes it")
+    monkeypatch.setattr(harness, attribute, module)
     envoy = start_envoy(upstream, keyset=keyset, concurrency=1)
     yield envoy
     envoy.stop()
@@ -51,9 +54,15 @@ def test_a_trapped_vm_answers_503_then_recovers_and_never_lets_a_bad_key_in(faul
     assert request(fault_gate, invalid) == 401
     log = fault_gate.read_log()
     # The module's panic handler logs where it panicked (never the message: a message could
-    # quote input), then traps.
-    assert "keygate: panic at src/filter.rs:" in log, log[-2000:]
-    assert "unreachable" in log.lower()
+    # quote input), then traps (native: the hook catches it and answers 500).
+    if harness.NATIVE_MODE:
+        assert trapped == 500
+        assert "keygate: panic at native/src/filter.rs:" in log, log[-2000:]
+        assert "keygate: internal error on a request; answered 500" in log
+        assert "fault injection" not in log
+    else:
+        assert "keygate: panic at src/filter.rs:" in log, log[-2000:]
+        assert "unreachable" in log.lower()
     assert valid not in log
     upstream.take()
 

@@ -666,7 +666,7 @@ def test_counters_count_each_outcome(upstream, keyset):
         assert len(upstream.take()) == want["allowed"] == 6
         prometheus = envoy.admin("/stats/prometheus").splitlines()
         for name, count in want.items():
-            metric = "keygate_" + name.replace(".", "_")
+            metric = harness.PROMETHEUS + "keygate_" + name.replace(".", "_")
             lines = [line for line in prometheus if line.split("{")[0].split(" ")[0] == metric]
             assert len(lines) == 1, (metric, lines)
             assert lines[0].endswith(f" {count}"), lines
@@ -807,8 +807,8 @@ def test_bad_configs_are_refused(upstream, case):
     ports = {9901: harness.free_port(), 10000: harness.free_port(),
              8081: upstream.server_address[1]}
     config = harness.localize(harness.load_example("envoy.yaml"), ports)
-    for f in harness.wasm_filters(config):
-        f["config"]["configuration"]["value"] = value
+    for f in harness.keygate_filters(config):
+        harness.set_plugin_text(f, value)
     envoy = harness.Envoy(config)
     try:
         rc = envoy.start(expect_failure=True)

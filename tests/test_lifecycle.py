@@ -119,7 +119,7 @@ def test_keygatectl_down_keeps_the_last_map_and_envoy_catches_up(stack):
     ctl.stop()
     time.sleep(INTERVAL_MS / 1000 * 3)
     assert everywhere(envoy, sk["key"]) == {(200, None)}
-    assert envoy.counters("wasmcustom.keygate.sync.")["errors"] >= 1
+    assert envoy.counters(harness.STATS + "keygate.sync.")["errors"] >= 1
     # Changed on the database while the server is down, then the server comes back.
     rolled = ctl.cli("key", "roll", sk["key_id"])
     ctl.start(port=ctl.port)

@@ -140,6 +140,12 @@ def replicated_envoy(upstream, replicas):
         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": r.port}}}}
         for r in replicas
     ]
+    if harness.NATIVE_MODE:
+        # The native module polls the replicas itself, in turn (the cluster stays for the
+        # health checks the test watches).
+        plugin = harness.plugin_config(config)
+        plugin["sync"]["url"] = [f"http://127.0.0.1:{r.port}/v1/keymap" for r in replicas]
+        harness.set_plugin_config(config, plugin)
     envoy = harness.Envoy(config, concurrency=2)
     envoy.start()
     envoy.url = f"http://127.0.0.1:{ports[10000]}"
@@ -264,24 +270,24 @@ def test_a_replica_dies_while_envoy_syncs_no_wrong_decision_and_rolls_keep_arriv
             churn, _ = roll_and_wait(a, envoy, churn, traffic)
             churn, _ = roll_and_wait(b, envoy, churn, traffic)
             # A dies: rolls through B keep arriving.
-            errors_before = envoy.counters("wasmcustom.keygate.sync.").get("errors", 0)
+            errors_before = envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0)
             a.kill()
             timings["A dead"] = []
             for _ in range(6):
                 churn, took = roll_and_wait(b, envoy, churn, traffic)
                 timings["A dead"].append(took)
-            failed_polls = {"A dead": envoy.counters("wasmcustom.keygate.sync.").get("errors", 0)
+            failed_polls = {"A dead": envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0)
                             - errors_before}
             # A comes back on its port; then B dies: rolls through A arrive.
             a.start(port=a.port)
             wait_for(lambda: cluster_health(envoy).get(a.port) == "healthy")
-            errors_before = envoy.counters("wasmcustom.keygate.sync.").get("errors", 0)
+            errors_before = envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0)
             b.kill()
             timings["B dead"] = []
             for _ in range(4):
                 churn, took = roll_and_wait(a, envoy, churn, traffic)
                 timings["B dead"].append(took)
-            failed_polls["B dead"] = (envoy.counters("wasmcustom.keygate.sync.").get("errors", 0)
+            failed_polls["B dead"] = (envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0)
                                       - errors_before)
             time.sleep(INTERVAL_MS / 1000 * 3)
         stats = envoy.counters("cluster.keygatectl.")
@@ -344,7 +350,7 @@ def test_concurrent_rolls_through_both_replicas_keep_versions_strictly_rising(up
         for v in versions.values():
             assert len(v) == 15 and v == sorted(set(v)), v
         assert sorted(versions[a.port] + versions[b.port]) == list(range(3, 33))
-        wait_for(lambda: envoy.counters("wasmcustom.keygate.sync.").get("version") == 32)
+        wait_for(lambda: envoy.counters(harness.STATS + "keygate.sync.").get("version") == 32)
     finally:
         envoy.stop()
         b.stop()

@@ -98,7 +98,7 @@ def test_synced_keys_work_on_every_worker(synced, keyset):
     for name in ("sk_test", "sk_production"):
         assert statuses(synced, keyset.keys[name]) == {200}
     assert statuses(synced, keyset.keys["pk_test"]) == {403}
-    gauges = synced.counters("wasmcustom.keygate.sync.")
+    gauges = synced.counters(harness.STATS + "keygate.sync.")
     assert gauges["version"] == 1
     assert gauges["keys"] == 4
 
@@ -121,7 +121,7 @@ def test_unchanged_maps_are_answered_304_and_polled_with_the_version(synced, cp)
     later = [p for p in cp.polls[1:]]
     assert later, "the fetcher keeps polling"
     assert all(inm == '"1"' and path.endswith("?since=1") for path, inm in later)
-    assert synced.counters("wasmcustom.keygate.sync.")["not_modified"] >= 1
+    assert synced.counters(harness.STATS + "keygate.sync.")["not_modified"] >= 1
 
 
 @pytest.mark.parametrize(
@@ -138,37 +138,37 @@ def test_unchanged_maps_are_answered_304_and_polled_with_the_version(synced, cp)
     ],
 )
 def test_bad_answers_keep_the_last_good_map(synced, cp, keyset, status, body):
-    before = synced.counters("wasmcustom.keygate.sync.")
+    before = synced.counters(harness.STATS + "keygate.sync.")
     cp.answer(status, body)
-    wait_for(lambda: synced.counters("wasmcustom.keygate.sync.").get("errors", 0) > before.get("errors", 0))
+    wait_for(lambda: synced.counters(harness.STATS + "keygate.sync.").get("errors", 0) > before.get("errors", 0))
     assert statuses(synced, keyset.keys["sk_test"]) == {200}
-    assert synced.counters("wasmcustom.keygate.sync.")["version"] == 1
+    assert synced.counters(harness.STATS + "keygate.sync.")["version"] == 1
 
 
 def test_a_huge_garbage_answer_is_refused_and_the_map_keeps_serving(synced, cp, keyset):
-    before = synced.counters("wasmcustom.keygate.sync.").get("refused", 0)
+    before = synced.counters(harness.STATS + "keygate.sync.").get("refused", 0)
     cp.answer(200, b'{"kind":"full","version":99,"keys":[' + b"x" * (40 << 20))
-    wait_for(lambda: synced.counters("wasmcustom.keygate.sync.").get("refused", 0) > before, timeout=15)
+    wait_for(lambda: synced.counters(harness.STATS + "keygate.sync.").get("refused", 0) > before, timeout=15)
     assert statuses(synced, keyset.keys["sk_test"]) == {200}
-    assert synced.counters("wasmcustom.keygate.sync.")["version"] == 1
+    assert synced.counters(harness.STATS + "keygate.sync.")["version"] == 1
 
 
 def test_control_plane_down_then_back(synced, cp, keyset):
     cp.down = True
-    wait_for(lambda: synced.counters("wasmcustom.keygate.sync.").get("errors", 0) >= 2)
+    wait_for(lambda: synced.counters(harness.STATS + "keygate.sync.").get("errors", 0) >= 2)
     assert statuses(synced, keyset.keys["sk_test"]) == {200}
     new = keylib.make_key("secret", "test")
     cp.publish(keyset.entries + [keylib.entry(new, "acct_demo", "key_new", "secret", "test")])
     cp.down = False
     wait_for(lambda: status_of(synced, new) == 200)
-    assert synced.counters("wasmcustom.keygate.sync.")["version"] == 2
+    assert synced.counters(harness.STATS + "keygate.sync.")["version"] == 2
 
 
 def test_a_hanging_control_plane_times_out_and_the_map_keeps_serving(synced, cp, keyset):
     cp.hang = True
     time.sleep(1.2)
     assert statuses(synced, keyset.keys["sk_test"]) == {200}
-    assert synced.counters("wasmcustom.keygate.sync.")["errors"] >= 1
+    assert synced.counters(harness.STATS + "keygate.sync.")["errors"] >= 1
     cp.hang = False
 
 

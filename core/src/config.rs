@@ -125,6 +125,8 @@ pub enum Problem {
     EmptyMethods,
     BadName,
     BadSyncPath,
+    BadSyncUrl,
+    NoSyncUrl,
     OutOfRange(&'static str, &'static str),
     Method(MethodError),
     Template(TemplateError),
@@ -182,6 +184,10 @@ impl fmt::Display for Problem {
             Problem::BadSyncPath => {
                 f.write_str("must start with '/' and hold no query, fragment or spaces")
             }
+            Problem::BadSyncUrl => f.write_str(
+                "must be an http:// or https:// URL with a host and no query, fragment, credentials or spaces",
+            ),
+            Problem::NoSyncUrl => f.write_str("must list at least one URL"),
             Problem::OutOfRange(low, high) => write!(f, "must be between {low} and {high}"),
             Problem::Method(e) => e.fmt(f),
             Problem::Template(e) => e.fmt(f),
@@ -270,8 +276,20 @@ const KEY_TYPES: &[&str] = &["secret", "publishable"];
 const ENVIRONMENTS: &[&str] = &["test", "production"];
 
 impl FilterConfig {
-    /// Parses and validates a whole plugin configuration.
+    /// Parses and validates a whole plugin configuration, as the wasm filter reads it: its
+    /// `sync` block names the shared-data namespace the fetcher service publishes to.
     pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
+        let (mut config, namespace) = Self::parse_with_sync(json, read_sync_namespace)?;
+        config.sync_namespace = namespace;
+        Ok(config)
+    }
+
+    /// Parses a configuration whose `sync` block `read_sync` reads (given the block and its
+    /// path), for a front end that syncs another way (the native module polls a URL).
+    pub fn parse_with_sync<T>(
+        json: &[u8],
+        read_sync: impl FnOnce(&Value, &Path) -> Result<T, ConfigError>,
+    ) -> Result<(FilterConfig, Option<T>), ConfigError> {
         let doc = read_document(json)?;
         let root = Path::Root;
         let top = Fields::of(&doc, &root, TOP_FIELDS)?;
@@ -300,30 +318,33 @@ impl FilterConfig {
             identity_headers: parse_identity_headers(&top)?,
             keep_authorization: top.bool("keep_authorization")?.unwrap_or(false),
         };
-        let sync_namespace = match top.get("sync") {
-            None => None,
-            Some(sync) => {
-                let sync_path = top.path("sync");
-                let sync = Fields::of(sync, &sync_path, SYNC_FIELDS)?;
-                let namespace = sync
-                    .string("namespace")?
-                    .unwrap_or(crate::service_config::DEFAULT_NAMESPACE);
-                if !crate::service_config::is_valid_name(namespace) {
-                    return Err(err("sync.namespace", Problem::BadName));
-                }
-                Some(namespace.to_owned())
-            }
-        };
+        let sync = top
+            .get("sync")
+            .map(|block| read_sync(block, &top.path("sync")))
+            .transpose()?;
         let keys = match top.list("keys")? {
             None => Vec::new(),
             Some(items) => read_keys(items, &top.path("keys"))?,
         };
-        Ok(FilterConfig {
+        let config = FilterConfig {
             settings,
             keys: build_key_map(&keys, "keys")?,
-            sync_namespace,
-        })
+            sync_namespace: None,
+        };
+        Ok((config, sync))
     }
+}
+
+/// The wasm filter's `sync` block: `{"namespace": …}`, defaulted.
+fn read_sync_namespace(block: &Value, path: &Path) -> Result<String, ConfigError> {
+    let sync = Fields::of(block, path, SYNC_FIELDS)?;
+    let namespace = sync
+        .string("namespace")?
+        .unwrap_or(crate::service_config::DEFAULT_NAMESPACE);
+    if !crate::service_config::is_valid_name(namespace) {
+        return Err(sync.path("namespace").error(Problem::BadName));
+    }
+    Ok(namespace.to_owned())
 }
 
 /// A configuration document: JSON whose top level is an object.

@@ -8,21 +8,17 @@ use crate::config::{check_version, err, read_document, ConfigError, Problem};
 #[cfg(feature = "std")]
 use crate::fields::{as_f64, Fields, Path};
 #[cfg(feature = "std")]
+use crate::json::Value;
+#[cfg(feature = "std")]
 use crate::sync::Guard;
 
 /// Shared-data namespace used when none is configured.
 pub const DEFAULT_NAMESPACE: &str = "keygate";
 
-/// The fetcher's whole configuration (host and fetcher builds only: the filter reads just
-/// the namespace from its own config).
+/// How a fetcher polls keygatectl: shared by the wasm fetcher service and the native module.
 #[cfg(feature = "std")]
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServiceConfig {
-    pub namespace: String,
-    /// The Envoy cluster of keygatectl, and the request's path and authority.
-    pub cluster: String,
-    pub path: String,
-    pub authority: String,
+pub struct FetchSettings {
     pub interval_ms: u64,
     pub timeout_ms: u64,
     /// Each wait is the interval less up to this share of it, so fleets do not poll in step
@@ -33,6 +29,40 @@ pub struct ServiceConfig {
     pub guard: Guard,
 }
 
+/// The wasm fetcher service's whole configuration (host and fetcher builds only: the filter
+/// reads just the namespace from its own config).
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub namespace: String,
+    /// The Envoy cluster of keygatectl, and the request's path and authority.
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub fetch: FetchSettings,
+}
+
+/// The native module's `sync` block: keygatectl's key-map URL, polled from a thread of the
+/// module's own (no Envoy cluster: see `native/src/sync.rs`).
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollConfig {
+    /// `http://host:port/v1/keymap` or `https://…`: one keygatectl, or several replicas
+    /// tried in turn (`"url"` is a string or a list of them).
+    pub urls: Vec<String>,
+    pub fetch: FetchSettings,
+}
+
+#[cfg(feature = "std")]
+const FETCH_FIELDS: [&str; 6] = [
+    "interval_ms",
+    "timeout_ms",
+    "jitter",
+    "bearer_token",
+    "allow_empty_map",
+    "max_removed_fraction",
+];
+
 #[cfg(feature = "std")]
 const FIELDS: &[&str] = &[
     "version",
@@ -40,12 +70,23 @@ const FIELDS: &[&str] = &[
     "cluster",
     "path",
     "authority",
-    "interval_ms",
-    "timeout_ms",
-    "jitter",
-    "bearer_token",
-    "allow_empty_map",
-    "max_removed_fraction",
+    FETCH_FIELDS[0],
+    FETCH_FIELDS[1],
+    FETCH_FIELDS[2],
+    FETCH_FIELDS[3],
+    FETCH_FIELDS[4],
+    FETCH_FIELDS[5],
+];
+
+#[cfg(feature = "std")]
+const POLL_FIELDS: &[&str] = &[
+    "url",
+    FETCH_FIELDS[0],
+    FETCH_FIELDS[1],
+    FETCH_FIELDS[2],
+    FETCH_FIELDS[3],
+    FETCH_FIELDS[4],
+    FETCH_FIELDS[5],
 ];
 
 /// True for a namespace, cluster or authority name: visible ASCII without '/' or spaces.
@@ -56,17 +97,61 @@ pub fn is_valid_name(s: &str) -> bool {
 }
 
 #[cfg(feature = "std")]
+impl FetchSettings {
+    /// The polling fields of `raw` (an object that allowed `FETCH_FIELDS`).
+    fn read(raw: &Fields) -> Result<FetchSettings, ConfigError> {
+        let number = |name: &'static str| {
+            raw.get(name)
+                .map(|v| as_f64(v, &raw.path(name)))
+                .transpose()
+        };
+        let out_of_range = |name: &'static str, low: &'static str, high: &'static str| {
+            raw.path(name).error(Problem::OutOfRange(low, high))
+        };
+        let interval_ms = raw.u64("interval_ms", u64::MAX)?.unwrap_or(1000);
+        if !(100..=3_600_000).contains(&interval_ms) {
+            return Err(out_of_range("interval_ms", "100", "3600000"));
+        }
+        // Never 0: Envoy reads a zero timeout as "no timeout", and a hung control plane
+        // would then stall syncing for good.
+        let timeout_ms = raw.u64("timeout_ms", u64::MAX)?.unwrap_or(5000);
+        if !(10..=60_000).contains(&timeout_ms) {
+            return Err(out_of_range("timeout_ms", "10", "60000"));
+        }
+        let jitter = number("jitter")?.unwrap_or(0.1);
+        if !(0.0..=0.5).contains(&jitter) {
+            return Err(out_of_range("jitter", "0", "0.5"));
+        }
+        let bearer_token = raw.string("bearer_token")?;
+        if let Some(token) = bearer_token {
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(raw.path("bearer_token").error(Problem::BadIdentifier));
+            }
+        }
+        let max_removed_fraction = number("max_removed_fraction")?.unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&max_removed_fraction) {
+            return Err(out_of_range("max_removed_fraction", "0", "1"));
+        }
+        Ok(FetchSettings {
+            interval_ms,
+            timeout_ms,
+            jitter,
+            bearer_token: bearer_token.map(str::to_owned),
+            guard: Guard {
+                allow_empty_map: raw.bool("allow_empty_map")?.unwrap_or(false),
+                max_removed_fraction,
+            },
+        })
+    }
+}
+
+#[cfg(feature = "std")]
 impl ServiceConfig {
     pub fn parse(json: &[u8]) -> Result<ServiceConfig, ConfigError> {
         let doc = read_document(json)?;
         let root = Path::Root;
         let raw = Fields::of(&doc, &root, FIELDS)?;
         check_version(&raw)?;
-        let number = |name: &'static str| {
-            raw.get(name)
-                .map(|v| as_f64(v, &raw.path(name)))
-                .transpose()
-        };
         let namespace = raw.string("namespace")?.unwrap_or(DEFAULT_NAMESPACE);
         if !is_valid_name(namespace) {
             return Err(err("namespace", Problem::BadName));
@@ -86,45 +171,63 @@ impl ServiceConfig {
         {
             return Err(err("path", Problem::BadSyncPath));
         }
-        let interval_ms = raw.u64("interval_ms", u64::MAX)?.unwrap_or(1000);
-        if !(100..=3_600_000).contains(&interval_ms) {
-            return Err(err("interval_ms", Problem::OutOfRange("100", "3600000")));
-        }
-        // Never 0: Envoy reads a zero timeout as "no timeout", and a hung control plane
-        // would then stall syncing for good.
-        let timeout_ms = raw.u64("timeout_ms", u64::MAX)?.unwrap_or(5000);
-        if !(10..=60_000).contains(&timeout_ms) {
-            return Err(err("timeout_ms", Problem::OutOfRange("10", "60000")));
-        }
-        let jitter = number("jitter")?.unwrap_or(0.1);
-        if !(0.0..=0.5).contains(&jitter) {
-            return Err(err("jitter", Problem::OutOfRange("0", "0.5")));
-        }
-        let bearer_token = raw.string("bearer_token")?;
-        if let Some(token) = bearer_token {
-            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(err("bearer_token", Problem::BadIdentifier));
-            }
-        }
-        let max_removed_fraction = number("max_removed_fraction")?.unwrap_or(0.5);
-        if !(0.0..=1.0).contains(&max_removed_fraction) {
-            return Err(err("max_removed_fraction", Problem::OutOfRange("0", "1")));
-        }
         Ok(ServiceConfig {
             namespace: namespace.to_owned(),
             cluster: cluster.to_owned(),
             path: path.to_owned(),
             authority: authority.to_owned(),
-            interval_ms,
-            timeout_ms,
-            jitter,
-            bearer_token: bearer_token.map(str::to_owned),
-            guard: Guard {
-                allow_empty_map: raw.bool("allow_empty_map")?.unwrap_or(false),
-                max_removed_fraction,
-            },
+            fetch: FetchSettings::read(&raw)?,
         })
     }
+}
+
+#[cfg(feature = "std")]
+impl PollConfig {
+    /// Reads a `sync` block (`value`, found at `path`) as the native module reads it.
+    pub fn read(value: &Value, path: &Path) -> Result<PollConfig, ConfigError> {
+        let raw = Fields::of(value, path, POLL_FIELDS)?;
+        let url_path = raw.path("url");
+        let given = raw.required("url")?;
+        let urls: Vec<&str> = match given {
+            Value::Array(items) => {
+                if items.is_empty() {
+                    return Err(url_path.error(Problem::NoSyncUrl));
+                }
+                crate::fields::strings(items, &url_path)?
+            }
+            single => vec![crate::fields::as_str(single, &url_path)?],
+        };
+        for (i, url) in urls.iter().enumerate() {
+            if !is_valid_sync_url(url) {
+                let at = match given {
+                    Value::Array(_) => Path::Index(&url_path, i),
+                    _ => url_path,
+                };
+                return Err(at.error(Problem::BadSyncUrl));
+            }
+        }
+        Ok(PollConfig {
+            urls: urls.into_iter().map(str::to_owned).collect(),
+            fetch: FetchSettings::read(&raw)?,
+        })
+    }
+}
+
+/// An absolute http(s) URL with a host, in visible ASCII, with no query, fragment or
+/// credentials (the fetcher adds `?since=`; a token goes in `bearer_token`).
+pub fn is_valid_sync_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let Some(rest) = rest else {
+        return false;
+    };
+    let host_len = rest.find('/').unwrap_or(rest.len());
+    url.len() <= 2048
+        && host_len > 0
+        && !rest.starts_with(':')
+        && !url.contains(['?', '#', '@'])
+        && url.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Shared-data key holding the published map's version (8 bytes, little-endian).
@@ -147,9 +250,9 @@ mod tests {
         assert_eq!(c.namespace, "keygate");
         assert_eq!(c.path, "/v1/keymap");
         assert_eq!(c.authority, "keygatectl");
-        assert_eq!(c.interval_ms, 1000);
-        assert_eq!(c.timeout_ms, 5000);
-        assert_eq!(c.guard, Guard::default());
+        assert_eq!(c.fetch.interval_ms, 1000);
+        assert_eq!(c.fetch.timeout_ms, 5000);
+        assert_eq!(c.fetch.guard, Guard::default());
     }
 
     #[test]
@@ -197,6 +300,71 @@ mod tests {
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
+            assert!(got.starts_with(want), "{json}: got {got}");
+        }
+    }
+
+    fn poll(json: &str) -> Result<PollConfig, String> {
+        let doc = crate::json::parse(json.as_bytes()).map_err(|e| e.to_string())?;
+        let sync = Path::Root;
+        let sync = Path::Field(&sync, "sync");
+        PollConfig::read(&doc, &sync).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_poll_config_takes_one_url_or_several() {
+        let one = poll(r#"{"url":"http://127.0.0.1:8080/v1/keymap"}"#).expect("valid");
+        assert_eq!(one.urls, ["http://127.0.0.1:8080/v1/keymap"]);
+        assert_eq!(one.fetch.interval_ms, 1000);
+        let two =
+            poll(r#"{"url":["http://a:1/v1/keymap","https://b/v1/keymap"],"interval_ms":200}"#)
+                .expect("valid");
+        assert_eq!(two.urls, ["http://a:1/v1/keymap", "https://b/v1/keymap"]);
+        assert_eq!(two.fetch.interval_ms, 200);
+    }
+
+    #[test]
+    fn poll_config_errors_name_the_field() {
+        let cases = [
+            (
+                r#"{}"#,
+                "invalid keygate config: sync.url: required field missing",
+            ),
+            (
+                r#"{"url":"ftp://a/x"}"#,
+                "invalid keygate config: sync.url: must be an http",
+            ),
+            (
+                r#"{"url":"http://"}"#,
+                "invalid keygate config: sync.url: must be an http",
+            ),
+            (
+                r#"{"url":"http://a/x?since=1"}"#,
+                "invalid keygate config: sync.url: must be",
+            ),
+            (
+                r#"{"url":"http://u:p@a/x"}"#,
+                "invalid keygate config: sync.url: must be",
+            ),
+            (
+                r#"{"url":["http://a/x","b"]}"#,
+                "invalid keygate config: sync.url[1]: must be",
+            ),
+            (
+                r#"{"url":[]}"#,
+                "invalid keygate config: sync.url: must list at least one URL",
+            ),
+            (
+                r#"{"url":"http://a/x","cluster":"c"}"#,
+                "invalid keygate config: sync.cluster: unknown field",
+            ),
+            (
+                r#"{"url":"http://a/x","interval_ms":5}"#,
+                "invalid keygate config: sync.interval_ms: must be between 100",
+            ),
+        ];
+        for (json, want) in cases {
+            let got = poll(json).err().unwrap_or_default();
             assert!(got.starts_with(want), "{json}: got {got}");
         }
     }

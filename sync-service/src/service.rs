@@ -123,7 +123,7 @@ impl SyncService {
         let now = now_ms();
         info!(
             "keygate sync: polling cluster {} path {} every {} ms",
-            config.cluster, config.path, config.interval_ms
+            config.cluster, config.path, config.fetch.interval_ms
         );
         SyncService {
             config,
@@ -160,6 +160,7 @@ impl SyncService {
         let etag = since.map(|v| format!("\"{v}\""));
         let bearer = self
             .config
+            .fetch
             .bearer_token
             .as_ref()
             .map(|t| format!("Bearer {t}"));
@@ -186,7 +187,7 @@ impl SyncService {
             headers,
             None,
             vec![],
-            Duration::from_millis(self.config.timeout_ms),
+            Duration::from_millis(self.config.fetch.timeout_ms),
         ) {
             Ok(token) => self.in_flight = Some(token),
             Err(status) => {
@@ -240,7 +241,7 @@ impl SyncService {
         let mut store = SharedData {
             namespace: &self.config.namespace,
         };
-        let guard = self.config.guard;
+        let guard = self.config.fetch.guard;
         let applied = if binary {
             // Read in chunks straight from Envoy's buffer: the VM never holds the whole map.
             self.state
@@ -292,13 +293,13 @@ impl SyncService {
         let now = now_ms();
         self.last_success_ms = Some(now);
         set(self.metrics.age_ms, 0);
-        self.next_fetch_ms = now + self.jittered(self.config.interval_ms);
+        self.next_fetch_ms = now + self.jittered(self.config.fetch.interval_ms);
     }
 
     fn failed(&mut self, _started: u64) {
         let now = now_ms();
         bump(self.metrics.errors);
-        self.next_fetch_ms = now + self.jittered(self.config.interval_ms.min(RETRY_MS));
+        self.next_fetch_ms = now + self.jittered(self.config.fetch.interval_ms.min(RETRY_MS));
     }
 
     /// The wait before the next poll (see `poll_wait`); xorshift: no need for a secure source.
@@ -307,7 +308,7 @@ impl SyncService {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let unit = (self.rng % 10_001) as f64 / 10_000.0; // 0..=1
-        poll_wait(base, self.config.jitter, unit)
+        poll_wait(base, self.config.fetch.jitter, unit)
     }
 }
 

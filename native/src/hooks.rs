@@ -1,0 +1,145 @@
+//! The hooks Envoy calls (`envoy_dynamic_module_on_*`). Each filter configuration is one
+//! `Filter`; a stream's filter is that same pointer (nothing is allocated per stream).
+//!
+//! A panic never crosses into Envoy: each hook catches it, and a request that hit one is
+//! answered 500 (never let through), so a bug costs one request, not the proxy.
+
+use crate::abi::{self, Buffer, EnvoyPtr, HeaderPair, STOP_ITERATION};
+use crate::filter::Filter;
+use log::{error, info};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+const INTERNAL_ERROR_BODY: &[u8] =
+    br#"{"error":{"code":"internal_error","message":"The API gateway failed to check this request."}}"#;
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+    crate::logger::install();
+    // Where a panic happened, never its message: a message can quote its input (a str
+    // slice error quotes the string), and the input can be a key. Each Rust module has its
+    // own std, so this hook is keygate's alone.
+    std::panic::set_hook(Box::new(|info| match info.location() {
+        Some(at) => error!("keygate: panic at {}:{}", at.file(), at.line()),
+        None => error!("keygate: panic"),
+    }));
+    abi::ABI_VERSION.as_ptr()
+}
+
+/// Returns the configuration, or null when it is invalid (Envoy then refuses it; the
+/// reason, naming the field, is in Envoy's log).
+///
+/// # Safety
+/// Envoy passes live buffers for the filter name and configuration.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: EnvoyPtr,
+    _name: *const u8,
+    _name_len: usize,
+    config: *const u8,
+    config_len: usize,
+) -> *mut Filter {
+    let json = Buffer::from_raw(config, config_len).bytes();
+    match catch_unwind(AssertUnwindSafe(|| Filter::new(config_envoy, json))) {
+        Ok(Ok(filter)) => Box::into_raw(Box::new(filter)),
+        Ok(Err(e)) => {
+            error!("keygate: {e}");
+            core::ptr::null_mut()
+        }
+        Err(_) => {
+            error!("keygate: the configuration could not be read (internal error)");
+            core::ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// `filter` is what `on_http_filter_config_new` returned, and Envoy is done with it.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(filter: *mut Filter) {
+    if !filter.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(filter))));
+        // Envoy destroys a configuration once the last stream using it ends.
+        info!("keygate: released 1 ended configuration");
+    }
+}
+
+/// The per-stream object is the configuration itself.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    filter: *const Filter,
+    _filter_envoy: EnvoyPtr,
+) -> *const Filter {
+    filter
+}
+
+/// # Safety
+/// `filter` is what `on_http_filter_new` returned; `filter_envoy` is the live stream.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy: EnvoyPtr,
+    filter: *const Filter,
+    _end_of_stream: bool,
+) -> u32 {
+    let Some(filter) = filter.as_ref() else {
+        return internal_error(filter_envoy);
+    };
+    match catch_unwind(AssertUnwindSafe(|| filter.on_request_headers(filter_envoy))) {
+        Ok(status) => status,
+        Err(_) => {
+            error!("keygate: internal error on a request; answered 500");
+            internal_error(filter_envoy)
+        }
+    }
+}
+
+unsafe fn internal_error(filter_envoy: EnvoyPtr) -> u32 {
+    let headers: [HeaderPair; 1] = [(b"content-type", b"application/json")];
+    abi::send_response(
+        filter_envoy,
+        500,
+        &headers,
+        INTERNAL_ERROR_BODY,
+        "keygate_internal_error",
+    );
+    STOP_ITERATION
+}
+
+/// Hooks Envoy looks up and keygate has no use for: each does nothing and, where Envoy
+/// reads an answer, answers 0 ("continue"; a null per-route configuration).
+macro_rules! unused_hooks {
+    ($($name:ident),* $(,)?) => {$(
+        #[no_mangle]
+        pub extern "C" fn $name() -> usize {
+            0
+        }
+    )*};
+}
+
+unused_hooks!(
+    envoy_dynamic_module_on_http_filter_config_http_callout_done,
+    envoy_dynamic_module_on_http_filter_config_http_stream_complete,
+    envoy_dynamic_module_on_http_filter_config_http_stream_data,
+    envoy_dynamic_module_on_http_filter_config_http_stream_headers,
+    envoy_dynamic_module_on_http_filter_config_http_stream_reset,
+    envoy_dynamic_module_on_http_filter_config_http_stream_trailers,
+    envoy_dynamic_module_on_http_filter_config_scheduled,
+    envoy_dynamic_module_on_http_filter_destroy,
+    envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark,
+    envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark,
+    envoy_dynamic_module_on_http_filter_http_callout_done,
+    envoy_dynamic_module_on_http_filter_http_stream_complete,
+    envoy_dynamic_module_on_http_filter_http_stream_data,
+    envoy_dynamic_module_on_http_filter_http_stream_headers,
+    envoy_dynamic_module_on_http_filter_http_stream_reset,
+    envoy_dynamic_module_on_http_filter_http_stream_trailers,
+    envoy_dynamic_module_on_http_filter_local_reply,
+    envoy_dynamic_module_on_http_filter_per_route_config_destroy,
+    envoy_dynamic_module_on_http_filter_per_route_config_new,
+    envoy_dynamic_module_on_http_filter_request_body,
+    envoy_dynamic_module_on_http_filter_request_trailers,
+    envoy_dynamic_module_on_http_filter_response_body,
+    envoy_dynamic_module_on_http_filter_response_headers,
+    envoy_dynamic_module_on_http_filter_response_trailers,
+    envoy_dynamic_module_on_http_filter_scheduled,
+    envoy_dynamic_module_on_http_filter_stream_complete,
+);
