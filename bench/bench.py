@@ -46,6 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
 FLOOR_WASM = ROOT / "bench" / "floor" / "target" / "wasm32-wasip1" / "release" / "keygate_bench_floor.wasm"
+KEYGATE_NATIVE = ROOT / "target" / "native" / "libkeygate_native.so"
 DYNAMIC_FLOOR = ROOT / "bench" / "dynamic-floor" / "target" / "release" / "libkeygate_bench_dynamic_floor.so"
 SYNC_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_sync.wasm"
 # Issue 9's goal for the filter module, in bytes (150 KB, decimal).
@@ -400,17 +401,19 @@ def keygate_filter(example):
     return config, block
 
 
+def plugin_holder(block):
+    """The StringValue carrying a keygate filter block's plugin configuration (wasm filter
+    or native module)."""
+    typed = block["typed_config"]
+    return typed["filter_config"] if "filter_config" in typed else typed["config"]["configuration"]
+
+
 def plugin_of(block):
-    return json.loads(block["typed_config"]["config"]["configuration"]["value"])
-
-
-def plugin_of_text(block):
-    """The plugin configuration of a wasm filter block, as the JSON text Envoy hands over."""
-    return block["typed_config"]["config"]["configuration"]["value"]
+    return json.loads(plugin_holder(block)["value"])
 
 
 def set_plugin(block, plugin_json_text):
-    block["typed_config"]["config"]["configuration"]["value"] = plugin_json_text
+    plugin_holder(block)["value"] = plugin_json_text
 
 
 def base_config(admin_port, listen_port, http_filters, clusters=(), bootstrap_extensions=None,
@@ -525,8 +528,7 @@ def floor_filter():
 
 
 def dynamic_floor_filter(mode):
-    """bench/dynamic-floor as a native dynamic module, in `mode`: read, forward, reject, or a
-    keygate plugin configuration (JSON) for its keygate prototype."""
+    """bench/dynamic-floor as a native dynamic module, in `mode`: read, forward or reject."""
     return {
         "name": "dynamic-floor",
         "typed_config": {
@@ -538,14 +540,24 @@ def dynamic_floor_filter(mode):
     }
 
 
-def keygate_static_filter(keyset, **options):
-    """envoy.yaml's keygate filter with `keyset`'s keys (and any extra plugin `options`)."""
-    _, block = keygate_filter("envoy.yaml")
+def keygate_static_filter(keyset, example="envoy.yaml", **options):
+    """envoy.yaml's keygate filter (or `example`'s: envoy-native.yaml for the native module)
+    with `keyset`'s keys (and any extra plugin `options`)."""
+    _, block = keygate_filter(example)
     plugin = plugin_of(block)
     plugin.pop("keys", None)
     plugin.update(options)
     head = json.dumps(plugin)[:-1]  # splice the (big) key list in as text
     set_plugin(block, head + ', "keys": ' + keyset.keys_json() + "}")
+    return block
+
+
+def keygate_native_sync_filter(keymap_port):
+    """envoy-native-sync.yaml's keygate filter, polling the stand-in at `keymap_port`."""
+    _, block = keygate_filter("envoy-native-sync.yaml")
+    plugin = plugin_of(block)
+    plugin["sync"]["url"] = f"http://127.0.0.1:{keymap_port}/v1/keymap"
+    set_plugin(block, json.dumps(plugin))
     return block
 
 
@@ -660,7 +672,7 @@ end
 
 CONFIGS = ["noauth", "native", "lua", "floor", "keygate", "keygate-combined", "keygate-sync",
            "dynamic-read", "dynamic-forward", "dynamic-reject",
-           "dynamic-keygate", "dynamic-keygate-combined"]
+           "keygate-native", "keygate-native-combined", "keygate-native-sync"]
 # Native dynamic-module floors (not keygate): what the same host work costs without wasm.
 DYNAMIC_MODES = {"dynamic-read": "read", "dynamic-forward": "forward", "dynamic-reject": "reject"}
 LABELS = {
@@ -674,8 +686,9 @@ LABELS = {
     "dynamic-read": "native dynamic module: reads one header (a native floor)",
     "dynamic-forward": "native dynamic module: … + adds one header, removes `authorization`",
     "dynamic-reject": "native dynamic module: … + keygate's 401 (JSON body, 2 headers)",
-    "dynamic-keygate": "prototype: keygate's request path as a native dynamic module, static map",
-    "dynamic-keygate-combined": "prototype: … one identity header",
+    "keygate-native": "keygate native module, static map",
+    "keygate-native-combined": "keygate native module, static map, one identity header",
+    "keygate-native-sync": "keygate native module, synced map",
 }
 TRAFFIC_LABELS = {"valid": "valid key (200)", "unknown": "unknown key (401)", "forbidden": "publishable on list (403)"}
 
@@ -706,10 +719,11 @@ def build_config(name, keyset, keymap_port):
         filters, extra = [floor_filter()], {}
     elif name in DYNAMIC_MODES:
         filters, extra = [dynamic_floor_filter(DYNAMIC_MODES[name])], {}
-    elif name in ("dynamic-keygate", "dynamic-keygate-combined"):
+    elif name in ("keygate-native", "keygate-native-combined"):
         options = {"identity_header": "x-keygate-identity"} if name.endswith("combined") else {}
-        # The same plugin configuration the wasm filter gets, handed to the native prototype.
-        filters, extra = [dynamic_floor_filter(plugin_of_text(keygate_static_filter(keyset, **options)))], {}
+        filters, extra = [keygate_static_filter(keyset, "envoy-native.yaml", **options)], {}
+    elif name == "keygate-native-sync":
+        filters, extra = [keygate_native_sync_filter(keymap_port)], {}
     elif name == "keygate":
         filters, extra = [keygate_static_filter(keyset)], {}
     elif name == "keygate-combined":
@@ -982,15 +996,23 @@ def with_async_limit(runtime, limit):
     return {"layers": layers}
 
 
+def synced_config(admin, port, keymap_port, runtime, native):
+    """Envoy with keygate synced from the stand-in at `keymap_port`: the wasm filter with its
+    fetcher service and keygatectl cluster, or the native module polling the URL itself."""
+    if native:
+        return base_config(admin, port, [keygate_native_sync_filter(keymap_port)])
+    services, block, cluster = keygate_sync_parts(keymap_port)
+    return base_config(admin, port, [block], clusters=[cluster], bootstrap_extensions=services,
+                       runtime=runtime)
+
+
 class SyncedEnvoy:
     """Envoy with keygate synced from a key-map stand-in serving `body`."""
 
-    def __init__(self, args, workdir, name, keyset, body, runtime):
+    def __init__(self, args, workdir, name, keyset, body, runtime, native=False):
         self.server = StaticKeyMapServer(body)
-        services, block, cluster = keygate_sync_parts(self.server.port)
         admin, self.port = free_port(), free_port()
-        config = base_config(admin, self.port, [block], clusters=[cluster],
-                             bootstrap_extensions=services, runtime=runtime)
+        config = synced_config(admin, self.port, self.server.port, runtime, native)
         self.headers = {"Authorization": f"Bearer {keyset.secret}"}
         self.envoy = Envoy(config, name, workdir, args.envoy_core, concurrency=args.million_workers)
 
@@ -1031,17 +1053,26 @@ def million(args, workdir):
     finally:
         envoy.stop()
 
+    small_traffic = [("1 key", [small.secret]),
+                     (f"{len(small.secret_keys)} keys rotating", small.secret_keys)]
+    big_traffic = [("1 key", [big.secret]), (f"{rotate:,} keys rotating", big.secret_keys[:rotate])]
     cases = (
-        ("10 keys", small, small.full_map_body(),
-         [("1 key", [small.secret]), (f"{len(small.secret_keys)} keys rotating", small.secret_keys)]),
-        (f"{n:,} keys", big, body,
-         [("1 key", [big.secret]), (f"{rotate:,} keys rotating", big.secret_keys[:rotate])]),
+        ("10 keys", small, small.full_map_body(), small_traffic, False),
+        (f"{n:,} keys", big, body, big_traffic, False),
+        ("10 keys, native module", small, small.full_map_body(), small_traffic, True),
+        (f"{n:,} keys, native module", big, body, big_traffic, True),
     )
-    for label, keyset, map_body, traffic in cases:
+    for label, keyset, map_body, traffic, native in cases:
         runtime = sync_runtime()
-        synced = SyncedEnvoy(args, workdir, f"m-{keyset.count}", keyset, map_body, runtime)
+        tag = "-native" if native else ""
+        synced = SyncedEnvoy(args, workdir, f"m-{keyset.count}{tag}", keyset, map_body, runtime,
+                             native)
         first_200 = synced.start(args.million_timeout if len(map_body) < ASYNC_PROBE_BYTES else args.million_probe)
-        row = {"override": None}
+        row = {"override": None, "native": native}
+        if first_200 is None and native:
+            log_text = synced.envoy.read_log()
+            synced.stop()
+            raise RuntimeError(f"{label}: no key map arrived:\n{log_text}")
         if first_200 is None:
             log_text = synced.envoy.read_log()
             synced.stop()
@@ -1085,23 +1116,23 @@ def million(args, workdir):
         finally:
             synced.stop()
         if args.instructions:
-            row["instructions"] = million_instructions(args, workdir, keyset, map_body, traffic)
+            row["instructions"] = million_instructions(args, workdir, keyset, map_body, traffic,
+                                                       native)
     out["rows"] = rows
     return out
 
 
-def million_instructions(args, workdir, keyset, map_body, traffic):
+def million_instructions(args, workdir, keyset, map_body, traffic, native=False):
     """Instructions per request for one map and each client-key traffic, one worker."""
     server = StaticKeyMapServer(map_body)
     try:
-        services, block, cluster = keygate_sync_parts(server.port)
         admin, port = free_port(), free_port()
-        config = base_config(admin, port, [block], clusters=[cluster],
-                             bootstrap_extensions=services,
-                             runtime=with_async_limit(sync_runtime(), args.async_limit))
+        config = synced_config(admin, port, server.port,
+                               with_async_limit(sync_runtime(), args.async_limit), native)
         rotations = [(tname, [{"Authorization": f"Bearer {k}"} for k in keys], 200)
                      for tname, keys in traffic]
-        return count_config_instructions(args, workdir, f"m-{keyset.count}", config, port,
+        tag = "-native" if native else ""
+        return count_config_instructions(args, workdir, f"m-{keyset.count}{tag}", config, port,
                                          rotations)
     finally:
         server.close()
@@ -1127,7 +1158,8 @@ def million_tables(args, m):
     for label, row in m["rows"].items():
         if label == "noauth":
             continue
-        name = f"keygate synced, {label}" + (" (async buffer limit raised)" if row["override"] else "")
+        name = (f"keygate synced, {label}".replace(", native module", " (native module)")
+                + (" (async buffer limit raised)" if row["override"] else ""))
         rows.append([
             name, fmt_num(row["rss"] / 1024, 1), fmt_num((row["rss"] - base) / 1024, 1),
             f"{row['ready_s']:.2f} s", f"{row['first_200_s']:.2f} s",
@@ -1137,12 +1169,16 @@ def million_tables(args, m):
                         "start → first 200", "RSS MiB after the load runs"], rows))
     lines.append("")
     rows = []
-    small_label = next(label for label in m["rows"] if label != "noauth")
-    ref_cpu = median([r.cpu_us for r in m["rows"][small_label]["traffic"]["1 key"]])
-    ref_instructions = m["rows"][small_label].get("instructions", {}).get("1 key")
+
+    def reference(row):
+        """The same front end's 10-key map row: each is compared with its own."""
+        return next(r for label, r in m["rows"].items()
+                    if label != "noauth" and r["native"] == row["native"])
+
     for label, row in m["rows"].items():
         if label == "noauth":
             continue
+        ref_cpu = median([r.cpu_us for r in reference(row)["traffic"]["1 key"]])
         for tname, results in row["traffic"].items():
             cpu = median([r.cpu_us for r in results])
             rows.append([
@@ -1152,15 +1188,19 @@ def million_tables(args, m):
                 fmt_pct(median([r.busy for r in results])),
             ])
     lines.append(table(["map", "client keys", f"req/s (median of {args.rounds})", "p50", "p99",
-                        "Envoy CPU µs/req", "CPU vs 10-key map, 1 key", "Envoy core busy"], rows))
-    if ref_instructions:
+                        "Envoy CPU µs/req", "CPU vs its 10-key map, 1 key", "Envoy core busy"], rows))
+    if any(row.get("instructions") for row in m["rows"].values()):
         lines.append("")
         rows = []
         for label, row in m["rows"].items():
+            if label == "noauth":
+                continue
+            ref_instructions = reference(row).get("instructions", {}).get("1 key")
             for tname, n in row.get("instructions", {}).items():
-                rows.append([label, tname, fmt_num(n), fmt_ratio(n / ref_instructions)])
+                rows.append([label, tname, fmt_num(n),
+                             fmt_ratio(n / ref_instructions if ref_instructions else None)])
         lines.append(table(["map", "client keys", "Envoy instructions/request (callgrind)",
-                            "vs 10-key map, 1 key"], rows))
+                            "vs its 10-key map, 1 key"], rows))
     return "\n".join(lines)
 
 
@@ -1542,6 +1582,8 @@ def preflight(args):
     need = [(WASM, "run `cargo build --release --target wasm32-wasip1 -p keygate`")]
     if "floor" in args.configs:
         need.append((FLOOR_WASM, "run `cargo build --release --target wasm32-wasip1` in bench/floor"))
+    if any(c.startswith("keygate-native") for c in args.configs) or args.million:
+        need.append((KEYGATE_NATIVE, "run `make native`"))
     if any(c.startswith("dynamic-") for c in args.configs):
         need.append((DYNAMIC_FLOOR, "run `cargo build --release` in bench/dynamic-floor"))
     if args.sync_cost:

@@ -7,23 +7,21 @@
 //! - `forward`: also adds one identity header and removes `authorization` (keygate's two
 //!   mutations on a valid key, with `identity_header`);
 //! - `reject`: answers 401 with keygate's JSON body, `content-type` and `WWW-Authenticate`
-//!   and its response-code details (keygate's answer to an unknown key);
-//! - a JSON object: keygate's plugin configuration, served by the prototype in
-//!   `keygate.rs` (keygate's own decision code on a static key map).
+//!   and its response-code details (keygate's answer to an unknown key).
+//!
+//! keygate itself as such a module is `native/` (benchmarked beside these floors).
 //!
 //! Only the argument shapes it relies on are declared; a buffer passed by value
 //! (`{ptr, length}`) travels in two registers, the same as a pointer and a length, which is
 //! how every ABI revision since Envoy 1.34 passes them. Envoy requires every hook below
 //! to exist; the ones this filter does not use do nothing and answer "continue" (0).
 
-mod keygate;
-
 use core::ffi::c_void;
 use core::ptr::null;
 
-pub(crate) const REQUEST_HEADER: u32 = 0;
-pub(crate) const CONTINUE: u32 = 0;
-pub(crate) const STOP_ITERATION: u32 = 1;
+const REQUEST_HEADER: u32 = 0;
+const CONTINUE: u32 = 0;
+const STOP_ITERATION: u32 = 1;
 const AUTHORIZATION: &[u8] = b"authorization";
 const IDENTITY_NAME: &[u8] = b"x-keygate-identity";
 const IDENTITY_VALUE: &[u8] =
@@ -39,11 +37,10 @@ pub enum Config {
     Read,
     Forward,
     Reject,
-    Keygate(Box<keygate::Prototype>),
 }
 
 #[repr(C)]
-pub(crate) struct Buffer {
+struct Buffer {
     ptr: *const u8,
     len: usize,
 }
@@ -54,7 +51,7 @@ impl Buffer {
         len: 0,
     };
 
-    pub(crate) fn of(bytes: &[u8]) -> Buffer {
+    fn of(bytes: &[u8]) -> Buffer {
         Buffer {
             ptr: bytes.as_ptr(),
             len: bytes.len(),
@@ -65,7 +62,7 @@ impl Buffer {
     ///
     /// # Safety
     /// `ptr` must be null or point at `len` live bytes for the returned lifetime.
-    pub(crate) unsafe fn bytes<'a>(&self) -> &'a [u8] {
+    unsafe fn bytes<'a>(&self) -> &'a [u8] {
         if self.ptr.is_null() {
             &[]
         } else {
@@ -75,21 +72,12 @@ impl Buffer {
 }
 
 #[repr(C)]
-pub(crate) struct Header {
-    pub(crate) key: Buffer,
-    pub(crate) value: Buffer,
+struct Header {
+    key: Buffer,
+    value: Buffer,
 }
 
 extern "C" {
-    pub(crate) fn envoy_dynamic_module_callback_http_get_headers_size(
-        filter: *mut c_void,
-        header_type: u32,
-    ) -> usize;
-    pub(crate) fn envoy_dynamic_module_callback_http_get_headers(
-        filter: *mut c_void,
-        header_type: u32,
-        result: *mut Header,
-    ) -> bool;
     fn envoy_dynamic_module_callback_http_get_header(
         filter: *mut c_void,
         header_type: u32,
@@ -98,20 +86,20 @@ extern "C" {
         index: usize,
         count: *mut usize,
     ) -> bool;
-    pub(crate) fn envoy_dynamic_module_callback_http_add_header(
+    fn envoy_dynamic_module_callback_http_add_header(
         filter: *mut c_void,
         header_type: u32,
         key: Buffer,
         value: Buffer,
     ) -> bool;
     /// With an empty (null) value it removes every value of the header.
-    pub(crate) fn envoy_dynamic_module_callback_http_set_header(
+    fn envoy_dynamic_module_callback_http_set_header(
         filter: *mut c_void,
         header_type: u32,
         key: Buffer,
         value: Buffer,
     ) -> bool;
-    pub(crate) fn envoy_dynamic_module_callback_http_send_response(
+    fn envoy_dynamic_module_callback_http_send_response(
         filter: *mut c_void,
         status: u32,
         headers: *const Header,
@@ -129,14 +117,13 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
     ABI_VERSION.as_ptr()
 }
 
-/// Returns the configuration, or null when it names no mode and is no valid keygate
-/// configuration (Envoy then refuses it).
+/// Returns the configuration, or null when it names no mode (Envoy then refuses it).
 ///
 /// # Safety
 /// Envoy passes live buffers for the filter name and configuration.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    config_envoy: *mut c_void,
+    _config_envoy: *mut c_void,
     _name: *const u8,
     _name_len: usize,
     config: *const u8,
@@ -151,13 +138,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         b"" | b"read" => Config::Read,
         b"forward" => Config::Forward,
         b"reject" => Config::Reject,
-        json => match keygate::Prototype::new(config_envoy, json) {
-            Ok(prototype) => Config::Keygate(Box::new(prototype)),
-            Err(error) => {
-                eprintln!("keygate prototype: {error}");
-                return core::ptr::null_mut();
-            }
-        },
+        _ => return core::ptr::null_mut(),
     };
     Box::into_raw(Box::new(parsed))
 }
@@ -188,9 +169,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     config: *const Config,
     _end_of_stream: bool,
 ) -> u32 {
-    if let Config::Keygate(prototype) = &*config {
-        return prototype.on_request_headers(filter);
-    }
     let mut value = Buffer::EMPTY;
     let mut count = 0;
     envoy_dynamic_module_callback_http_get_header(
@@ -203,7 +181,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     );
     core::hint::black_box((value.ptr, value.len, count));
     match &*config {
-        Config::Read | Config::Keygate(_) => CONTINUE,
+        Config::Read => CONTINUE,
         Config::Forward => {
             envoy_dynamic_module_callback_http_add_header(
                 filter,
