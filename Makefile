@@ -80,6 +80,7 @@ lint:
 	$(CARGO) clippy --manifest-path core/fuzz/Cargo.toml --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate-sync -- -D warnings
+	$(CARGO) clippy -p keygate-native --features fault-injection -- -D warnings
 	$(CARGO) fmt --manifest-path bench/floor/Cargo.toml -- --check
 	$(CARGO) fmt --manifest-path bench/dynamic-floor/Cargo.toml -- --check
 	cd bench/floor && $(CARGO) clippy --release --target wasm32-wasip1 -- -D warnings

@@ -379,3 +379,68 @@ impl Fetcher {
         base.mul_f64(1.0 - self.config.fetch.jitter * unit)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_core::fields::Path;
+
+    fn fetcher(json: &str) -> Fetcher {
+        let doc = keygate_core::json::parse(json.as_bytes()).expect("json");
+        let config = PollConfig::read(&doc, &Path::Root).expect("valid sync block");
+        let shared = Arc::new(Shared {
+            stopped: Mutex::new(false),
+            wake: Condvar::new(),
+            stats: Mutex::new(None),
+        });
+        Fetcher::new(config, Arc::new(SyncedMap::default()), shared)
+    }
+
+    #[test]
+    fn a_poll_never_waits_longer_than_one_interval() {
+        let mut f = fetcher(r#"{"url":"http://127.0.0.1:9/v1/keymap","jitter":0.2}"#);
+        let interval = Duration::from_millis(1000);
+        for _ in 0..1000 {
+            let wait = f.jittered(interval);
+            assert!(wait <= interval, "{wait:?}");
+            assert!(wait >= Duration::from_millis(800), "{wait:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_replica_is_skipped_and_the_map_is_kept() {
+        // Nothing listens on port 9 of loopback (discard): both polls fail fast.
+        let mut f = fetcher(
+            r#"{"url":["http://127.0.0.1:9/v1/keymap","http://127.0.0.1:9/v2/keymap"],"timeout_ms":500}"#,
+        );
+        let error = f.poll().expect_err("no keygatectl");
+        assert!(error.is_unavailable(), "{error}");
+        assert!(f.map.current().is_none(), "no map was published");
+        assert!(f.want_full, "the next poll still asks for the whole map");
+    }
+
+    #[test]
+    fn a_bad_answer_is_not_worth_another_replica() {
+        assert!(PollError::Status(503).is_unavailable());
+        assert!(!PollError::Status(401).is_unavailable());
+        assert!(!PollError::Refused(Refusal::EmptyMap { have: 3 }).is_unavailable());
+    }
+
+    #[test]
+    fn stopping_wakes_a_sleeping_thread() {
+        let shared = Arc::new(Shared {
+            stopped: Mutex::new(false),
+            wake: Condvar::new(),
+            stats: Mutex::new(None),
+        });
+        let poller = Poller {
+            shared: shared.clone(),
+        };
+        let sleeper = std::thread::spawn(move || shared.sleep(Duration::from_secs(60)));
+        drop(poller);
+        assert!(
+            sleeper.join().expect("no panic"),
+            "woken as stopped, not timed out"
+        );
+    }
+}
