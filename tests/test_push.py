@@ -7,10 +7,12 @@ import os
 import time
 
 import httpx
+import pytest
 import yaml
 
 import harness
 import keys as keylib
+from controlplane import ScriptedControlPlane
 
 
 def write_resource(path, plugin):
@@ -95,3 +97,28 @@ def test_a_bad_push_is_refused_and_the_last_good_config_keeps_serving(upstream, 
         assert key not in envoy.read_log()
     finally:
         envoy.stop()
+
+
+@pytest.mark.skipif(not harness.NATIVE_MODE, reason="the native module's sync groups")
+def test_a_pushed_sync_config_serves_the_synced_map_at_once_even_with_keygatectl_down(
+        upstream, keyset):
+    """A pushed update of a native sync-mode config joins the running sync thread and its
+    map instead of starting empty (which would answer 503 until its first poll)."""
+    cp = ScriptedControlPlane()
+    cp.publish(keyset.entries)
+    sync = {"url": f"http://127.0.0.1:{cp.port}/v1/keymap", "interval_ms": 200,
+            "timeout_ms": 500}
+    key = keyset.keys["sk_test"]
+    envoy = start_push_envoy(upstream, {"version": 1, "realm": "first", "sync": sync})
+    try:
+        wait_for(lambda: all_workers(envoy, key) == {200})
+        cp.down = True
+        write_resource(envoy.ecds_file, {"version": 1, "realm": "pushed", "sync": sync})
+        wait_for(lambda: 'realm="pushed"' in httpx.get(
+            envoy.url + "/v3/devices", headers={"connection": "close"}, timeout=5
+        ).headers.get("www-authenticate", ""))
+        assert all_workers(envoy, key) == {200}
+        assert all_workers(envoy, keylib.make_key()) == {401}
+    finally:
+        envoy.stop()
+        cp.close()

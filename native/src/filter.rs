@@ -4,8 +4,7 @@
 //! and a failed call into Envoy is ignored, as the wasm filter ignores it.
 
 use crate::abi::{self, EnvoyPtr, MetricId, CONTINUE, STOP_ITERATION};
-use crate::sync::{Poller, SyncStats};
-use crate::synced_map::SyncedMap;
+use crate::sync::{Subscription, SyncStats};
 use keygate_core::bucket::KeyInfo;
 use keygate_core::config::{ConfigError, FilterConfig};
 use keygate_core::decision::{decide, Decision, Request, Sources};
@@ -19,7 +18,6 @@ use keygate_core::service_config::PollConfig;
 use std::cell::RefCell;
 use std::fmt;
 use std::io::Read;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why a configuration is refused (Envoy then refuses the listener or filter update, and
@@ -43,16 +41,11 @@ impl fmt::Display for FilterError {
 const COUNTERS: usize = Denial::ALL.len() + 1;
 const ALLOWED: usize = Denial::ALL.len();
 
-/// Sync mode: the map the sync thread publishes, and the thread itself.
-struct Synced {
-    map: Arc<SyncedMap>,
-    _poller: Poller,
-}
-
 /// One filter configuration, shared by every worker thread's streams.
 pub struct Filter {
     config: FilterConfig,
-    synced: Option<Synced>,
+    /// Sync mode: the group syncing this configuration's map.
+    synced: Option<Subscription>,
     /// The local answers' bodies (by `Denial::index`), built once.
     bodies: [String; Denial::ALL.len()],
     counters: [Option<MetricId>; COUNTERS],
@@ -104,16 +97,10 @@ impl Filter {
         counters[ALLOWED] = abi::define_counter(config_envoy, "keygate.allowed");
         let synced = match poll {
             None => None,
-            Some(poll) => {
-                let map = Arc::new(SyncedMap::default());
-                let stats = SyncStats::define(config_envoy);
-                let poller =
-                    Poller::start(poll, map.clone(), stats).map_err(FilterError::SyncThread)?;
-                Some(Synced {
-                    map,
-                    _poller: poller,
-                })
-            }
+            Some(poll) => Some(
+                Subscription::start(poll, SyncStats::define(config_envoy))
+                    .map_err(FilterError::SyncThread)?,
+            ),
         };
         Ok(Filter {
             config,
@@ -137,7 +124,7 @@ impl Filter {
         let settings = &self.config.settings;
         // Sync mode serves the synced map once one arrived; until then the configuration's
         // bootstrap keys, and with none of those, 503 (fail closed).
-        let snapshot = self.synced.as_ref().and_then(|s| s.map.current());
+        let snapshot = self.synced.as_ref().and_then(|s| s.map().current());
         if self.synced.is_some() && snapshot.is_none() && self.config.keys.is_empty() {
             return self.deny(filter, Denial::KeyMapUnavailable, [false; 4]);
         }

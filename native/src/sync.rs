@@ -3,6 +3,10 @@
 //! publishes each new version to every worker at once (`SyncedMap`). Any failure keeps the
 //! last good map.
 //!
+//! Configurations with the same `sync` block share one thread and one map (a `Group`): an
+//! update pushed to the filter (or a listener drained and re-added) serves the map it had at
+//! once instead of answering 503 until its first poll, and several listeners hold one copy.
+//!
 //! Why a thread and not Envoy's HTTP callout: a full map of a million keys is 58 MB, which
 //! would be parsed on Envoy's main thread (stalling xDS and the admin API) and exceed
 //! Envoy's 32 MiB buffer for callout answers; a thread also keeps keygate off the parts of
@@ -17,7 +21,8 @@ use keygate_core::sync::{
 };
 use log::{info, warn};
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Retry delay after a failed poll, capped by the configured interval.
@@ -76,16 +81,19 @@ impl SyncStats {
     }
 }
 
-/// What the configuration and its sync thread share.
+/// What a group's configurations and its sync thread share.
 struct Shared {
     stopped: Mutex<bool>,
     wake: Condvar,
-    /// None once Envoy destroyed the configuration: the thread must not touch it then.
-    stats: Mutex<Option<SyncStats>>,
+    /// The stats handles of the configurations subscribed, by subscription id. Each leaves
+    /// when Envoy destroys its configuration: the thread must not touch one after that. The
+    /// stats have the same names in every configuration (so they are the same Envoy stats):
+    /// the thread writes through the first.
+    stats: Mutex<Vec<(u64, SyncStats)>>,
 }
 
 impl Shared {
-    fn stats(&self) -> MutexGuard<'_, Option<SyncStats>> {
+    fn stats(&self) -> MutexGuard<'_, Vec<(u64, SyncStats)>> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -100,15 +108,17 @@ impl Shared {
     }
 }
 
-/// The running sync thread of one configuration; dropping it (Envoy destroying the
-/// configuration) stops the thread, which lets go of the map when its poll in flight ends.
-pub struct Poller {
+/// One sync thread and the map it keeps, shared by the configurations with its `sync`
+/// block; dropped with the last of them, which stops the thread (it lets go of the map when
+/// its poll in flight ends).
+struct Group {
+    config: PollConfig,
+    map: Arc<SyncedMap>,
     shared: Arc<Shared>,
 }
 
-impl Drop for Poller {
+impl Drop for Group {
     fn drop(&mut self) {
-        *self.shared.stats() = None;
         *self
             .shared
             .stopped
@@ -118,22 +128,67 @@ impl Drop for Poller {
     }
 }
 
-impl Poller {
-    pub fn start(
-        config: PollConfig,
-        map: Arc<SyncedMap>,
-        stats: SyncStats,
-    ) -> std::io::Result<Poller> {
+impl Group {
+    fn start(config: PollConfig) -> std::io::Result<Group> {
+        let map = Arc::new(SyncedMap::default());
         let shared = Arc::new(Shared {
             stopped: Mutex::new(false),
             wake: Condvar::new(),
-            stats: Mutex::new(Some(stats)),
+            stats: Mutex::new(Vec::new()),
         });
-        let fetcher = Fetcher::new(config, map, shared.clone());
+        let fetcher = Fetcher::new(config.clone(), map.clone(), shared.clone());
         std::thread::Builder::new()
             .name("keygate-sync".into())
             .spawn(move || fetcher.run())?;
-        Ok(Poller { shared })
+        Ok(Group {
+            config,
+            map,
+            shared,
+        })
+    }
+}
+
+/// The groups alive in this process.
+static GROUPS: Mutex<Vec<Weak<Group>>> = Mutex::new(Vec::new());
+static NEXT_SUBSCRIPTION: AtomicU64 = AtomicU64::new(1);
+
+/// One configuration's hold on the group that syncs its map.
+pub struct Subscription {
+    group: Arc<Group>,
+    id: u64,
+}
+
+impl Subscription {
+    /// Joins the group syncing `config`'s block, starting one if there is none.
+    pub fn start(config: PollConfig, stats: SyncStats) -> std::io::Result<Subscription> {
+        let mut groups = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+        groups.retain(|g| g.strong_count() > 0);
+        let running = groups
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|g| g.config == config);
+        let group = match running {
+            Some(group) => group,
+            None => {
+                let group = Arc::new(Group::start(config)?);
+                groups.push(Arc::downgrade(&group));
+                group
+            }
+        };
+        let id = NEXT_SUBSCRIPTION.fetch_add(1, Ordering::Relaxed);
+        group.shared.stats().push((id, stats));
+        Ok(Subscription { group, id })
+    }
+
+    pub fn map(&self) -> &SyncedMap {
+        &self.group.map
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Before Envoy frees this configuration (and its stats handle) after we return.
+        self.group.shared.stats().retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -267,7 +322,7 @@ impl Fetcher {
     }
 
     fn with_stats(&self, f: impl FnOnce(&SyncStats)) {
-        if let Some(stats) = self.shared.stats().as_ref() {
+        if let Some((_, stats)) = self.shared.stats().first() {
             f(stats);
         }
     }
@@ -391,7 +446,7 @@ mod tests {
         let shared = Arc::new(Shared {
             stopped: Mutex::new(false),
             wake: Condvar::new(),
-            stats: Mutex::new(None),
+            stats: Mutex::new(Vec::new()),
         });
         Fetcher::new(config, Arc::new(SyncedMap::default()), shared)
     }
@@ -426,18 +481,57 @@ mod tests {
         assert!(!PollError::Refused(Refusal::EmptyMap { have: 3 }).is_unavailable());
     }
 
+    fn block(json: &str) -> PollConfig {
+        let doc = keygate_core::json::parse(json.as_bytes()).expect("json");
+        PollConfig::read(&doc, &Path::Root).expect("valid sync block")
+    }
+
+    fn stopped(shared: &Shared) -> bool {
+        *shared.stopped.lock().expect("lock")
+    }
+
+    #[test]
+    fn configurations_with_the_same_sync_block_share_one_map_until_the_last_goes() {
+        let url = r#"{"url":"http://127.0.0.1:9/shared-test","interval_ms":60000}"#;
+        let first = Subscription::start(block(url), SyncStats::default()).expect("thread");
+        let second = Subscription::start(block(url), SyncStats::default()).expect("thread");
+        let other = Subscription::start(
+            block(r#"{"url":"http://127.0.0.1:9/other-test","interval_ms":60000}"#),
+            SyncStats::default(),
+        )
+        .expect("thread");
+        assert!(
+            Arc::ptr_eq(&first.group, &second.group),
+            "one group per sync block"
+        );
+        assert!(
+            !Arc::ptr_eq(&first.group, &other.group),
+            "another block, another group"
+        );
+        assert_eq!(first.group.shared.stats().len(), 2);
+
+        let shared = first.group.shared.clone();
+        drop(first);
+        assert_eq!(
+            shared.stats().len(),
+            1,
+            "a destroyed configuration's stats leave"
+        );
+        assert!(!stopped(&shared), "one configuration still syncs");
+        drop(second);
+        assert!(stopped(&shared), "the last one stops the thread");
+        assert!(!stopped(&other.group.shared));
+    }
+
     #[test]
     fn stopping_wakes_a_sleeping_thread() {
-        let shared = Arc::new(Shared {
-            stopped: Mutex::new(false),
-            wake: Condvar::new(),
-            stats: Mutex::new(None),
-        });
-        let poller = Poller {
-            shared: shared.clone(),
-        };
+        let group = Group::start(block(
+            r#"{"url":"http://127.0.0.1:9/sleep-test","interval_ms":3600000}"#,
+        ))
+        .expect("thread");
+        let shared = group.shared.clone();
         let sleeper = std::thread::spawn(move || shared.sleep(Duration::from_secs(60)));
-        drop(poller);
+        drop(group);
         assert!(
             sleeper.join().expect("no panic"),
             "woken as stopped, not timed out"
