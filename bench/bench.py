@@ -552,11 +552,14 @@ def keygate_static_filter(keyset, example="envoy.yaml", **options):
     return block
 
 
-def keygate_native_sync_filter(keymap_port):
-    """envoy-native-sync.yaml's keygate filter, polling the stand-in at `keymap_port`."""
+def keygate_native_sync_filter(keymap_port, timeout_ms=None):
+    """envoy-native-sync.yaml's keygate filter, polling the stand-in at `keymap_port` (with
+    its poll timeout raised to `timeout_ms`, if given)."""
     _, block = keygate_filter("envoy-native-sync.yaml")
     plugin = plugin_of(block)
     plugin["sync"]["url"] = f"http://127.0.0.1:{keymap_port}/v1/keymap"
+    if timeout_ms:
+        plugin["sync"]["timeout_ms"] = timeout_ms
     set_plugin(block, json.dumps(plugin))
     return block
 
@@ -996,11 +999,11 @@ def with_async_limit(runtime, limit):
     return {"layers": layers}
 
 
-def synced_config(admin, port, keymap_port, runtime, native):
+def synced_config(admin, port, keymap_port, runtime, native, native_timeout_ms=None):
     """Envoy with keygate synced from the stand-in at `keymap_port`: the wasm filter with its
     fetcher service and keygatectl cluster, or the native module polling the URL itself."""
     if native:
-        return base_config(admin, port, [keygate_native_sync_filter(keymap_port)])
+        return base_config(admin, port, [keygate_native_sync_filter(keymap_port, native_timeout_ms)])
     services, block, cluster = keygate_sync_parts(keymap_port)
     return base_config(admin, port, [block], clusters=[cluster], bootstrap_extensions=services,
                        runtime=runtime)
@@ -1127,8 +1130,12 @@ def million_instructions(args, workdir, keyset, map_body, traffic, native=False)
     server = StaticKeyMapServer(map_body)
     try:
         admin, port = free_port(), free_port()
+        # Under callgrind everything runs tens of times slower: like the wasm fetcher's
+        # buffer limit, the native poll's timeout (the whole transfer) is raised so that the
+        # map arrives at all; the requests counted do not depend on how it came.
         config = synced_config(admin, port, server.port,
-                               with_async_limit(sync_runtime(), args.async_limit), native)
+                               with_async_limit(sync_runtime(), args.async_limit), native,
+                               native_timeout_ms=60_000)
         rotations = [(tname, [{"Authorization": f"Bearer {k}"} for k in keys], 200)
                      for tname, keys in traffic]
         tag = "-native" if native else ""

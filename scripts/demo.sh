@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: keygatectl (SQLite) + Envoy (2 workers) syncing its key map from it + a demo
 # API. Prints a fresh account's keys (shown this once) and curl commands; Ctrl-C stops all.
+# KEYGATE_FRONTEND=native runs the native module (envoy-native-sync.yaml) instead of the
+# wasm filter and its fetcher service (envoy-sync.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,11 @@ CTL=target/release/keygatectl
 ENVOY=${ENVOY:-$(command -v envoy || echo .venv/bin/envoy)}
 DB=$RUN/keygate.db
 API=http://127.0.0.1:10000
+case "${KEYGATE_FRONTEND:-wasm}" in
+  wasm) ENVOY_CONFIG=envoy/envoy-sync.yaml ;;
+  native) ENVOY_CONFIG=envoy/envoy-native-sync.yaml ;;
+  *) echo "KEYGATE_FRONTEND must be wasm or native" >&2; exit 1 ;;
+esac
 mkdir -p "$RUN"
 
 for port in 8080 8081 9901 10000; do
@@ -32,7 +39,7 @@ fi
 pids+=($!)
 .venv/bin/python tests/upstream.py --port 8081 > "$RUN/upstream.log" 2>&1 &
 pids+=($!)
-"$ENVOY" -c envoy/envoy-sync.yaml --concurrency 2 --disable-hot-restart \
+"$ENVOY" -c "$ENVOY_CONFIG" --concurrency 2 --disable-hot-restart \
   --log-level warn > "$RUN/envoy.log" 2>&1 &
 pids+=($!)
 
@@ -60,7 +67,7 @@ fi
 
 cat <<MSG
 
-keygate demo is up (logs in $RUN/):
+keygate demo is up ($ENVOY_CONFIG; logs in $RUN/):
   API through Envoy   $API          (Envoy admin: http://127.0.0.1:9901/stats?filter=keygate)
   keygatectl          http://127.0.0.1:8080  (admin token in $RUN/admin-token)
   operator page       http://127.0.0.1:8080/ui/  (sign in with the token in $RUN/admin-token)
