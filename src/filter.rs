@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use core::cell::OnceCell;
 use keygate_core::bucket::{self, KeyInfo};
 use keygate_core::config::{FilterConfig, Settings};
-use keygate_core::decision::{decide, Decision, Request, Sources};
+use keygate_core::decision::{decide, Decision, Sources};
 use keygate_core::denial::Denial;
 use keygate_core::digest::Digest;
 use keygate_core::digest_cache::{self, DigestCache};
@@ -109,12 +109,7 @@ impl Filter {
             panic!("fault injection: trap requested");
         }
         let scanned = request_scan::scan(pairs, &settings.identity_headers);
-        let request = Request {
-            authorization: scanned.authorization(),
-            method: scanned.method,
-            path: scanned.path,
-            method_overrides: scanned.method_overrides(),
-        };
+        let request = scanned.request();
         // Holds the looked-up bucket for as long as the decision borrows from it.
         let bucket_holder = OnceCell::new();
         let lookup = |digest: &Digest| match synced {

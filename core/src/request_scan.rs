@@ -3,6 +3,7 @@
 //! access log reads request headers too).
 
 use crate::config::IdentityHeaders;
+use crate::decision::Request;
 
 /// Headers some frameworks read as the "real" method. A publishable key's call is allowed
 /// only if each of them names an allowed method too.
@@ -37,6 +38,16 @@ impl<'a> ScannedRequest<'a> {
     /// Method-override values; `None` when there are more than can be judged.
     pub fn method_overrides(&self) -> Option<&[&'a [u8]]> {
         (self.override_count <= MAX_OVERRIDES).then(|| &self.overrides[..self.override_count])
+    }
+
+    /// What the decision needs of the request.
+    pub fn request(&self) -> Request<'_> {
+        Request {
+            authorization: self.authorization(),
+            method: self.method,
+            path: self.path,
+            method_overrides: self.method_overrides(),
+        }
     }
 }
 

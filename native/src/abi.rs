@@ -304,34 +304,37 @@ pub unsafe fn send_response(
 #[derive(Debug, Clone, Copy)]
 pub struct MetricId(usize);
 
-/// Defines a counter; Envoy allows it only while it creates the configuration. None when
-/// refused (a lost count, never a lost request).
+/// Which kind of stat to define.
+#[derive(Debug, Clone, Copy)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+/// Defines a counter or gauge; Envoy allows it only while it creates the configuration.
+/// None when refused (a lost count, never a lost request).
 ///
 /// # Safety
 /// `config` is the configuration Envoy is creating.
-pub unsafe fn define_counter(config: EnvoyPtr, name: &str) -> Option<MetricId> {
+pub unsafe fn define_metric(config: EnvoyPtr, kind: MetricKind, name: &str) -> Option<MetricId> {
     let mut id = 0;
-    let result = envoy_dynamic_module_callback_http_filter_config_define_counter(
-        config,
-        Buffer::of(name.as_bytes()),
-        null(),
-        0,
-        &mut id,
-    );
-    (result == METRICS_SUCCESS).then_some(MetricId(id))
-}
-
-/// # Safety
-/// As for `define_counter`.
-pub unsafe fn define_gauge(config: EnvoyPtr, name: &str) -> Option<MetricId> {
-    let mut id = 0;
-    let result = envoy_dynamic_module_callback_http_filter_config_define_gauge(
-        config,
-        Buffer::of(name.as_bytes()),
-        null(),
-        0,
-        &mut id,
-    );
+    let name = Buffer::of(name.as_bytes());
+    let result = match kind {
+        MetricKind::Counter => envoy_dynamic_module_callback_http_filter_config_define_counter(
+            config,
+            name,
+            null(),
+            0,
+            &mut id,
+        ),
+        MetricKind::Gauge => envoy_dynamic_module_callback_http_filter_config_define_gauge(
+            config,
+            name,
+            null(),
+            0,
+            &mut id,
+        ),
+    };
     (result == METRICS_SUCCESS).then_some(MetricId(id))
 }
 

@@ -3,11 +3,11 @@
 //! answer. Nothing here can panic on a request: every buffer Envoy lends is read as bytes,
 //! and a failed call into Envoy is ignored, as the wasm filter ignores it.
 
-use crate::abi::{self, EnvoyPtr, MetricId, CONTINUE, STOP_ITERATION};
+use crate::abi::{self, EnvoyPtr, MetricId, MetricKind, CONTINUE, STOP_ITERATION};
 use crate::sync::{Subscription, SyncStats};
 use keygate_core::bucket::KeyInfo;
 use keygate_core::config::{ConfigError, FilterConfig};
-use keygate_core::decision::{decide, Decision, Request, Sources};
+use keygate_core::decision::{decide, Decision, Sources};
 use keygate_core::denial::Denial;
 use keygate_core::digest::Digest;
 use keygate_core::digest_cache::{self, DigestCache};
@@ -92,9 +92,14 @@ impl Filter {
             FilterConfig::parse_with_sync(json, PollConfig::read).map_err(FilterError::Config)?;
         let mut counters = [None; COUNTERS];
         for (slot, denial) in counters.iter_mut().zip(Denial::ALL) {
-            *slot = abi::define_counter(config_envoy, &format!("keygate.denied.{}", denial.code()));
+            *slot = abi::define_metric(
+                config_envoy,
+                MetricKind::Counter,
+                &format!("keygate.denied.{}", denial.code()),
+            );
         }
-        counters[ALLOWED] = abi::define_counter(config_envoy, "keygate.allowed");
+        counters[ALLOWED] =
+            abi::define_metric(config_envoy, MetricKind::Counter, "keygate.allowed");
         let synced = match poll {
             None => None,
             Some(poll) => Some(
@@ -138,12 +143,7 @@ impl Filter {
             panic!("fault injection: panic requested");
         }
         let scanned = request_scan::scan(pairs, &settings.identity_headers);
-        let request = Request {
-            authorization: scanned.authorization(),
-            method: scanned.method,
-            path: scanned.path,
-            method_overrides: scanned.method_overrides(),
-        };
+        let request = scanned.request();
         let lookup = |digest: &Digest| match &snapshot {
             Some(map) => map.find(digest),
             None => self.config.keys.get(digest).map(|e| e.info()),

@@ -12,7 +12,7 @@
 //! Envoy's 32 MiB buffer for callout answers; a thread also keeps keygate off the parts of
 //! the dynamic-module ABI that change most between Envoy releases.
 
-use crate::abi::{self, EnvoyPtr, MetricId};
+use crate::abi::{self, EnvoyPtr, MetricId, MetricKind};
 use crate::synced_map::{Buckets, SyncedMap};
 use keygate_core::config::ConfigError;
 use keygate_core::service_config::PollConfig;
@@ -51,8 +51,8 @@ impl SyncStats {
     /// # Safety
     /// `config` is the configuration Envoy is creating.
     pub unsafe fn define(config: EnvoyPtr) -> SyncStats {
-        let counter = |name| abi::define_counter(config, name);
-        let gauge = |name| abi::define_gauge(config, name);
+        let counter = |name| abi::define_metric(config, MetricKind::Counter, name);
+        let gauge = |name| abi::define_metric(config, MetricKind::Gauge, name);
         SyncStats {
             config: config as usize,
             fetches: counter("keygate.sync.fetches"),
