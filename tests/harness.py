@@ -197,7 +197,7 @@ def nativize(config):
             if isinstance(value, dict) and value.get("@type", "").endswith(
                     "filters.http.wasm.v3.Wasm"):
                 plugin = json.loads(value["config"]["configuration"]["value"])
-                if "sync" in plugin:
+                if "sync" in plugin and sync_block is not None:
                     plugin["sync"] = sync_block
                 holder[key] = native_filter(json.dumps(plugin))
             elif key == "type_urls":
