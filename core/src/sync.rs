@@ -330,7 +330,7 @@ mod tests {
 
     #[derive(Default)]
     struct MemStore {
-        buckets: hashbrown::HashMap<usize, Vec<u8>>,
+        buckets: std::collections::HashMap<usize, Vec<u8>>,
         writes: usize,
     }
 
@@ -517,7 +517,7 @@ pub const BINARY_HEADER_LEN: usize = 20;
 /// The longest entry `encode_entry` writes: digest, flags, expiry, two 255-byte strings.
 const MAX_ENTRY_LEN: usize = 32 + 1 + 8 + 1 + 255 + 1 + 255;
 /// How much of the answer is in the VM at once while it is read.
-const CHUNK_LEN: usize = 1 << 20;
+pub const CHUNK_LEN: usize = 1 << 20;
 
 /// Encodes a full map: magic, version (u64 LE), key count (u32 LE), entries by digest.
 pub fn encode_binary_full(version: u64, map: &KeyMap) -> Vec<u8> {
@@ -575,53 +575,64 @@ impl BodyReader for &[u8] {
 }
 
 /// Reads `len` bytes at `start`, however few a single read returns (fewer only at the end).
+/// Each pass either grows `out` or stops, so it ends after at most `len` reads.
 fn read_exactly(body: &mut impl BodyReader, start: usize, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
-        let piece = body.read(start + out.len(), len - out.len());
+        let want = len - out.len();
+        let piece = body.read(start + out.len(), want);
         if piece.is_empty() {
             break;
         }
-        out.extend_from_slice(&piece);
+        // A reader that returns more than asked is not trusted past what was asked.
+        out.extend_from_slice(piece.get(..want).unwrap_or(&piece));
     }
     out
 }
 
-/// Walks a binary full map's entries chunk by chunk, validating each, and hands every
-/// bucket's run of entries to `on_run`. Never holds more than a chunk of the body.
+/// Walks a binary full map's entries chunk by chunk (at most `chunk_len` bytes read at a
+/// time), validating each, and hands every bucket's run of entries to `on_run`. Never holds
+/// more than a chunk and one entry of the body.
+///
+/// Every pass of the loop either reads at least one more byte of the body or ends (with the
+/// map or an error): a body of `n` bytes is walked in at most `n` reads, whatever the reader
+/// returns and whatever the bytes are.
 fn stream_runs(
     body: &mut impl BodyReader,
     body_len: usize,
     header: BinaryHeader,
+    chunk_len: usize,
     mut on_run: impl FnMut(usize, &[u8]),
 ) -> Result<(), ConfigError> {
+    let chunk_len = chunk_len.max(1);
     let mut buffer: Vec<u8> = Vec::new();
     let mut next_read = BINARY_HEADER_LEN;
     let mut previous: Option<Digest> = None;
     let mut seen = 0usize;
     let mut run: Vec<u8> = Vec::new();
     let mut run_bucket: Option<usize> = None;
+    // Bounded by construction as well: a pass that neither read nor ended would be a bug,
+    // and must fail the answer rather than spin.
+    let mut passes_left = body_len.saturating_sub(BINARY_HEADER_LEN).saturating_add(1);
     loop {
-        if buffer.len() < MAX_ENTRY_LEN && next_read < body_len {
-            let chunk = body.read(next_read, CHUNK_LEN.min(body_len - next_read));
-            if chunk.is_empty() {
-                return Err(binary_error("", "the answer ended early"));
-            }
-            next_read += chunk.len();
-            buffer.extend_from_slice(&chunk);
+        if passes_left == 0 {
+            return Err(binary_error("", "the reader made no progress"));
         }
+        passes_left -= 1;
         let at_end = next_read >= body_len;
         let mut consumed = 0;
         {
             let mut iter = entries(&buffer);
-            loop {
-                // Near a chunk's end an entry may be cut: read on before judging it.
-                if !at_end && iter.rest().len() < MAX_ENTRY_LEN {
-                    break;
-                }
+            // An entry is judged once all of it must be here: at the end of the body, or
+            // with the longest entry's worth of bytes buffered. Then it parses, or the
+            // answer is malformed: waiting could never make it parse.
+            while !iter.rest().is_empty() && (at_end || iter.rest().len() >= MAX_ENTRY_LEN) {
                 let before = iter.rest().len();
                 let Some((digest, info)) = iter.next() else {
-                    break;
+                    return Err(binary_error(
+                        &format!("keys[{seen}]"),
+                        "malformed or truncated entry",
+                    ));
                 };
                 // The field name is only formatted for an error: a million keys pass here.
                 let field = || format!("keys[{seen}]");
@@ -658,12 +669,14 @@ fn stream_runs(
         if at_end {
             break;
         }
-    }
-    if !buffer.is_empty() {
-        return Err(binary_error(
-            &format!("keys[{seen}]"),
-            "malformed or truncated entry",
-        ));
+        let want = chunk_len.min(body_len - next_read);
+        let chunk = body.read(next_read, want);
+        if chunk.is_empty() {
+            return Err(binary_error("", "the answer ended early"));
+        }
+        let chunk = chunk.get(..want).unwrap_or(&chunk);
+        next_read += chunk.len();
+        buffer.extend_from_slice(chunk);
     }
     if seen != header.count {
         return Err(binary_error("count", "does not match the entries"));
@@ -701,9 +714,21 @@ impl SyncState {
         store: &mut impl BucketStore,
         guard: Guard,
     ) -> Result<Applied, BinaryError> {
+        self.apply_binary_full_in_chunks(body, body_len, store, guard, CHUNK_LEN)
+    }
+
+    /// `apply_binary_full`, reading at most `chunk_len` bytes at a time.
+    pub fn apply_binary_full_in_chunks(
+        &mut self,
+        body: &mut impl BodyReader,
+        body_len: usize,
+        store: &mut impl BucketStore,
+        guard: Guard,
+        chunk_len: usize,
+    ) -> Result<Applied, BinaryError> {
         let header = parse_binary_header(&read_exactly(body, 0, BINARY_HEADER_LEN))
             .map_err(BinaryError::Invalid)?;
-        stream_runs(body, body_len, header, |_, _| {}).map_err(BinaryError::Invalid)?;
+        stream_runs(body, body_len, header, chunk_len, |_, _| {}).map_err(BinaryError::Invalid)?;
         if !self
             .check_version(header.version)
             .map_err(BinaryError::Refused)?
@@ -734,7 +759,7 @@ impl SyncState {
             store.write(b, bytes);
             writes.push((b, !bytes.is_empty()));
         };
-        stream_runs(body, body_len, header, |bucket, run| {
+        stream_runs(body, body_len, header, chunk_len, |bucket, run| {
             empty_until(bucket, &mut write, &mut next_bucket);
             write(bucket, run);
         })
@@ -760,8 +785,8 @@ mod binary_tests {
     use crate::bucket::find;
     use crate::key::{Environment, KeyKind, KeyType};
     use crate::keymap::KeyEntry;
-    use alloc::rc::Rc;
-    use hashbrown::HashMap;
+    use alloc::sync::Arc;
+    use std::collections::HashMap;
 
     #[derive(Default)]
     struct MemStore(HashMap<usize, Vec<u8>>);
@@ -780,7 +805,7 @@ mod binary_tests {
             (
                 Digest::of_key(&format!("{tag}{i}")),
                 KeyEntry {
-                    account_id: Rc::from("acct"),
+                    account_id: Arc::from("acct"),
                     key_id: format!("key_{i}").into(),
                     kind: KeyKind::new(KeyType::Secret, Environment::Test),
                     expires_at: None,
@@ -850,6 +875,181 @@ mod binary_tests {
         assert!((0..2000).all(|i| found(&store, &format!("b{i}"))));
         assert!((0..3000).all(|i| !found(&store, &format!("a{i}"))));
         assert!(store.0.keys().all(|b| *b < BUCKETS));
+    }
+
+    /// Serves the body in reads whose sizes come from a seeded generator (1 byte up to the
+    /// whole), and counts the reads.
+    struct Jagged<'a> {
+        body: &'a [u8],
+        rng: u64,
+        max: usize,
+        reads: usize,
+    }
+
+    impl BodyReader for Jagged<'_> {
+        fn read(&mut self, start: usize, len: usize) -> Vec<u8> {
+            self.reads += 1;
+            // Linear in the body: two passes over it and the header. A reader loop that
+            // stops making progress fails here instead of hanging the test.
+            assert!(
+                self.reads <= 2 * self.body.len() + BINARY_HEADER_LEN + 2,
+                "{} reads for {} bytes: no progress",
+                self.reads,
+                self.body.len()
+            );
+            let size = 1 + (next(&mut self.rng) as usize) % self.max.max(1);
+            let mut slice = self.body;
+            slice.read(start, len.min(size))
+        }
+    }
+
+    fn next(rng: &mut u64) -> u64 {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng
+    }
+
+    /// A store that keeps nothing: the property test judges verdicts, not contents.
+    struct Discard;
+
+    impl BucketStore for Discard {
+        fn read(&mut self, _: usize) -> Vec<u8> {
+            Vec::new()
+        }
+        fn write(&mut self, _: usize, _: &[u8]) {}
+    }
+
+    /// The verdict of a decode of the whole body at once, written apart from the streaming
+    /// reader: the count of entries, or the error it must give.
+    fn decode_whole(body: &[u8]) -> Result<usize, String> {
+        let header = parse_binary_header(body).map_err(|e| e.to_string())?;
+        let mut iter = entries(body.get(BINARY_HEADER_LEN..).unwrap_or_default());
+        let mut previous: Option<Digest> = None;
+        let mut seen = 0;
+        while !iter.rest().is_empty() {
+            let Some((digest, info)) = iter.next() else {
+                return Err(format!("keys[{seen}]: malformed or truncated entry"));
+            };
+            if previous.is_some_and(|p| p >= digest) {
+                return Err(format!(
+                    "keys[{seen}]: digests must rise strictly (sorted, no duplicates)"
+                ));
+            }
+            let ok = |s: &str| crate::config::is_valid_identifier(s);
+            if !ok(info.account_id) || !ok(info.key_id) {
+                return Err(format!(
+                    "keys[{seen}]: account_id and key_id must be 1-128 visible ASCII characters"
+                ));
+            }
+            previous = Some(digest);
+            seen += 1;
+        }
+        if seen != header.count {
+            return Err("count: does not match the entries".into());
+        }
+        Ok(seen)
+    }
+
+    /// A valid body, then one of several kinds of damage chosen by the generator.
+    fn damaged(rng: &mut u64) -> Vec<u8> {
+        let n = (next(rng) % 40) as usize;
+        let mut body = encode_binary_full(7, &map(n, &format!("s{}", next(rng) % 1000)));
+        if body.len() > BINARY_HEADER_LEN {
+            let span = body.len() - BINARY_HEADER_LEN;
+            let at = BINARY_HEADER_LEN + (next(rng) as usize) % span;
+            match next(rng) % 6 {
+                0 => body[at] ^= 1 << (next(rng) % 8),
+                1 => body.truncate(at),
+                2 => body.insert(at, (next(rng) % 256) as u8),
+                3 => body
+                    .splice(at..at, core::iter::repeat_n(0xFF, 600))
+                    .for_each(drop),
+                4 => body[at] = 0xC3,
+                _ => {}
+            }
+        }
+        body
+    }
+
+    #[test]
+    fn any_body_in_any_reads_and_chunks_ends_in_linear_reads_with_the_whole_body_verdict() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        for case in 0..1500 {
+            let body = damaged(&mut rng);
+            let expected = decode_whole(&body);
+            let chunk_len = match case % 4 {
+                0 => 1 + (next(&mut rng) as usize) % 64,
+                1 => MAX_ENTRY_LEN + (next(&mut rng) as usize) % 3,
+                2 => 1 + (next(&mut rng) as usize) % 4096,
+                _ => CHUNK_LEN,
+            };
+            let max = match case % 3 {
+                0 => 1,
+                1 => 1 + (next(&mut rng) as usize) % 600,
+                _ => body.len().max(1),
+            };
+            let mut reader = Jagged {
+                body: &body,
+                rng: next(&mut rng) | 1,
+                max,
+                reads: 0,
+            };
+            // A fresh state empties every bucket on success: keep the store cheap.
+            let mut store = Discard;
+            let result = SyncState::default().apply_binary_full_in_chunks(
+                &mut reader,
+                body.len(),
+                &mut store,
+                Guard::default(),
+                chunk_len,
+            );
+            let verdict = result.map(|applied| match applied {
+                Applied::Updated { keys, .. } => keys,
+                Applied::Unchanged => usize::MAX,
+            });
+            let shown = |e: BinaryError| {
+                let text = e.to_string();
+                text.strip_prefix("invalid keygate config: ")
+                    .map_or(text.clone(), str::to_owned)
+            };
+            assert_eq!(
+                verdict.map_err(shown),
+                expected,
+                "case {case}: chunk {chunk_len}, reads of up to {max}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_map_with_one_bad_entry_is_refused_however_it_is_read() {
+        // The shape seen live: 30,000 entries, the 100th with an account id that is not
+        // UTF-8, read in chunks far smaller than the body.
+        let mut body = encode_binary_full(3, &map(30_000, "big"));
+        let mut at = BINARY_HEADER_LEN;
+        for _ in 0..99 {
+            let mut iter = entries(&body[at..]);
+            iter.next().expect("an entry");
+            at = body.len() - iter.rest().len();
+        }
+        // Entry 99 (the 100th): digest, flags, then the account id's length and bytes.
+        body[at + 32 + 1 + 1] = 0xFF;
+        for chunk_len in [MAX_ENTRY_LEN, 4096, CHUNK_LEN] {
+            let mut store = MemStore::default();
+            let result = SyncState::default().apply_binary_full_in_chunks(
+                &mut Trickle(&body),
+                body.len(),
+                &mut store,
+                Guard::default(),
+                chunk_len,
+            );
+            let error = result.expect_err("refused").to_string();
+            assert!(
+                error.ends_with("keys[99]: malformed or truncated entry"),
+                "chunk {chunk_len}: {error}"
+            );
+            assert!(store.0.is_empty(), "nothing written");
+        }
     }
 
     #[test]
