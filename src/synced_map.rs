@@ -2,6 +2,8 @@
 //! bounded cache of the buckets this worker has read. A version change clears the cache, so
 //! a rolled key is refused within one tick of the fetcher publishing.
 
+#![forbid(unsafe_code)]
+
 use crate::abi;
 use alloc::rc::Rc;
 use alloc::string::String;

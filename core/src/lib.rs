@@ -26,6 +26,7 @@ pub mod denial;
 pub mod digest;
 pub mod digest_cache;
 pub mod fields;
+pub mod gate;
 pub mod header_pairs;
 pub mod identity;
 pub mod json;
@@ -33,6 +34,7 @@ pub mod key;
 pub mod keymap;
 pub mod path;
 pub mod policy;
+pub mod query;
 pub mod request_scan;
 pub mod service_config;
 #[cfg(feature = "std")]

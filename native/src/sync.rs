@@ -12,7 +12,9 @@
 //! Envoy's 32 MiB buffer for callout answers; a thread also keeps keygate off the parts of
 //! the dynamic-module ABI that change most between Envoy releases.
 
-use crate::abi::{self, EnvoyPtr, MetricId, MetricKind};
+#![forbid(unsafe_code)]
+
+use crate::abi::{ConfigBeingCreated, ConfigStats, MetricId, MetricKind};
 use crate::synced_map::{Buckets, SyncedMap};
 use keygate_core::config::ConfigError;
 use keygate_core::service_config::PollConfig;
@@ -36,7 +38,7 @@ const AGE_REFRESH: Duration = Duration::from_millis(1000);
 /// from the thread (Envoy's stats are atomic) until the configuration is destroyed.
 #[derive(Default)]
 pub struct SyncStats {
-    config: usize,
+    config: Option<ConfigStats>,
     fetches: Option<MetricId>,
     updates: Option<MetricId>,
     not_modified: Option<MetricId>,
@@ -48,35 +50,43 @@ pub struct SyncStats {
 }
 
 impl SyncStats {
-    /// # Safety
-    /// `config` is the configuration Envoy is creating.
-    pub unsafe fn define(config: EnvoyPtr) -> SyncStats {
-        let counter = |name| abi::define_metric(config, MetricKind::Counter, name);
-        let gauge = |name| abi::define_metric(config, MetricKind::Gauge, name);
+    pub fn define(config: &mut ConfigBeingCreated<'_>) -> SyncStats {
+        let mut counter = |name| config.define_metric(MetricKind::Counter, name);
+        let (fetches, updates, not_modified, errors, refused) = (
+            counter("keygate.sync.fetches"),
+            counter("keygate.sync.updates"),
+            counter("keygate.sync.not_modified"),
+            counter("keygate.sync.errors"),
+            counter("keygate.sync.refused"),
+        );
+        let mut gauge = |name| config.define_metric(MetricKind::Gauge, name);
+        let (version, keys, age_ms) = (
+            gauge("keygate.sync.version"),
+            gauge("keygate.sync.keys"),
+            gauge("keygate.sync.age_ms"),
+        );
         SyncStats {
-            config: config as usize,
-            fetches: counter("keygate.sync.fetches"),
-            updates: counter("keygate.sync.updates"),
-            not_modified: counter("keygate.sync.not_modified"),
-            errors: counter("keygate.sync.errors"),
-            refused: counter("keygate.sync.refused"),
-            version: gauge("keygate.sync.version"),
-            keys: gauge("keygate.sync.keys"),
-            age_ms: gauge("keygate.sync.age_ms"),
+            config: Some(config.stats()),
+            fetches,
+            updates,
+            not_modified,
+            errors,
+            refused,
+            version,
+            keys,
+            age_ms,
         }
     }
 
     fn bump(&self, id: Option<MetricId>) {
-        if let Some(id) = id {
-            // SAFETY: `Shared::stats` holds these only while the configuration lives.
-            unsafe { abi::config_increment_counter(self.config as EnvoyPtr, id, 1) }
+        if let (Some(config), Some(id)) = (&self.config, id) {
+            config.increment_counter(id, 1);
         }
     }
 
     fn set(&self, id: Option<MetricId>, value: u64) {
-        if let Some(id) = id {
-            // SAFETY: as for `bump`.
-            unsafe { abi::config_set_gauge(self.config as EnvoyPtr, id, value) }
+        if let (Some(config), Some(id)) = (&self.config, id) {
+            config.set_gauge(id, value);
         }
     }
 }
@@ -406,13 +416,14 @@ impl Fetcher {
                 .map_err(PollError::Refused)?
         };
         if let Applied::Updated { version, keys } = applied {
-            self.map.publish(self.work.clone());
-            info!("keygate sync: serving version {version} ({keys} keys)");
+            // Stats first: a request that sees the new map finds them already set.
             self.with_stats(|s| {
                 s.bump(s.updates);
                 s.set(s.version, version);
                 s.set(s.keys, keys as u64);
             });
+            self.map.publish(self.work.clone());
+            info!("keygate sync: serving version {version} ({keys} keys)");
         }
         self.want_full = false;
         self.succeeded();

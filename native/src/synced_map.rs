@@ -2,6 +2,8 @@
 //! thread builds each new version beside the one being served and swaps it in whole, so a
 //! request sees one version from start to end and never waits for an update.
 
+#![forbid(unsafe_code)]
+
 use keygate_core::bucket::{self, KeyInfo, BUCKETS};
 use keygate_core::digest::Digest;
 use keygate_core::sync::BucketStore;
