@@ -11,7 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use keygate_core::bucket::BUCKETS;
-use keygate_core::service_config::{bucket_key, version_key};
+use keygate_core::shared_data::{bucket_key, version_key};
 
 /// Buckets cached per worker (about 15 MB at a million keys): enough that 10,000 clients'
 /// keys in rotation find their buckets cached instead of costing a shared-data read each.

@@ -119,9 +119,6 @@ pub struct ConfigError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
-    /// The key-map message (read with serde): not JSON, a wrong type, an unknown or missing
-    /// field, in serde's words.
-    Json(String),
     /// Not JSON (configs are read with `json`, whose messages never quote the input).
     Syntax(SyntaxError),
     NotAnObject,
@@ -164,7 +161,6 @@ pub enum Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::Json(msg) => f.write_str(msg),
             Problem::Syntax(e) => write!(f, "not JSON: {e}"),
             Problem::NotAnObject => f.write_str("the configuration must be a JSON object"),
             Problem::WrongType { expected, got } => write!(f, "expected {expected}, got {got}"),
@@ -251,7 +247,7 @@ impl fmt::Display for ConfigError {
 
 impl core::error::Error for ConfigError {}
 
-pub(crate) fn err(field: impl Into<String>, problem: Problem) -> ConfigError {
+pub fn err(field: impl Into<String>, problem: Problem) -> ConfigError {
     ConfigError {
         field: field.into(),
         problem,
@@ -370,15 +366,15 @@ fn read_sync_namespace(block: &Value, path: &Path) -> Result<String, ConfigError
     let sync = Fields::of(block, path, SYNC_FIELDS)?;
     let namespace = sync
         .string("namespace")?
-        .unwrap_or(crate::service_config::DEFAULT_NAMESPACE);
-    if !crate::service_config::is_valid_name(namespace) {
+        .unwrap_or(crate::shared_data::DEFAULT_NAMESPACE);
+    if !crate::shared_data::is_valid_name(namespace) {
         return Err(sync.path("namespace").error(Problem::BadName));
     }
     Ok(namespace.to_owned())
 }
 
 /// A configuration document: JSON whose top level is an object.
-pub(crate) fn read_document(json: &[u8]) -> Result<Value, ConfigError> {
+pub fn read_document(json: &[u8]) -> Result<Value, ConfigError> {
     let doc = json::parse(json).map_err(|e| err("", Problem::Syntax(e)))?;
     if !matches!(doc, Value::Object(_)) {
         return Err(err("", Problem::NotAnObject));
@@ -387,7 +383,7 @@ pub(crate) fn read_document(json: &[u8]) -> Result<Value, ConfigError> {
 }
 
 /// The required `version` field, which must be the one this build reads.
-pub(crate) fn check_version(top: &Fields) -> Result<(), ConfigError> {
+pub fn check_version(top: &Fields) -> Result<(), ConfigError> {
     let version = as_u64(
         top.required("version")?,
         &top.path("version"),
@@ -408,7 +404,7 @@ fn environment_of(index: usize) -> Environment {
 }
 
 /// The `keys` list of a config.
-fn read_keys(items: &[Value], path: &Path) -> Result<Vec<RawKey>, ConfigError> {
+pub fn read_keys(items: &[Value], path: &Path) -> Result<Vec<RawKey>, ConfigError> {
     let mut keys = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = Path::Index(path, i);
@@ -439,17 +435,6 @@ fn read_keys(items: &[Value], path: &Path) -> Result<Vec<RawKey>, ConfigError> {
         });
     }
     Ok(keys)
-}
-
-#[cfg(feature = "std")]
-/// The field path of a serde JSON error, empty when the error is about the document itself.
-pub(crate) fn json_error_field(path: &serde_path_to_error::Path) -> String {
-    let field = path.to_string();
-    if field == "." || field == "?" {
-        String::new()
-    } else {
-        field
-    }
 }
 
 fn parse_schemes(items: &[Value], path: &Path) -> Result<AcceptedSchemes, ConfigError> {
@@ -621,7 +606,7 @@ fn is_valid_header_name(name: &str) -> bool {
         && name != "host"
 }
 
-pub(crate) fn is_valid_identifier(s: &str) -> bool {
+pub fn is_valid_identifier(s: &str) -> bool {
     (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) && !is_issued_key(s)
 }
 

@@ -9,7 +9,7 @@ use crate::sync::{Subscription, SyncStats};
 use crate::synced_map::Snapshot;
 use keygate_core::config::{ConfigError, FilterConfig};
 use keygate_core::gate::{Answer, Count, Gate, HeadersUnreadable, Host, Verdict, Worker};
-use keygate_core::service_config::PollConfig;
+use keygate_sync_core::settings::PollConfig;
 use std::cell::RefCell;
 use std::fmt;
 use std::io::Read;

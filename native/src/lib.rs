@@ -12,6 +12,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod abi;
+mod fetch;
 mod filter;
 mod hooks;
 mod logger;

@@ -6,7 +6,7 @@
 
 use keygate_core::bucket::{self, KeyInfo, BUCKETS};
 use keygate_core::digest::Digest;
-use keygate_core::sync::BucketStore;
+use keygate_sync_core::state::BucketStore;
 use std::sync::{Arc, RwLock};
 
 /// Buckets of the map (keygate's compact bucket encoding; `None` holds no key). Versions

@@ -21,16 +21,16 @@ use crate::invariant;
 use crate::sync_message::MemStore;
 use keygate_core::bucket::{bucket_of, entries, find};
 use keygate_core::key::is_issued_key;
-use keygate_core::sync::{
-    parse_binary_header, parse_message, Applied, BodyReader, Guard, SyncState, BINARY_HEADER_LEN,
-};
+use keygate_sync_core::binary::{parse_binary_header, BodyReader, BINARY_HEADER_LEN};
+use keygate_sync_core::message::parse_message;
+use keygate_sync_core::state::{Applied, Guard, SyncState};
 use serde_json::json;
 
 /// The largest read each `BodyReader` call returns, by control byte.
 pub const READ_CAPS: [usize; 9] = [1, 2, 7, 20, 97, 553, 554, 4096, usize::MAX];
 
 /// The reader's chunk size, by control byte.
-pub const CHUNKS: [usize; 4] = [keygate_core::sync::CHUNK_LEN, 1, 553, 554];
+pub const CHUNKS: [usize; 4] = [keygate_sync_core::binary::CHUNK_LEN, 1, 553, 554];
 
 /// Serves `body` at most `cap` bytes a call, and counts the calls.
 struct Capped<'a> {
@@ -69,7 +69,7 @@ pub fn held_map() -> (SyncState, MemStore) {
     let mut store = MemStore::default();
     let message = parse_message(full.to_string().as_bytes()).expect("valid full map");
     state
-        .apply(message, &mut store, Guard::default())
+        .apply(message, "s", &mut store, Guard::default())
         .expect("applied");
     (state, store)
 }
@@ -105,8 +105,14 @@ pub fn check(data: &[u8]) {
             cap,
             reads: 0,
         };
-        let result =
-            state.apply_binary_full_in_chunks(&mut reader, body.len(), &mut store, guard, chunk);
+        let result = state.apply_binary_full_in_chunks(
+            &mut reader,
+            body.len(),
+            "s",
+            &mut store,
+            guard,
+            chunk,
+        );
         (result, state, store)
     };
     let (result, after, stored) = run(cap, chunk);
@@ -137,7 +143,7 @@ pub fn check(data: &[u8]) {
     }
 
     match result {
-        Ok(Applied::Updated { version, keys }) => {
+        Ok(Applied::Updated { version, keys, .. }) => {
             let header = parse_binary_header(body).expect("an applied map has a header");
             invariant!(
                 header.version == version && header.count == keys && after.keys() == keys,
@@ -203,12 +209,13 @@ pub fn check(data: &[u8]) {
                 return;
             };
             let (mut json_state, mut json_store) = (state.clone(), store.clone());
-            let applied = json_state.apply(message, &mut json_store, guard);
+            let applied = json_state.apply(message, "s", &mut json_store, guard);
             invariant!(
                 applied
                     == Ok(Applied::Updated {
                         version,
-                        keys: sent.len()
+                        keys: sent.len(),
+                        new_lineage: false
                     }),
                 "the JSON form is applied as {applied:?}"
             );
