@@ -255,7 +255,8 @@ class Envoy:
         )
         self.log_path = self.dir / "envoy.log"
 
-    def start(self, timeout=20, expect_failure=False):
+    def start(self, timeout=20, expect_failure=False, env=None):
+        """`env`: variables set in Envoy's environment only."""
         path = self.dir / "envoy.yaml"
         path.write_text(yaml.safe_dump(self.config))
         self.log = open(self.log_path, "wb")
@@ -269,6 +270,7 @@ class Envoy:
                 "--component-log-level", "wasm:debug,dynamic_modules:debug",
             ],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=str(self.dir),
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
