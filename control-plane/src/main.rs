@@ -1,6 +1,8 @@
 //! keygatectl: the source of truth for keygate's accounts and API keys, and the server the
 //! Envoy filters get their key map from.
 
+#![forbid(unsafe_code)]
+
 mod admin;
 mod api;
 mod auth;

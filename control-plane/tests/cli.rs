@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 //! The `keygatectl` command line, on a database file and against a running server.
 
 mod common;

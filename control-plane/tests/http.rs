@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 //! The HTTP API of a real `keygatectl serve` process on a loopback port.
 
 mod common;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 //! keygatectl replicas over one PostgreSQL: real `keygatectl serve` processes on loopback
 //! ports sharing a database of the server that KEYGATE_TEST_POSTGRES_URL names (each test a
 //! database of its own; `scripts/postgres.sh run cargo test` starts a server). The tests that

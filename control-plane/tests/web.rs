@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 //! The operator page (`/ui/`) of a real `keygatectl serve`, over plain HTTP: sign-in and its
 //! throttle, session cookies, CSRF, security headers, and keys shown exactly once. The same
 //! flows in a real browser are in tests/browser/.

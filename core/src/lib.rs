@@ -6,6 +6,7 @@
 //! `keygate-sync-core` crate.
 
 #![no_std]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 #[cfg(test)]

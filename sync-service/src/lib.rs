@@ -1,6 +1,8 @@
 //! keygate's key-map fetcher, as its own wasm module (`keygate_sync.wasm`): a singleton
 //! bootstrap service sharing the filter's `vm_id`, so both see the same shared data.
 
+#![forbid(unsafe_code)]
+
 mod service;
 
 use keygate_sync_core::settings::ServiceConfig;
