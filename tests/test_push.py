@@ -17,7 +17,7 @@ from controlplane import ScriptedControlPlane
 
 def write_resource(path, plugin):
     """Atomically replaces the ECDS file, as `keygatectl export --output` does."""
-    resource = yaml.safe_load((harness.ENVOY_DIR / "keygate-filter.yaml").read_text())
+    resource = harness.load_example("keygate-filter.yaml")
     if harness.NATIVE_MODE:
         resource["resources"][0]["typed_config"] = harness.native_filter(json.dumps(plugin))
     else:
