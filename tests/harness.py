@@ -315,7 +315,7 @@ def _signal_group(proc, sig):
 
 
 @atexit.register
-def _stop_every_process():
+def stop_every_process():
     """Whatever a failed test left running, at the end of a run (Ctrl-C included)."""
     with _running_lock:
         left = list(_running)

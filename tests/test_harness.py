@@ -114,3 +114,31 @@ def test_keygatectl_that_does_not_come_up_in_time_is_stopped():
         ctl.start(timeout=0)
     assert ctl.proc.poll() is not None, "keygatectl still runs after start gave up"
     ctl.stop()
+
+
+def test_the_secret_scan_reads_a_snapshot_while_threads_issue_keys(tmp_path):
+    """The soak issues keys on several threads while a scan runs (each keygatectl restart):
+    the scan must read a copy, not the set being added to."""
+    import threading
+
+    import keys
+    import secret_scan
+
+    for _ in range(20000):
+        keys.make_key()
+    clean = tmp_path / "log"
+    clean.write_text("no key here sk_test_short\n")
+    stop = threading.Event()
+
+    def issue():
+        while not stop.is_set():
+            keys.make_key()
+
+    adder = threading.Thread(target=issue)
+    adder.start()
+    try:
+        for _ in range(30):
+            secret_scan.scan([clean])
+    finally:
+        stop.set()
+        adder.join()
