@@ -44,12 +44,14 @@ def wait_for(predicate, timeout=8.0):
 
 
 @pytest.fixture
-def stack(upstream):
+def stack(request, upstream):
+    # Finalizers, not code after a yield: each process is stopped even when a later start
+    # fails or another stop raises.
     ctl = Keygatectl().start()
+    request.addfinalizer(ctl.stop)
     envoy = start_envoy(upstream, ctl)
-    yield ctl, envoy
-    envoy.stop()
-    ctl.stop()
+    request.addfinalizer(envoy.stop)
+    return ctl, envoy
 
 
 def test_a_new_account_s_keys_work_through_envoy(stack, upstream):

@@ -35,13 +35,13 @@ wait_for = lifecycle.wait_for
 
 
 @pytest.fixture
-def stack(upstream, database):
+def stack(request, upstream, database):
     """For the lifecycle suite: one keygatectl on PostgreSQL, Envoy syncing from it."""
     ctl = Replica(database).start()
+    request.addfinalizer(ctl.stop)
     envoy = lifecycle.start_envoy(upstream, ctl)
-    yield ctl, envoy
-    envoy.stop()
-    ctl.stop()
+    request.addfinalizer(envoy.stop)
+    return ctl, envoy
 
 
 def replicated_envoy(upstream, replicas):

@@ -78,27 +78,24 @@ SYNC_WAIT = 15
 
 
 @pytest.mark.parametrize("name", [shipped("envoy-sync.yaml"), shipped("envoy-native-sync.yaml")])
-def test_sync_example_keys_work_and_a_roll_is_refused_on_every_worker(name, upstream):
-    ctl = Keygatectl().start()
-    envoy = start_shipped(name, {8081: upstream.server_address[1], 8080: ctl.port})
-    try:
-        account, keys = ctl.create_account()
-        sk, pk = keys["sk_test"], keys["pk_test"]
-        wait_for(lambda: answer(envoy, sk["key"]) == (200, None), SYNC_WAIT, "the first map")
-        with harness.connections_on_every_worker(envoy) as workers:
-            assert workers.everywhere(sk["key"]) == {(200, None)}
-            assert workers.everywhere(keys["sk_production"]["key"]) == {(200, None)}
-            assert workers.everywhere(pk["key"]) == {(403, "insufficient_permissions")}
-            assert workers.everywhere(pk["key"], "/v3/devices/dev_1") == {(200, None)}
-            seen = dict(upstream.take()[-1]["headers"])
-            assert seen["x-keygate-account-id"] == account
-            new = ctl.api("POST", f"/v1/keys/{sk['key_id']}/roll", {})["new_key"]["key"]
-            wait_for(lambda: workers.everywhere(sk["key"]) == {(401, "invalid_api_key")}
-                     and workers.everywhere(new) == {(200, None)}, SYNC_WAIT,
-                     "the roll on every worker")
-    finally:
-        envoy.stop()
-        ctl.stop()
+def test_sync_example_keys_work_and_a_roll_is_refused_on_every_worker(name, upstream,
+                                                                     stopped_after):
+    ctl = stopped_after(Keygatectl().start())
+    envoy = stopped_after(start_shipped(name, {8081: upstream.server_address[1], 8080: ctl.port}))
+    account, keys = ctl.create_account()
+    sk, pk = keys["sk_test"], keys["pk_test"]
+    wait_for(lambda: answer(envoy, sk["key"]) == (200, None), SYNC_WAIT, "the first map")
+    with harness.connections_on_every_worker(envoy) as workers:
+        assert workers.everywhere(sk["key"]) == {(200, None)}
+        assert workers.everywhere(keys["sk_production"]["key"]) == {(200, None)}
+        assert workers.everywhere(pk["key"]) == {(403, "insufficient_permissions")}
+        assert workers.everywhere(pk["key"], "/v3/devices/dev_1") == {(200, None)}
+        seen = dict(upstream.take()[-1]["headers"])
+        assert seen["x-keygate-account-id"] == account
+        new = ctl.api("POST", f"/v1/keys/{sk['key_id']}/roll", {})["new_key"]["key"]
+        wait_for(lambda: workers.everywhere(sk["key"]) == {(401, "invalid_api_key")}
+                 and workers.everywhere(new) == {(200, None)}, SYNC_WAIT,
+                 "the roll on every worker")
 
 
 @pytest.mark.parametrize("name", [shipped("envoy.yaml"), shipped("envoy-native.yaml")])
@@ -153,51 +150,47 @@ def keygatectl_hosts(envoy):
 
 
 @pytest.mark.parametrize("name", [shipped("envoy-replicas.yaml")])
-def test_replicas_example_health_checks_both_and_fails_over(name, upstream, database):
+def test_replicas_example_health_checks_both_and_fails_over(name, upstream, database,
+                                                           stopped_after):
     """Two replicas over one PostgreSQL at the file's two endpoints (8080, 8082)."""
-    a = Replica(database).start()
-    b = Replica(database, token=a.token).start()
-    envoy = start_shipped(name,
-                          {8081: upstream.server_address[1], 8080: a.port, 8082: b.port})
+    a = stopped_after(Replica(database).start())
+    b = stopped_after(Replica(database, token=a.token).start())
+    envoy = stopped_after(start_shipped(
+        name, {8081: upstream.server_address[1], 8080: a.port, 8082: b.port}))
     sync = harness.STATS + "keygate.sync."
-    try:
-        _, keys = a.create_account()
-        key = keys["sk_test"]
-        wait_for(lambda: answer(envoy, key["key"]) == (200, None), SYNC_WAIT, "the first map")
-        # Active health checks on both hosts: each passed one (only the file's health_checks
-        # block makes Envoy probe /healthz), and Envoy counts them for the cluster.
-        wait_for(lambda: all(h.get("health_flags") == "healthy"
-                             for h in keygatectl_hosts(envoy).values())
-                 and envoy.counters("cluster.keygatectl.health_check.").get("success", 0) >= 2,
-                 SYNC_WAIT, "both replicas health-checked")
-        assert set(keygatectl_hosts(envoy)) == {a.port, b.port}
+    _, keys = a.create_account()
+    key = keys["sk_test"]
+    wait_for(lambda: answer(envoy, key["key"]) == (200, None), SYNC_WAIT, "the first map")
+    # Active health checks on both hosts: each passed one (only the file's health_checks
+    # block makes Envoy probe /healthz), and Envoy counts them for the cluster.
+    wait_for(lambda: all(h.get("health_flags") == "healthy"
+                         for h in keygatectl_hosts(envoy).values())
+             and envoy.counters("cluster.keygatectl.health_check.").get("success", 0) >= 2,
+             SYNC_WAIT, "both replicas health-checked")
+    assert set(keygatectl_hosts(envoy)) == {a.port, b.port}
 
-        def roll_through(replica, key, workers):
-            new = replica.api("POST", f"/v1/keys/{key['key_id']}/roll", {})["new_key"]
-            wait_for(lambda: workers.everywhere(key["key"]) == {(401, "invalid_api_key")}
-                     and workers.everywhere(new["key"]) == {(200, None)}, SYNC_WAIT,
-                     f"the roll through {replica.port} on every worker")
-            return new
+    def roll_through(replica, key, workers):
+        new = replica.api("POST", f"/v1/keys/{key['key_id']}/roll", {})["new_key"]
+        wait_for(lambda: workers.everywhere(key["key"]) == {(401, "invalid_api_key")}
+                 and workers.everywhere(new["key"]) == {(200, None)}, SYNC_WAIT,
+                 f"the roll through {replica.port} on every worker")
+        return new
 
-        with harness.connections_on_every_worker(envoy) as workers:
-            key = roll_through(b, key, workers)
-            for dead, alive in ((a, b), (b, a)):
-                dead.kill()
-                # The health checker marks the dead replica failed: polls go to the other.
-                wait_for(lambda: "/failed_active_hc" in str(
-                    keygatectl_hosts(envoy)[dead.port].get("health_flags")), SYNC_WAIT,
-                    f"replica {dead.port} marked down by the health checker")
-                version = envoy.counters(sync)["version"]
-                for _ in range(2):
-                    key = roll_through(alive, key, workers)
-                assert envoy.counters(sync)["version"] >= version + 2
-                # The dead one back on its port (the other dies next): healthy again.
-                dead.start(port=dead.port)
-                wait_for(lambda: keygatectl_hosts(envoy)[dead.port].get("health_flags")
-                         == "healthy", SYNC_WAIT, f"replica {dead.port} back")
-        health = envoy.counters("cluster.keygatectl.health_check.")
-        assert health.get("failure", 0) + health.get("network_failure", 0) >= 2, health
-    finally:
-        envoy.stop()
-        b.stop()
-        a.stop()
+    with harness.connections_on_every_worker(envoy) as workers:
+        key = roll_through(b, key, workers)
+        for dead, alive in ((a, b), (b, a)):
+            dead.kill()
+            # The health checker marks the dead replica failed: polls go to the other.
+            wait_for(lambda: "/failed_active_hc" in str(
+                keygatectl_hosts(envoy)[dead.port].get("health_flags")), SYNC_WAIT,
+                f"replica {dead.port} marked down by the health checker")
+            version = envoy.counters(sync)["version"]
+            for _ in range(2):
+                key = roll_through(alive, key, workers)
+            assert envoy.counters(sync)["version"] >= version + 2
+            # The dead one back on its port (the other dies next): healthy again.
+            dead.start(port=dead.port)
+            wait_for(lambda: keygatectl_hosts(envoy)[dead.port].get("health_flags")
+                     == "healthy", SYNC_WAIT, f"replica {dead.port} back")
+    health = envoy.counters("cluster.keygatectl.health_check.")
+    assert health.get("failure", 0) + health.get("network_failure", 0) >= 2, health
