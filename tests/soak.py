@@ -107,7 +107,9 @@ class Soak:
         self.error_examples = []
         self.wrong_examples = []
         self.problems = []  # leaks, failed restarts, crashed threads: each fails the soak
-        # (key, valid_from, valid_until): None means open-ended.
+        # The churned keys, oldest first: {"key", "from", "until"}, each time a (begun, done)
+        # pair around the roll that made or retired the key (None: open-ended). A roll takes
+        # effect between the call's start and SETTLE_SECONDS after its answer.
         self.churn = []
         # (keygatectl stopped at, back at or None while down): see `settled`.
         self.restarts = []
@@ -135,31 +137,50 @@ class Soak:
                 at = max(at, back)
         return at + SETTLE_SECONDS
 
-    def expected(self, key_info, now):
-        _, valid_from, valid_until = key_info
-        ok_from = valid_from is None or now >= self.settled(valid_from)
-        maybe_from = valid_from is None or now >= valid_from
-        refused_after = valid_until is not None and now >= self.settled(valid_until)
-        maybe_refused = valid_until is not None and now >= valid_until
+    def expected(self, info, now):
+        """The answers a churned key may get at `now`, from what the roller has recorded."""
+        with self.lock:
+            valid_from, valid_until = info["from"], info["until"]
+        ok_from = valid_from is None or now >= self.settled(valid_from[1])
+        maybe_from = valid_from is None or now >= valid_from[0]
+        refused_after = valid_until is not None and now >= self.settled(valid_until[1])
+        maybe_refused = valid_until is not None and now >= valid_until[0]
         if refused_after or not maybe_from:
             return {401}
         if ok_from and not maybe_refused:
             return {200}
         return {200, 401}
 
+    def describe(self, info):
+        """A churned key's timeline (seconds into the soak), for a wrong decision's report."""
+        with self.lock:
+            spans = {k: info[k] for k in ("from", "until")}
+        return ", ".join(
+            f"{k} {v[0] - self.started:.3f}–{v[1] - self.started:.3f} s" if v else f"{k} —"
+            for k, v in spans.items())
+
     # -- recording --------------------------------------------------------------------
 
-    def record(self, status, allowed, what):
+    def record(self, response, allowed, what, sent, info=None):
+        status = response.status_code
+        wrong = status not in allowed
+        if wrong:
+            try:
+                code = response.json().get("error", {}).get("code")
+            except ValueError:
+                code = None
+            example = (f"sent {sent - self.started:.3f} s, answered "
+                       f"{time.monotonic() - self.started:.3f} s, {what}: got {status} {code}, "
+                       f"expected {sorted(allowed)}"
+                       + (f" (key {self.describe(info)})" if info is not None else ""))
         with self.lock:
             self.totals["requests"] += 1
             if status >= 500:
                 self.totals["5xx"] += 1
-            if status not in allowed:
+            if wrong:
                 self.totals["wrong"] += 1
                 if len(self.wrong_examples) < 10:
-                    self.wrong_examples.append(
-                        f"{time.monotonic() - self.started:.1f} s {what}: got {status}, "
-                        f"expected {sorted(allowed)}")
+                    self.wrong_examples.append(example)
 
     def transport_error(self, error, what, port, reused, idle):
         kind = f"{type(error).__name__}: {error}"[:120]
@@ -200,8 +221,7 @@ class Soak:
                             info = rng.choice(self.churn[-6:])
                     if info is None:
                         continue
-                    key, what = info[0], "rolled/new key"
-                    allowed = self.expected(info, time.monotonic())
+                    key, what = info["key"], "rolled/new key"
                 sent = time.monotonic()
                 try:
                     r = client.get("/v3/devices", headers={"authorization": f"token {key}"})
@@ -212,9 +232,10 @@ class Soak:
                     self.stop.wait(0.01)  # a dead Envoy: retry, without a storm
                     continue
                 if info is not None:
-                    # The answer may reflect any moment between sending and receiving.
-                    allowed = allowed | self.expected(info, time.monotonic())
-                self.record(r.status_code, allowed, what)
+                    # The answer may reflect any moment between sending and receiving, and
+                    # `info` now holds any roll made meanwhile.
+                    allowed = self.expected(info, sent) | self.expected(info, time.monotonic())
+                self.record(r, allowed, what, sent, info)
                 port, last_done = client_port(r), time.monotonic()
         except Exception:  # noqa: BLE001 — a bug in this loop: reported, fails the soak
             self.problem("traffic thread: " + traceback.format_exc(limit=3))
@@ -225,16 +246,18 @@ class Soak:
         try:
             while not self.stop.wait(2.0):
                 with self.ctl_lock:
+                    begun = time.monotonic()
                     try:
                         rolled = self.ctl.api("POST", f"/v1/keys/{churn_key['key_id']}/roll", {})
                     except (AssertionError, OSError) as e:
+                        # Made or not, the roll's fate is unknown: stop churning this key.
                         self.problem(f"roll refused with keygatectl up: {e}"[:200])
-                        continue
-                now = time.monotonic()
+                        return
+                    done = time.monotonic()
                 with self.lock:
-                    old = self.churn.pop() if self.churn else (churn_key["key"], None, None)
-                    self.churn.append((old[0], old[1], now))
-                    self.churn.append((rolled["new_key"]["key"], now, None))
+                    self.churn[-1]["until"] = (begun, done)
+                    self.churn.append({"key": rolled["new_key"]["key"], "from": (begun, done),
+                                       "until": None})
                     self.totals["rolls"] += 1
                 churn_key = rolled["new_key"]
         except Exception:  # noqa: BLE001
@@ -292,7 +315,7 @@ class Soak:
             steady = account_keys["sk_test"]["key"]
             publishable = account_keys["pk_test"]["key"]
             churn_key = account_keys["sk_production"]
-            self.churn.append((churn_key["key"], None, None))
+            self.churn.append({"key": churn_key["key"], "from": None, "until": None})
             deadline = time.monotonic() + 10
             while httpx.get(self.envoy.url + "/v3/devices",
                             headers={"authorization": f"token {steady}"}).status_code != 200:
