@@ -8,7 +8,7 @@
 //! context that is gone) and drops the configurations of the ones that do not.
 
 use crate::abi::{self, LogLevel};
-use crate::filter::{Filter, PAUSE};
+use crate::filter::Filter;
 use crate::metrics::Metrics;
 use crate::vm_global::VmGlobal;
 use alloc::boxed::Box;
@@ -34,6 +34,10 @@ struct State {
     roots: Vec<(u32, Rc<Filter>)>,
     streams: Vec<(u32, u32)>,
 }
+
+/// Counters for requests no configuration can count (a stream without a configured root):
+/// Envoy hands out the same counter for the same name, so these are keygate's counters too.
+static UNCONFIGURED: VmGlobal<Metrics> = VmGlobal::new(Metrics::define);
 
 static STATE: VmGlobal<State> = VmGlobal::new(|| State {
     streams: vec![(0, 0); STREAM_SLOTS],
@@ -126,7 +130,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, _plugin_configuration_size: u
         LogLevel::Info,
         &format!(
             "keygate: configuration loaded: {} keys in config{}",
-            filter.config.keys.len(),
+            filter.gate.config().keys.len(),
             if filter.synced.is_some() {
                 ", sync mode"
             } else {
@@ -165,12 +169,7 @@ pub extern "C" fn proxy_on_request_headers(
                 LogLevel::Warn,
                 "keygate: a request without a configured root: refused",
             );
-            let body = keygate_core::denial::Denial::KeyMapUnavailable.body();
-            let headers =
-                keygate_core::header_pairs::serialize(&[(b"content-type", b"application/json")]);
-            let _ =
-                abi::send_local_response(503, "keygate_not_configured", &headers, body.as_bytes());
-            PAUSE
+            UNCONFIGURED.with_borrow(crate::filter::refuse_unconfigured)
         }
     }
 }

@@ -1,14 +1,15 @@
-//! Envoy counters: one for allowed requests, one per denial reason, shown as
-//! `wasmcustom.keygate.*` at `/stats` and `/stats/prometheus`. Requests only bump a number
-//! in the VM; the tick flushes the sums to Envoy, so counting costs no host call per request.
+//! Envoy counters: one for allowed requests, one per denial reason (names from
+//! `keygate_core::gate::Count`), shown as `wasmcustom.keygate.*` at `/stats` and
+//! `/stats/prometheus`. Requests only bump a number in the VM; the tick flushes the sums to
+//! Envoy, so counting costs no host call per request.
+
+#![forbid(unsafe_code)]
 
 use crate::abi;
-use alloc::format;
 use core::cell::Cell;
-use keygate_core::denial::Denial;
+use keygate_core::gate::Count;
 
-const SLOTS: usize = Denial::ALL.len() + 1;
-const ALLOWED: usize = Denial::ALL.len();
+const SLOTS: usize = Count::LEN;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -20,22 +21,19 @@ impl Metrics {
     /// Defines the counters (Envoy gives the same counter for the same name).
     pub fn define() -> Metrics {
         let mut ids = [None; SLOTS];
-        for (slot, denial) in ids.iter_mut().zip(Denial::ALL) {
-            *slot = abi::define_counter(&format!("keygate.denied.{}", denial.code())).ok();
+        for (slot, count) in ids.iter_mut().zip(Count::all()) {
+            *slot = abi::define_counter(&count.name()).ok();
         }
-        ids[ALLOWED] = abi::define_counter("keygate.allowed").ok();
         Metrics {
             ids,
             pending: Default::default(),
         }
     }
 
-    pub fn allowed(&self) {
-        bump(&self.pending[ALLOWED]);
-    }
-
-    pub fn denied(&self, denial: Denial) {
-        bump(&self.pending[denial.index()]);
+    pub fn count(&self, event: Count) {
+        if let Some(cell) = self.pending.get(event.index()) {
+            cell.set(cell.get().saturating_add(1));
+        }
     }
 
     /// Sends the counts gathered since the last flush to Envoy.
@@ -48,8 +46,4 @@ impl Metrics {
             }
         }
     }
-}
-
-fn bump(cell: &Cell<u32>) {
-    cell.set(cell.get().saturating_add(1));
 }

@@ -2,6 +2,8 @@
 //! bounded cache of the buckets this worker has read. A version change clears the cache, so
 //! a rolled key is refused within one tick of the fetcher publishing.
 
+#![forbid(unsafe_code)]
+
 use crate::abi;
 use alloc::rc::Rc;
 use alloc::string::String;
@@ -9,7 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use keygate_core::bucket::BUCKETS;
-use keygate_core::service_config::{bucket_key, version_key};
+use keygate_core::shared_data::{bucket_key, version_key};
 
 /// Buckets cached per worker (about 15 MB at a million keys): enough that 10,000 clients'
 /// keys in rotation find their buckets cached instead of costing a shared-data read each.

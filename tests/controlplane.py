@@ -3,6 +3,7 @@ the test tells it to (garbage, old versions, hangs, errors) and records every po
 lifecycle tests use the real keygatectl instead."""
 
 import json
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +20,8 @@ class ScriptedControlPlane(ThreadingHTTPServer):
         self.polls = []
         self.version = 0
         self.entries = {}
-        self.override = None  # (status, body bytes) answered instead of the map
+        self.override = None  # (status, body bytes, content type) answered instead of the map
+        self.store = None  # the keygate-store header sent with every answer, if set
         self.hang = False
         self.down = False  # drop every request without an answer, as a dead server would
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -28,17 +30,25 @@ class ScriptedControlPlane(ThreadingHTTPServer):
     def port(self):
         return self.server_address[1]
 
-    def publish(self, entries, version=None):
-        """Serve `entries` (key-map entries) as the next version's full map."""
+    def publish(self, entries, version=None, store=None):
+        """Serve `entries` (key-map entries) as the next version's full map (from store
+        `store`, when given, from now on)."""
         with self.lock:
             self.version = version if version is not None else self.version + 1
+            if store is not None:
+                self.store = store
             self.entries = {e["digest"]: e for e in entries}
             self.override = None
             return self.version
 
-    def answer(self, status, body):
+    def answer(self, status, body, content_type="application/json", store=None):
+        """Answer every poll with this (until the next `publish`); `store` sets the
+        keygate-store header from now on."""
         with self.lock:
-            self.override = (status, body if isinstance(body, bytes) else body.encode())
+            self.override = (status, body if isinstance(body, bytes) else body.encode(),
+                             content_type)
+            if store is not None:
+                self.store = store
 
     def full_body(self):
         return json.dumps(
@@ -62,6 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
         with server.lock:
             server.polls.append((self.path, self.headers.get("if-none-match")))
             override, version, body = server.override, server.version, server.full_body()
+            store = server.store
         if server.hang:
             time.sleep(30)
             return
@@ -69,21 +80,50 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)
             return
+        content_type = "application/json"
+        etag = f'"{store}:{version}"' if store else f'"{version}"'
         if override:
-            status, body = override
-        elif self.headers.get("if-none-match") == f'"{version}"':
+            status, body, content_type = override
+        elif self.headers.get("if-none-match") == etag:
             status, body = 304, b""
         else:
             status = 200
         self.send_response(status)
-        self.send_header("etag", f'"{version}"')
-        self.send_header("content-type", "application/json")
+        self.send_header("etag", etag)
+        self.send_header("content-type", content_type)
+        if store:
+            self.send_header("keygate-store", store)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
     def log_message(self, *args):
         pass
+
+
+def binary_map(version, entries):
+    """keygatectl's binary full map of `entries` (application/x-keygate-map): magic, version
+    (u64 LE), count (u32 LE), then each entry by digest, in the bucket encoding."""
+    out = bytearray(b"KGMAP01\n")
+    out += struct.pack("<QI", version, len(entries))
+    for e in sorted(entries, key=lambda e: e["digest"]):
+        out += encode_entry(e)
+    return bytes(out)
+
+
+def encode_entry(e, account_id=None):
+    flags = (1 if e["type"] == "publishable" else 0) | (2 if e["environment"] == "production" else 0)
+    flags |= 4 if e.get("disabled") else 0
+    flags |= 8 if e.get("expires_at") is not None else 0
+    out = bytearray(bytes.fromhex(e["digest"]))
+    out.append(flags)
+    if e.get("expires_at") is not None:
+        out += struct.pack("<Q", e["expires_at"])
+    account = account_id if account_id is not None else e["account_id"].encode()
+    for field in (account, e["key_id"].encode()):
+        out.append(len(field))
+        out += field
+    return bytes(out)
 
 
 def entries_for(keyset):

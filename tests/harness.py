@@ -344,7 +344,8 @@ class Envoy:
         )
         self.log_path = self.dir / "envoy.log"
 
-    def start(self, timeout=20, expect_failure=False):
+    def start(self, timeout=20, expect_failure=False, env=None):
+        """`env`: variables set in Envoy's environment only."""
         path = self.dir / "envoy.yaml"
         text = self.config if isinstance(self.config, str) else yaml.safe_dump(self.config)
         path.write_text(text)
@@ -359,6 +360,7 @@ class Envoy:
                 "--component-log-level", "wasm:debug,dynamic_modules:debug",
             ],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=str(self.cwd),
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -57,11 +57,11 @@ def test_a_trapped_vm_answers_503_then_recovers_and_never_lets_a_bad_key_in(faul
     # quote input), then traps (native: the hook catches it and answers 500).
     if harness.NATIVE_MODE:
         assert trapped == 500
-        assert "keygate: panic at native/src/filter.rs:" in log, log[-2000:]
+        assert "keygate: panic at core/src/gate.rs:" in log, log[-2000:]
         assert "keygate: internal error on a request; answered 500" in log
         assert "fault injection" not in log
     else:
-        assert "keygate: panic at src/filter.rs:" in log, log[-2000:]
+        assert "keygate: panic at core/src/gate.rs:" in log, log[-2000:]
         assert "unreachable" in log.lower()
     assert valid not in log
     upstream.take()

@@ -628,6 +628,96 @@ def test_identity_header_spoof_on_a_refusal_never_reaches_the_upstream(combined,
     assert_refused(r, upstream, 401, "missing_credentials")
 
 
+def test_the_combined_form_sent_by_a_client_never_reaches_the_upstream(client, keyset, upstream):
+    """Per-field mode: a client's `x-keygate-identity` is removed too, so an upstream that
+    reads the combined form (after a config change, or another service's) is not fooled."""
+    headers = [("authorization", f"token {keyset.keys['pk_test']}"),
+               ("x-keygate-identity", 'account-id="acct_victim", key-type=secret')]
+    seen = forwarded(client.get("/v3/devices/abc", headers=headers), upstream)
+    assert values(seen, "x-keygate-identity") == [], seen
+    assert_identity(seen, keyset, "pk_test")
+
+
+def test_per_field_headers_sent_by_a_client_never_reach_the_upstream_in_combined_mode(
+        combined, keyset, upstream):
+    headers = [("authorization", f"token {keyset.keys['pk_test']}")] + SPOOFS
+    seen = forwarded(combined.get("/v3/devices/abc", headers=headers), upstream)
+    for header in IDENTITY:
+        assert values(seen, header) == [], (header, seen)
+    assert len(values(seen, "x-keygate-identity")) == 1
+
+
+def test_custom_names_mode_strips_both_default_forms(custom, keyset, upstream):
+    headers = [("authorization", f"token {keyset.keys['sk_test']}"),
+               ("x-keygate-account-id", "acct_victim"), ("x-keygate-key-id", "key_admin"),
+               ("x-keygate-identity", 'account-id="acct_victim"')]
+    seen = forwarded(custom.get("/v3/devices", headers=headers), upstream)
+    for header in ("x-keygate-account-id", "x-keygate-key-id", "x-keygate-identity"):
+        assert values(seen, header) == [], (header, seen)
+
+
+# --- overrides and id patterns --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path,headers", [
+    ("/v3/devices/abc?_method=DELETE", []),
+    ("/v3/devices/abc?_method=delete", []),
+    ("/v3/devices/abc?%5Fmethod=PUT", []),
+    ("/v3/devices/abc?limit=1&.method=PATCH", []),
+    ("/v3/devices/abc", [("x-original-url", "/v3/devices")]),
+    ("/v3/devices/abc", [("x-rewrite-url", "/admin/users/1")]),
+    ("/v3/devices/abc", [("x-original-url", "/v3/devices/abc?_method=DELETE")]),
+])
+def test_overrides_that_name_a_forbidden_call_are_refused_for_publishable_keys(
+        client, keyset, upstream, path, headers):
+    r = client.get(path, headers=[("authorization", f"token {keyset.keys['pk_test']}")] + headers)
+    assert_refused(r, upstream, 403, "insufficient_permissions")
+
+
+@pytest.mark.parametrize("path,headers", [
+    ("/v3/devices/abc?_method=GET", []),
+    ("/v3/devices/abc?_method=head", []),
+    ("/v3/devices/abc", [("x-original-url", "/v3/users/42")]),
+])
+def test_overrides_that_name_an_allowed_call_pass(client, keyset, upstream, path, headers):
+    r = client.get(path, headers=[("authorization", f"token {keyset.keys['pk_test']}")] + headers)
+    assert_identity(forwarded(r, upstream, "GET"), keyset, "pk_test")
+
+
+def test_secret_keys_are_not_limited_by_overrides(client, keyset, upstream):
+    r = client.get("/v3/devices?_method=DELETE", headers=[
+        ("authorization", f"token {keyset.keys['sk_test']}"), ("x-original-url", "/admin")])
+    assert_identity(forwarded(r, upstream, "GET"), keyset, "sk_test")
+
+
+UUID = "123e4567-e89b-12d3-a456-426614174000"
+
+
+@pytest.fixture
+def uuid_ids(pool, protocol):
+    gate = pool.get(publishable={"id_pattern": "uuid", "allow": [
+        {"methods": ["GET"], "path": "/v3/users/{id:usr_*}"}]})
+    with http_client(protocol, gate.url) as c:
+        yield c
+
+
+@pytest.mark.parametrize("path,allowed", [
+    (f"/v3/devices/{UUID}", True),
+    (f"/api/v1/trips/{UUID.upper()}", True),
+    ("/v3/devices/search", False),
+    ("/v3/users/me", False),
+    ("/v3/users/usr_42", True),
+    ("/v3/devices/1", False),
+])
+def test_id_patterns_constrain_what_a_publishable_key_may_retrieve(
+        uuid_ids, keyset, upstream, path, allowed):
+    r = uuid_ids.get(path, headers=token(keyset.keys["pk_production"]))
+    if allowed:
+        assert_identity(forwarded(r, upstream, "GET"), keyset, "pk_production")
+    else:
+        assert_refused(r, upstream, 403, "insufficient_permissions")
+
+
 # --- stats --------------------------------------------------------------------------------
 
 
@@ -653,7 +743,8 @@ def test_counters_count_each_outcome(upstream, keyset):
             ["allowed"] + [f"denied.{c}" for c in (
                 "missing_credentials", "malformed_credentials", "invalid_api_key",
                 "expired_api_key", "disabled_api_key", "insufficient_permissions",
-                "wrong_environment", "key_map_unavailable")], 0)
+                "wrong_environment", "key_map_unavailable", "not_configured",
+                "internal_error")], 0)
         assert envoy.counters() == want
         for protocol in PROTOCOLS:
             with http_client(protocol, envoy.url) as c:

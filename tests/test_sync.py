@@ -13,7 +13,7 @@ from controlplane import ScriptedControlPlane
 INTERVAL_MS = 200
 
 
-def start_sync_envoy(upstream, cp, plugin_overrides=None, service_overrides=None):
+def start_sync_envoy(upstream, cp, plugin_overrides=None, service_overrides=None, env=None):
     config = harness.load_example("envoy-sync.yaml")
     ports = {
         9901: harness.free_port(),
@@ -30,7 +30,7 @@ def start_sync_envoy(upstream, cp, plugin_overrides=None, service_overrides=None
     service.update(service_overrides or {})
     harness.set_service_config(config, service)
     envoy = harness.Envoy(config, concurrency=2)
-    envoy.start()
+    envoy.start(env=env)
     envoy.url = f"http://127.0.0.1:{ports[10000]}"
     return envoy
 

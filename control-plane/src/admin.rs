@@ -10,7 +10,7 @@ use crate::model::{
 };
 use crate::service::{KeyChange, Service};
 use keygate_core::key::KeyKind;
-use keygate_core::sync::KeyMapMessage;
+use keygate_sync_core::message::KeyMapMessage;
 
 pub enum Admin {
     Local(Service),

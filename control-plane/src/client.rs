@@ -7,7 +7,7 @@ use crate::model::{
 };
 use crate::service::KeyChange;
 use keygate_core::key::KeyKind;
-use keygate_core::sync::KeyMapMessage;
+use keygate_sync_core::message::KeyMapMessage;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;

@@ -18,7 +18,7 @@ use crate::service::{parse_digest, KeyChange, Service};
 use crate::store::Store;
 use keygate_core::digest::Digest;
 use keygate_core::key::{check_key, key_hint, Environment, KeyKind, KeyType};
-use keygate_core::sync::KeyMapMessage;
+use keygate_sync_core::message::KeyMapMessage;
 use serde::Serialize;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::sync::Arc;

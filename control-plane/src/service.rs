@@ -12,7 +12,7 @@ use crate::random::{new_account_id, new_api_key, new_key_id, RandomError};
 use crate::store::{Account, KeyOrigin, NewKey, Store, StoreError, Versioned};
 use keygate_core::digest::Digest;
 use keygate_core::key::{is_issued_key, key_hint, KeyKind};
-use keygate_core::sync::KeyMapMessage;
+use keygate_sync_core::message::KeyMapMessage;
 use std::sync::Arc;
 
 /// The longest account name accepted.

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{send, Api, Server, StartOptions, ADMIN_TOKEN};
-use keygate_core::sync::{parse_message, KeyMapMessage};
+use keygate_sync_core::message::{parse_message, KeyMapMessage};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{run, send, Answer, ADMIN_TOKEN, BIN};
-use keygate_core::sync::KeyMapMessage;
+use keygate_sync_core::message::KeyMapMessage;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::{Child, Command};

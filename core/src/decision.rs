@@ -8,6 +8,8 @@ use crate::denial::Denial;
 use crate::digest::Digest;
 use crate::key::{KeyFormatError, KeyKind, KeyType};
 use crate::path::normalize;
+use crate::prelude::*;
+use crate::query;
 
 /// What the filter read off a request.
 pub struct Request<'a> {
@@ -17,6 +19,9 @@ pub struct Request<'a> {
     pub path: &'a [u8],
     /// Values of method-override headers; `None` when there were too many to judge.
     pub method_overrides: Option<&'a [&'a [u8]]>,
+    /// Values of URL-override headers (`x-original-url`, `x-rewrite-url`); `None` when
+    /// there were too many to judge.
+    pub url_overrides: Option<&'a [&'a [u8]]>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -115,22 +120,42 @@ fn authorize(
     match entry.kind.key_type {
         KeyType::Secret => Ok(()),
         KeyType::Publishable => {
-            let path = normalize(request.path).map_err(|_| Denial::InsufficientPermissions)?;
-            // A method override must name an allowed call too, or a framework that honours
-            // it would turn an allowed GET into a forbidden DELETE.
-            let overrides = request
-                .method_overrides
-                .ok_or(Denial::InsufficientPermissions)?;
-            let allowed = core::iter::once(request.method)
-                .chain(overrides.iter().copied())
-                .all(|method| settings.policy.allows(method, &path));
-            if allowed {
+            if publishable_call_allowed(settings, request) {
                 Ok(())
             } else {
                 Err(Denial::InsufficientPermissions)
             }
         }
     }
+}
+
+/// Every call the upstream could make of the request must be allowed: the method, each
+/// method override (headers and `_method` in a query string), on `:path` and on each URL a
+/// URL-override header names. Otherwise a framework that honours an override would turn an
+/// allowed `GET /v3/devices/1` into a forbidden `DELETE` or another path.
+fn publishable_call_allowed(settings: &Settings, request: &Request<'_>) -> bool {
+    let (Some(header_methods), Some(url_overrides)) =
+        (request.method_overrides, request.url_overrides)
+    else {
+        return false;
+    };
+    let urls = || core::iter::once(request.path).chain(url_overrides.iter().copied());
+    let mut query_methods = Vec::new();
+    for url in urls() {
+        match query::method_overrides(url) {
+            Some(found) => query_methods.extend(found),
+            None => return false,
+        }
+    }
+    let methods = || {
+        core::iter::once(request.method)
+            .chain(header_methods.iter().copied())
+            .chain(query_methods.iter().map(Vec::as_slice))
+    };
+    urls().all(|url| match normalize(url) {
+        Ok(path) => methods().all(|method| settings.policy.allows(method, &path)),
+        Err(_) => false,
+    })
 }
 
 #[cfg(test)]
@@ -181,6 +206,7 @@ mod tests {
             method: method.as_bytes(),
             path: path.as_bytes(),
             method_overrides: Some(&[]),
+            url_overrides: Some(&[]),
         };
         let judge = |identify: &mut dyn FnMut(&str) -> _| {
             let sources = Sources {
@@ -331,6 +357,7 @@ mod tests {
                 method: b"GET",
                 path: b"/v3/devices/abc",
                 method_overrides: overrides,
+                url_overrides: Some(&[]),
             };
             let sources = Sources {
                 identify,
@@ -345,6 +372,66 @@ mod tests {
             Decision::Deny(Denial::InsufficientPermissions)
         );
         assert_eq!(judge(None), Decision::Deny(Denial::InsufficientPermissions));
+    }
+
+    #[test]
+    fn url_overrides_and_query_methods_must_name_allowed_calls_too() {
+        let f = fixture("", &[]);
+        let auth = format!("token {}", f.keys[1]);
+        let values: Vec<&[u8]> = vec![auth.as_bytes()];
+        let judge = |path: &str, urls: Option<&[&[u8]]>| {
+            let request = Request {
+                authorization: &values,
+                method: b"GET",
+                path: path.as_bytes(),
+                method_overrides: Some(&[]),
+                url_overrides: urls,
+            };
+            let sources = Sources {
+                identify,
+                lookup: |d: &Digest| f.config.keys.get(d).map(|e| e.info()),
+                now: || 0,
+            };
+            decide(&f.config.settings, sources, &request)
+        };
+        let allowed = |d: Decision<'_>| matches!(d, Decision::Allow(_));
+        let forbidden = Decision::Deny(Denial::InsufficientPermissions);
+        assert!(allowed(judge("/v3/devices/abc", Some(&[b"/v3/users/7"]))));
+        assert_eq!(judge("/v3/devices/abc", Some(&[b"/v3/devices"])), forbidden);
+        assert_eq!(
+            judge("/v3/devices/abc", Some(&[b"https://x/v3/a/b"])),
+            forbidden
+        );
+        assert_eq!(judge("/v3/devices/abc", None), forbidden);
+        assert!(allowed(judge("/v3/devices/abc?_method=HEAD", Some(&[]))));
+        assert_eq!(
+            judge("/v3/devices/abc?_method=DELETE", Some(&[])),
+            forbidden
+        );
+        assert_eq!(judge("/v3/devices/abc?%5Fmethod=put", Some(&[])), forbidden);
+        assert_eq!(
+            judge(
+                "/v3/devices/abc",
+                Some(&[b"/v3/devices/abc?_method=DELETE"])
+            ),
+            forbidden
+        );
+        // Secret keys may make every call: overrides change nothing for them.
+        let secret = format!("token {}", f.keys[0]);
+        let secret_values: Vec<&[u8]> = vec![secret.as_bytes()];
+        let request = Request {
+            authorization: &secret_values,
+            method: b"GET",
+            path: b"/v3/devices?_method=DELETE",
+            method_overrides: None,
+            url_overrides: None,
+        };
+        let sources = Sources {
+            identify,
+            lookup: |d: &Digest| f.config.keys.get(d).map(|e| e.info()),
+            now: || 0,
+        };
+        assert!(allowed(decide(&f.config.settings, sources, &request)));
     }
 
     #[test]

@@ -15,10 +15,15 @@ pub enum Denial {
     WrongEnvironment,
     /// No key map has arrived yet (sync mode, before the first fetch): fail closed.
     KeyMapUnavailable,
+    /// A request reached a filter with no configuration (wasm: a stream whose root is not
+    /// configured): fail closed.
+    NotConfigured,
+    /// The filter itself failed on this request (native: a caught panic): fail closed.
+    InternalError,
 }
 
 impl Denial {
-    pub const ALL: [Denial; 8] = [
+    pub const ALL: [Denial; 10] = [
         Denial::MissingCredentials,
         Denial::MalformedCredentials,
         Denial::InvalidApiKey,
@@ -27,6 +32,8 @@ impl Denial {
         Denial::InsufficientPermissions,
         Denial::WrongEnvironment,
         Denial::KeyMapUnavailable,
+        Denial::NotConfigured,
+        Denial::InternalError,
     ];
 
     /// This denial's position in `ALL` (declaration order), for tables indexed by denial.
@@ -42,7 +49,8 @@ impl Denial {
             | Denial::ExpiredApiKey
             | Denial::DisabledApiKey => 401,
             Denial::InsufficientPermissions | Denial::WrongEnvironment => 403,
-            Denial::KeyMapUnavailable => 503,
+            Denial::KeyMapUnavailable | Denial::NotConfigured => 503,
+            Denial::InternalError => 500,
         }
     }
 
@@ -57,6 +65,8 @@ impl Denial {
             Denial::InsufficientPermissions => "insufficient_permissions",
             Denial::WrongEnvironment => "wrong_environment",
             Denial::KeyMapUnavailable => "key_map_unavailable",
+            Denial::NotConfigured => "not_configured",
+            Denial::InternalError => "internal_error",
         }
     }
 
@@ -70,6 +80,8 @@ impl Denial {
             Denial::InsufficientPermissions => "This API key is not allowed to make this call. Publishable keys may only retrieve single objects; use a secret key.",
             Denial::WrongEnvironment => "This API key belongs to another environment than this endpoint.",
             Denial::KeyMapUnavailable => "API keys cannot be checked yet. Retry shortly.",
+            Denial::NotConfigured => "The API gateway is not configured to check API keys yet. Retry shortly.",
+            Denial::InternalError => "The API gateway failed to check this request.",
         }
     }
 
@@ -85,6 +97,8 @@ impl Denial {
             Denial::InsufficientPermissions => "keygate_insufficient_permissions",
             Denial::WrongEnvironment => "keygate_wrong_environment",
             Denial::KeyMapUnavailable => "keygate_key_map_unavailable",
+            Denial::NotConfigured => "keygate_not_configured",
+            Denial::InternalError => "keygate_internal_error",
         }
     }
 
@@ -127,5 +141,7 @@ mod tests {
         assert_eq!(Denial::InsufficientPermissions.status(), 403);
         assert_eq!(Denial::WrongEnvironment.status(), 403);
         assert_eq!(Denial::KeyMapUnavailable.status(), 503);
+        assert_eq!(Denial::NotConfigured.status(), 503);
+        assert_eq!(Denial::InternalError.status(), 500);
     }
 }

@@ -38,6 +38,34 @@ pub fn parse(buf: &[u8]) -> Result<HeaderPairs<'_>, MalformedHeaderMap> {
     })
 }
 
+/// A serialized header map whose bounds were checked once: its pairs can be walked again
+/// without checking them again.
+pub struct HeaderMap {
+    buf: Vec<u8>,
+    count: usize,
+    data: usize,
+}
+
+impl HeaderMap {
+    /// Takes the host's buffer, validating every bound.
+    pub fn new(buf: Vec<u8>) -> Result<HeaderMap, MalformedHeaderMap> {
+        let (count, data) = {
+            let pairs = parse(&buf)?;
+            (pairs.count, pairs.data)
+        };
+        Ok(HeaderMap { buf, count, data })
+    }
+
+    pub fn pairs(&self) -> HeaderPairs<'_> {
+        HeaderPairs {
+            buf: &self.buf,
+            index: 0,
+            count: self.count,
+            data: self.data,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct HeaderPairs<'a> {
     buf: &'a [u8],
@@ -100,6 +128,15 @@ mod tests {
         let buf = serialize(&pairs);
         let parsed: Vec<_> = parse(&buf).expect("valid").collect();
         assert_eq!(parsed, pairs.to_vec());
+    }
+
+    #[test]
+    fn a_validated_map_walks_its_pairs_as_often_as_asked() {
+        let pairs: [(&[u8], &[u8]); 2] = [(b"a", b"1"), (b"b", b"2")];
+        let map = HeaderMap::new(serialize(&pairs)).expect("valid");
+        assert_eq!(map.pairs().collect::<Vec<_>>(), pairs.to_vec());
+        assert_eq!(map.pairs().count(), 2);
+        assert!(HeaderMap::new(vec![1, 0, 0, 0]).is_err());
     }
 
     #[test]

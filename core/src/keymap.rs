@@ -6,7 +6,7 @@ use crate::prelude::*;
 use crate::bucket::KeyInfo;
 use crate::digest::{Digest, DigestBuildHasher};
 use crate::key::KeyKind;
-use alloc::rc::Rc;
+use alloc::sync::Arc;
 use core::fmt;
 use hashbrown::HashMap;
 
@@ -14,7 +14,7 @@ use hashbrown::HashMap;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {
     /// Shared by all the keys of one account.
-    pub account_id: Rc<str>,
+    pub account_id: Arc<str>,
     /// A non-secret handle for logs and headers.
     pub key_id: Box<str>,
     pub kind: KeyKind,
@@ -107,7 +107,7 @@ mod tests {
 
     fn entry(account: &str, id: &str) -> KeyEntry {
         KeyEntry {
-            account_id: Rc::from(account),
+            account_id: Arc::from(account),
             key_id: id.into(),
             kind: KeyKind::new(KeyType::Secret, Environment::Test),
             expires_at: None,

@@ -1,12 +1,15 @@
 //! keygate-core: the pure logic of keygate, with no proxy-wasm in it, so that it is tested and
-//! fuzzed on the host and shared by the Envoy filter and `keygatectl`.
+//! fuzzed on the host and shared by the Envoy filter, the native module and `keygatectl`.
 //!
-//! `no_std` (with `alloc`) unless the `std` feature is on: the filter module builds it that
-//! way to leave std's panic, I/O and thread machinery out of the module.
+//! `no_std` (with `alloc`), always: the filter module leaves std's panic, I/O and thread
+//! machinery out. The key-map sync protocol, which only fetchers and keygatectl use, is the
+//! `keygate-sync-core` crate.
 
-#![cfg_attr(not(any(feature = "std", test)), no_std)]
+#![no_std]
 
 extern crate alloc;
+#[cfg(test)]
+extern crate std;
 
 /// What std's prelude gives beyond core's: alloc's strings, vectors and boxes, so that every
 /// module reads the same with and without std.
@@ -26,6 +29,7 @@ pub mod denial;
 pub mod digest;
 pub mod digest_cache;
 pub mod fields;
+pub mod gate;
 pub mod header_pairs;
 pub mod identity;
 pub mod json;
@@ -33,7 +37,6 @@ pub mod key;
 pub mod keymap;
 pub mod path;
 pub mod policy;
+pub mod query;
 pub mod request_scan;
-pub mod service_config;
-#[cfg(feature = "std")]
-pub mod sync;
+pub mod shared_data;

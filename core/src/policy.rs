@@ -3,14 +3,90 @@
 
 use crate::prelude::*;
 
-use crate::path::{is_plain_char, NormalizedPath};
+use crate::path::{is_plain_char, NormalizedPath, Segment};
 use core::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplateSegment {
     Literal(String),
-    /// `{name}`: exactly one plain path segment.
-    Placeholder,
+    /// `{name}` or `{name:pattern}`: exactly one plain path segment the pattern accepts.
+    Placeholder(IdPattern),
+}
+
+/// What an id segment may look like. `Any` takes any plain segment, so an upstream route such
+/// as `/v3/users/me` or `/v3/devices/search` passes where `{id}` stands; the others let a
+/// deployment say what its ids are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdPattern {
+    /// `any`: one plain segment.
+    Any,
+    /// `uuid`: 8-4-4-4-12 hexadecimal digits, either case.
+    Uuid,
+    /// `digits`: 1 to 20 decimal digits.
+    Digits,
+    /// `hex`: 1 to 128 hexadecimal digits.
+    Hex,
+    /// `<prefix>*`, e.g. `usr_*`: the prefix and at least one more plain character.
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatternError {
+    Unknown,
+    BadPrefix,
+}
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PatternError::Unknown => {
+                "unknown id pattern; use any, uuid, digits, hex or a prefix followed by '*' (usr_*)"
+            }
+            PatternError::BadPrefix => {
+                "a prefix pattern is 1-64 characters of A-Z a-z 0-9 - _ . ~ : @ followed by '*'"
+            }
+        })
+    }
+}
+
+impl IdPattern {
+    pub fn parse(s: &str) -> Result<IdPattern, PatternError> {
+        match s {
+            "any" => Ok(IdPattern::Any),
+            "uuid" => Ok(IdPattern::Uuid),
+            "digits" => Ok(IdPattern::Digits),
+            "hex" => Ok(IdPattern::Hex),
+            _ => {
+                let prefix = s.strip_suffix('*').ok_or(PatternError::Unknown)?;
+                if (1..=64).contains(&prefix.len()) && prefix.chars().all(is_plain_char) {
+                    Ok(IdPattern::Prefix(prefix.to_owned()))
+                } else {
+                    Err(PatternError::BadPrefix)
+                }
+            }
+        }
+    }
+
+    /// Whether a plain segment's text is such an id.
+    pub fn matches(&self, id: &str) -> bool {
+        let hex = |b: u8| b.is_ascii_hexdigit();
+        match self {
+            IdPattern::Any => true,
+            IdPattern::Uuid => {
+                let bytes = id.as_bytes();
+                bytes.len() == 36
+                    && bytes.iter().enumerate().all(|(i, &b)| match i {
+                        8 | 13 | 18 | 23 => b == b'-',
+                        _ => hex(b),
+                    })
+            }
+            IdPattern::Digits => {
+                (1..=20).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+            }
+            IdPattern::Hex => (1..=128).contains(&id.len()) && id.bytes().all(hex),
+            IdPattern::Prefix(prefix) => id.len() > prefix.len() && id.starts_with(prefix.as_str()),
+        }
+    }
 }
 
 /// A path template such as `/v3/devices/{id}/events`.
@@ -27,6 +103,7 @@ pub enum TemplateError {
     BadCharacter(char),
     QueryNotAllowed,
     DotSegment,
+    Pattern(PatternError),
 }
 
 impl fmt::Display for TemplateError {
@@ -42,6 +119,7 @@ impl fmt::Display for TemplateError {
                 f.write_str("a query string or fragment ('?', '#') is not allowed")
             }
             TemplateError::DotSegment => f.write_str("'.' and '..' segments are not allowed"),
+            TemplateError::Pattern(e) => e.fmt(f),
         }
     }
 }
@@ -81,29 +159,25 @@ impl Template {
     /// Whether the path has exactly these segments. Only plain segments match, so an encoded
     /// slash or a path parameter never slips through; a trailing slash does not matter.
     pub fn matches(&self, path: &NormalizedPath) -> bool {
-        self.segments.len() == path.segments.len()
-            && self.segments.iter().zip(&path.segments).all(|(t, p)| {
+        self.matches_segments(&path.segments)
+    }
+
+    fn matches_segments(&self, segments: &[Segment]) -> bool {
+        self.segments.len() == segments.len()
+            && self.segments.iter().zip(segments).all(|(t, p)| {
                 p.plain
                     && match t {
                         TemplateSegment::Literal(l) => *l == p.text,
-                        TemplateSegment::Placeholder => true,
+                        TemplateSegment::Placeholder(pattern) => pattern.matches(&p.text),
                     }
             })
     }
 
-    /// This template followed by `suffix`.
-    pub fn join(&self, suffix: &Template) -> Template {
-        let mut segments = Vec::with_capacity(self.segments.len() + suffix.segments.len());
-        segments.extend_from_slice(&self.segments);
-        segments.extend_from_slice(&suffix.segments);
-        Template { segments }
-    }
-
-    /// `n` placeholders: `/{}/{}…`.
-    pub fn placeholders(n: usize) -> Template {
-        Template {
-            segments: vec![TemplateSegment::Placeholder; n],
-        }
+    /// The segments of `path` after this template, when it starts with it.
+    fn strip_from<'p>(&self, path: &'p NormalizedPath) -> Option<&'p [Segment]> {
+        let n = self.segments.len();
+        let (head, rest) = (path.segments.get(..n)?, path.segments.get(n..)?);
+        self.matches_segments(head).then_some(rest)
     }
 }
 
@@ -113,7 +187,14 @@ fn parse_segment(seg: &str) -> Result<TemplateSegment, TemplateError> {
             return Err(TemplateError::UnclosedBrace);
         }
         // `{name}` only as a whole segment; `{a}b` falls through to the literal check.
-        if let Some(name) = inner.strip_suffix('}') {
+        if let Some(inner) = inner.strip_suffix('}') {
+            let (name, pattern) = match inner.split_once(':') {
+                Some((name, pattern)) => (
+                    name,
+                    IdPattern::parse(pattern).map_err(TemplateError::Pattern)?,
+                ),
+                None => (inner, IdPattern::Any),
+            };
             if name.is_empty() {
                 return Err(TemplateError::EmptyPlaceholderName);
             }
@@ -123,7 +204,7 @@ fn parse_segment(seg: &str) -> Result<TemplateSegment, TemplateError> {
             {
                 return Err(TemplateError::BadCharacter(c));
             }
-            return Ok(TemplateSegment::Placeholder);
+            return Ok(TemplateSegment::Placeholder(pattern));
         }
     }
     if let Some(c) = seg.chars().find(|c| !is_plain_char(*c)) {
@@ -181,31 +262,60 @@ impl Rule {
     }
 }
 
+/// The default publishable rule: `GET`/`HEAD` `<prefix>/<collection>/<id>`, one object by id.
+/// Per-collection id rules are `allow` rules with typed placeholders
+/// (`/v3/users/{id:usr_*}`), with this one turned off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrieveById {
+    pub api_prefixes: Vec<Template>,
+    /// What an id looks like.
+    pub ids: IdPattern,
+}
+
+impl RetrieveById {
+    /// Any collection under `api_prefixes`, any plain id: the default.
+    pub fn any_id(api_prefixes: Vec<Template>) -> RetrieveById {
+        RetrieveById {
+            api_prefixes,
+            ids: IdPattern::Any,
+        }
+    }
+
+    fn allows(&self, method: &[u8], path: &NormalizedPath) -> bool {
+        if method != b"GET" && method != b"HEAD" {
+            return false;
+        }
+        self.api_prefixes.iter().any(|prefix| {
+            let Some([collection, id]) = prefix.strip_from(path) else {
+                return false;
+            };
+            collection.plain && id.plain && self.ids.matches(&id.text)
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Policy {
+    retrieve_by_id: Option<RetrieveById>,
     rules: Vec<Rule>,
 }
 
 impl Policy {
-    /// The publishable-key policy: if `retrieve_by_id`, for each api prefix P a rule GET,HEAD
-    /// on P/{collection}/{id}; plus `extra` rules.
-    pub fn new(api_prefixes: &[Template], retrieve_by_id: bool, extra: Vec<Rule>) -> Policy {
-        let mut rules = Vec::with_capacity(api_prefixes.len() + extra.len());
-        if retrieve_by_id {
-            let collection_id = Template::placeholders(2);
-            rules.extend(api_prefixes.iter().map(|prefix| Rule {
-                methods: vec!["GET".to_owned(), "HEAD".to_owned()],
-                template: prefix.join(&collection_id),
-            }));
+    /// The publishable-key policy: the retrieve-by-id rule (when given) plus `extra` rules.
+    pub fn new(retrieve_by_id: Option<RetrieveById>, extra: Vec<Rule>) -> Policy {
+        Policy {
+            retrieve_by_id,
+            rules: extra,
         }
-        rules.extend(extra);
-        Policy { rules }
     }
 
     /// `method` is the request's `:method` as bytes, compared exactly (methods are
     /// case-sensitive in HTTP: `get` is not `GET`).
     pub fn allows(&self, method: &[u8], path: &NormalizedPath) -> bool {
-        self.rules.iter().any(|r| r.allows(method, path))
+        self.retrieve_by_id
+            .as_ref()
+            .is_some_and(|r| r.allows(method, path))
+            || self.rules.iter().any(|r| r.allows(method, path))
     }
 }
 
@@ -226,7 +336,8 @@ mod tests {
             methods: vec!["POST".to_owned()],
             template: template("/v3/devices/{id}/events"),
         };
-        Policy::new(&[template("/v3"), template("/api/v1/")], true, vec![events])
+        let prefixes = vec![template("/v3"), template("/api/v1/")];
+        Policy::new(Some(RetrieveById::any_id(prefixes)), vec![events])
     }
 
     /// `None` when the path does not even normalise (the caller refuses those anyway).
@@ -289,9 +400,79 @@ mod tests {
 
     #[test]
     fn policy_without_retrieve_by_id() {
-        let policy = Policy::new(&[template("/v3")], false, Vec::new());
+        let policy = Policy::new(None, Vec::new());
         assert_eq!(allows(&policy, "GET", "/v3/devices/abc"), Some(false));
         assert_eq!(allows(&Policy::default(), "GET", "/"), Some(false));
+    }
+
+    #[test]
+    fn ids_can_be_constrained_everywhere_or_per_collection_by_rule() {
+        let uuid = "123e4567-e89b-12d3-a456-426614174000";
+        let everywhere = Policy::new(
+            Some(RetrieveById {
+                api_prefixes: vec![template("/v3")],
+                ids: IdPattern::Uuid,
+            }),
+            Vec::new(),
+        );
+        assert_eq!(
+            allows(&everywhere, "GET", &format!("/v3/devices/{uuid}")),
+            Some(true)
+        );
+        assert_eq!(
+            allows(
+                &everywhere,
+                "GET",
+                &format!("/v3/devices/{}", uuid.to_uppercase())
+            ),
+            Some(true)
+        );
+        for not_an_id in ["search", "me", "123e4567e89b12d3a456426614174000", "1"] {
+            assert_eq!(
+                allows(&everywhere, "GET", &format!("/v3/devices/{not_an_id}")),
+                Some(false),
+                "{not_an_id}"
+            );
+        }
+        let rule = |path: &str| Rule {
+            methods: vec!["GET".to_owned()],
+            template: template(path),
+        };
+        let per_collection = Policy::new(
+            None,
+            vec![
+                rule("/v3/devices/{id:uuid}"),
+                rule("/v3/users/{id:usr_*}"),
+                rule("/v3/orders/{id:digits}"),
+            ],
+        );
+        let cases = [
+            (format!("/v3/devices/{uuid}"), true),
+            ("/v3/devices/search".to_owned(), false),
+            ("/v3/users/usr_42".to_owned(), true),
+            ("/v3/users/me".to_owned(), false),
+            ("/v3/users/usr_".to_owned(), false),
+            ("/v3/orders/12345".to_owned(), true),
+            ("/v3/orders/12a".to_owned(), false),
+            ("/v3/trips/abc".to_owned(), false),
+        ];
+        for (path, want) in cases {
+            assert_eq!(allows(&per_collection, "GET", &path), Some(want), "{path}");
+        }
+    }
+
+    #[test]
+    fn patterns_parse_and_refuse_what_they_do_not_know() {
+        assert_eq!(IdPattern::parse("uuid"), Ok(IdPattern::Uuid));
+        assert_eq!(
+            IdPattern::parse("usr_*"),
+            Ok(IdPattern::Prefix("usr_".into()))
+        );
+        assert_eq!(IdPattern::parse("UUID"), Err(PatternError::Unknown));
+        assert_eq!(IdPattern::parse("*"), Err(PatternError::BadPrefix));
+        assert_eq!(IdPattern::parse("a/b*"), Err(PatternError::BadPrefix));
+        assert!(IdPattern::Hex.matches("deadBEEF") && !IdPattern::Hex.matches("xyz"));
+        assert!(!IdPattern::Digits.matches(&"9".repeat(21)));
     }
 
     #[test]
@@ -307,9 +488,26 @@ mod tests {
             ("//api//v1", Ok(vec![lit("api"), lit("v1")])),
             (
                 "/v3/devices/{id}/events",
-                Ok(vec![lit("v3"), lit("devices"), Placeholder, lit("events")]),
+                Ok(vec![
+                    lit("v3"),
+                    lit("devices"),
+                    Placeholder(IdPattern::Any),
+                    lit("events"),
+                ]),
             ),
-            ("/{a_1}/{B}", Ok(vec![Placeholder, Placeholder])),
+            (
+                "/{a_1}/{B:uuid}",
+                Ok(vec![
+                    Placeholder(IdPattern::Any),
+                    Placeholder(IdPattern::Uuid),
+                ]),
+            ),
+            (
+                "/{id:dev_*}",
+                Ok(vec![Placeholder(IdPattern::Prefix("dev_".into()))]),
+            ),
+            ("/{id:guid}", Err(Pattern(PatternError::Unknown))),
+            ("/{:uuid}", Err(EmptyPlaceholderName)),
             (
                 "/a-b_c.d~e:f@g/...",
                 Ok(vec![lit("a-b_c.d~e:f@g"), lit("...")]),
@@ -377,11 +575,10 @@ mod tests {
             let got = normalize(path.as_bytes()).map(|p| t.matches(&p));
             assert_eq!(got, Ok(want), "{path}");
         }
-        assert_eq!(
-            template("/v3").join(&Template::placeholders(2)),
-            template("/v3/{a}/{b}")
-        );
-        assert_eq!(Template::placeholders(0), template("/"));
+        let typed = template("/v3/devices/{id:digits}");
+        let judged = |path: &str| normalize(path.as_bytes()).map(|p| typed.matches(&p));
+        assert_eq!(judged("/v3/devices/42"), Ok(true));
+        assert_eq!(judged("/v3/devices/me"), Ok(false));
     }
 
     #[test]

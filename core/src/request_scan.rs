@@ -1,9 +1,9 @@
 //! One pass over a request's header map picks out what the decision needs, and notes which
-//! of our identity headers the client sent (so they are removed whatever the outcome: the
+//! identity header names the client sent (so they are removed whatever the outcome: the
 //! access log reads request headers too).
 
-use crate::config::IdentityHeaders;
 use crate::decision::Request;
+use crate::prelude::*;
 
 /// Headers some frameworks read as the "real" method. A publishable key's call is allowed
 /// only if each of them names an allowed method too.
@@ -12,6 +12,10 @@ pub const METHOD_OVERRIDE_HEADERS: [&[u8]; 3] = [
     b"x-http-method",
     b"x-method-override",
 ];
+
+/// Headers some servers and frameworks (IIS URL Rewrite, Symfony, Zend) read as the "real"
+/// URL. A publishable key's call is allowed only if each of them names an allowed call too.
+pub const URL_OVERRIDE_HEADERS: [&[u8]; 2] = [b"x-original-url", b"x-rewrite-url"];
 
 /// Values kept per repeated header; one more than allowed is enough to refuse.
 const MAX_AUTHORIZATION: usize = 2;
@@ -25,8 +29,10 @@ pub struct ScannedRequest<'a> {
     pub path: &'a [u8],
     overrides: [&'a [u8]; MAX_OVERRIDES],
     override_count: usize,
-    /// Which identity headers (in `IdentityHeaders::names()` order) the client sent.
-    pub identity_sent: [bool; 4],
+    url_overrides: [&'a [u8]; MAX_OVERRIDES],
+    url_override_count: usize,
+    /// Which of `Settings::stripped_headers` the client sent: bit `i` for name `i`.
+    pub identity_sent: u16,
 }
 
 impl<'a> ScannedRequest<'a> {
@@ -40,6 +46,17 @@ impl<'a> ScannedRequest<'a> {
         (self.override_count <= MAX_OVERRIDES).then(|| &self.overrides[..self.override_count])
     }
 
+    /// URL-override values; `None` when there are more than can be judged.
+    pub fn url_overrides(&self) -> Option<&[&'a [u8]]> {
+        (self.url_override_count <= MAX_OVERRIDES)
+            .then(|| &self.url_overrides[..self.url_override_count])
+    }
+
+    /// Whether the client sent stripped header `slot`.
+    pub fn sent(&self, slot: usize) -> bool {
+        slot < 16 && self.identity_sent & (1 << slot) != 0
+    }
+
     /// What the decision needs of the request.
     pub fn request(&self) -> Request<'_> {
         Request {
@@ -47,16 +64,25 @@ impl<'a> ScannedRequest<'a> {
             method: self.method,
             path: self.path,
             method_overrides: self.method_overrides(),
+            url_overrides: self.url_overrides(),
         }
     }
 }
 
-/// Scans `(name, value)` pairs (names are lower-case, as Envoy gives them).
+/// Keeps `value` in the next free slot, counting values past the last slot too.
+fn keep<'a, const N: usize>(slots: &mut [&'a [u8]; N], count: &mut usize, value: &'a [u8]) {
+    if let Some(slot) = slots.get_mut(*count) {
+        *slot = value;
+    }
+    *count = count.saturating_add(1);
+}
+
+/// Scans `(name, value)` pairs (names are lower-case, as Envoy gives them); `stripped` is
+/// `Settings::stripped_headers` (at most 16 names).
 pub fn scan<'a>(
     pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-    identity: &IdentityHeaders,
+    stripped: &[String],
 ) -> ScannedRequest<'a> {
-    let names = identity.names();
     let mut scanned = ScannedRequest::default();
     for (name, value) in pairs {
         // Pseudo-headers first: only two of them matter, and no other header starts with ':'.
@@ -69,18 +95,24 @@ pub fn scan<'a>(
             continue;
         }
         if name == b"authorization" {
-            if let Some(slot) = scanned.authorization.get_mut(scanned.authorization_count) {
-                *slot = value;
-            }
-            scanned.authorization_count += 1;
+            keep(
+                &mut scanned.authorization,
+                &mut scanned.authorization_count,
+                value,
+            );
         } else if METHOD_OVERRIDE_HEADERS.contains(&name) {
-            if let Some(slot) = scanned.overrides.get_mut(scanned.override_count) {
-                *slot = value;
-            }
-            scanned.override_count += 1;
+            keep(&mut scanned.overrides, &mut scanned.override_count, value);
+        } else if URL_OVERRIDE_HEADERS.contains(&name) {
+            keep(
+                &mut scanned.url_overrides,
+                &mut scanned.url_override_count,
+                value,
+            );
         } else {
-            for (sent, identity_name) in scanned.identity_sent.iter_mut().zip(names) {
-                *sent |= name == identity_name.as_bytes();
+            for (slot, stripped_name) in stripped.iter().enumerate().take(16) {
+                if name == stripped_name.as_bytes() {
+                    scanned.identity_sent |= 1 << slot;
+                }
             }
         }
     }
@@ -91,10 +123,13 @@ pub fn scan<'a>(
 mod tests {
     use super::*;
 
+    use crate::config::IdentityHeaders;
+
     fn scan_pairs<'a>(pairs: &'a [(&'a str, &'a str)]) -> ScannedRequest<'a> {
+        let stripped = IdentityHeaders::default().stripped();
         scan(
             pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
-            &IdentityHeaders::default(),
+            &stripped,
         )
     }
 
@@ -105,14 +140,19 @@ mod tests {
             (":path", "/v3/devices/1"),
             ("authorization", "token a"),
             ("x-keygate-key-id", "spoof"),
+            ("x-keygate-identity", "spoof"),
             ("x-http-method-override", "DELETE"),
+            ("x-original-url", "/v3/devices"),
         ];
         let s = scan_pairs(&pairs);
         assert_eq!(s.method, b"GET");
         assert_eq!(s.path, b"/v3/devices/1");
         assert_eq!(s.authorization(), &[&b"token a"[..]]);
-        assert_eq!(s.identity_sent, [false, true, false, false]);
+        // Per-field names first, then the combined form's name: both forms are seen.
+        assert_eq!(s.identity_sent, 0b1_0010);
+        assert!(s.sent(1) && s.sent(4) && !s.sent(0));
         assert_eq!(s.method_overrides(), Some(&[&b"DELETE"[..]][..]));
+        assert_eq!(s.url_overrides(), Some(&[&b"/v3/devices"[..]][..]));
     }
 
     #[test]
@@ -125,6 +165,8 @@ mod tests {
         assert_eq!(scan_pairs(&pairs).authorization().len(), 2);
         let many = [("x-http-method", "GET"); 5];
         assert_eq!(scan_pairs(&many).method_overrides(), None);
+        let urls = [("x-rewrite-url", "/"); 5];
+        assert_eq!(scan_pairs(&urls).url_overrides(), None);
         assert!(scan_pairs(&[]).authorization().is_empty());
     }
 }

@@ -7,7 +7,9 @@
 //! Envoy, and the metric and log calls by their disassembly).
 
 use core::ffi::c_void;
+use core::marker::PhantomData;
 use core::ptr::null;
+use std::sync::{Arc, Mutex};
 
 /// Envoy's side of a filter configuration or of one stream's filter.
 pub type EnvoyPtr = *mut c_void;
@@ -57,7 +59,8 @@ impl Buffer {
         if self.ptr.is_null() {
             &[]
         } else {
-            core::slice::from_raw_parts(self.ptr, self.len)
+            // SAFETY: the caller's promise: `len` live bytes at `ptr` for `'a`.
+            unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
         }
     }
 }
@@ -204,100 +207,160 @@ mod no_envoy {
 #[cfg(test)]
 use no_envoy::*;
 
-/// A request header as Envoy lends it, inside the request-headers hook.
-pub type HeaderPair<'a> = (&'a [u8], &'a [u8]);
-
-/// Every request header, as pointers into Envoy's header map.
-///
-/// # Safety
-/// `filter` is Envoy's live stream filter, inside a hook; the pairs live as long as it.
-pub unsafe fn request_headers(filter: EnvoyPtr) -> Vec<Header> {
-    let count = envoy_dynamic_module_callback_http_get_headers_size(filter, REQUEST_HEADER);
-    let mut headers: Vec<Header> = Vec::with_capacity(count);
-    if count > 0
-        && envoy_dynamic_module_callback_http_get_headers(
-            filter,
-            REQUEST_HEADER,
-            headers.as_mut_ptr(),
-        )
-    {
-        // SAFETY: Envoy wrote `count` entries, pointing into the live header map.
-        headers.set_len(count);
-    }
-    headers
-}
-
-impl Header {
-    /// # Safety
-    /// As for `request_headers`: only while the hook that read it runs.
-    pub unsafe fn pair<'a>(&self) -> HeaderPair<'a> {
-        (self.key.bytes(), self.value.bytes())
-    }
-}
-
-/// # Safety
-/// `filter` is Envoy's live stream filter, inside the request-headers hook.
-pub unsafe fn add_request_header(filter: EnvoyPtr, name: &[u8], value: &[u8]) {
-    envoy_dynamic_module_callback_http_add_header(
-        filter,
-        REQUEST_HEADER,
-        Buffer::of(name),
-        Buffer::of(value),
-    );
-}
-
-/// Replaces every value of the header with one.
-///
-/// # Safety
-/// As for `add_request_header`.
-pub unsafe fn set_request_header(filter: EnvoyPtr, name: &[u8], value: &[u8]) {
-    envoy_dynamic_module_callback_http_set_header(
-        filter,
-        REQUEST_HEADER,
-        Buffer::of(name),
-        Buffer::of(value),
-    );
-}
-
-/// Removes every value of the header (an empty value does that in this ABI).
-///
-/// # Safety
-/// As for `add_request_header`.
-pub unsafe fn remove_request_header(filter: EnvoyPtr, name: &[u8]) {
-    envoy_dynamic_module_callback_http_set_header(
-        filter,
-        REQUEST_HEADER,
-        Buffer::of(name),
-        Buffer::EMPTY,
-    );
-}
-
-/// Answers the request locally; `details` becomes its response-code details.
-///
-/// # Safety
-/// As for `add_request_header`.
-pub unsafe fn send_response(
+/// One stream's filter inside a hook: what Envoy lends is reachable only through this handle,
+/// whose lifetime is the hook's, so no header view or pointer outlives it.
+pub struct Stream<'hook> {
     filter: EnvoyPtr,
-    status: u32,
-    headers: &[HeaderPair<'_>],
-    body: &[u8],
-    details: &str,
-) {
-    let headers: Vec<Header> = headers
-        .iter()
-        .map(|(key, value)| Header {
-            key: Buffer::of(key),
-            value: Buffer::of(value),
+    _hook: PhantomData<&'hook mut ()>,
+}
+
+/// The request's headers as pointers into Envoy's header map, valid while the stream is
+/// borrowed (a header change needs `&mut Stream`, so none can happen while these live).
+pub struct RequestHeaders<'s> {
+    headers: Vec<Header>,
+    _stream: PhantomData<&'s Stream<'s>>,
+}
+
+/// Envoy could not list the request's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadersUnavailable;
+
+impl<'hook> Stream<'hook> {
+    /// # Safety
+    /// `filter` is Envoy's live stream filter for the whole of the hook `'hook` stands for.
+    pub unsafe fn new(filter: EnvoyPtr) -> Stream<'hook> {
+        Stream {
+            filter,
+            _hook: PhantomData,
+        }
+    }
+
+    pub fn request_headers(&self) -> Result<RequestHeaders<'_>, HeadersUnavailable> {
+        // SAFETY: `filter` is live for the hook (`Stream::new`).
+        let count = unsafe {
+            envoy_dynamic_module_callback_http_get_headers_size(self.filter, REQUEST_HEADER)
+        };
+        let mut headers: Vec<Header> = Vec::with_capacity(count);
+        if count > 0 {
+            // SAFETY: room for `count` entries, which Envoy fills when it answers true.
+            let listed = unsafe {
+                envoy_dynamic_module_callback_http_get_headers(
+                    self.filter,
+                    REQUEST_HEADER,
+                    headers.as_mut_ptr(),
+                )
+            };
+            if !listed {
+                return Err(HeadersUnavailable);
+            }
+            // SAFETY: Envoy wrote `count` entries, pointing into the live header map.
+            unsafe { headers.set_len(count) };
+        }
+        Ok(RequestHeaders {
+            headers,
+            _stream: PhantomData,
         })
-        .collect();
-    envoy_dynamic_module_callback_http_send_response(
-        filter,
-        status,
-        headers.as_ptr(),
-        headers.len(),
-        Buffer::of(body),
-        Buffer::of(details.as_bytes()),
-    );
+    }
+
+    pub fn add_request_header(&mut self, name: &[u8], value: &[u8]) {
+        // SAFETY: `filter` is live for the hook; the buffers for the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.filter,
+                REQUEST_HEADER,
+                Buffer::of(name),
+                Buffer::of(value),
+            );
+        }
+    }
+
+    /// Replaces every value of the header with one.
+    pub fn set_request_header(&mut self, name: &[u8], value: &[u8]) {
+        // SAFETY: as in `add_request_header`.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.filter,
+                REQUEST_HEADER,
+                Buffer::of(name),
+                Buffer::of(value),
+            );
+        }
+    }
+
+    /// Removes every value of the header (an empty value does that in this ABI).
+    pub fn remove_request_header(&mut self, name: &[u8]) {
+        // SAFETY: as in `add_request_header`.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.filter,
+                REQUEST_HEADER,
+                Buffer::of(name),
+                Buffer::EMPTY,
+            );
+        }
+    }
+
+    /// Answers the request locally; `details` becomes its response-code details.
+    pub fn send_response<'a>(
+        &mut self,
+        status: u32,
+        headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+        body: &[u8],
+        details: &str,
+    ) {
+        let headers: Vec<Header> = headers
+            .map(|(key, value)| Header {
+                key: Buffer::of(key),
+                value: Buffer::of(value),
+            })
+            .collect();
+        // SAFETY: `filter` is live for the hook; every buffer for the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.filter,
+                status,
+                headers.as_ptr(),
+                headers.len(),
+                Buffer::of(body),
+                Buffer::of(details.as_bytes()),
+            );
+        }
+    }
+
+    /// Adds one to a counter of the stream's configuration.
+    pub fn increment_counter(&mut self, id: MetricId) {
+        // SAFETY: `filter` is live for the hook.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.filter,
+                id.0,
+                null(),
+                0,
+                1,
+            );
+        }
+    }
+}
+
+impl RequestHeaders<'_> {
+    /// `(name, value)` pairs, borrowed for as long as these headers.
+    pub fn pairs(&self) -> HeaderPairs<'_> {
+        HeaderPairs(self.headers.iter())
+    }
+}
+
+/// The pairs of `RequestHeaders`.
+pub struct HeaderPairs<'a>(core::slice::Iter<'a, Header>);
+
+impl<'a> Iterator for HeaderPairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let header = self.0.next()?;
+        // SAFETY: the pointers are into Envoy's header map, live and unchanged while the
+        // stream is borrowed by the `RequestHeaders` these came from.
+        Some(unsafe { (header.key.bytes(), header.value.bytes()) })
+    }
 }
 
 /// A counter or gauge id Envoy gave this configuration.
@@ -311,59 +374,124 @@ pub enum MetricKind {
     Gauge,
 }
 
-/// Defines a counter or gauge; Envoy allows it only while it creates the configuration.
-/// None when refused (a lost count, never a lost request).
-///
-/// # Safety
-/// `config` is the configuration Envoy is creating.
-pub unsafe fn define_metric(config: EnvoyPtr, kind: MetricKind, name: &str) -> Option<MetricId> {
-    let mut id = 0;
-    let name = Buffer::of(name.as_bytes());
-    let result = match kind {
-        MetricKind::Counter => envoy_dynamic_module_callback_http_filter_config_define_counter(
+/// A configuration Envoy is creating, inside the config-new hook: stats are defined on it.
+pub struct ConfigBeingCreated<'hook> {
+    config: EnvoyPtr,
+    alive: Arc<Mutex<Option<usize>>>,
+    _hook: PhantomData<&'hook mut ()>,
+}
+
+impl<'hook> ConfigBeingCreated<'hook> {
+    /// # Safety
+    /// `config` is the configuration Envoy is creating in the hook `'hook` stands for, and
+    /// the `ConfigLifetime` taken from this value is dropped before Envoy destroys it.
+    pub unsafe fn new(config: EnvoyPtr) -> ConfigBeingCreated<'hook> {
+        ConfigBeingCreated {
             config,
-            name,
-            null(),
-            0,
-            &mut id,
-        ),
-        MetricKind::Gauge => envoy_dynamic_module_callback_http_filter_config_define_gauge(
-            config,
-            name,
-            null(),
-            0,
-            &mut id,
-        ),
-    };
-    (result == METRICS_SUCCESS).then_some(MetricId(id))
+            alive: Arc::new(Mutex::new(Some(config as usize))),
+            _hook: PhantomData,
+        }
+    }
+
+    /// Defines a counter or gauge; None when refused (a lost count, never a lost request).
+    pub fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<MetricId> {
+        let mut id = 0;
+        let name = Buffer::of(name.as_bytes());
+        // SAFETY: Envoy allows defining stats on a configuration while it creates it.
+        let result = unsafe {
+            match kind {
+                MetricKind::Counter => {
+                    envoy_dynamic_module_callback_http_filter_config_define_counter(
+                        self.config,
+                        name,
+                        null(),
+                        0,
+                        &mut id,
+                    )
+                }
+                MetricKind::Gauge => envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                    self.config,
+                    name,
+                    null(),
+                    0,
+                    &mut id,
+                ),
+            }
+        };
+        (result == METRICS_SUCCESS).then_some(MetricId(id))
+    }
+
+    /// A handle to this configuration's stats for other threads (the sync thread): it
+    /// writes nothing once the configuration's `ConfigLifetime` is dropped.
+    pub fn stats(&self) -> ConfigStats {
+        ConfigStats {
+            config: Arc::clone(&self.alive),
+        }
+    }
+
+    /// Held by whatever Envoy destroys with the configuration (the filter): dropping it
+    /// ends every `ConfigStats` of the configuration.
+    pub fn lifetime(&self) -> ConfigLifetime {
+        ConfigLifetime {
+            config: Arc::clone(&self.alive),
+        }
+    }
 }
 
-/// Adds one to a counter, from a request.
-///
-/// # Safety
-/// `filter` is Envoy's live stream filter.
-pub unsafe fn increment_counter(filter: EnvoyPtr, id: MetricId) {
-    envoy_dynamic_module_callback_http_filter_increment_counter(filter, id.0, null(), 0, 1);
+/// See `ConfigBeingCreated::lifetime`.
+pub struct ConfigLifetime {
+    config: Arc<Mutex<Option<usize>>>,
 }
 
-/// Adds to a counter of the configuration (Envoy's stats are atomic: any thread may).
-///
-/// # Safety
-/// `config` is a configuration Envoy has not destroyed yet.
-pub unsafe fn config_increment_counter(config: EnvoyPtr, id: MetricId, value: u64) {
-    envoy_dynamic_module_callback_http_filter_config_increment_counter(
-        config,
-        id.0,
-        null(),
-        0,
-        value,
-    );
+impl Drop for ConfigLifetime {
+    fn drop(&mut self) {
+        // Taken under the lock: a stats call in flight on another thread ends first.
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
-/// # Safety
-/// As for `config_increment_counter`.
-pub unsafe fn config_set_gauge(config: EnvoyPtr, id: MetricId, value: u64) {
-    envoy_dynamic_module_callback_http_filter_config_set_gauge(config, id.0, null(), 0, value);
+/// A configuration's stats, written from any thread (Envoy's stats are atomic) while the
+/// configuration lives.
+#[derive(Clone)]
+pub struct ConfigStats {
+    /// The configuration's address while it lives, `None` after: only touched through
+    /// Envoy's stats calls, under the lock.
+    config: Arc<Mutex<Option<usize>>>,
+}
+
+impl ConfigStats {
+    pub fn increment_counter(&self, id: MetricId, value: u64) {
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = *config {
+            // SAFETY: the configuration lives while its address is held (see
+            // `ConfigLifetime`), and the lock keeps it so for the call.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                    config as EnvoyPtr,
+                    id.0,
+                    null(),
+                    0,
+                    value,
+                );
+            }
+        }
+    }
+
+    pub fn set_gauge(&self, id: MetricId, value: u64) {
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = *config {
+            // SAFETY: as in `increment_counter`.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                    config as EnvoyPtr,
+                    id.0,
+                    null(),
+                    0,
+                    value,
+                );
+            }
+        }
+    }
 }
 
 /// Envoy's log levels (spdlog's order).

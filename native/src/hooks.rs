@@ -4,13 +4,12 @@
 //! A panic never crosses into Envoy: each hook catches it, and a request that hit one is
 //! answered 500 (never let through), so a bug costs one request, not the proxy.
 
-use crate::abi::{self, Buffer, EnvoyPtr, HeaderPair, STOP_ITERATION};
-use crate::filter::Filter;
+use crate::abi::{self, Buffer, ConfigBeingCreated, EnvoyPtr, Stream, CONTINUE, STOP_ITERATION};
+use crate::filter::{refuse_unconfigured, Filter};
+use keygate_core::denial::Denial;
+use keygate_core::gate::Verdict;
 use log::{error, info};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-
-const INTERNAL_ERROR_BODY: &[u8] =
-    br#"{"error":{"code":"internal_error","message":"The API gateway failed to check this request."}}"#;
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
@@ -38,8 +37,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     config: *const u8,
     config_len: usize,
 ) -> *mut Filter {
-    let json = Buffer::from_raw(config, config_len).bytes();
-    match catch_unwind(AssertUnwindSafe(|| Filter::new(config_envoy, json))) {
+    // SAFETY: Envoy lends the configuration's bytes for this hook.
+    let json = unsafe { Buffer::from_raw(config, config_len).bytes() };
+    // SAFETY: `config_envoy` is the configuration Envoy is creating in this hook.
+    let mut creating = unsafe { ConfigBeingCreated::new(config_envoy) };
+    match catch_unwind(AssertUnwindSafe(|| Filter::new(&mut creating, json))) {
         Ok(Ok(filter)) => Box::into_raw(Box::new(filter)),
         Ok(Err(e)) => {
             error!("keygate: {e}");
@@ -57,7 +59,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(filter: *mut Filter) {
     if !filter.is_null() {
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(filter))));
+        // SAFETY: made by `Box::into_raw` in `config_new`; Envoy destroys it once.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(filter) })));
         // Envoy destroys a configuration once the last stream using it ends.
         info!("keygate: released 1 ended configuration");
     }
@@ -80,28 +83,28 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: *const Filter,
     _end_of_stream: bool,
 ) -> u32 {
-    let Some(filter) = filter.as_ref() else {
-        return internal_error(filter_envoy);
+    // SAFETY: `filter_envoy` is the live stream for the whole of this hook.
+    let mut stream = unsafe { Stream::new(filter_envoy) };
+    // SAFETY: a configuration Envoy keeps alive while any of its streams runs.
+    let Some(filter) = (unsafe { filter.as_ref() }) else {
+        refuse_unconfigured(&mut stream, Denial::NotConfigured);
+        return STOP_ITERATION;
     };
-    match catch_unwind(AssertUnwindSafe(|| filter.on_request_headers(filter_envoy))) {
-        Ok(status) => status,
+    let verdict = catch_unwind(AssertUnwindSafe(|| filter.on_request_headers(&mut stream)));
+    match verdict {
+        Ok(Verdict::Continue) => CONTINUE,
+        Ok(Verdict::Stop) => STOP_ITERATION,
         Err(_) => {
             error!("keygate: internal error on a request; answered 500");
-            internal_error(filter_envoy)
+            let refused = catch_unwind(AssertUnwindSafe(|| {
+                filter.refuse_after_failure(&mut stream)
+            }));
+            if refused.is_err() {
+                error!("keygate: the 500 answer failed too");
+            }
+            STOP_ITERATION
         }
     }
-}
-
-unsafe fn internal_error(filter_envoy: EnvoyPtr) -> u32 {
-    let headers: [HeaderPair; 1] = [(b"content-type", b"application/json")];
-    abi::send_response(
-        filter_envoy,
-        500,
-        &headers,
-        INTERNAL_ERROR_BODY,
-        "keygate_internal_error",
-    );
-    STOP_ITERATION
 }
 
 /// Hooks Envoy looks up and keygate has no use for: each does nothing and, where Envoy

@@ -9,7 +9,10 @@
 //! The trade against the wasm filter: no sandbox (panics are caught at every hook, see
 //! `hooks.rs`), and a build per Envoy release line (the ABI is Envoy's, not a standard).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 mod abi;
+mod fetch;
 mod filter;
 mod hooks;
 mod logger;

@@ -2,6 +2,8 @@
 //! sit beside Envoy's own, at the level Envoy is told to log. Never given a key: messages
 //! show at most a key's prefix and last four characters (keygate-core's `redact_keys`).
 
+#![forbid(unsafe_code)]
+
 use crate::abi::{self, LogLevel};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 

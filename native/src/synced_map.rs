@@ -2,9 +2,11 @@
 //! thread builds each new version beside the one being served and swaps it in whole, so a
 //! request sees one version from start to end and never waits for an update.
 
+#![forbid(unsafe_code)]
+
 use keygate_core::bucket::{self, KeyInfo, BUCKETS};
 use keygate_core::digest::Digest;
-use keygate_core::sync::BucketStore;
+use keygate_sync_core::state::BucketStore;
 use std::sync::{Arc, RwLock};
 
 /// Buckets of the map (keygate's compact bucket encoding; `None` holds no key). Versions

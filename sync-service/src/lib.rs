@@ -3,7 +3,7 @@
 
 mod service;
 
-use keygate_core::service_config::ServiceConfig;
+use keygate_sync_core::settings::ServiceConfig;
 use log::error;
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};

@@ -15,7 +15,7 @@ mod tests;
 use keygate_core::config::RawKey;
 use keygate_core::digest::Digest;
 use keygate_core::key::KeyKind;
-use keygate_core::sync::KeyMapMessage;
+use keygate_sync_core::message::KeyMapMessage;
 use std::path::Path;
 use std::sync::Arc;
 

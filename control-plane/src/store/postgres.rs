@@ -28,7 +28,7 @@ use super::{
 use crate::log::log_event;
 use keygate_core::digest::Digest;
 use keygate_core::key::{Environment, KeyKind, KeyType};
-use keygate_core::sync::KeyMapMessage;
+use keygate_sync_core::message::KeyMapMessage;
 use postgres::config::Host;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;

@@ -12,7 +12,7 @@ use super::{
 };
 use keygate_core::digest::Digest;
 use keygate_core::key::{Environment, KeyKind, KeyType};
-use keygate_core::sync::KeyMapMessage;
+use keygate_sync_core::message::KeyMapMessage;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};

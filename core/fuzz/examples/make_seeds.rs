@@ -378,7 +378,8 @@ fn main() {
     }
 
     // sync_binary: control byte, then a binary full map. Control: % 9 read cap (4 = 97 bytes,
-    // 0 = 1 byte, 8 = unlimited), / 9 % 2 a map held already (version 5), / 18 % 2 lenient.
+    // 0 = 1 byte, 8 = unlimited), / 9 % 2 a map held already (version 5), / 18 % 2 lenient,
+    // / 36 % 4 the chunk size (0 = the 1 MiB default, 1 = 1 byte, 2 = 553, 3 = 554).
     let [sk_t, pk_t, sk_p, pk_p] = KeyKind::ALL;
     let binary = |version: u64, mut keys: Vec<(Digest, KeyInfo<'_>)>| {
         keys.sort_by_key(|k| k.0);
@@ -411,7 +412,13 @@ fn main() {
     let mut unknown_flags = binary(1, three());
     unknown_flags[20 + 32] |= 0x10;
     let long_id = "i".repeat(200);
+    // The first entry's account id is not UTF-8 while more than one entry is buffered:
+    // this spun the reader forever (control 112: 97-byte reads, 554-byte chunks).
+    let mut stuck = binary(2, twelve.clone());
+    stuck[20 + 32 + 1 + 1] = 0xFF;
     let bin: Vec<(&str, u8, Vec<u8>)> = vec![
+        ("malformed-entry-with-more-buffered", 112, stuck.clone()),
+        ("malformed-entry-one-byte-chunks", 36, stuck),
         ("three-fresh", 4, binary(6, three())),
         ("three-over-held", 13, binary(6, three())),
         ("same-version-held", 13, binary(5, three())),

@@ -12,7 +12,7 @@
 //! settings are in their documented ranges and no key entry names a plaintext key.
 
 use crate::invariant;
-use keygate_core::config::{ConfigError, FilterConfig, Problem};
+use keygate_core::config::{ConfigError, FilterConfig};
 use keygate_core::key::is_issued_key;
 use serde_json::{json, Value};
 
@@ -243,19 +243,11 @@ pub fn check_error(e: &ConfigError) {
     );
     invariant!(!e.problem.to_string().is_empty(), "empty problem in {e:?}");
     let leaked = !crate::issued_keys_in(&shown).is_empty();
-    if matches!(e.problem, Problem::Json(_)) {
-        crate::known_finding!(
-            "KF1",
-            !leaked,
-            "a plaintext key is echoed in a JSON error message: {shown}"
-        );
-    } else {
-        invariant!(
-            !leaked,
-            "a plaintext key is echoed in the error message (field {:?}): {shown}",
-            e.field
-        );
-    }
+    invariant!(
+        !leaked,
+        "a plaintext key is echoed in the error message (field {:?}): {shown}",
+        e.field
+    );
 }
 
 fn check_valid(config: &FilterConfig) {
@@ -296,7 +288,7 @@ fn check_valid(config: &FilterConfig) {
     }
     if let Some(ns) = &config.sync_namespace {
         invariant!(
-            keygate_core::service_config::is_valid_name(ns),
+            keygate_core::shared_data::is_valid_name(ns),
             "namespace {ns:?}"
         );
     }

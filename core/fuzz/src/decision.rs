@@ -19,8 +19,10 @@
 //! allows (GET/HEAD by id under a prefix, or the POST rule), for the method and for every
 //! method override, and never when the overrides were too many to judge. A Deny has a status
 //! of 401/403/503 and a non-empty code and message. The scan keeps what the headers say: the
-//! last `:method`/`:path`, up to 2 authorization values counted right, overrides up to 4 (else
-//! none), and which identity headers were sent.
+//! last `:method`/`:path`, up to 2 authorization values counted right, method and URL
+//! overrides up to 4 each (else none), and which identity header names (of either form) were
+//! sent. A publishable key is allowed only when every URL override and every `_method` query
+//! value names an allowed call too.
 
 use crate::invariant;
 use crate::oracle;
@@ -32,7 +34,7 @@ use keygate_core::digest::Digest;
 use keygate_core::digest_cache::{identify, DigestCache};
 use keygate_core::key::{KeyKind, KeyType};
 use keygate_core::path::normalize;
-use keygate_core::request_scan::{scan, METHOD_OVERRIDE_HEADERS};
+use keygate_core::request_scan::{scan, METHOD_OVERRIDE_HEADERS, URL_OVERRIDE_HEADERS};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 
@@ -198,7 +200,7 @@ fn check_one(
     pairs: &[(&[u8], &[u8])],
 ) {
     let settings = &config.settings;
-    let scanned = scan(pairs.iter().copied(), &settings.identity_headers);
+    let scanned = scan(pairs.iter().copied(), &settings.stripped_headers);
 
     // The scan against the headers themselves.
     let values = |name: &[u8]| -> Vec<&[u8]> {
@@ -212,6 +214,11 @@ fn check_one(
     let overrides: Vec<&[u8]> = pairs
         .iter()
         .filter(|(n, _)| METHOD_OVERRIDE_HEADERS.contains(n))
+        .map(|(_, v)| *v)
+        .collect();
+    let url_overrides: Vec<&[u8]> = pairs
+        .iter()
+        .filter(|(n, _)| URL_OVERRIDE_HEADERS.contains(n))
         .map(|(_, v)| *v)
         .collect();
     invariant!(
@@ -231,14 +238,26 @@ fn check_one(
         scanned.method_overrides().map(<[_]>::len),
         overrides.len()
     );
-    for (sent, name) in scanned
-        .identity_sent
+    invariant!(
+        scanned.url_overrides() == (url_overrides.len() <= 4).then_some(&url_overrides[..]),
+        "scan kept {:?} URL overrides of {}",
+        scanned.url_overrides().map(<[_]>::len),
+        url_overrides.len()
+    );
+    for (slot, name) in settings.stripped_headers.iter().enumerate() {
+        let sent = scanned.sent(slot);
+        invariant!(
+            sent == pairs.iter().any(|(n, _)| *n == name.as_bytes()),
+            "identity header {name} sent: scan says {sent}"
+        );
+    }
+    for name in keygate_core::config::DEFAULT_IDENTITY_HEADERS
         .iter()
-        .zip(settings.identity_headers.names())
+        .chain(&[keygate_core::config::DEFAULT_IDENTITY_HEADER])
     {
         invariant!(
-            *sent == pairs.iter().any(|(n, _)| *n == name.as_bytes()),
-            "identity header {name} sent: scan says {sent}"
+            settings.stripped_headers.iter().any(|n| n == name),
+            "{name} is not stripped"
         );
     }
 
@@ -247,6 +266,7 @@ fn check_one(
         method: scanned.method,
         path: scanned.path,
         method_overrides: scanned.method_overrides(),
+        url_overrides: scanned.url_overrides(),
     };
     let (method, path) = (scanned.method, scanned.path);
     let lookup = |d: &Digest| config.keys.get(d).map(|e| e.info());
@@ -375,6 +395,29 @@ fn check_one(
                     "publishable key allowed method {:?}",
                     String::from_utf8_lossy(method)
                 );
+                // Every URL the upstream could act on, with every method it could be told.
+                for url in url_overrides.iter().chain(std::iter::once(&path)) {
+                    let judged = |m: &[u8]| {
+                        normalize(url)
+                            .map(|p| oracle::expected_allow(m, &p))
+                            .unwrap_or(false)
+                    };
+                    invariant!(
+                        url_overrides.len() <= 4 && judged(method),
+                        "publishable key allowed {:?} on URL override {:?}",
+                        String::from_utf8_lossy(method),
+                        String::from_utf8_lossy(url)
+                    );
+                    let query_methods = keygate_core::query::method_overrides(url);
+                    invariant!(
+                        query_methods
+                            .as_ref()
+                            .is_some_and(|found| found.iter().all(|m| allowed(m) && judged(m))),
+                        "publishable key allowed {:?} with _method values {:?}",
+                        String::from_utf8_lossy(url),
+                        query_methods
+                    );
+                }
             }
         }
     }

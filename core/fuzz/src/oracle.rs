@@ -2,7 +2,7 @@
 //! the fuzzed configs, written out by hand, and a path re-serializer.
 
 use keygate_core::path::NormalizedPath;
-use keygate_core::policy::{Policy, Rule, Template};
+use keygate_core::policy::{Policy, RetrieveById, Rule, Template};
 
 /// The rule every fuzzed config adds to the default publishable policy.
 pub const EVENTS_RULE: &str = "/v3/devices/{id}/events";
@@ -19,7 +19,7 @@ pub fn policy() -> Policy {
         methods: vec!["POST".to_owned()],
         template: template(EVENTS_RULE),
     };
-    Policy::new(&prefixes, true, vec![events])
+    Policy::new(Some(RetrieveById::any_id(prefixes)), vec![events])
 }
 
 /// The characters a plain segment may hold (keygate-core keeps its own copy crate-private).

@@ -4,9 +4,13 @@
 //! Input: one control byte `c`, then the answer body (`KGMAP01\n`, version u64 LE, count u32
 //! LE, then `bucket::encode_entry` entries). `c % 9` picks the reader's largest read (1, 2, 7,
 //! 20, 97, 553, 554, 4096 bytes, or unlimited), `(c / 9) % 2` whether the state already holds
-//! a map (version 5, three keys, applied from JSON) and `(c / 18) % 2` a lenient guard.
+//! a map (version 5, three keys, applied from JSON), `(c / 18) % 2` a lenient guard and
+//! `(c / 36) % 4` the reader's chunk size (the default 1 MiB, or 1, 553, 554 bytes), so bodies
+//! larger than a chunk are fuzzed with small inputs.
 //!
-//! Invariants: the outcome and the store do not depend on how the body is cut into reads
+//! Invariants: the walk ends within a number of reads linear in the body (a reader loop that
+//! stops making progress is a hang of Envoy's main thread); the outcome and the store do not
+//! depend on how the body is cut into reads or chunks
 //! (known finding KF3: not when the first read is shorter than the 20-byte header); a
 //! refused or unchanged answer writes nothing and leaves version and count alone; an applied
 //! one leaves the store holding exactly the body's entries (each found by `bucket::find` in
@@ -17,22 +21,33 @@ use crate::invariant;
 use crate::sync_message::MemStore;
 use keygate_core::bucket::{bucket_of, entries, find};
 use keygate_core::key::is_issued_key;
-use keygate_core::sync::{
-    parse_binary_header, parse_message, Applied, BodyReader, Guard, SyncState, BINARY_HEADER_LEN,
-};
+use keygate_sync_core::binary::{parse_binary_header, BodyReader, BINARY_HEADER_LEN};
+use keygate_sync_core::message::parse_message;
+use keygate_sync_core::state::{Applied, Guard, SyncState};
 use serde_json::json;
 
 /// The largest read each `BodyReader` call returns, by control byte.
 pub const READ_CAPS: [usize; 9] = [1, 2, 7, 20, 97, 553, 554, 4096, usize::MAX];
 
-/// Serves `body` at most `cap` bytes a call.
+/// The reader's chunk size, by control byte.
+pub const CHUNKS: [usize; 4] = [keygate_sync_core::binary::CHUNK_LEN, 1, 553, 554];
+
+/// Serves `body` at most `cap` bytes a call, and counts the calls.
 struct Capped<'a> {
     body: &'a [u8],
     cap: usize,
+    reads: usize,
 }
 
 impl BodyReader for Capped<'_> {
     fn read(&mut self, start: usize, len: usize) -> Vec<u8> {
+        self.reads += 1;
+        invariant!(
+            self.reads <= 2 * self.body.len() + BINARY_HEADER_LEN + 2,
+            "{} reads of a {}-byte body: the reader loop makes no progress",
+            self.reads,
+            self.body.len()
+        );
         let mut body = self.body;
         body.read(start, len.min(self.cap))
     }
@@ -54,7 +69,7 @@ pub fn held_map() -> (SyncState, MemStore) {
     let mut store = MemStore::default();
     let message = parse_message(full.to_string().as_bytes()).expect("valid full map");
     state
-        .apply(message, &mut store, Guard::default())
+        .apply(message, "s", &mut store, Guard::default())
         .expect("applied");
     (state, store)
 }
@@ -68,6 +83,7 @@ pub fn check(data: &[u8]) {
         return;
     };
     let cap = READ_CAPS[usize::from(control % 9)];
+    let chunk = CHUNKS[usize::from((control / 36) % 4)];
     let (state, store) = if (control / 9) % 2 == 1 {
         HELD.with(|held| held.get_or_init(held_map).clone())
     } else {
@@ -82,17 +98,28 @@ pub fn check(data: &[u8]) {
         Guard::default()
     };
 
-    let run = |cap: usize| {
+    let run = |cap: usize, chunk: usize| {
         let (mut state, mut store) = (state.clone(), store.clone());
-        let mut reader = Capped { body, cap };
-        let result = state.apply_binary_full(&mut reader, body.len(), &mut store, guard);
+        let mut reader = Capped {
+            body,
+            cap,
+            reads: 0,
+        };
+        let result = state.apply_binary_full_in_chunks(
+            &mut reader,
+            body.len(),
+            "s",
+            &mut store,
+            guard,
+            chunk,
+        );
         (result, state, store)
     };
-    let (result, after, stored) = run(cap);
-    let (whole, whole_state, whole_store) = if cap == usize::MAX {
+    let (result, after, stored) = run(cap, chunk);
+    let (whole, whole_state, whole_store) = if cap == usize::MAX && chunk == CHUNKS[0] {
         (result.clone(), after.clone(), stored.clone())
     } else {
-        run(usize::MAX)
+        run(usize::MAX, CHUNKS[0])
     };
     if cap < BINARY_HEADER_LEN && result != whole {
         // The header is read with one call, the entries with as many as it takes.
@@ -105,7 +132,7 @@ pub fn check(data: &[u8]) {
     }
     invariant!(
         result == whole && stored == whole_store && after.version() == whole_state.version(),
-        "reads of {cap} bytes give {result:?}, whole reads {whole:?}"
+        "reads of {cap} bytes in chunks of {chunk} give {result:?}, whole reads {whole:?}"
     );
     if let Err(e) = &result {
         invariant!(!e.to_string().is_empty(), "empty error message");
@@ -116,7 +143,7 @@ pub fn check(data: &[u8]) {
     }
 
     match result {
-        Ok(Applied::Updated { version, keys }) => {
+        Ok(Applied::Updated { version, keys, .. }) => {
             let header = parse_binary_header(body).expect("an applied map has a header");
             invariant!(
                 header.version == version && header.count == keys && after.keys() == keys,
@@ -182,12 +209,13 @@ pub fn check(data: &[u8]) {
                 return;
             };
             let (mut json_state, mut json_store) = (state.clone(), store.clone());
-            let applied = json_state.apply(message, &mut json_store, guard);
+            let applied = json_state.apply(message, "s", &mut json_store, guard);
             invariant!(
                 applied
                     == Ok(Applied::Updated {
                         version,
-                        keys: sent.len()
+                        keys: sent.len(),
+                        new_lineage: false
                     }),
                 "the JSON form is applied as {applied:?}"
             );

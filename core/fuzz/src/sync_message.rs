@@ -1,25 +1,26 @@
-//! `sync_message`: `sync::parse_message` and `SyncState::apply` over a sequence of answers,
-//! with an in-memory `BucketStore`, checked against a model key map.
+//! `sync_message`: `message::parse_message` and `SyncState::apply` (keygate-sync-core) over a
+//! sequence of answers, with an in-memory `BucketStore`, checked against a model key map.
 //!
 //! Input: one answer per line (`\n`-separated JSON, `{"kind":"full",...}` or
-//! `{"kind":"delta",...}`), applied in order. The sequence runs twice: with the default guard,
-//! and with a guard that allows empty maps and any removal.
+//! `{"kind":"delta",...}`), applied in order; a line may start with `@<store> ` to say which
+//! store (lineage) it came from, else it came from store `s`. The sequence runs twice: with the
+//! default guard, and with a guard that allows empty maps and any removal.
 //!
 //! Invariants: after every answer, applied or refused, the store holds exactly the model map
 //! (the last applied full map with the later applied deltas): every key is found by
 //! `bucket::find` in its own bucket with the same entry, and nothing else is there; the
-//! state's key count is the model's; the version never decreases, changes only when an answer
-//! is applied, and is that answer's version. Refusals are the documented ones (an older
-//! version, a delta on another base, an empty map or a mass removal); parse errors never echo
-//! a plaintext key.
+//! state's key count is the model's; within one store the version never decreases, it changes
+//! only when an answer is applied, and is that answer's version; a full map of another store
+//! is taken whatever its version (a new lineage) and a delta of another store never is.
+//! Refusals are the documented ones (an older version, a delta on another base or store, an
+//! empty map or a mass removal); parse errors never echo a plaintext key.
 
 use crate::invariant;
 use keygate_core::bucket::{bucket_of, entries, find, KeyInfo, BUCKETS};
 use keygate_core::digest::Digest;
 use keygate_core::key::KeyKind;
-use keygate_core::sync::{
-    parse_message, Applied, BucketStore, Guard, Refusal, SyncState, ValidMessage,
-};
+use keygate_sync_core::message::{parse_message, ValidMessage};
+use keygate_sync_core::state::{Applied, BucketStore, Guard, Refusal, SyncState};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A bucket store in memory: one `Vec` per bucket (a fresh `SyncState`'s first full map
@@ -124,6 +125,17 @@ fn run(data: &[u8], guard: Guard) {
     let mut store = MemStore::default();
     let mut model = Model::new();
     for line in data.split(|&b| b == b'\n') {
+        let (store_id, line) = match line.strip_prefix(b"@") {
+            Some(rest) => {
+                let at = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+                (
+                    String::from_utf8_lossy(&rest[..at]).into_owned(),
+                    rest.get(at + 1..).unwrap_or_default(),
+                )
+            }
+            None => ("s".to_owned(), line),
+        };
+        let same_lineage = state.version().is_none() || state.lineage() == store_id;
         let message = match parse_message(line) {
             Ok(m) => m,
             Err(e) => {
@@ -154,13 +166,25 @@ fn run(data: &[u8], guard: Guard) {
             }
         };
 
-        let result = state.apply(message, &mut store, guard);
+        let result = state.apply(message, &store_id, &mut store, guard);
         match &result {
-            Ok(Applied::Updated { version: v, keys }) => {
+            Ok(Applied::Updated {
+                version: v,
+                keys,
+                new_lineage,
+            }) => {
                 invariant!(*v == version, "{kind} {version} applied as version {v}");
                 invariant!(
-                    before.is_none_or(|b| version > b),
+                    *new_lineage == (before.is_some() && !same_lineage),
+                    "{kind} {version} from {store_id} reported new lineage {new_lineage}"
+                );
+                invariant!(
+                    !same_lineage || before.is_none_or(|b| version > b),
                     "{kind} {version} applied over version {before:?}"
+                );
+                invariant!(
+                    same_lineage || kind == "full",
+                    "a delta of another store was applied"
                 );
                 invariant!(
                     since.is_none() || since == before,
@@ -175,7 +199,7 @@ fn run(data: &[u8], guard: Guard) {
             }
             Ok(Applied::Unchanged) => {
                 invariant!(
-                    before == Some(version),
+                    before == Some(version) && same_lineage,
                     "{kind} {version} unchanged over {before:?}"
                 );
             }
@@ -183,9 +207,16 @@ fn run(data: &[u8], guard: Guard) {
                 invariant!(!refusal.to_string().is_empty(), "empty refusal message");
                 match refusal {
                     Refusal::OlderVersion { got, have } => invariant!(
-                        got < have && Some(*have) == before,
+                        got < have && Some(*have) == before && same_lineage,
                         "{refusal:?} with version {before:?}"
                     ),
+                    Refusal::OtherLineage => invariant!(
+                        kind == "delta" && !same_lineage,
+                        "{refusal:?} for a {kind} of the store held"
+                    ),
+                    Refusal::VersionOutOfRange { got } => {
+                        invariant!(*got > i64::MAX as u64, "{refusal:?}")
+                    }
                     Refusal::DeltaBase { since: s, have } => invariant!(
                         since == Some(*s) && *have == before && Some(*s) != before,
                         "{refusal:?} with version {before:?}"
@@ -212,7 +243,10 @@ fn run(data: &[u8], guard: Guard) {
             }
         }
         let after = state.version();
-        invariant!(after >= before, "version went from {before:?} to {after:?}");
+        invariant!(
+            after >= before || (result.is_ok() && !same_lineage),
+            "version went from {before:?} to {after:?}"
+        );
         invariant!(
             result.is_ok() || after == before,
             "a refused answer changed the version"

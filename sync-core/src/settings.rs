@@ -1,22 +1,19 @@
-//! Configuration of the key-map fetcher: the singleton `envoy.bootstrap.wasm` service that
-//! polls keygatectl once per Envoy process and publishes the map to every worker.
+//! How the fetchers poll keygatectl: the wasm fetcher service's configuration (the singleton
+//! `envoy.bootstrap.wasm` service that polls once per Envoy process and publishes the map to
+//! every worker) and the native module's `sync` block.
 
-use crate::prelude::*;
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
 
-#[cfg(feature = "std")]
-use crate::config::{check_version, err, read_document, ConfigError, Problem};
-#[cfg(feature = "std")]
-use crate::fields::{as_f64, Fields, Path};
-#[cfg(feature = "std")]
-use crate::json::Value;
-#[cfg(feature = "std")]
-use crate::sync::Guard;
-
-/// Shared-data namespace used when none is configured.
-pub const DEFAULT_NAMESPACE: &str = "keygate";
+use crate::state::Guard;
+use keygate_core::config::{check_version, err, read_document, ConfigError, Problem};
+use keygate_core::fields::{as_f64, Fields, Path};
+use keygate_core::json::Value;
+use keygate_core::shared_data::{is_valid_name, DEFAULT_NAMESPACE};
 
 /// How a fetcher polls keygatectl: shared by the wasm fetcher service and the native module.
-#[cfg(feature = "std")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchSettings {
     pub interval_ms: u64,
@@ -31,7 +28,6 @@ pub struct FetchSettings {
 
 /// The wasm fetcher service's whole configuration (host and fetcher builds only: the filter
 /// reads just the namespace from its own config).
-#[cfg(feature = "std")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     pub namespace: String,
@@ -44,16 +40,17 @@ pub struct ServiceConfig {
 
 /// The native module's `sync` block: keygatectl's key-map URL, polled from a thread of the
 /// module's own (no Envoy cluster: see `native/src/sync.rs`).
-#[cfg(feature = "std")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollConfig {
     /// `http://host:port/v1/keymap` or `https://…`: one keygatectl, or several replicas
     /// tried in turn (`"url"` is a string or a list of them).
     pub urls: Vec<String>,
+    /// An HTTP proxy to reach keygatectl through. Only this one: the proxy variables of
+    /// Envoy's environment are never used (they would see the sync token and the map).
+    pub proxy: Option<String>,
     pub fetch: FetchSettings,
 }
 
-#[cfg(feature = "std")]
 const FETCH_FIELDS: [&str; 6] = [
     "interval_ms",
     "timeout_ms",
@@ -63,7 +60,6 @@ const FETCH_FIELDS: [&str; 6] = [
     "max_removed_fraction",
 ];
 
-#[cfg(feature = "std")]
 const FIELDS: &[&str] = &[
     "version",
     "namespace",
@@ -78,9 +74,9 @@ const FIELDS: &[&str] = &[
     FETCH_FIELDS[5],
 ];
 
-#[cfg(feature = "std")]
 const POLL_FIELDS: &[&str] = &[
     "url",
+    "proxy",
     FETCH_FIELDS[0],
     FETCH_FIELDS[1],
     FETCH_FIELDS[2],
@@ -89,14 +85,6 @@ const POLL_FIELDS: &[&str] = &[
     FETCH_FIELDS[5],
 ];
 
-/// True for a namespace, cluster or authority name: visible ASCII without '/' or spaces.
-pub fn is_valid_name(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-}
-
-#[cfg(feature = "std")]
 impl FetchSettings {
     /// The polling fields of `raw` (an object that allowed `FETCH_FIELDS`).
     fn read(raw: &Fields) -> Result<FetchSettings, ConfigError> {
@@ -145,7 +133,6 @@ impl FetchSettings {
     }
 }
 
-#[cfg(feature = "std")]
 impl ServiceConfig {
     pub fn parse(json: &[u8]) -> Result<ServiceConfig, ConfigError> {
         let doc = read_document(json)?;
@@ -156,7 +143,7 @@ impl ServiceConfig {
         if !is_valid_name(namespace) {
             return Err(err("namespace", Problem::BadName));
         }
-        let cluster = crate::fields::as_str(raw.required("cluster")?, &raw.path("cluster"))?;
+        let cluster = keygate_core::fields::as_str(raw.required("cluster")?, &raw.path("cluster"))?;
         if !is_valid_name(cluster) {
             return Err(err("cluster", Problem::BadName));
         }
@@ -181,7 +168,6 @@ impl ServiceConfig {
     }
 }
 
-#[cfg(feature = "std")]
 impl PollConfig {
     /// Reads a `sync` block (`value`, found at `path`) as the native module reads it.
     pub fn read(value: &Value, path: &Path) -> Result<PollConfig, ConfigError> {
@@ -193,9 +179,9 @@ impl PollConfig {
                 if items.is_empty() {
                     return Err(url_path.error(Problem::NoSyncUrl));
                 }
-                crate::fields::strings(items, &url_path)?
+                keygate_core::fields::strings(items, &url_path)?
             }
-            single => vec![crate::fields::as_str(single, &url_path)?],
+            single => vec![keygate_core::fields::as_str(single, &url_path)?],
         };
         for (i, url) in urls.iter().enumerate() {
             if !is_valid_sync_url(url) {
@@ -206,8 +192,15 @@ impl PollConfig {
                 return Err(at.error(Problem::BadSyncUrl));
             }
         }
+        let proxy = raw.string("proxy")?;
+        if let Some(proxy) = proxy {
+            if !is_valid_sync_url(proxy) {
+                return Err(raw.path("proxy").error(Problem::BadSyncUrl));
+            }
+        }
         Ok(PollConfig {
             urls: urls.into_iter().map(str::to_owned).collect(),
+            proxy: proxy.map(str::to_owned),
             fetch: FetchSettings::read(&raw)?,
         })
     }
@@ -230,19 +223,10 @@ pub fn is_valid_sync_url(url: &str) -> bool {
         && url.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Shared-data key holding the published map's version (8 bytes, little-endian).
-pub fn version_key(namespace: &str) -> String {
-    format!("{namespace}/version")
-}
-
-/// Shared-data key of one bucket.
-pub fn bucket_key(namespace: &str, bucket: usize) -> String {
-    format!("{namespace}/b/{bucket:04x}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::prelude::rust_2021::*;
 
     #[test]
     fn defaults_fill_what_is_not_given() {
@@ -305,7 +289,7 @@ mod tests {
     }
 
     fn poll(json: &str) -> Result<PollConfig, String> {
-        let doc = crate::json::parse(json.as_bytes()).map_err(|e| e.to_string())?;
+        let doc = keygate_core::json::parse(json.as_bytes()).map_err(|e| e.to_string())?;
         let sync = Path::Root;
         let sync = Path::Field(&sync, "sync");
         PollConfig::read(&doc, &sync).map_err(|e| e.to_string())
@@ -321,6 +305,10 @@ mod tests {
                 .expect("valid");
         assert_eq!(two.urls, ["http://a:1/v1/keymap", "https://b/v1/keymap"]);
         assert_eq!(two.fetch.interval_ms, 200);
+        assert_eq!(two.proxy, None, "no proxy unless one is named");
+        let proxied =
+            poll(r#"{"url":"http://a/v1/keymap","proxy":"http://proxy:3128"}"#).expect("valid");
+        assert_eq!(proxied.proxy.as_deref(), Some("http://proxy:3128"));
     }
 
     #[test]
@@ -359,6 +347,10 @@ mod tests {
                 "invalid keygate config: sync.cluster: unknown field",
             ),
             (
+                r#"{"url":"http://a/x","proxy":"socks://p"}"#,
+                "invalid keygate config: sync.proxy: must be an http",
+            ),
+            (
                 r#"{"url":"http://a/x","interval_ms":5}"#,
                 "invalid keygate config: sync.interval_ms: must be between 100",
             ),
@@ -367,11 +359,5 @@ mod tests {
             let got = poll(json).err().unwrap_or_default();
             assert!(got.starts_with(want), "{json}: got {got}");
         }
-    }
-
-    #[test]
-    fn shared_data_keys_are_namespaced() {
-        assert_eq!(version_key("kg"), "kg/version");
-        assert_eq!(bucket_key("kg", 0xab), "kg/b/00ab");
     }
 }

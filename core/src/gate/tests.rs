@@ -1,0 +1,393 @@
+//! The gate against a mock host: every outcome of the request table, what each does to the
+//! request's headers, and what it counts, without Envoy.
+
+use super::*;
+use crate::key::issue_key;
+
+/// What the gate did to one request.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Effects {
+    set: Vec<(String, String)>,
+    added: Vec<(String, String)>,
+    removed: Vec<String>,
+    answered: Option<(u32, String, String)>,
+    counted: Vec<Count>,
+}
+
+struct MockHost {
+    headers: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    now: u64,
+    clock_asked: core::cell::Cell<bool>,
+    effects: Effects,
+}
+
+struct MockHeaders<'h>(&'h [(Vec<u8>, Vec<u8>)]);
+
+impl HeaderSource for MockHeaders<'_> {
+    type Pairs<'a>
+        = core::iter::Map<
+        core::slice::Iter<'a, (Vec<u8>, Vec<u8>)>,
+        fn(&'a (Vec<u8>, Vec<u8>)) -> (&'a [u8], &'a [u8]),
+    >
+    where
+        Self: 'a;
+
+    fn pairs(&self) -> Self::Pairs<'_> {
+        self.0.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))
+    }
+}
+
+impl Host for MockHost {
+    type Headers<'h> = MockHeaders<'h>;
+
+    fn request_headers(&self) -> Result<MockHeaders<'_>, HeadersUnreadable> {
+        self.headers
+            .as_deref()
+            .map(MockHeaders)
+            .ok_or(HeadersUnreadable)
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        self.effects.set.push((name.into(), value.into()));
+    }
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        self.effects.added.push((name.into(), value.into()));
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        self.effects.removed.push(name.into());
+    }
+    fn send_answer(&mut self, answer: &Answer) {
+        let challenge = answer
+            .headers
+            .iter()
+            .find(|(n, _)| n == "www-authenticate")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        self.effects.answered = Some((answer.status, answer.denial.code().into(), challenge));
+    }
+    fn count(&mut self, event: Count) {
+        self.effects.counted.push(event);
+    }
+    fn now_unix_seconds(&self) -> u64 {
+        self.clock_asked.set(true);
+        self.now
+    }
+}
+
+fn host(headers: &[(&str, &str)]) -> MockHost {
+    MockHost {
+        headers: Some(
+            headers
+                .iter()
+                .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        ),
+        now: 1_000,
+        clock_asked: core::cell::Cell::new(false),
+        effects: Effects::default(),
+    }
+}
+
+struct Fixture {
+    gate: Gate,
+    keys: [String; 4],
+    expired: String,
+    disabled: String,
+}
+
+fn fixture(options: &str, sync_mode: bool) -> Fixture {
+    let keys = KeyKind::ALL.map(|kind| issue_key(kind, &[kind.prefix().len() as u8; 32]));
+    let expired = issue_key(KeyKind::ALL[0], &[1; 32]);
+    let disabled = issue_key(KeyKind::ALL[0], &[2; 32]);
+    let mut entries: Vec<String> = KeyKind::ALL
+        .iter()
+        .zip(&keys)
+        .map(|(kind, key)| {
+            format!(
+                r#"{{"digest":"{}","account_id":"acct_1","key_id":"key_{}","type":"{}","environment":"{}"}}"#,
+                Digest::of_key(key).to_hex(),
+                kind.prefix().trim_end_matches('_'),
+                kind.key_type.as_str(),
+                kind.environment.as_str()
+            )
+        })
+        .collect();
+    entries.push(format!(
+        r#"{{"digest":"{}","account_id":"acct_1","key_id":"key_old","type":"secret","environment":"test","expires_at":1000}}"#,
+        Digest::of_key(&expired).to_hex()
+    ));
+    entries.push(format!(
+        r#"{{"digest":"{}","account_id":"acct_1","key_id":"key_off","type":"secret","environment":"test","disabled":true}}"#,
+        Digest::of_key(&disabled).to_hex()
+    ));
+    let json = format!(r#"{{"version":1{options},"keys":[{}]}}"#, entries.join(","));
+    let config = FilterConfig::parse(json.as_bytes()).expect("valid config");
+    Fixture {
+        gate: Gate::new(config, sync_mode),
+        keys,
+        expired,
+        disabled,
+    }
+}
+
+fn run(f: &Fixture, headers: &[(&str, &str)]) -> (Verdict, Effects) {
+    let mut host = host(headers);
+    let mut worker = Worker::new(Some([9; 16]));
+    let verdict = f
+        .gate
+        .on_request_headers(&mut host, None::<&KeyMap>, &mut worker);
+    (verdict, host.effects)
+}
+
+fn request<'a>(method: &'a str, path: &'a str, auth: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut headers = vec![(":method", method), (":path", path)];
+    if !auth.is_empty() {
+        headers.push(("authorization", auth));
+    }
+    headers
+}
+
+#[test]
+fn every_outcome_of_the_request_table() {
+    let f = fixture("", false);
+    let [sk_test, pk_test, sk, _pk] = &f.keys;
+    let token = |k: &str| format!("token {k}");
+    let table: Vec<(String, String, String, Result<&str, Denial>)> = vec![
+        (
+            "GET".into(),
+            "/v3/devices".into(),
+            token(sk_test),
+            Ok("key_sk_test"),
+        ),
+        (
+            "DELETE".into(),
+            "/v3/devices/1".into(),
+            token(sk),
+            Ok("key_sk"),
+        ),
+        (
+            "GET".into(),
+            "/v3/devices/1".into(),
+            token(pk_test),
+            Ok("key_pk_test"),
+        ),
+        (
+            "GET".into(),
+            "/v3/devices".into(),
+            String::new(),
+            Err(Denial::MissingCredentials),
+        ),
+        (
+            "GET".into(),
+            "/v3/devices".into(),
+            "token".into(),
+            Err(Denial::MalformedCredentials),
+        ),
+        (
+            "GET".into(),
+            "/v3/devices".into(),
+            token("sk_test_unknownunknownunknownunknownXXXXXX"),
+            Err(Denial::InvalidApiKey),
+        ),
+        (
+            "GET".into(),
+            "/v3/devices".into(),
+            token(&f.expired),
+            Err(Denial::ExpiredApiKey),
+        ),
+        (
+            "GET".into(),
+            "/v3/devices".into(),
+            token(&f.disabled),
+            Err(Denial::DisabledApiKey),
+        ),
+        (
+            "GET".into(),
+            "/v3/devices".into(),
+            token(pk_test),
+            Err(Denial::InsufficientPermissions),
+        ),
+    ];
+    for (method, path, auth, want) in &table {
+        let (verdict, effects) = run(&f, &request(method, path, auth));
+        match want {
+            Ok(key_id) => {
+                assert_eq!(verdict, Verdict::Continue, "{method} {path}");
+                assert!(effects.answered.is_none());
+                assert!(effects
+                    .added
+                    .contains(&("x-keygate-key-id".into(), (*key_id).into())));
+                assert_eq!(effects.removed, ["authorization"]);
+                assert_eq!(effects.counted, [Count::Allowed]);
+            }
+            Err(denial) => {
+                assert_eq!(verdict, Verdict::Stop, "{method} {path} {denial:?}");
+                let (status, code, challenge) = effects.answered.clone().expect("answered");
+                assert_eq!((status, code.as_str()), (denial.status(), denial.code()));
+                assert_eq!(challenge.is_empty(), status != 401, "a 401 challenges");
+                assert!(effects.added.is_empty() && effects.set.is_empty());
+                assert!(effects.removed.is_empty(), "nothing sent, nothing to strip");
+                assert_eq!(effects.counted, [Count::Denied(*denial)]);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_clock_is_asked_only_for_keys_with_an_expiry() {
+    let f = fixture("", false);
+    let mut live = host(&request("GET", "/", &format!("token {}", f.keys[0])));
+    let mut worker = Worker::new(None);
+    f.gate
+        .on_request_headers(&mut live, None::<&KeyMap>, &mut worker);
+    assert!(!live.clock_asked.get());
+    let mut old = host(&request("GET", "/", &format!("token {}", f.expired)));
+    f.gate
+        .on_request_headers(&mut old, None::<&KeyMap>, &mut worker);
+    assert!(old.clock_asked.get());
+}
+
+#[test]
+fn identity_headers_of_either_form_sent_by_a_client_never_go_on() {
+    let spoofed = [
+        ("x-keygate-account-id", "acct_evil"),
+        ("x-keygate-identity", "account-id=\"acct_evil\""),
+    ];
+    // Per-field headers: the spoofed per-field copy is replaced, the combined one removed.
+    let f = fixture("", false);
+    let mut headers = request("GET", "/v3/devices", "");
+    let auth = format!("token {}", f.keys[0]);
+    headers.push(("authorization", &auth));
+    headers.extend(spoofed);
+    let (verdict, effects) = run(&f, &headers);
+    assert_eq!(verdict, Verdict::Continue);
+    assert_eq!(
+        effects.set,
+        [("x-keygate-account-id".to_owned(), "acct_1".to_owned())]
+    );
+    assert_eq!(effects.added.len(), 3);
+    assert_eq!(effects.removed, ["x-keygate-identity", "authorization"]);
+
+    // One combined header: it is replaced, and the per-field copy removed.
+    let f = fixture(r#","identity_header":"x-keygate-identity""#, false);
+    let mut headers = request("GET", "/v3/devices", "");
+    let auth = format!("token {}", f.keys[0]);
+    headers.push(("authorization", &auth));
+    headers.extend(spoofed);
+    let (_, effects) = run(&f, &headers);
+    assert_eq!(effects.set.len(), 1);
+    assert_eq!(effects.set[0].0, "x-keygate-identity");
+    assert!(effects.set[0].1.contains("account-id=\"acct_1\""));
+    assert!(effects.added.is_empty());
+    assert_eq!(effects.removed, ["x-keygate-account-id", "authorization"]);
+
+    // Custom names: the defaults of both forms are stripped as well.
+    let f = fixture(r#","identity_headers":{"account_id":"x-account"}"#, false);
+    let mut headers = request("GET", "/v3/devices", "token nope");
+    headers.extend(spoofed);
+    headers.push(("x-account", "acct_evil"));
+    let (verdict, effects) = run(&f, &headers);
+    assert_eq!(verdict, Verdict::Stop);
+    let mut removed = effects.removed.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        ["x-account", "x-keygate-account-id", "x-keygate-identity"]
+    );
+}
+
+#[test]
+fn keep_authorization_leaves_the_credential() {
+    let f = fixture(r#","keep_authorization":true"#, false);
+    let auth = format!("token {}", f.keys[0]);
+    let (_, effects) = run(&f, &request("GET", "/", &auth));
+    assert!(effects.removed.is_empty());
+}
+
+#[test]
+fn unreadable_headers_are_a_malformed_credential() {
+    let f = fixture("", false);
+    let mut host = host(&[]);
+    host.headers = None;
+    let verdict = f
+        .gate
+        .on_request_headers(&mut host, None::<&KeyMap>, &mut Worker::new(None));
+    assert_eq!(verdict, Verdict::Stop);
+    assert_eq!(
+        host.effects.counted,
+        [Count::Denied(Denial::MalformedCredentials)]
+    );
+}
+
+#[test]
+fn sync_mode_serves_the_synced_map_then_bootstrap_keys_then_refuses() {
+    // No synced map and no bootstrap keys: 503, and spoofed identity still stripped.
+    let config = FilterConfig::parse(br#"{"version":1}"#).expect("valid");
+    let gate = Gate::new(config, true);
+    let mut empty = host(&[(":path", "/"), ("x-keygate-key-id", "spoof")]);
+    let verdict = gate.on_request_headers(&mut empty, None::<&KeyMap>, &mut Worker::new(None));
+    assert_eq!(verdict, Verdict::Stop);
+    assert_eq!(
+        empty.effects.answered.as_ref().map(|a| a.0),
+        Some(503),
+        "fail closed"
+    );
+    assert_eq!(empty.effects.removed, ["x-keygate-key-id"]);
+
+    // Bootstrap keys serve until a synced map is there; then only the synced map counts.
+    let f = fixture("", true);
+    let auth = format!("token {}", f.keys[0]);
+    let (verdict, _) = run(&f, &request("GET", "/", &auth));
+    assert_eq!(verdict, Verdict::Continue);
+    let synced = KeyMap::new();
+    let mut h = host(&request("GET", "/", &auth));
+    let verdict = f
+        .gate
+        .on_request_headers(&mut h, Some(&synced), &mut Worker::new(None));
+    assert_eq!(verdict, Verdict::Stop);
+    assert_eq!(h.effects.counted, [Count::Denied(Denial::InvalidApiKey)]);
+}
+
+#[test]
+fn answers_are_built_once_from_the_denial_table() {
+    let f = fixture(r#","realm":"api""#, false);
+    for denial in Denial::ALL {
+        let answer = f.gate.answer(denial);
+        assert_eq!(answer.status, denial.status());
+        assert_eq!(answer.body, denial.body());
+        assert_eq!(answer.details, denial.details());
+        let names: Vec<&str> = answer.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let want: &[&str] = match denial.status() {
+            401 => &["content-type", "www-authenticate"],
+            503 => &["content-type", "retry-after"],
+            _ => &["content-type"],
+        };
+        assert_eq!(names, want, "{denial:?}");
+        let parsed: Vec<(Vec<u8>, Vec<u8>)> = header_pairs::parse(&answer.serialized_headers)
+            .expect("serialized")
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = answer
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(parsed, expected);
+    }
+    assert!(f
+        .gate
+        .answer(Denial::InvalidApiKey)
+        .headers
+        .iter()
+        .any(|(_, v)| v.contains("realm=\"api\"")));
+}
+
+#[test]
+fn counters_have_one_name_and_index_each() {
+    let names: Vec<String> = Count::all().map(Count::name).collect();
+    assert_eq!(names.len(), Count::LEN);
+    assert_eq!(names.last().map(String::as_str), Some("keygate.allowed"));
+    assert!(names.contains(&"keygate.denied.invalid_api_key".to_owned()));
+    for (i, count) in Count::all().enumerate() {
+        assert_eq!(count.index(), i);
+    }
+}

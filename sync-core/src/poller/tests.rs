@@ -1,0 +1,434 @@
+//! The poller's transitions, without a network: each answer a fetcher can get, and what
+//! the poller asks next.
+
+use super::*;
+use crate::binary::encode_binary_full;
+use alloc::vec;
+use keygate_core::bucket::{bucket_of, find};
+use keygate_core::digest::Digest;
+use std::collections::HashMap;
+use std::prelude::rust_2021::*;
+
+#[derive(Default)]
+struct Stats {
+    counters: HashMap<&'static str, u64>,
+    gauges: HashMap<&'static str, u64>,
+}
+
+impl SyncStats for Stats {
+    fn bump(&mut self, counter: SyncCounter) {
+        *self.counters.entry(counter.name()).or_default() += 1;
+    }
+    fn set(&mut self, gauge: SyncGauge, value: u64) {
+        self.gauges.insert(gauge.name(), value);
+    }
+}
+
+impl Stats {
+    fn count(&self, counter: SyncCounter) -> u64 {
+        self.counters
+            .get(counter.name())
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct Buckets(HashMap<usize, Vec<u8>>);
+
+impl BucketStore for Buckets {
+    fn read(&mut self, bucket: usize) -> Vec<u8> {
+        self.0.get(&bucket).cloned().unwrap_or_default()
+    }
+    fn write(&mut self, bucket: usize, bytes: &[u8]) {
+        self.0.insert(bucket, bytes.to_vec());
+    }
+}
+
+impl Buckets {
+    fn has(&self, key: &str) -> bool {
+        let d = Digest::of_key(key);
+        self.0
+            .get(&bucket_of(&d))
+            .is_some_and(|b| find(b, &d).is_some())
+    }
+}
+
+fn settings(json: &str) -> FetchSettings {
+    let doc = keygate_core::json::parse(json.as_bytes()).expect("json");
+    let path = keygate_core::fields::Path::Root;
+    crate::settings::PollConfig::read(&doc, &path)
+        .expect("valid")
+        .fetch
+}
+
+fn poller(replicas: usize) -> Poller {
+    let fetch = settings(
+        r#"{"url":"http://127.0.0.1:1/v1/keymap","interval_ms":1000,"jitter":0,"bearer_token":"sync-token"}"#,
+    );
+    Poller::new(fetch, replicas, 0, 0, 7)
+}
+
+fn entry(key: &str, id: &str) -> String {
+    format!(
+        r#"{{"digest":"{}","account_id":"acct","key_id":"{id}","type":"secret","environment":"test"}}"#,
+        Digest::of_key(key).to_hex()
+    )
+}
+
+fn full_json(version: u64, keys: &[&str]) -> Vec<u8> {
+    let keys: Vec<String> = keys.iter().map(|k| entry(k, k)).collect();
+    format!(
+        r#"{{"kind":"full","version":{version},"keys":[{}]}}"#,
+        keys.join(",")
+    )
+    .into_bytes()
+}
+
+fn delta_json(since: u64, version: u64, add: &[&str], remove: &[&str]) -> Vec<u8> {
+    let upserts: Vec<String> = add.iter().map(|k| entry(k, k)).collect();
+    let removes: Vec<String> = remove
+        .iter()
+        .map(|k| format!("\"{}\"", Digest::of_key(k).to_hex()))
+        .collect();
+    format!(
+        r#"{{"kind":"delta","version":{version},"since":{since},"upserts":[{}],"removes":[{}]}}"#,
+        upserts.join(","),
+        removes.join(",")
+    )
+    .into_bytes()
+}
+
+struct Run {
+    poller: Poller,
+    buckets: Buckets,
+    stats: Stats,
+    now: u64,
+}
+
+impl Run {
+    fn new(replicas: usize) -> Run {
+        Run {
+            poller: poller(replicas),
+            buckets: Buckets::default(),
+            stats: Stats::default(),
+            now: 0,
+        }
+    }
+
+    /// Waits until a poll is due and takes its request.
+    fn request(&mut self) -> PollRequest {
+        self.now = self.now.max(self.poller.next_at_ms());
+        self.poller
+            .next_request(self.now, &mut self.stats)
+            .expect("a poll is due")
+    }
+
+    fn answer(
+        &mut self,
+        status: u16,
+        content_type: &str,
+        store: Option<&str>,
+        body: &[u8],
+    ) -> Outcome {
+        let head = AnswerHead {
+            status,
+            content_type: Some(content_type.as_bytes()),
+            store: store.map(str::as_bytes),
+            body_len: body.len(),
+        };
+        let mut reader = body;
+        self.poller.on_answer(
+            self.now,
+            head,
+            &mut reader,
+            &mut self.buckets,
+            &mut self.stats,
+        )
+    }
+}
+
+fn header<'a>(request: &'a PollRequest, name: &str) -> Option<&'a str> {
+    request
+        .headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn full_then_304_then_delta_with_the_lineage_in_every_request() {
+    let mut run = Run::new(1);
+    let first = run.request();
+    assert_eq!(first.query, "", "the first poll asks for the whole map");
+    assert_eq!(header(&first, "accept"), Some(ACCEPT));
+    assert_eq!(header(&first, "authorization"), Some("Bearer sync-token"));
+    assert_eq!(header(&first, "if-none-match"), None);
+    let outcome = run.answer(
+        200,
+        "application/json",
+        Some("store_a"),
+        &full_json(5, &["k1", "k2"]),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            version: 5,
+            keys: 2,
+            new_lineage: false
+        }
+    );
+    assert!(run.buckets.has("k1"));
+    assert_eq!(run.stats.gauges.get("keygate.sync.version"), Some(&5));
+    assert_eq!(
+        run.poller.next_at_ms(),
+        1000,
+        "the next poll one interval later"
+    );
+    assert!(run.poller.next_request(999, &mut run.stats).is_none());
+
+    let second = run.request();
+    assert_eq!(second.query, "?since=5&store=store_a");
+    assert_eq!(header(&second, "if-none-match"), Some("\"store_a:5\""));
+    assert_eq!(
+        run.answer(304, "", Some("store_a"), b""),
+        Outcome::Unchanged
+    );
+    assert_eq!(run.stats.count(SyncCounter::NotModified), 1);
+
+    run.request();
+    let outcome = run.answer(
+        200,
+        "application/json",
+        Some("store_a"),
+        &delta_json(5, 6, &["k3"], &["k1"]),
+    );
+    assert!(matches!(
+        outcome,
+        Outcome::Updated {
+            version: 6,
+            keys: 2,
+            ..
+        }
+    ));
+    assert!(!run.buckets.has("k1") && run.buckets.has("k3"));
+    assert_eq!(
+        run.poller.generation(),
+        2,
+        "each publish is a new generation"
+    );
+    assert_eq!(run.stats.count(SyncCounter::Fetches), 3);
+}
+
+#[test]
+fn a_binary_full_map_is_read_from_the_body_reader() {
+    let mut run = Run::new(1);
+    run.request();
+    let keys = crate::message::parse_message(&full_json(9, &["b1", "b2", "b3"])).expect("valid");
+    let crate::message::ValidMessage::Full { keys, .. } = keys else {
+        std::panic!("a full map");
+    };
+    let body = encode_binary_full(9, &keys);
+    let outcome = run.answer(200, "application/x-keygate-map", Some("store_a"), &body);
+    assert!(matches!(
+        outcome,
+        Outcome::Updated {
+            version: 9,
+            keys: 3,
+            ..
+        }
+    ));
+    assert!(run.buckets.has("b2"));
+}
+
+#[test]
+fn a_refused_answer_keeps_the_map_and_asks_for_the_whole_map_next() {
+    let mut run = Run::new(1);
+    run.request();
+    run.answer(
+        200,
+        "application/json",
+        Some("store_a"),
+        &full_json(5, &["k1"]),
+    );
+    for (status, content_type, store, body) in [
+        (
+            200,
+            "application/json",
+            Some("store_a"),
+            b"not json".to_vec(),
+        ),
+        (
+            200,
+            "application/json",
+            Some("store_a"),
+            full_json(4, &["k9"]),
+        ),
+        (
+            200,
+            "application/x-keygate-map",
+            Some("store_a"),
+            b"KGMAP01\ngarbage".to_vec(),
+        ),
+        (
+            200,
+            "application/json",
+            Some("bad store!"),
+            full_json(7, &["k9"]),
+        ),
+        (
+            200,
+            "application/json",
+            Some("store_b"),
+            delta_json(5, 6, &["k9"], &[]),
+        ),
+        (304, "", Some("store_b"), Vec::new()),
+    ] {
+        let refused_before = run.stats.count(SyncCounter::Refused);
+        run.request();
+        let outcome = run.answer(status, content_type, store, &body);
+        assert!(matches!(outcome, Outcome::Refused(_)), "{outcome:?}");
+        assert_eq!(run.stats.count(SyncCounter::Refused), refused_before + 1);
+        assert!(run.buckets.has("k1") && !run.buckets.has("k9"));
+        assert_eq!(run.poller.state().version(), Some(5));
+        assert_eq!(run.request().query, "", "the whole map next");
+        // Answer that one with the current map, so the next case starts from a delta.
+        run.answer(
+            200,
+            "application/json",
+            Some("store_a"),
+            &full_json(5, &["k1"]),
+        );
+    }
+}
+
+#[test]
+fn a_map_from_another_store_is_a_new_lineage_whatever_its_version() {
+    let mut run = Run::new(1);
+    run.request();
+    run.answer(
+        200,
+        "application/json",
+        Some("store_a"),
+        &full_json(i64::MAX as u64, &["old"]),
+    );
+    run.request();
+    let outcome = run.answer(
+        200,
+        "application/json",
+        Some("store_b"),
+        &full_json(11, &["new"]),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            version: 11,
+            keys: 1,
+            new_lineage: true
+        }
+    );
+    assert_eq!(run.stats.count(SyncCounter::LineageChanges), 1);
+    assert!(run.buckets.has("new") && !run.buckets.has("old"));
+    assert_eq!(run.request().query, "?since=11&store=store_b");
+}
+
+#[test]
+fn a_version_no_keygatectl_issues_is_refused() {
+    let mut run = Run::new(1);
+    run.request();
+    let outcome = run.answer(
+        200,
+        "application/json",
+        Some("s"),
+        &full_json(u64::MAX, &["k"]),
+    );
+    assert!(matches!(outcome, Outcome::Refused(_)), "{outcome:?}");
+}
+
+#[test]
+fn an_unavailable_replica_is_skipped_at_once_and_the_one_that_answered_is_asked_first() {
+    let mut run = Run::new(3);
+    assert_eq!(run.request().replica, 0);
+    run.poller
+        .on_failure(run.now, "connection refused", &mut run.stats);
+    assert_eq!(run.poller.next_at_ms(), run.now, "the next replica at once");
+    assert_eq!(run.request().replica, 1);
+    run.answer(503, "text/plain", None, b"down");
+    assert_eq!(run.request().replica, 2);
+    run.answer(200, "application/json", Some("s"), &full_json(1, &["k"]));
+    let next = run.request();
+    assert_eq!(next.replica, 2, "the replica that answered is asked first");
+    assert_eq!(run.stats.count(SyncCounter::Errors), 2);
+
+    // Every replica down: wait a retry delay, then start again from the preferred one.
+    run.poller.on_failure(run.now, "down", &mut run.stats);
+    run.request();
+    run.poller.on_failure(run.now, "down", &mut run.stats);
+    let before = run.now;
+    run.request();
+    run.poller.on_failure(run.now, "down", &mut run.stats);
+    assert!(run.poller.next_at_ms() > before);
+    assert_eq!(run.request().replica, 2);
+}
+
+#[test]
+fn a_client_error_is_not_for_another_replica_to_mend() {
+    let mut run = Run::new(2);
+    run.request();
+    let outcome = run.answer(401, "application/json", None, b"{}");
+    assert_eq!(outcome, Outcome::Failed("answer status 401".into()));
+    assert!(run.poller.next_at_ms() > run.now);
+    assert_eq!(run.request().replica, 0);
+}
+
+#[test]
+fn an_oversized_answer_is_refused_unread() {
+    struct Untouchable;
+    impl BodyReader for Untouchable {
+        fn read(&mut self, _: usize, _: usize) -> Vec<u8> {
+            std::panic!("an oversized body must not be read");
+        }
+    }
+    let mut run = Run::new(1);
+    run.request();
+    let head = AnswerHead {
+        status: 200,
+        content_type: Some(b"application/json"),
+        store: None,
+        body_len: MAX_BODY_BYTES + 1,
+    };
+    let outcome = run.poller.on_answer(
+        run.now,
+        head,
+        &mut Untouchable,
+        &mut run.buckets,
+        &mut run.stats,
+    );
+    assert!(matches!(outcome, Outcome::Refused(_)));
+}
+
+#[test]
+fn an_older_keygatectl_without_a_store_id_is_polled_as_before() {
+    let mut run = Run::new(1);
+    run.request();
+    run.answer(200, "application/json", None, &full_json(3, &["k"]));
+    let next = run.request();
+    assert_eq!(next.query, "?since=3");
+    assert_eq!(header(&next, "if-none-match"), Some("\"3\""));
+}
+
+#[test]
+fn a_poll_is_never_scheduled_later_than_one_interval_less_a_tick() {
+    for unit in [0.0, 0.25, 0.5, 1.0, 7.0] {
+        let wait = poll_wait(1000, 0.1, unit, 100);
+        assert!(wait <= 900, "unit {unit}: {wait}");
+        assert!(wait >= 800, "unit {unit}: {wait}");
+    }
+    assert_eq!(poll_wait(1000, 0.0, 0.7, 100), 900);
+    assert_eq!(
+        poll_wait(50, 0.5, 1.0, 100),
+        0,
+        "shorter than a tick: the next tick"
+    );
+    let _ = vec![0u8];
+}
