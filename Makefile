@@ -12,7 +12,9 @@ CTL      := target/release/keygatectl
 JOBS     ?= 2
 # PostgreSQL for the store, replica and failover suites: one throwaway server per run
 # (Debian's postgresql, installed if missing), or the one KEYGATE_TEST_POSTGRES_URL names.
-WITH_PG  := bash scripts/postgres.sh run
+# KEYGATE_REQUIRE_POSTGRES=1: those suites fail, never skip, if the server is missing.
+WITH_PG  := KEYGATE_REQUIRE_POSTGRES=1 bash scripts/postgres.sh run
+PG_GUARD := bash scripts/postgres.sh fails-without-server
 
 .PHONY: build wasm native keygatectl venv test unit integration browser compose-test oci-test lint fuzz run soak bench clean
 
@@ -50,10 +52,12 @@ $(VENV)/.installed: tests/requirements.txt
 unit:
 	$(WITH_PG) $(CARGO) test --workspace
 	$(CARGO) test --manifest-path core/fuzz/Cargo.toml
+	$(PG_GUARD) $(CARGO) test --workspace --test postgres
 
 # Every suite against the wasm filter, then against the native module (the same suites:
 # the harness swaps the filter; the wasm-only tests skip themselves).
 integration: build venv
+	$(PG_GUARD) $(PYTEST) tests/test_replicas.py -q -p no:xdist -x
 	$(WITH_PG) $(PYTEST) tests -q -n $(JOBS)
 	KEYGATE_FRONTEND=native $(WITH_PG) $(PYTEST) tests -q -n $(JOBS)
 

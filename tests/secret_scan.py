@@ -13,7 +13,7 @@ CANDIDATE = re.compile(rb"[sp]k_[A-Za-z0-9_]+")
 
 def scan(paths):
     """Raises AssertionError naming the file (never the key) when a plaintext key is found."""
-    issued = {k.encode() for k in keys.ISSUED}
+    issued = {k.encode() for k in keys.issued()}
     if not issued:
         return
     lengths = {len(k) for k in issued}

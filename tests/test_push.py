@@ -17,7 +17,7 @@ from controlplane import ScriptedControlPlane
 
 def write_resource(path, plugin):
     """Atomically replaces the ECDS file, as `keygatectl export --output` does."""
-    resource = yaml.safe_load((harness.ENVOY_DIR / "keygate-filter.yaml").read_text())
+    resource = harness.load_example("keygate-filter.yaml")
     if harness.NATIVE_MODE:
         resource["resources"][0]["typed_config"] = harness.native_filter(json.dumps(plugin))
     else:
@@ -52,8 +52,11 @@ def status_of(envoy, key):
     return httpx.get(envoy.url + "/v3/devices", headers=headers, timeout=5).status_code
 
 
-def all_workers(envoy, key, n=8):
-    return {status_of(envoy, key) for _ in range(n)}
+def all_workers(envoy, key, n=None):
+    """The statuses Envoy's workers answer `key` with, asked on a connection pinned to each
+    worker (`n`, the number of samples this once took, is no longer needed)."""
+    with harness.connections_on_every_worker(envoy) as workers:
+        return {status for status, _ in workers.answers(key).values()}
 
 
 def wait_for(predicate, timeout=5.0):
@@ -69,12 +72,14 @@ def test_a_pushed_config_replaces_the_map_on_every_worker(upstream, keyset):
     old, new = keyset.keys["sk_test"], keylib.make_key()
     envoy = start_push_envoy(upstream, {"version": 1, "keys": keyset.entries})
     try:
-        assert all_workers(envoy, old) == {200}
-        assert all_workers(envoy, new) == {401}
-        rolled = [e for e in keyset.entries if e["digest"] != keylib.digest(old)]
-        rolled.append(keylib.entry(new, "acct_demo", "key_new", "secret", "test"))
-        write_resource(envoy.ecds_file, {"version": 1, "keys": rolled})
-        wait_for(lambda: all_workers(envoy, old) == {401} and all_workers(envoy, new) == {200})
+        with harness.connections_on_every_worker(envoy) as workers:
+            assert workers.everywhere(old) == {(200, None)}
+            assert workers.everywhere(new) == {(401, "invalid_api_key")}
+            rolled = [e for e in keyset.entries if e["digest"] != keylib.digest(old)]
+            rolled.append(keylib.entry(new, "acct_demo", "key_new", "secret", "test"))
+            write_resource(envoy.ecds_file, {"version": 1, "keys": rolled})
+            wait_for(lambda: workers.everywhere(old) == {(401, "invalid_api_key")}
+                     and workers.everywhere(new) == {(200, None)})
         # The replaced configuration (and its key map) is freed (in every worker's VM, or
         # once for the native module's one copy), not kept for the life of the process.
         copies = 1 if harness.NATIVE_MODE else 2

@@ -7,25 +7,18 @@
   keep arriving; then the first comes back and the second dies.
 
 Needs the PostgreSQL server that KEYGATE_TEST_POSTGRES_URL names (`scripts/postgres.sh run
-pytest …` starts one); each test gets a database of its own. Skipped only when that variable
-is unset."""
+pytest …` starts one); each test gets a database of its own. Without it the tests are
+skipped, or fail when KEYGATE_REQUIRE_POSTGRES=1 (`make test`): see pg.py."""
 
-import glob
-import os
-import shutil
-import subprocess
 import threading
 import time
-import urllib.parse
-from pathlib import Path
 
 import httpx
 import pytest
 
 import harness
-import secret_scan
 import test_lifecycle as lifecycle
-from ctl import Keygatectl
+from pg import Replica, database  # noqa: F401
 # The lifecycle suite, collected here too: its tests take this module's `stack` fixture.
 from test_lifecycle import (  # noqa: F401
     test_a_new_account_s_keys_work_through_envoy,
@@ -36,92 +29,19 @@ from test_lifecycle import (  # noqa: F401
     test_roll_with_a_grace_period,
 )
 
-SERVER_URL = os.environ.get("KEYGATE_TEST_POSTGRES_URL", "")
-pytestmark = pytest.mark.skipif(
-    not SERVER_URL,
-    reason="KEYGATE_TEST_POSTGRES_URL is unset (scripts/postgres.sh run … starts a PostgreSQL)",
-)
-
 INTERVAL_MS = lifecycle.INTERVAL_MS
 answer = lifecycle.answer
 wait_for = lifecycle.wait_for
 
 
-def pg_tool(name):
-    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[-1:]
-    if not found:
-        raise RuntimeError(f"{name} not found: apt-get install -y postgresql")
-    return found if isinstance(found, str) else found[0]
-
-
-class Database:
-    """A database of its own on the test server. Its URL carries no password: keygatectl,
-    psql and pg_dump take it from PGPASSWORD, so it never shows in a process list."""
-
-    def __init__(self, monkeypatch, name):
-        server = urllib.parse.urlsplit(SERVER_URL)
-        self.name = name
-        self.env = {"PGHOST": server.hostname, "PGPORT": str(server.port or 5432),
-                    "PGUSER": server.username or "", "PGPASSWORD": server.password or ""}
-        for key, value in self.env.items():
-            monkeypatch.setenv(key, value)
-        self.url = f"postgres://{server.username}@{server.hostname}:{server.port}/{name}"
-        self.psql("postgres", f"DROP DATABASE IF EXISTS {name}")
-        self.psql("postgres", f"CREATE DATABASE {name}")
-
-    def psql(self, dbname, sql):
-        out = subprocess.run([pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At",
-                              "-d", dbname, "-c", sql],
-                             capture_output=True, text=True, timeout=30, env=dict(os.environ, **self.env))
-        assert out.returncode == 0, out.stderr
-        return out.stdout
-
-    def drop(self, workdir):
-        """Dumps the database for the secret scan (digests and hints only, never a plaintext
-        key), then drops it."""
-        dump = Path(workdir) / "pg_dump.sql"
-        out = subprocess.run([pg_tool("pg_dump"), "-d", self.name, "-f", str(dump)],
-                             capture_output=True, text=True, timeout=60, env=dict(os.environ, **self.env))
-        assert out.returncode == 0, out.stderr
-        try:
-            secret_scan.scan([dump])
-        finally:
-            self.psql("postgres", f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-
-
 @pytest.fixture
-def database(request, monkeypatch, tmp_path):
-    name = "keygate_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
-    name += f"_{os.getpid()}"
-    db = Database(monkeypatch, name)
-    yield db
-    db.drop(tmp_path)
-
-
-class Replica(Keygatectl):
-    """A keygatectl serving from the shared PostgreSQL database. `start` and `cli` pass the
-    URL where Keygatectl passes its SQLite path; replicas share one admin token."""
-
-    def __init__(self, database, token=None):
-        super().__init__()
-        self.db = database.url
-        if token:
-            self.token = token
-
-    def kill(self):
-        """SIGKILL: as a crash or a lost machine."""
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def stack(upstream, database):
+def stack(request, upstream, database):
     """For the lifecycle suite: one keygatectl on PostgreSQL, Envoy syncing from it."""
     ctl = Replica(database).start()
+    request.addfinalizer(ctl.stop)
     envoy = lifecycle.start_envoy(upstream, ctl)
-    yield ctl, envoy
-    envoy.stop()
-    ctl.stop()
+    request.addfinalizer(envoy.stop)
+    return ctl, envoy
 
 
 def replicated_envoy(upstream, replicas):

@@ -32,6 +32,11 @@ impl TestDb {
             .ok()
             .filter(|url| !url.is_empty())
         else {
+            // `make test` requires the server: there a missing one fails instead of skipping.
+            assert!(
+                std::env::var("KEYGATE_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "KEYGATE_REQUIRE_POSTGRES=1 but KEYGATE_TEST_POSTGRES_URL is unset"
+            );
             eprintln!(
                 "skipped: KEYGATE_TEST_POSTGRES_URL is unset (scripts/postgres.sh run cargo \
                  test starts a PostgreSQL for these tests)"

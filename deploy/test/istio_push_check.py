@@ -25,6 +25,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CTL = ROOT / "target" / "release" / "keygatectl"
+# The loader that refuses a key given twice (tests/strict_yaml.py), for the shipped file.
+sys.path.insert(0, str(ROOT / "tests"))
+import strict_yaml  # noqa: E402
 
 
 def envoy_binary():
@@ -105,7 +108,7 @@ def listener(name, port, wasm_filter):
 def main():
     wasm, work = Path(sys.argv[1]), Path(sys.argv[2])
     work.mkdir(parents=True, exist_ok=True)
-    plugin = yaml.safe_load((ROOT / "deploy/istio/wasmplugin.yaml").read_text())
+    plugin = strict_yaml.load(ROOT / "deploy/istio/wasmplugin.yaml")
     spec = plugin["spec"]
     check(plugin["kind"] == "WasmPlugin" and plugin["apiVersion"] == "extensions.istio.io/v1alpha1", "not a WasmPlugin")
     for field, want in [("phase", "AUTHN"), ("failStrategy", "FAIL_CLOSE"), ("type", "HTTP"), ("pluginName", "keygate")]:
