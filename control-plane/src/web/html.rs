@@ -105,7 +105,7 @@ pub fn env_word(environment: Environment) -> &'static str {
 }
 
 /// A short content hash for an asset URL, so assets can be cached for good.
-fn asset_version() -> &'static str {
+pub fn asset_version() -> &'static str {
     static VERSION: OnceLock<String> = OnceLock::new();
     VERSION.get_or_init(|| {
         let mut both = String::with_capacity(APP_CSS.len() + APP_JS.len());

@@ -15,10 +15,15 @@
 //! plaintext is handed from the POST to the next page through a one-time server-side flash,
 //! so reloading never shows it again.
 
-mod html;
-mod pages;
-mod session;
+mod backoff;
+mod customer;
+mod flash;
+pub(crate) mod html;
+pub(crate) mod pages;
+pub(crate) mod session;
+pub mod signin;
 mod throttle;
+mod views;
 
 use crate::api::AppState;
 use axum::extract::connect_info::ConnectInfo;
@@ -29,11 +34,14 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+pub use customer::CustomerOptions;
+pub use html::url_segment;
+pub use session::random_token;
 use session::{SessionInfo, Sessions};
+use signin::SignInThrottle;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use throttle::LoginThrottle;
 
 /// Set to 1 (or true) to mark cookies `Secure` even when no proxy says the request was https.
 pub const SECURE_COOKIES_ENV: &str = "KEYGATE_SECURE_COOKIES";
@@ -51,7 +59,7 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 pub struct Web {
     app: Arc<AppState>,
     sessions: Sessions,
-    throttle: LoginThrottle,
+    throttle: SignInThrottle,
     /// Mark every cookie `Secure`.
     always_secure: bool,
 }
@@ -63,7 +71,7 @@ impl Web {
         Web {
             app,
             sessions: Sessions::default(),
-            throttle: LoginThrottle::default(),
+            throttle: SignInThrottle::default(),
             always_secure,
         }
     }
@@ -80,11 +88,17 @@ impl Web {
     }
 }
 
-/// The page's routes, to be merged into the API's router.
-pub fn router(app: Arc<AppState>) -> Router {
+/// Whether cookies are marked `Secure` whatever the request says (KEYGATE_SECURE_COOKIES).
+pub fn secure_cookies_from_env() -> bool {
+    std::env::var(SECURE_COOKIES_ENV).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
+}
+
+/// The pages' routes (the customer's at `/`, the operator's under `/ui/`), to be merged into
+/// the API's router.
+pub fn router(app: Arc<AppState>, customers: CustomerOptions) -> Router {
+    let customer = customer::router(Arc::clone(&app), customers);
     let web = Arc::new(Web::new(app));
     Router::new()
-        .route("/", get(pages::root))
         .route("/ui", get(pages::root))
         .route("/ui/", get(pages::home))
         .route("/ui/app.css", get(pages::css))
@@ -98,10 +112,11 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/ui/accounts/{account_id}", get(pages::account_page))
         .route("/ui/keys/{key_id}/{action}", post(pages::key_action))
         .route("/ui/{*rest}", get(pages::not_found))
+        .with_state(web)
+        .merge(customer)
         .method_not_allowed_fallback(pages::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(middleware::map_response(security_headers))
-        .with_state(web)
 }
 
 /// Headers on every answer of the page.
@@ -168,7 +183,7 @@ pub fn set_cookie(name: &str, value: &str, max_age: u64, secure: bool) -> Header
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn forwarded_https(headers: &HeaderMap) -> bool {
+pub fn forwarded_https(headers: &HeaderMap) -> bool {
     let proto = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())

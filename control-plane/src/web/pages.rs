@@ -7,6 +7,7 @@ use super::html::{
     Chrome, APP_CSS, APP_JS,
 };
 use super::session::{secrets_match, NewKeys, Notice, SessionInfo, ShownKey};
+use super::signin::seconds_text;
 use super::throttle::Failure;
 use super::{
     cookie, html, parse_form, same_origin, see_other, set_cookie, ClientIp, Web, LOGIN_COOKIE,
@@ -28,7 +29,6 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The grace periods offered when rolling a key: (seconds, label).
 pub const GRACE_CHOICES: [(u64, &str); 4] = [
@@ -308,15 +308,6 @@ pub async fn login_page(
     login_form(&web, &headers, StatusCode::OK, message)
 }
 
-fn seconds_text(d: Duration) -> String {
-    let tenths = d.as_millis().div_ceil(100);
-    if tenths % 10 == 0 {
-        format!("{} s", tenths / 10)
-    } else {
-        format!("{}.{} s", tenths / 10, tenths % 10)
-    }
-}
-
 pub async fn login(
     State(web): WebState,
     ClientIp(ip): ClientIp,
@@ -334,7 +325,7 @@ pub async fn login(
             )),
         );
     }
-    if let Err(wait) = web.throttle.check(ip) {
+    if let Err(wait) = web.throttle.check(ip, None) {
         let mut response = login_form(
             &web,
             &headers,
@@ -379,7 +370,7 @@ pub async fn login(
     }
     let admin = web.app.admin_digest();
     let Some(admin) = admin.filter(|digest| token_matches(token, digest)) else {
-        let Failure { count, delay } = web.throttle.failed(ip);
+        let Failure { count, delay } = web.throttle.failed(ip, None);
         log_event(&format!(
             "web sign-in refused from {ip}: wrong admin token ({count} in a row)"
         ));
@@ -397,7 +388,7 @@ pub async fn login(
             Some((&message, true)),
         );
     };
-    web.throttle.succeeded(ip);
+    web.throttle.succeeded(ip, None);
     let opened = match web.sessions.open(admin) {
         Ok(opened) => opened,
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, None, &e.to_string()),
