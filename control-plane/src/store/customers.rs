@@ -119,7 +119,6 @@ pub trait CustomerStore {
         now: u64,
     ) -> StoreResult<Result<Versioned<Verified>, TokenRefusal>>;
 
-    fn user(&self, user_id: &str) -> StoreResult<User>;
     fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
     /// All users, or one account's, oldest first.
     fn users(&self, account_id: Option<&str>) -> StoreResult<Vec<User>>;

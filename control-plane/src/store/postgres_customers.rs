@@ -190,10 +190,6 @@ impl CustomerStore for PostgresStore {
         })
     }
 
-    fn user(&self, user_id: &str) -> StoreResult<User> {
-        self.read(|c| load_user(c, user_id))
-    }
-
     fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
         self.read(|c| {
             c.query_opt(

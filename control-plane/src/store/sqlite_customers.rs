@@ -171,10 +171,6 @@ impl CustomerStore for SqliteStore {
         })
     }
 
-    fn user(&self, user_id: &str) -> StoreResult<User> {
-        self.read(|tx| load_user(tx, user_id))
-    }
-
     fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
         self.read(|tx| {
             Ok(tx

@@ -39,7 +39,6 @@ pub use html::url_segment;
 pub use session::random_token;
 use session::{SessionInfo, Sessions};
 use signin::SignInThrottle;
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -78,7 +77,7 @@ impl Web {
 
     /// The session the request's cookie names, if it is live.
     fn session(&self, headers: &HeaderMap) -> Option<SessionInfo> {
-        let value = cookie(headers, SESSION_COOKIE)?;
+        let value = signin::cookie_value(headers, SESSION_COOKIE)?;
         self.sessions.get(&value, self.app.admin_digest())
     }
 
@@ -111,6 +110,11 @@ pub fn router(app: Arc<AppState>, customers: CustomerOptions) -> Router {
         )
         .route("/ui/accounts/{account_id}", get(pages::account_page))
         .route("/ui/keys/{key_id}/{action}", post(pages::key_action))
+        .route(
+            "/ui/accounts/{account_id}/{action}",
+            post(pages::account_action),
+        )
+        .route("/ui/users/{user_id}/{action}", post(pages::user_action))
         .route("/ui/{*rest}", get(pages::not_found))
         .with_state(web)
         .merge(customer)
@@ -161,28 +165,6 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-/// The value of cookie `name`, from any `Cookie` header.
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
-/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, scoped to `/ui`; `max_age` 0 deletes.
-pub fn set_cookie(name: &str, value: &str, max_age: u64, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    let text =
-        format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={max_age}{secure}");
-    // Names are constants and values hex: always a valid header value.
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
 pub fn forwarded_https(headers: &HeaderMap) -> bool {
     let proto = headers
         .get("x-forwarded-proto")
@@ -223,40 +205,6 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Parses an `application/x-www-form-urlencoded` body. The first value of a name wins;
-/// `None` for anything that is not valid UTF-8 after decoding.
-pub fn parse_form(body: &[u8]) -> Option<HashMap<String, String>> {
-    let text = std::str::from_utf8(body).ok()?;
-    let mut fields = HashMap::new();
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(name)?;
-        let value = percent_decode(value)?;
-        fields.entry(name).or_insert(value);
-    }
-    Some(fields)
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
 /// An HTML answer.
 pub fn html(status: StatusCode, body: String) -> Response {
     (
@@ -292,45 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn forms_are_decoded() {
-        let form =
-            parse_form(b"name=Acme+%26+Co&csrf=ab%2Fc&name=second&empty=&flag").expect("form");
-        assert_eq!(form["name"], "Acme & Co");
-        assert_eq!(form["csrf"], "ab/c");
-        assert_eq!(form["empty"], "");
-        assert_eq!(form["flag"], "");
-        assert_eq!(parse_form(b"name=%C3%A9").expect("utf8")["name"], "é");
-        assert!(parse_form(b"name=%ZZ").is_none());
-        assert!(parse_form(b"name=%C3").is_none());
-        assert!(parse_form(b"name=%4").is_none());
-        assert!(parse_form(&[0xff]).is_none());
-    }
-
-    #[test]
-    fn cookies_are_found_by_exact_name() {
-        let h = headers(&[
-            ("cookie", "a=1; keygate_session_x=2"),
-            ("cookie", "keygate_session=abc ; b=3"),
-        ]);
-        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
-        assert_eq!(cookie(&h, "missing"), None);
-        assert_eq!(
-            cookie(&headers(&[("cookie", "keygate_session=")]), SESSION_COOKIE),
-            None
-        );
-    }
-
-    #[test]
-    fn cookies_are_http_only_strict_and_scoped() {
-        let v = set_cookie(SESSION_COOKIE, "abc", 28800, false);
-        assert_eq!(
-            v.to_str().expect("ascii"),
-            "keygate_session=abc; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=28800"
-        );
-        assert!(set_cookie(SESSION_COOKIE, "abc", 0, true)
-            .to_str()
-            .expect("ascii")
-            .ends_with("Max-Age=0; Secure"));
+    fn https_behind_a_proxy_is_recognised() {
         assert!(forwarded_https(&headers(&[("x-forwarded-proto", "https")])));
         assert!(forwarded_https(&headers(&[(
             "forwarded",

@@ -20,6 +20,13 @@ pub struct Chrome {
 }
 
 impl Chrome {
+    pub fn operator(title: &str, csrf: Option<&str>) -> Chrome {
+        Chrome {
+            operator: true,
+            ..Chrome::customer(title, csrf)
+        }
+    }
+
     pub fn customer(title: &str, csrf: Option<&str>) -> Chrome {
         Chrome {
             title: title.to_string(),
@@ -109,6 +116,12 @@ pub struct KeyRow {
     pub also_expires: Option<Stamp>,
     pub rollable: bool,
     pub no_roll_reason: String,
+    /// The operator page's extras: the key that replaced this one, the enable/disable
+    /// toggle, and the kind in words (for the history table).
+    pub replaced_by: Option<String>,
+    pub toggle: &'static str,
+    pub toggle_label: &'static str,
+    pub kind_label: String,
 }
 
 impl KeyRow {
@@ -147,6 +160,18 @@ impl KeyRow {
             also_expires: also_expires.map(Stamp::new),
             rollable,
             no_roll_reason: no_roll_reason.to_string(),
+            replaced_by: key.replaced_by.clone(),
+            toggle: if key.status == "disabled" {
+                "enable"
+            } else {
+                "disable"
+            },
+            toggle_label: if key.status == "disabled" {
+                "Enable"
+            } else {
+                "Disable"
+            },
+            kind_label: kind_label(key.kind()),
         }
     }
 }
@@ -164,5 +189,63 @@ pub fn render(status: StatusCode, page: &impl Template) -> Response {
                     .into(),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Template)]
+    #[template(
+        source = "{% extends \"base.html\" %}{% block content %}<p>{{ text }}</p>{% endblock %}",
+        ext = "html"
+    )]
+    struct Probe {
+        chrome: Chrome,
+        text: String,
+    }
+
+    #[test]
+    fn pages_escape_values_link_assets_by_version_and_carry_csrf_when_signed_in() {
+        let signed_in = Probe {
+            chrome: Chrome::operator("A<b>", Some("tok\"en")),
+            text: "<script>alert('x')</script> & \"y\"".into(),
+        }
+        .render()
+        .expect("render");
+        assert!(signed_in.contains("<title>A&lt;b&gt; · keygate</title>"));
+        assert!(
+            signed_in.contains(
+                "&lt;script&gt;alert(&#x27;x&#x27;)&lt;&#x2f;script&gt; &amp; &quot;y&quot;"
+            ) || signed_in.contains("&lt;script&gt;"),
+            "{signed_in}"
+        );
+        assert!(!signed_in.contains("<script>alert"));
+        assert!(signed_in.contains("name=\"csrf\" value=\"tok&quot;en\""));
+        assert!(signed_in.contains("/ui/app.js?v="));
+        assert!(signed_in.contains("action=\"/ui/logout\""));
+        let signed_out = Probe {
+            chrome: Chrome::customer("Sign in", None),
+            text: String::new(),
+        }
+        .render()
+        .expect("render");
+        assert!(!signed_out.contains("/logout"));
+        assert!(signed_out.contains("href=\"/signup\""));
+        let customer = Probe {
+            chrome: Chrome::customer("Settings", Some("t")),
+            text: String::new(),
+        }
+        .render()
+        .expect("render");
+        assert!(customer.contains("action=\"/logout\"") && !customer.contains("/ui/logout"));
+    }
+
+    #[test]
+    fn stamps_are_utc_for_machines_and_people() {
+        let stamp = Stamp::new(1_700_000_000);
+        assert_eq!(stamp.iso, "2023-11-14T22:13:20Z");
+        assert_eq!(stamp.shown, "2023-11-14 22:13 UTC");
     }
 }
