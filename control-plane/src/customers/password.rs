@@ -66,7 +66,11 @@ pub fn check_new_password(password: &str, email: &str) -> Result<(), PasswordPro
     let (local, domain) = email.split_once('@').unwrap_or((email, ""));
     let joined: String = local.chars().filter(|c| c.is_alphanumeric()).collect();
     let mut inputs = vec![email, local, domain, joined.as_str(), "keygate"];
-    inputs.extend(email.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 1));
+    inputs.extend(
+        email
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.len() > 1),
+    );
     let estimate = zxcvbn::zxcvbn(password, &inputs);
     if u8::from(estimate.score()) >= MIN_SCORE {
         return Ok(());

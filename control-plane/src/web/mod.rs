@@ -95,9 +95,17 @@ pub fn secure_cookies_from_env() -> bool {
 /// The pages' routes (the customer's at `/`, the operator's under `/ui/`), to be merged into
 /// the API's router.
 pub fn router(app: Arc<AppState>, customers: CustomerOptions) -> Router {
-    let customer = customer::router(Arc::clone(&app), customers);
+    router_parts(app, customers).0
+}
+
+/// The pages' routes and the customer pages' shared state (which tests look into).
+pub(crate) fn router_parts(
+    app: Arc<AppState>,
+    customers: CustomerOptions,
+) -> (Router, Arc<customer::CustomerWeb>) {
+    let (customer, customer_web) = customer::router(Arc::clone(&app), customers);
     let web = Arc::new(Web::new(app));
-    Router::new()
+    let router = Router::new()
         .route("/ui", get(pages::root))
         .route("/ui/", get(pages::home))
         .route("/ui/app.css", get(pages::css))
@@ -120,7 +128,8 @@ pub fn router(app: Arc<AppState>, customers: CustomerOptions) -> Router {
         .merge(customer)
         .method_not_allowed_fallback(pages::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
-        .layer(middleware::map_response(security_headers))
+        .layer(middleware::map_response(security_headers));
+    (router, customer_web)
 }
 
 /// Headers on every answer of the page.

@@ -7,7 +7,12 @@
 //! No answer tells whether an email has an account: sign-up and reset say the same either
 //! way, and sign-in says "wrong email or password".
 
+// Helpers answer `Result<_, Response>`: the error is the page to send, built once.
+#![allow(clippy::result_large_err)]
+
 mod forms;
+#[cfg(test)]
+mod http_tests;
 mod login;
 mod settings;
 mod signup;
@@ -58,7 +63,7 @@ pub struct CustomerWeb {
     quota: MailQuota,
 }
 
-pub fn router(app: Arc<AppState>, options: CustomerOptions) -> Router {
+pub fn router(app: Arc<AppState>, options: CustomerOptions) -> (Router, Arc<CustomerWeb>) {
     let web = Arc::new(CustomerWeb {
         app,
         options,
@@ -67,7 +72,7 @@ pub fn router(app: Arc<AppState>, options: CustomerOptions) -> Router {
         flash: Flash::default(),
         quota: MailQuota::default(),
     });
-    Router::new()
+    let router = Router::new()
         .route("/", get(root))
         .route("/signup", get(signup::signup_page).post(signup::signup))
         .route("/verify", get(signup::verify_page).post(signup::verify))
@@ -82,7 +87,8 @@ pub fn router(app: Arc<AppState>, options: CustomerOptions) -> Router {
             "/settings/account/keys/{key_id}/roll",
             post(settings::roll_key),
         )
-        .with_state(web)
+        .with_state(Arc::clone(&web));
+    (router, web)
 }
 
 type WebState = axum::extract::State<Arc<CustomerWeb>>;

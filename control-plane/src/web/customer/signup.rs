@@ -63,15 +63,31 @@ pub(super) fn check_form<T>(
             None,
         ));
     }
-    let Ok(Form(form)) = form else {
-        return Err(message_page(
-            StatusCode::BAD_REQUEST,
-            "Form not readable",
-            Note::Error(
-                "The form could not be read. Nothing was changed; go back and try again.".into(),
-            ),
-            None,
-        ));
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(message_page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Form too large",
+                Note::Error(
+                    "The form is far larger than any of ours (16 KiB at most). Nothing was \
+                     changed."
+                        .into(),
+                ),
+                None,
+            ))
+        }
+        Err(_) => {
+            return Err(message_page(
+                StatusCode::BAD_REQUEST,
+                "Form not readable",
+                Note::Error(
+                    "The form could not be read. Nothing was changed; go back and try again."
+                        .into(),
+                ),
+                None,
+            ))
+        }
     };
     if !form_token_ok(headers, FORM_COOKIE, csrf(&form)) {
         return Err(message_page(
