@@ -127,9 +127,7 @@ pub async fn login(
         Ok(email) => email,
         Err(problem) => return again(StatusCode::BAD_REQUEST, problem.to_string(), &shown_email),
     };
-    if let Err(problem) = check_length(&form.password) {
-        return again(StatusCode::BAD_REQUEST, problem.to_string(), &email);
-    }
+    // Throttled first: while a wait runs, nothing about the attempt is looked at.
     if let Err(wait) = web.throttle.check(ip, Some(&email)) {
         return with_retry_after(
             again(
@@ -142,6 +140,9 @@ pub async fn login(
             ),
             wait,
         );
+    }
+    if let Err(problem) = check_length(&form.password) {
+        return again(StatusCode::BAD_REQUEST, problem.to_string(), &email);
     }
     let address = email.clone();
     let found = web

@@ -348,9 +348,6 @@ pub async fn verify(
             .note(Note::Error(message))
             .answer(status, None)
     };
-    if let Err(problem) = check_length(&form.password) {
-        return again(StatusCode::BAD_REQUEST, problem.to_string());
-    }
     if let Err(wait) = web.throttle.check(ip, Some(&signup.email)) {
         return with_retry_after(
             again(
@@ -362,6 +359,9 @@ pub async fn verify(
             ),
             wait,
         );
+    }
+    if let Err(problem) = check_length(&form.password) {
+        return again(StatusCode::BAD_REQUEST, problem.to_string());
     }
     let verdict = match web
         .hasher
