@@ -41,6 +41,7 @@ use session::{SessionInfo, Sessions};
 use signin::SignInThrottle;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+pub use throttle::bucket as throttle_bucket;
 
 /// Set to 1 (or true) to mark cookies `Secure` even when no proxy says the request was https.
 pub const SECURE_COOKIES_ENV: &str = "KEYGATE_SECURE_COOKIES";

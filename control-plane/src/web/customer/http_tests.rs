@@ -1052,3 +1052,43 @@ async fn a_disabled_user_or_account_cannot_sign_in() {
         StatusCode::SEE_OTHER
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ups_and_mails_are_limited_per_hour() {
+    let site = site();
+    // One address gets at most MAIL_QUOTA mails an hour; the page says the same each time.
+    let mut browser = Browser::from(&site, "192.0.2.70:1");
+    for _ in 0..super::MAIL_QUOTA + 2 {
+        let answer = browser.sign_up("flood@example.com", PASSWORD).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.body.contains("Check your inbox"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mails(&site.outbox).len() < super::MAIL_QUOTA {
+        assert!(Instant::now() < deadline, "mails not written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // (the mail thread has had every one of them: the dropped ones were never queued)
+    assert_eq!(mails(&site.outbox).len(), super::MAIL_QUOTA);
+    // One client network gets at most SIGNUP_QUOTA sign-ups an hour, then 429.
+    let mut many = Browser::from(&site, "[2001:db8:1:2::1]:1");
+    for i in 0..super::SIGNUP_QUOTA {
+        let answer = many
+            .sign_up(&format!("user{i}@example.com"), PASSWORD)
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{i}");
+    }
+    // Another host of the same /64 shares the quota.
+    let mut neighbour = Browser::from(&site, "[2001:db8:1:2::99]:1");
+    let refused = neighbour.sign_up("late@example.com", PASSWORD).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.retry_after.is_some());
+    assert!(refused.body.contains("Too many sign-ups"));
+    assert_eq!(
+        Browser::from(&site, "192.0.2.71:1")
+            .sign_up("fine@example.com", PASSWORD)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}

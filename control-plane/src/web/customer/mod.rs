@@ -60,7 +60,10 @@ pub struct CustomerWeb {
     hasher: Hasher,
     throttle: SignInThrottle,
     flash: Flash,
-    quota: MailQuota,
+    /// Mails to one address an hour.
+    quota: Quota,
+    /// Sign-ups from one client address (IPv4 address, IPv6 /64) an hour.
+    signups: Quota,
 }
 
 pub fn router(app: Arc<AppState>, options: CustomerOptions) -> (Router, Arc<CustomerWeb>) {
@@ -70,7 +73,8 @@ pub fn router(app: Arc<AppState>, options: CustomerOptions) -> (Router, Arc<Cust
         hasher: Hasher::default(),
         throttle: SignInThrottle::default(),
         flash: Flash::default(),
-        quota: MailQuota::default(),
+        quota: Quota::new(MAIL_QUOTA),
+        signups: Quota::new(SIGNUP_QUOTA),
     });
     let router = Router::new()
         .route("/", get(root))
@@ -220,23 +224,34 @@ fn internal_text(detail: &str) -> Response {
 /// Mails to one address in an hour, at most: sign-up and reset forms cannot be used to flood
 /// someone's mailbox.
 pub const MAIL_QUOTA: usize = 5;
-const MAIL_WINDOW: Duration = Duration::from_secs(3600);
-/// Addresses tracked at most (oldest windows go first).
+/// Sign-ups from one client address in an hour, at most: the pending sign-ups table cannot be
+/// filled from one place.
+pub const SIGNUP_QUOTA: usize = 20;
+const QUOTA_WINDOW: Duration = Duration::from_secs(3600);
+/// Keys tracked at most (oldest windows go first).
 const MAX_TRACKED: usize = 10_000;
 
-#[derive(Default)]
-struct MailQuota {
+/// At most `limit` uses a key an hour.
+struct Quota {
+    limit: usize,
     sent: Mutex<HashMap<Digest, (Instant, usize)>>,
 }
 
-impl MailQuota {
+impl Quota {
+    fn new(limit: usize) -> Quota {
+        Quota {
+            limit,
+            sent: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// True (and counted) while `address` is under its quota.
     fn take(&self, address: &str) -> bool {
         let key = Digest::of_key(address);
         let now = Instant::now();
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         if sent.len() >= MAX_TRACKED && !sent.contains_key(&key) {
-            sent.retain(|_, (since, _)| now.duration_since(*since) < MAIL_WINDOW);
+            sent.retain(|_, (since, _)| now.duration_since(*since) < QUOTA_WINDOW);
             while sent.len() >= MAX_TRACKED {
                 let oldest = sent.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k);
                 match oldest {
@@ -246,10 +261,10 @@ impl MailQuota {
             }
         }
         let entry = sent.entry(key).or_insert((now, 0));
-        if now.duration_since(entry.0) >= MAIL_WINDOW {
+        if now.duration_since(entry.0) >= QUOTA_WINDOW {
             *entry = (now, 0);
         }
-        if entry.1 >= MAIL_QUOTA {
+        if entry.1 >= self.limit {
             return false;
         }
         entry.1 += 1;
@@ -263,7 +278,7 @@ mod tests {
 
     #[test]
     fn each_address_gets_a_few_mails_an_hour() {
-        let quota = MailQuota::default();
+        let quota = Quota::new(MAIL_QUOTA);
         for _ in 0..MAIL_QUOTA {
             assert!(quota.take("ann@example.com"));
         }

@@ -168,6 +168,7 @@ pub async fn signup_page(State(web): WebState, headers: HeaderMap) -> Response {
 
 pub async fn signup(
     State(web): WebState,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     form: Result<Form<SignupForm>, FormRejection>,
 ) -> Response {
@@ -190,6 +191,24 @@ pub async fn signup(
     };
     if let Err(problem) = check_new_password(&form.password, &email) {
         return refuse(problem.to_string(), &email);
+    }
+    if !web
+        .signups
+        .take(&crate::web::throttle_bucket(ip).to_string())
+    {
+        log_event(&format!(
+            "sign-up refused from {ip}: {} sign-ups from there in the last hour",
+            super::SIGNUP_QUOTA
+        ));
+        return with_retry_after(
+            message_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many sign-ups",
+                Note::Error("Too many sign-ups from your network in the last hour. Nothing was saved; try again later.".into()),
+                None,
+            ),
+            std::time::Duration::from_secs(600),
+        );
     }
     // Hashed whether or not the address has an account: both answers take as long.
     let hash = match web.hasher.hash(form.password.clone()).await {
