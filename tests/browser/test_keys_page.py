@@ -325,7 +325,7 @@ def test_a_key_rolled_on_the_page_is_refused_by_envoy(ctl, browser, upstream):
             return r.status_code, (r.json().get("error", {}).get("code") if r.status_code != 200 else None)
 
         page = KeysPage(browser, ctl.base)
-        page.open("/")
+        page.open("/ui/")
         assert page.path == "/ui/login"
         page.sign_in(ctl.token)
         page.create_account("Envoy check")
