@@ -61,6 +61,8 @@ def envoy(ctl, upstream):
     config = harness.localize(config, ports)
     service = harness.service_config(config)
     service.update({"interval_ms": INTERVAL_MS, "timeout_ms": 500})
+    if getattr(ctl, "sync_token", None):  # a keygatectl whose key map needs its sync token
+        service["bearer_token"] = ctl.sync_token
     harness.set_service_config(config, service)
     proxy = harness.Envoy(config, concurrency=2)
     proxy.start()

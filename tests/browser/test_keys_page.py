@@ -314,6 +314,8 @@ def test_a_key_rolled_on_the_page_is_refused_by_envoy(ctl, browser, upstream):
     config = harness.localize(config, ports)
     service = harness.service_config(config)
     service.update({"interval_ms": 200, "timeout_ms": 500})
+    if getattr(ctl, "sync_token", None):  # a keygatectl whose key map needs its sync token
+        service["bearer_token"] = ctl.sync_token
     harness.set_service_config(config, service)
     envoy = harness.Envoy(config, concurrency=2)
     envoy.start()
