@@ -27,10 +27,12 @@ class _Inbox:
 class SmtpServer:
     """`start()` listens on a free loopback port; `url` is what `--smtp-url` takes."""
 
-    def __init__(self):
+    def __init__(self, tls_context=None):
+        """`tls_context`: offer STARTTLS with it (and require it before mail is taken)."""
         self.inbox = _Inbox()
         self.port = harness.free_port()
-        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        extra = {"tls_context": tls_context, "require_starttls": True} if tls_context else {}
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, **extra)
 
     def start(self):
         self.controller.start()
