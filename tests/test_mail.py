@@ -104,6 +104,7 @@ def test_tls_required_never_sends_in_the_clear_or_to_an_unverified_server(mail, 
             assert time.monotonic() < deadline, ctl.read_log()
             time.sleep(0.05)
         assert mail.received("bob@example.com") == []
+        assert "STARTTLS is not supported" in ctl.read_log()
     finally:
         ctl.stop()
 
@@ -122,6 +123,7 @@ def test_tls_required_never_sends_in_the_clear_or_to_an_unverified_server(mail, 
             assert time.monotonic() < deadline, ctl.read_log()
             time.sleep(0.05)
         assert tls_server.received("carol@example.com") == []
+        assert "invalid peer certificate" in ctl.read_log()
     finally:
         ctl.stop()
         tls_server.stop()
