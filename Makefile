@@ -61,7 +61,8 @@ integration: build venv
 	$(WITH_PG) $(PYTEST) tests -q -n $(JOBS)
 	KEYGATE_FRONTEND=native $(WITH_PG) $(PYTEST) tests -q -n $(JOBS)
 
-# The operator page in a real headless Chromium (installs chromium + chromedriver if missing).
+# The operator page and a customer's whole journey (real SMTP server, real Envoy) in a real
+# headless Chromium (installs chromium + chromedriver if missing).
 browser: build venv
 	bash tests/browser/run.sh
 

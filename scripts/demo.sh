@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: keygatectl (SQLite) + Envoy (2 workers) syncing its key map from it + a demo
 # API. Prints a fresh account's keys (shown this once) and curl commands; Ctrl-C stops all.
+# Customers sign up at http://127.0.0.1:8080/signup: their mail (sign-up links, password
+# resets) is written to .run/outbox/*.eml instead of being sent, and each link is printed here.
 # KEYGATE_FRONTEND=native runs the native module (envoy-native-sync.yaml) instead of the
 # wasm filter and its fetcher service (envoy-sync.yaml).
 set -euo pipefail
@@ -35,7 +37,7 @@ if [ ! -s "$RUN/admin-token" ]; then
 fi
 
 "$CTL" --database "$DB" serve --listen 127.0.0.1:8080 --purge-interval 2s \
-  --admin-token-file "$RUN/admin-token" > "$RUN/keygatectl.log" 2>&1 &
+  --admin-token-file "$RUN/admin-token" --outbox "$RUN/outbox" > "$RUN/keygatectl.log" 2>&1 &
 pids+=($!)
 .venv/bin/python tests/upstream.py --port 8081 > "$RUN/upstream.log" 2>&1 &
 pids+=($!)
@@ -54,6 +56,31 @@ for k in doc["keys"]:
 print("ACCOUNT=" + doc["account"]["id"])
 ')"
 
+# Every new mail in the outbox: who it is for, its subject and its links, on this terminal.
+watch_outbox() {
+  .venv/bin/python - "$RUN/outbox" <<'PY'
+import email, email.policy, pathlib, re, sys, time
+box = pathlib.Path(sys.argv[1])
+seen = {p.name for p in box.glob("*.eml")}
+while True:
+    for path in sorted(box.glob("*.eml"), key=lambda p: p.stat().st_mtime):
+        if path.name in seen:
+            continue
+        try:
+            mail = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            text = mail.get_body(preferencelist=("plain",)).get_content()
+        except Exception:
+            continue  # still being written: next round
+        seen.add(path.name)
+        links = "".join(f"\n  {link}" for link in re.findall(r"https?://\S+", text))
+        print(f"\n[mail to {mail['to']}] {mail['subject']} ({path}){links}", flush=True)
+    time.sleep(0.5)
+PY
+}
+mkdir -p "$RUN/outbox" && chmod 700 "$RUN/outbox"
+watch_outbox &
+pids+=($!)
+
 for _ in $(seq 100); do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: token $SK_TEST" "$API/v3/devices" || true)
   [ "$code" = 200 ] && break
@@ -71,6 +98,7 @@ keygate demo is up ($ENVOY_CONFIG; logs in $RUN/):
   API through Envoy   $API          (Envoy admin: http://127.0.0.1:9901/stats?filter=keygate)
   keygatectl          http://127.0.0.1:8080  (admin token in $RUN/admin-token)
   operator page       http://127.0.0.1:8080/ui/  (sign in with the token in $RUN/admin-token)
+  customer sign-up    http://127.0.0.1:8080/signup  (mail goes to $RUN/outbox/; links appear below)
   demo upstream       http://127.0.0.1:8081  (answers with what it received)
 
 Account $ACCOUNT; its keys, shown this once (keygatectl keeps only their digests):
@@ -95,6 +123,8 @@ keygatectl notices the file change within a second, Envoy polls every second):
   curl -i $API/v3/devices -H 'Authorization: token $SK_TEST'          # 401 invalid_api_key
 Or keep it working for a grace period:  ... key roll <key_id> --expires-in 1m
 Or roll it on the operator page: http://127.0.0.1:8080/ui/ → the account → Roll.
+Or be a customer: sign up at http://127.0.0.1:8080/signup, open the link printed below, and
+take your own keys from Settings → Account (roll them there too).
 Other commands: $CTL --database $DB key list | key revoke <id> | key disable <id> | --help
 
 Ctrl-C stops everything.

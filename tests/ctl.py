@@ -41,12 +41,12 @@ class Keygatectl:
         self.port = None
         self.log_path = self.dir / "keygatectl.log"
 
-    def start(self, port=0, timeout=10):
+    def start(self, port=0, timeout=10, extra_args=()):
         env = dict(os.environ, KEYGATE_ADMIN_TOKEN=self.token)
         self.log = open(self.log_path, "ab")
         self.proc = spawn(
             [str(CTL), "--database", str(self.db), "serve", "--listen", f"127.0.0.1:{port}",
-             "--purge-interval", "1s"],
+             "--purge-interval", "1s", *extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + timeout

@@ -73,6 +73,39 @@ pub struct ServeArgs {
     /// How often expired keys are purged from the key map (e.g. 10s, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub purge_interval: u64,
+    #[command(flatten)]
+    pub customers: CustomerArgs,
+}
+
+/// The customer pages' mail and links.
+#[derive(Debug, Args)]
+pub struct CustomerArgs {
+    /// Where links in mails point (e.g. https://keys.example.com); default: http:// and the
+    /// address listened on. An https:// URL also marks cookies Secure.
+    #[arg(long, env = "KEYGATE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Send customer mail through this SMTP server: smtp://host:25 (plain), smtp://host:587?
+    /// tls=required (STARTTLS), smtps://host:465 (TLS); user:password@ for AUTH. A URL with a
+    /// password belongs in KEYGATE_SMTP_URL, not on the command line.
+    #[arg(
+        long,
+        env = "KEYGATE_SMTP_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        conflicts_with = "outbox"
+    )]
+    pub smtp_url: Option<String>,
+    /// Write customer mail as .eml files into DIR instead of sending it (demos, development).
+    #[arg(long, env = "KEYGATE_OUTBOX", value_name = "DIR")]
+    pub outbox: Option<PathBuf>,
+    /// The sender of customer mail.
+    #[arg(
+        long,
+        env = "KEYGATE_MAIL_FROM",
+        default_value = "keygate <keygate@localhost>",
+        value_name = "ADDRESS"
+    )]
+    pub mail_from: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -278,9 +278,23 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             admin_token,
             sync_token,
             purge_interval: Duration::from_secs(args.purge_interval),
+            customers: customer_setup(&args.customers),
         },
     )?;
     Ok(())
+}
+
+fn customer_setup(args: &crate::cli::CustomerArgs) -> crate::serve::CustomerSetup {
+    let mail = match (&args.smtp_url, &args.outbox) {
+        (Some(url), _) => Some(crate::mail::MailRoute::Smtp(url.clone())),
+        (None, Some(dir)) => Some(crate::mail::MailRoute::Outbox(dir.clone())),
+        (None, None) => None,
+    };
+    crate::serve::CustomerSetup {
+        public_url: args.public_url.clone(),
+        mail,
+        mail_from: args.mail_from.clone(),
+    }
 }
 
 fn admin_token(cli: &Cli, command: &AdminTokenCommand) -> Result<(), CliError> {

@@ -10,6 +10,9 @@ pub struct AccountView {
     pub id: String,
     pub name: Option<String>,
     pub created_at: u64,
+    /// Set while the operator has disabled the account (its users cannot sign in).
+    #[serde(default)]
+    pub disabled_at: Option<u64>,
 }
 
 impl From<&Account> for AccountView {
@@ -18,6 +21,7 @@ impl From<&Account> for AccountView {
             id: a.id.clone(),
             name: a.name.clone(),
             created_at: a.created_at,
+            disabled_at: a.disabled_at,
         }
     }
 }

@@ -49,6 +49,11 @@ pub fn new_key_id() -> Result<String, RandomError> {
     random_base62::<20>("key_")
 }
 
+/// A new user id: `usr_` and 20 base62 characters.
+pub fn new_user_id() -> Result<String, RandomError> {
+    random_base62::<20>("usr_")
+}
+
 /// A new admin token: 40 base62 characters (~238 bits).
 pub fn new_admin_token() -> Result<String, RandomError> {
     random_base62::<40>(ADMIN_TOKEN_PREFIX)

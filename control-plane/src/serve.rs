@@ -6,9 +6,11 @@ use crate::auth::token_matches;
 use crate::clock::now_unix;
 use crate::keymap::KeyMapCache;
 use crate::log::log_event;
+use crate::mail::{MailError, MailRoute, Mailer};
 use crate::random::{new_admin_token, RandomError};
 use crate::service::Service;
 use crate::store::{Store, StoreError};
+use crate::web::{secure_cookies_from_env, CustomerOptions};
 use axum::serve::ListenerExt;
 use keygate_core::digest::Digest;
 use std::net::SocketAddr;
@@ -25,6 +27,14 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     pub sync_token: Option<String>,
     pub purge_interval: Duration,
+    pub customers: CustomerSetup,
+}
+
+/// The customer pages' mail and links, as given.
+pub struct CustomerSetup {
+    pub public_url: Option<String>,
+    pub mail: Option<MailRoute>,
+    pub mail_from: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +58,25 @@ pub enum ServeError {
     },
     #[error("the server stopped: {0}")]
     Server(#[source] std::io::Error),
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    #[error("--public-url must be an http:// or https:// URL without a query (e.g. https://keys.example.com), not {0:?}")]
+    PublicUrl(String),
 }
 
 pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeError> {
+    let public_url = options
+        .customers
+        .public_url
+        .as_deref()
+        .map(check_public_url)
+        .transpose()?;
+    let mailer = options
+        .customers
+        .mail
+        .as_ref()
+        .map(|route| Mailer::start(route, &options.customers.mail_from))
+        .transpose()?;
     let admin_digest = ensure_admin_token(store.as_ref(), options.admin_token.as_deref())?;
     let sync_digest = options.sync_token.as_deref().map(Digest::of_key);
     let keymap = KeyMapCache::new(store.key_map_status()?);
@@ -91,6 +117,25 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
             "listening on http://{addr} (key map at /v1/keymap: {keymap_access}; operator page at \
              http://{addr}/ui/)"
         ));
+        let public_url = public_url.unwrap_or_else(|| format!("http://{addr}"));
+        log_event(&match &mailer {
+            Some(mailer) => match &mailer.outbox {
+                Some(dir) => format!(
+                    "customer sign-up at {public_url}/signup; mail is written to {}",
+                    dir.display()
+                ),
+                None => format!("customer sign-up at {public_url}/signup; mail goes by SMTP"),
+            },
+            None => format!(
+                "customer sign-in at {public_url}/login; sign-up and password reset need mail \
+                 (--smtp-url or --outbox)"
+            ),
+        });
+        let customers = CustomerOptions {
+            secure_cookies: public_url.starts_with("https://") || secure_cookies_from_env(),
+            public_url,
+            mailer,
+        };
         tokio::spawn(maintain(Arc::clone(&state), options.purge_interval));
         // Small answers go out at once: no Nagle delay between a poll and its 304.
         let listener = listener.tap_io(|tcp| {
@@ -99,7 +144,7 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
             }
         });
         // The operator's page (`/ui/`) beside the API; connection info for its throttle.
-        let app = router(Arc::clone(&state)).merge(crate::web::router(state));
+        let app = router(Arc::clone(&state)).merge(crate::web::router(state, customers));
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -108,6 +153,25 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
         .await
         .map_err(ServeError::Server)
     })
+}
+
+/// A public URL as links use it: http(s), a host, no query or fragment, no trailing slash.
+fn check_public_url(url: &str) -> Result<String, ServeError> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"));
+    let ok = rest.is_some_and(|r| {
+        !r.is_empty()
+            && !r.starts_with('/')
+            && !r.contains(['?', '#', ' ', '"', '<', '>', '\\'])
+            && r.chars().all(|c| c.is_ascii_graphic())
+    });
+    if ok {
+        Ok(trimmed.to_string())
+    } else {
+        Err(ServeError::PublicUrl(url.to_string()))
+    }
 }
 
 /// Checks the given admin token against the stored digest, or sets it up on first start:

@@ -85,6 +85,7 @@ impl Service {
             id: new_account_id()?,
             name: name.map(validate_account_name).transpose()?,
             created_at: now,
+            disabled_at: None,
         };
         let issued = KeyKind::ALL
             .iter()
@@ -247,7 +248,7 @@ fn view_of(changed: Versioned<crate::store::KeyRecord>, now: u64) -> Changed<Key
 }
 
 /// A fresh key of `kind` for `account_id`: what the store keeps, and the plaintext to show.
-fn issue(account_id: &str, kind: KeyKind) -> ServiceResult<(NewKey, String)> {
+pub(crate) fn issue(account_id: &str, kind: KeyKind) -> ServiceResult<(NewKey, String)> {
     let plaintext = new_api_key(kind)?;
     let new_key = NewKey {
         key_id: new_key_id()?,

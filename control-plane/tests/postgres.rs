@@ -502,7 +502,7 @@ fn the_schema_is_migrated_once_and_recorded() {
         .query("SELECT version FROM keygate_schema_migrations", &[])
         .expect("schema table");
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     // No plaintext key in the database: digests and hints only.
     let agent = common::agent();
     let created = replicas[0].post(&agent, "/v1/accounts", "{}").body;

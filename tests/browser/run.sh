@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The operator page's browser tests: installs what they need (Debian's chromium and
-# chromedriver, Selenium in the project's venv), builds keygatectl and the filter, and runs
-# them in headless Chromium. Loopback only. `make browser` runs this.
-# KEYGATE_SCREENSHOT=docs/keys-page.png refreshes the README's screenshot of the account page
-# (by default it is written to target/browser/keys-page.png). Extra arguments go to pytest.
+# The browser tests (the operator page; a customer's journey with real SMTP and Envoy):
+# installs what they need (Debian's chromium and chromedriver, Selenium in the project's
+# venv), builds keygatectl and the filter, and runs them in headless Chromium. Loopback only. `make browser` runs this.
+# KEYGATE_SCREENSHOT=docs/keys-page.png refreshes the README's screenshot of the operator's
+# account page, KEYGATE_ACCOUNT_SCREENSHOT=docs/account-page.png the customers' Settings →
+# Account (and docs/account-page-phone.png beside it); by default both go to target/browser/.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

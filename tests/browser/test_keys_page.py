@@ -314,6 +314,8 @@ def test_a_key_rolled_on_the_page_is_refused_by_envoy(ctl, browser, upstream):
     config = harness.localize(config, ports)
     service = harness.service_config(config)
     service.update({"interval_ms": 200, "timeout_ms": 500})
+    if getattr(ctl, "sync_token", None):  # a keygatectl whose key map needs its sync token
+        service["bearer_token"] = ctl.sync_token
     harness.set_service_config(config, service)
     envoy = harness.Envoy(config, concurrency=2)
     envoy.start()
@@ -325,7 +327,7 @@ def test_a_key_rolled_on_the_page_is_refused_by_envoy(ctl, browser, upstream):
             return r.status_code, (r.json().get("error", {}).get("code") if r.status_code != 200 else None)
 
         page = KeysPage(browser, ctl.base)
-        page.open("/")
+        page.open("/ui/")
         assert page.path == "/ui/login"
         page.sign_in(ctl.token)
         page.create_account("Envoy check")

@@ -148,3 +148,46 @@ class KeysPage:
         """revoke, disable or enable a key with its button."""
         button = self.row(key_id).find_element(By.CSS_SELECTOR, f"form[action$='/{action}'] button")
         self.submit(button, confirm="for good" if action == "revoke" else None)
+
+
+class CustomerPages(KeysPage):
+    """The customer's pages: sign-up, the email link, sign-in, reset, Settings → Account."""
+
+    def fill(self, fields, button="main form button[type=submit]"):
+        """Types `fields` ({css id: text}) into the page's form and sends it."""
+        for name, value in fields.items():
+            field = self.find(f"#{name}")
+            if not field.get_attribute("readonly"):
+                field.clear()
+                field.send_keys(value)
+        self.submit(self.find(button))
+
+    def sign_up(self, email, password):
+        self.open("/signup")
+        self.fill({"email": email, "password": password})
+
+    def sign_in(self, email, password):
+        self.open("/login")
+        self.fill({"email": email, "password": password})
+
+    def confirm(self, link, password):
+        """Opens an emailed sign-up link and confirms it with the password."""
+        self.d.get(link)
+        self.fill({"password": password})
+
+    def key_rows(self):
+        """Settings → Account's keys: {key_id: {label, env, hint, status, state, rolled}}."""
+        rows = {}
+        for table in self.find_all("table.keys"):
+            env = table.find_element(By.TAG_NAME, "caption").get_attribute("textContent")
+            for row in table.find_elements(By.CSS_SELECTOR, "tr[data-key-id]"):
+                cells = {td.get_attribute("data-label"): td for td in row.find_elements(By.TAG_NAME, "td")}
+                rows[row.get_attribute("data-key-id")] = {
+                    "label": row.find_element(By.TAG_NAME, "th").text,
+                    "env": env,
+                    "hint": row.find_element(By.CSS_SELECTOR, "code.hint").text,
+                    "status": row.get_attribute("data-status"),
+                    "state": row.find_element(By.CSS_SELECTOR, ".state").text,
+                    "rolled": cells["Last rolled"].text,
+                }
+        return rows

@@ -1,14 +1,18 @@
 //! The store: accounts, key records (digests and hints only, never a plaintext key), the key
-//! map's version and its change log, and the admin token's digest.
+//! map's version and its change log, the admin token's digest, and the customers who sign in
+//! to their accounts (`customers.rs`).
 //!
 //! `Store` is the seam for backends: SQLite (`sqlite.rs`, the default: one file) and
 //! PostgreSQL (`postgres.rs`: several replicas over one database). Every method is one
 //! transaction that either happens whole or not at all, takes the current time from the
 //! caller (so tests control the clock) and answers a typed `StoreError`.
 
+pub mod customers;
 pub mod postgres;
+mod postgres_customers;
 pub mod rules;
 pub mod sqlite;
+mod sqlite_customers;
 #[cfg(test)]
 mod tests;
 
@@ -19,6 +23,7 @@ use keygate_sync_core::message::KeyMapMessage;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use customers::CustomerStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -40,6 +45,8 @@ pub struct Account {
     pub id: String,
     pub name: Option<String>,
     pub created_at: u64,
+    /// Set while the operator has disabled the account: its users cannot sign in.
+    pub disabled_at: Option<u64>,
 }
 
 /// Where a key came from: issued here (shown once), or imported by digest.
@@ -194,6 +201,8 @@ pub enum StoreError {
     AccountNotFound(String),
     #[error("no key {0}")]
     KeyNotFound(String),
+    #[error("no user {0}")]
+    UserNotFound(String),
     #[error("a key with this digest is already stored (key {0})")]
     DuplicateDigest(String),
     #[error("the id {0} is already taken")]
@@ -223,7 +232,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The operations keygatectl needs from a backend. Each call is one transaction.
-pub trait Store: Send + Sync {
+pub trait Store: CustomerStore + Send + Sync {
     /// Creates an account with its keys; the account id and key ids are the caller's. The
     /// keys are answered in the order given.
     fn create_account(

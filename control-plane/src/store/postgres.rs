@@ -38,7 +38,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// Schema migrations, in order; migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/0001_initial.sql"),
+    include_str!("migrations/postgres/0003_customers.sql"),
+];
 
 /// The channel every change is announced on (payload: the new version, or `admin_token`).
 pub const CHANGE_CHANNEL: &str = "keygate_changes";
@@ -53,7 +56,8 @@ const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
 
 /// A change waits this long for another replica's write lock before giving up (as SQLite's
 /// busy timeout).
-const WRITE_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '10s'";
+pub(super) const WRITE_BEGIN: &str =
+    "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '10s'";
 /// Reads see one snapshot and take no locks.
 const READ_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
@@ -222,7 +226,7 @@ impl PostgresStore {
     }
 
     /// Runs `f` between `begin` and COMMIT (ROLLBACK when it fails).
-    fn transaction<T>(
+    pub(super) fn transaction<T>(
         &self,
         begin: &str,
         f: impl FnOnce(&mut Client) -> StoreResult<T>,
@@ -246,7 +250,7 @@ impl PostgresStore {
 
     /// A change: takes the key map's row lock first, so that changes on every replica run
     /// one at a time and each statement sees every change committed before it.
-    fn write<T>(&self, f: impl FnOnce(&mut Client) -> StoreResult<T>) -> StoreResult<T> {
+    pub(super) fn write<T>(&self, f: impl FnOnce(&mut Client) -> StoreResult<T>) -> StoreResult<T> {
         self.transaction(WRITE_BEGIN, |c| {
             c.query_one(
                 "SELECT version FROM keymap_state WHERE id = 1 FOR UPDATE",
@@ -257,13 +261,17 @@ impl PostgresStore {
     }
 
     /// A read from one snapshot.
-    fn read<T>(&self, f: impl FnOnce(&mut Client) -> StoreResult<T>) -> StoreResult<T> {
+    pub(super) fn read<T>(&self, f: impl FnOnce(&mut Client) -> StoreResult<T>) -> StoreResult<T> {
         self.transaction(READ_BEGIN, f)
     }
 
     /// Bumps the key-map version, records which digests changed in it, trims the change log
     /// and announces the version (delivered when the transaction commits).
-    fn bump_version(&self, c: &mut Client, changes: &[(&Digest, ChangeOp)]) -> StoreResult<u64> {
+    pub(super) fn bump_version(
+        &self,
+        c: &mut Client,
+        changes: &[(&Digest, ChangeOp)],
+    ) -> StoreResult<u64> {
         let version: i64 = c
             .query_one(
                 "UPDATE keymap_state SET version = version + 1 WHERE id = 1 RETURNING version",
@@ -390,17 +398,17 @@ pub fn schema_version(client: &mut Client) -> StoreResult<Option<u32>> {
 }
 
 /// Unix seconds as PostgreSQL's BIGINT.
-fn signed(value: u64) -> StoreResult<i64> {
+pub(super) fn signed(value: u64) -> StoreResult<i64> {
     i64::try_from(value).map_err(|_| {
         StoreError::Backend(format!("{value} does not fit PostgreSQL's BIGINT").into())
     })
 }
 
-fn unsigned(value: i64) -> StoreResult<u64> {
+pub(super) fn unsigned(value: i64) -> StoreResult<u64> {
     u64::try_from(value).map_err(|_| corrupt("negative number", &value.to_string()))
 }
 
-fn unsigned_opt(value: Option<i64>) -> StoreResult<Option<u64>> {
+pub(super) fn unsigned_opt(value: Option<i64>) -> StoreResult<Option<u64>> {
     value.map(unsigned).transpose()
 }
 
@@ -462,17 +470,18 @@ fn load_key(c: &mut Client, key_id: &str) -> StoreResult<KeyRecord> {
         .ok_or_else(|| StoreError::KeyNotFound(key_id.to_string()))
 }
 
-fn account_from_row(row: &Row) -> StoreResult<Account> {
+pub(super) fn account_from_row(row: &Row) -> StoreResult<Account> {
     Ok(Account {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
         created_at: unsigned(row.try_get(2)?)?,
+        disabled_at: unsigned_opt(row.try_get(3)?)?,
     })
 }
 
-fn load_account(c: &mut Client, account_id: &str) -> StoreResult<Account> {
+pub(super) fn load_account(c: &mut Client, account_id: &str) -> StoreResult<Account> {
     match c.query_opt(
-        "SELECT id, name, created_at FROM accounts WHERE id = $1",
+        "SELECT id, name, created_at, disabled_at FROM accounts WHERE id = $1",
         &[&account_id],
     )? {
         Some(row) => account_from_row(&row),
@@ -481,7 +490,7 @@ fn load_account(c: &mut Client, account_id: &str) -> StoreResult<Account> {
 }
 
 /// Inserts a key after checking that neither its id nor its digest is taken.
-fn insert_key(c: &mut Client, key: &NewKey, now: u64) -> StoreResult<KeyRecord> {
+pub(super) fn insert_key(c: &mut Client, key: &NewKey, now: u64) -> StoreResult<KeyRecord> {
     let digest_hex = key.digest.to_hex();
     if let Some(row) = c.query_opt("SELECT id FROM keys WHERE digest = $1", &[&digest_hex])? {
         return Err(StoreError::DuplicateDigest(row.try_get(0)?));
@@ -613,7 +622,7 @@ impl Store for PostgresStore {
     fn accounts(&self) -> StoreResult<Vec<Account>> {
         self.read(|c| {
             c.query(
-                "SELECT id, name, created_at FROM accounts ORDER BY created_at, id",
+                "SELECT id, name, created_at, disabled_at FROM accounts ORDER BY created_at, id",
                 &[],
             )?
             .iter()

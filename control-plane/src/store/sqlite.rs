@@ -20,7 +20,10 @@ use std::time::Duration;
 
 /// Schema migrations, in order; migration `i` takes the schema from version `i` to `i + 1`
 /// (files under `migrations/sqlite/`, one per version).
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/sqlite/0001_initial.sql"),
+    include_str!("migrations/sqlite/0003_customers.sql"),
+];
 
 const KEY_COLUMNS: &str = "id, account_id, digest, hint, type, environment, origin, created_at, \
      disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at";
@@ -75,7 +78,10 @@ impl SqliteStore {
 
     /// Runs `f` in a write transaction: IMMEDIATE takes the write lock up front, so two
     /// processes never deadlock upgrading a read lock.
-    fn write<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
+    pub(super) fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         let mut conn = self.lock()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
@@ -84,7 +90,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` in a read transaction, so that its queries see one snapshot.
-    fn read<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
+    pub(super) fn read<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
         let mut conn = self.lock()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
         let value = f(&tx)?;
@@ -93,7 +99,11 @@ impl SqliteStore {
     }
 
     /// Bumps the key-map version and records which digests changed in it.
-    fn bump_version(&self, tx: &Transaction, changes: &[(&Digest, ChangeOp)]) -> StoreResult<u64> {
+    pub(super) fn bump_version(
+        &self,
+        tx: &Transaction,
+        changes: &[(&Digest, ChangeOp)],
+    ) -> StoreResult<u64> {
         let version: u64 = tx.query_row(
             "UPDATE keymap_state SET version = version + 1 WHERE id = 1 RETURNING version",
             [],
@@ -238,24 +248,27 @@ fn load_key(tx: &Transaction, key_id: &str) -> StoreResult<KeyRecord> {
         .ok_or_else(|| StoreError::KeyNotFound(key_id.to_string()))
 }
 
-fn load_account(tx: &Transaction, account_id: &str) -> StoreResult<Account> {
+pub(super) fn load_account(tx: &Transaction, account_id: &str) -> StoreResult<Account> {
     tx.query_row(
-        "SELECT id, name, created_at FROM accounts WHERE id = ?1",
+        "SELECT id, name, created_at, disabled_at FROM accounts WHERE id = ?1",
         [account_id],
-        |r| {
-            Ok(Account {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                created_at: r.get(2)?,
-            })
-        },
+        account_from_row,
     )
     .optional()?
     .ok_or_else(|| StoreError::AccountNotFound(account_id.to_string()))
 }
 
+pub(super) fn account_from_row(r: &Row) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+        disabled_at: r.get(3)?,
+    })
+}
+
 /// Inserts a key after checking that neither its id nor its digest is taken.
-fn insert_key(tx: &Transaction, key: &NewKey, now: u64) -> StoreResult<KeyRecord> {
+pub(super) fn insert_key(tx: &Transaction, key: &NewKey, now: u64) -> StoreResult<KeyRecord> {
     let digest_hex = key.digest.to_hex();
     let holder: Option<String> = tx
         .query_row(
@@ -371,16 +384,11 @@ impl Store for SqliteStore {
 
     fn accounts(&self) -> StoreResult<Vec<Account>> {
         self.read(|tx| {
-            let mut stmt =
-                tx.prepare("SELECT id, name, created_at FROM accounts ORDER BY created_at, id")?;
+            let mut stmt = tx.prepare(
+                "SELECT id, name, created_at, disabled_at FROM accounts ORDER BY created_at, id",
+            )?;
             let accounts = stmt
-                .query_map([], |r| {
-                    Ok(Account {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        created_at: r.get(2)?,
-                    })
-                })?
+                .query_map([], account_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(accounts)
         })

@@ -15,10 +15,15 @@
 //! plaintext is handed from the POST to the next page through a one-time server-side flash,
 //! so reloading never shows it again.
 
-mod html;
-mod pages;
-mod session;
+mod backoff;
+mod customer;
+mod flash;
+pub(crate) mod html;
+pub(crate) mod pages;
+pub(crate) mod session;
+pub mod signin;
 mod throttle;
+mod views;
 
 use crate::api::AppState;
 use axum::extract::connect_info::ConnectInfo;
@@ -29,11 +34,14 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+pub use customer::CustomerOptions;
+pub use html::url_segment;
+pub use session::random_token;
 use session::{SessionInfo, Sessions};
-use std::collections::HashMap;
+use signin::SignInThrottle;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use throttle::LoginThrottle;
+pub use throttle::bucket as throttle_bucket;
 
 /// Set to 1 (or true) to mark cookies `Secure` even when no proxy says the request was https.
 pub const SECURE_COOKIES_ENV: &str = "KEYGATE_SECURE_COOKIES";
@@ -51,7 +59,7 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 pub struct Web {
     app: Arc<AppState>,
     sessions: Sessions,
-    throttle: LoginThrottle,
+    throttle: SignInThrottle,
     /// Mark every cookie `Secure`.
     always_secure: bool,
 }
@@ -63,14 +71,14 @@ impl Web {
         Web {
             app,
             sessions: Sessions::default(),
-            throttle: LoginThrottle::default(),
+            throttle: SignInThrottle::default(),
             always_secure,
         }
     }
 
     /// The session the request's cookie names, if it is live.
     fn session(&self, headers: &HeaderMap) -> Option<SessionInfo> {
-        let value = cookie(headers, SESSION_COOKIE)?;
+        let value = signin::cookie_value(headers, SESSION_COOKIE)?;
         self.sessions.get(&value, self.app.admin_digest())
     }
 
@@ -80,11 +88,25 @@ impl Web {
     }
 }
 
-/// The page's routes, to be merged into the API's router.
-pub fn router(app: Arc<AppState>) -> Router {
+/// Whether cookies are marked `Secure` whatever the request says (KEYGATE_SECURE_COOKIES).
+pub fn secure_cookies_from_env() -> bool {
+    std::env::var(SECURE_COOKIES_ENV).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
+}
+
+/// The pages' routes (the customer's at `/`, the operator's under `/ui/`), to be merged into
+/// the API's router.
+pub fn router(app: Arc<AppState>, customers: CustomerOptions) -> Router {
+    router_parts(app, customers).0
+}
+
+/// The pages' routes and the customer pages' shared state (which tests look into).
+pub(crate) fn router_parts(
+    app: Arc<AppState>,
+    customers: CustomerOptions,
+) -> (Router, Arc<customer::CustomerWeb>) {
+    let (customer, customer_web) = customer::router(Arc::clone(&app), customers);
     let web = Arc::new(Web::new(app));
-    Router::new()
-        .route("/", get(pages::root))
+    let router = Router::new()
         .route("/ui", get(pages::root))
         .route("/ui/", get(pages::home))
         .route("/ui/app.css", get(pages::css))
@@ -97,11 +119,18 @@ pub fn router(app: Arc<AppState>) -> Router {
         )
         .route("/ui/accounts/{account_id}", get(pages::account_page))
         .route("/ui/keys/{key_id}/{action}", post(pages::key_action))
+        .route(
+            "/ui/accounts/{account_id}/{action}",
+            post(pages::account_action),
+        )
+        .route("/ui/users/{user_id}/{action}", post(pages::user_action))
         .route("/ui/{*rest}", get(pages::not_found))
+        .with_state(web)
+        .merge(customer)
         .method_not_allowed_fallback(pages::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
-        .layer(middleware::map_response(security_headers))
-        .with_state(web)
+        .layer(middleware::map_response(security_headers));
+    (router, customer_web)
 }
 
 /// Headers on every answer of the page.
@@ -146,29 +175,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-/// The value of cookie `name`, from any `Cookie` header.
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
-/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, scoped to `/ui`; `max_age` 0 deletes.
-pub fn set_cookie(name: &str, value: &str, max_age: u64, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    let text =
-        format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={max_age}{secure}");
-    // Names are constants and values hex: always a valid header value.
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn forwarded_https(headers: &HeaderMap) -> bool {
+pub fn forwarded_https(headers: &HeaderMap) -> bool {
     let proto = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
@@ -208,40 +215,6 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Parses an `application/x-www-form-urlencoded` body. The first value of a name wins;
-/// `None` for anything that is not valid UTF-8 after decoding.
-pub fn parse_form(body: &[u8]) -> Option<HashMap<String, String>> {
-    let text = std::str::from_utf8(body).ok()?;
-    let mut fields = HashMap::new();
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(name)?;
-        let value = percent_decode(value)?;
-        fields.entry(name).or_insert(value);
-    }
-    Some(fields)
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
 /// An HTML answer.
 pub fn html(status: StatusCode, body: String) -> Response {
     (
@@ -277,45 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn forms_are_decoded() {
-        let form =
-            parse_form(b"name=Acme+%26+Co&csrf=ab%2Fc&name=second&empty=&flag").expect("form");
-        assert_eq!(form["name"], "Acme & Co");
-        assert_eq!(form["csrf"], "ab/c");
-        assert_eq!(form["empty"], "");
-        assert_eq!(form["flag"], "");
-        assert_eq!(parse_form(b"name=%C3%A9").expect("utf8")["name"], "é");
-        assert!(parse_form(b"name=%ZZ").is_none());
-        assert!(parse_form(b"name=%C3").is_none());
-        assert!(parse_form(b"name=%4").is_none());
-        assert!(parse_form(&[0xff]).is_none());
-    }
-
-    #[test]
-    fn cookies_are_found_by_exact_name() {
-        let h = headers(&[
-            ("cookie", "a=1; keygate_session_x=2"),
-            ("cookie", "keygate_session=abc ; b=3"),
-        ]);
-        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
-        assert_eq!(cookie(&h, "missing"), None);
-        assert_eq!(
-            cookie(&headers(&[("cookie", "keygate_session=")]), SESSION_COOKIE),
-            None
-        );
-    }
-
-    #[test]
-    fn cookies_are_http_only_strict_and_scoped() {
-        let v = set_cookie(SESSION_COOKIE, "abc", 28800, false);
-        assert_eq!(
-            v.to_str().expect("ascii"),
-            "keygate_session=abc; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=28800"
-        );
-        assert!(set_cookie(SESSION_COOKIE, "abc", 0, true)
-            .to_str()
-            .expect("ascii")
-            .ends_with("Max-Age=0; Secure"));
+    fn https_behind_a_proxy_is_recognised() {
         assert!(forwarded_https(&headers(&[("x-forwarded-proto", "https")])));
         assert!(forwarded_https(&headers(&[(
             "forwarded",

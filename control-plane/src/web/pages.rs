@@ -1,15 +1,15 @@
-//! The page's handlers: sign-in and sign-out, the accounts list, an account's keys, and the
-//! forms that change them. Changes answer `303 See Other` (POST-redirect-GET) with a
-//! one-time notice, or the new keys, waiting in the session for the next page.
+//! The operator page's handlers: sign-in and sign-out, the accounts list, an account's keys
+//! and the people who sign in to it, and the forms that change them. Pages are askama
+//! templates (`templates/operator/`). Changes answer `303 See Other` (POST-redirect-GET)
+//! with a one-time notice, or the new keys, waiting in the session for the next page.
 
-use super::html::{
-    csrf_field, env_word, esc, kind_label, notice, page, relative, time, type_label, url_segment,
-    Chrome, APP_CSS, APP_JS,
-};
+use super::html::{APP_CSS, APP_JS};
 use super::session::{secrets_match, NewKeys, Notice, SessionInfo, ShownKey};
+use super::signin::{cookie_header, form_token_ok, seconds_text, with_retry_after};
 use super::throttle::Failure;
+use super::views::{render, shown_keys, Chrome, KeyRow, NoticeView, ShownKeyView, Stamp};
 use super::{
-    cookie, html, parse_form, same_origin, see_other, set_cookie, ClientIp, Web, LOGIN_COOKIE,
+    html::kind_label, same_origin, see_other, url_segment, ClientIp, Web, LOGIN_COOKIE,
     SESSION_COOKIE,
 };
 use crate::auth::token_matches;
@@ -18,17 +18,15 @@ use crate::log::log_event;
 use crate::model::{AccountView, KeyView};
 use crate::service::{KeyChange, Service, ServiceError, ServiceResult};
 use crate::store::StoreError;
-use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use askama::Template;
+use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keygate_core::key::{Environment, KeyType};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The grace periods offered when rolling a key: (seconds, label).
 pub const GRACE_CHOICES: [(u64, &str); 4] = [
@@ -39,6 +37,7 @@ pub const GRACE_CHOICES: [(u64, &str); 4] = [
 ];
 /// Accounts listed at most on one page (search narrows it).
 const MAX_LISTED: usize = 200;
+const COOKIE_PATH: &str = "/ui";
 
 type WebState = State<Arc<Web>>;
 
@@ -56,9 +55,11 @@ impl From<ServiceError> for Failed {
     fn from(e: ServiceError) -> Failed {
         let status = match &e {
             ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ServiceError::Store(StoreError::AccountNotFound(_) | StoreError::KeyNotFound(_)) => {
-                StatusCode::NOT_FOUND
-            }
+            ServiceError::Store(
+                StoreError::AccountNotFound(_)
+                | StoreError::KeyNotFound(_)
+                | StoreError::UserNotFound(_),
+            ) => StatusCode::NOT_FOUND,
             ServiceError::Store(
                 StoreError::KeyState { .. }
                 | StoreError::DuplicateDigest(_)
@@ -105,48 +106,59 @@ where
     .map_err(Failed::from)
 }
 
-fn signed_in_page(status: StatusCode, title: &str, session: &SessionInfo, main: &str) -> Response {
-    let chrome = Chrome {
-        title,
-        csrf: Some(&session.csrf),
-    };
-    html(status, page(&chrome, main))
+#[derive(Template)]
+#[template(path = "operator/error.html")]
+struct ErrorPage {
+    chrome: Chrome,
+    notice: NoticeView,
+    back: &'static str,
+    back_text: &'static str,
 }
 
 fn error_page(status: StatusCode, session: Option<&SessionInfo>, message: &str) -> Response {
     let title = status.canonical_reason().unwrap_or("Error");
-    let main = format!(
-        "<h1>{}</h1>\n{}<p><a href=\"/ui/accounts\">Back to the accounts</a></p>\n",
-        esc(title),
-        notice(message, true)
-    );
-    let chrome = Chrome {
-        title,
-        csrf: session.map(|s| s.csrf.as_str()),
+    let page = ErrorPage {
+        chrome: Chrome::operator(title, session.map(|s| s.csrf.as_str())),
+        notice: NoticeView::error(message),
+        back: if session.is_some() {
+            "/ui/accounts"
+        } else {
+            "/ui/"
+        },
+        back_text: if session.is_some() {
+            "Back to the accounts"
+        } else {
+            "Go to the start page"
+        },
     };
-    html(status, page(&chrome, &main))
+    render(status, &page)
 }
 
 fn to_login(reason: &str) -> Response {
     see_other(&format!("/ui/login?m={reason}"))
 }
 
-fn notices_html(web: &Web, session: &SessionInfo) -> String {
-    match web.sessions.take_notice(&session.id) {
-        Some(Notice::Info(text)) => notice(&text, false),
-        Some(Notice::Error(text)) => notice(&text, true),
-        None => String::new(),
-    }
+fn notice_of(web: &Web, session: &SessionInfo) -> Option<NoticeView> {
+    web.sessions.take_notice(&session.id).map(NoticeView::from)
 }
 
-/// A state-changing form's checks: same-origin, a live session, its CSRF token. The error
-/// is the answer to send.
+/// A form that carries only its CSRF token (and maybe a grace period or a name).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct OperatorForm {
+    csrf: String,
+    grace: String,
+    name: String,
+}
+
+/// A state-changing form's checks: same-origin, a live session, a readable form, its CSRF
+/// token. The error is the answer to send.
 #[allow(clippy::result_large_err)]
 fn check_post(
     web: &Web,
     headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(SessionInfo, HashMap<String, String>), Response> {
+    form: Result<Form<OperatorForm>, FormRejection>,
+) -> Result<(SessionInfo, OperatorForm), Response> {
     let session = web.session(headers);
     if !same_origin(headers) {
         return Err(error_page(
@@ -158,17 +170,14 @@ fn check_post(
     let Some(session) = session else {
         return Err(to_login("expired"));
     };
-    let Some(form) = parse_form(body) else {
+    let Ok(Form(form)) = form else {
         return Err(error_page(
             StatusCode::BAD_REQUEST,
             Some(&session),
             "The form could not be read.",
         ));
     };
-    let csrf_ok = form
-        .get("csrf")
-        .is_some_and(|presented| secrets_match(presented, &session.csrf));
-    if !csrf_ok {
+    if form.csrf.is_empty() || !secrets_match(&form.csrf, &session.csrf) {
         return Err(error_page(
             StatusCode::FORBIDDEN,
             Some(&session),
@@ -227,15 +236,10 @@ pub async fn not_found(State(web): WebState, headers: HeaderMap) -> Response {
 }
 
 pub async fn method_not_allowed() -> Response {
-    html(
+    error_page(
         StatusCode::METHOD_NOT_ALLOWED,
-        page(
-            &Chrome {
-                title: "Method not allowed",
-                csrf: None,
-            },
-            "<h1>Method not allowed</h1>\n<p><a href=\"/ui/\">Go to the start page</a></p>\n",
-        ),
+        None,
+        "This page does not take that method.",
     )
 }
 
@@ -245,6 +249,14 @@ pub async fn method_not_allowed() -> Response {
 #[derive(Deserialize)]
 pub struct LoginQuery {
     m: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "operator/login.html")]
+struct LoginPage {
+    chrome: Chrome,
+    notice: Option<NoticeView>,
+    csrf: String,
 }
 
 /// The sign-in form, with a fresh double-submit CSRF token in a cookie and a hidden field.
@@ -258,35 +270,21 @@ fn login_form(
         Ok(token) => token,
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, None, &e.to_string()),
     };
-    let mut main = String::from("<h1>Sign in</h1>\n");
-    if let Some((text, error)) = message {
-        main.push_str(&notice(text, error));
-    }
-    let _ = writeln!(
-        main,
-        "<form method=\"post\" action=\"/ui/login\" class=\"card narrow\">\n{}\n\
-         <label for=\"token\">Admin token</label>\n\
-         <input type=\"password\" id=\"token\" name=\"token\" autocomplete=\"current-password\" \
-         required autofocus spellcheck=\"false\" aria-describedby=\"token-help\">\n\
-         <p id=\"token-help\" class=\"help\">The token this keygatectl was started with \
-         (<code>--admin-token-file</code> or <code>KEYGATE_ADMIN_TOKEN</code>; \
-         <code>make run</code> keeps it in <code>.run/admin-token</code>).</p>\n\
-         <button type=\"submit\">Sign in</button>\n</form>",
-        csrf_field(&token)
-    );
-    let mut response = html(
-        status,
-        page(
-            &Chrome {
-                title: "Sign in",
-                csrf: None,
-            },
-            &main,
-        ),
-    );
+    let page = LoginPage {
+        chrome: Chrome::operator("Sign in", None),
+        notice: message.map(|(text, error)| {
+            if error {
+                NoticeView::error(text)
+            } else {
+                NoticeView::info(text)
+            }
+        }),
+        csrf: token.clone(),
+    };
+    let mut response = render(status, &page);
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(LOGIN_COOKIE, &token, 3600, web.secure(headers)),
+        cookie_header(LOGIN_COOKIE, &token, COOKIE_PATH, 3600, web.secure(headers)),
     );
     response
 }
@@ -308,20 +306,18 @@ pub async fn login_page(
     login_form(&web, &headers, StatusCode::OK, message)
 }
 
-fn seconds_text(d: Duration) -> String {
-    let tenths = d.as_millis().div_ceil(100);
-    if tenths % 10 == 0 {
-        format!("{} s", tenths / 10)
-    } else {
-        format!("{}.{} s", tenths / 10, tenths % 10)
-    }
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct LoginForm {
+    csrf: String,
+    token: String,
 }
 
 pub async fn login(
     State(web): WebState,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
-    body: Bytes,
+    form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     if !same_origin(&headers) {
         return login_form(
@@ -334,8 +330,8 @@ pub async fn login(
             )),
         );
     }
-    if let Err(wait) = web.throttle.check(ip) {
-        let mut response = login_form(
+    if let Err(wait) = web.throttle.check(ip, None) {
+        let response = login_form(
             &web,
             &headers,
             StatusCode::TOO_MANY_REQUESTS,
@@ -347,17 +343,10 @@ pub async fn login(
                 true,
             )),
         );
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return response;
+        return with_retry_after(response, wait);
     }
-    let form = parse_form(&body).unwrap_or_default();
-    let csrf_ok = match (cookie(&headers, LOGIN_COOKIE), form.get("csrf")) {
-        (Some(expected), Some(presented)) => secrets_match(presented, &expected),
-        _ => false,
-    };
-    if !csrf_ok {
+    let form = form.map(|Form(f)| f).unwrap_or_default();
+    if !form_token_ok(&headers, LOGIN_COOKIE, &form.csrf) {
         return login_form(
             &web,
             &headers,
@@ -368,7 +357,7 @@ pub async fn login(
             )),
         );
     }
-    let token = form.get("token").map(|t| t.trim()).unwrap_or("");
+    let token = form.token.trim();
     if token.is_empty() {
         return login_form(
             &web,
@@ -379,7 +368,7 @@ pub async fn login(
     }
     let admin = web.app.admin_digest();
     let Some(admin) = admin.filter(|digest| token_matches(token, digest)) else {
-        let Failure { count, delay } = web.throttle.failed(ip);
+        let Failure { count, delay } = web.throttle.failed(ip, None);
         log_event(&format!(
             "web sign-in refused from {ip}: wrong admin token ({count} in a row)"
         ));
@@ -397,7 +386,7 @@ pub async fn login(
             Some((&message, true)),
         );
     };
-    web.throttle.succeeded(ip);
+    web.throttle.succeeded(ip, None);
     let opened = match web.sessions.open(admin) {
         Ok(opened) => opened,
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, None, &e.to_string()),
@@ -408,19 +397,27 @@ pub async fn login(
     let cookies = response.headers_mut();
     cookies.append(
         header::SET_COOKIE,
-        set_cookie(
+        cookie_header(
             SESSION_COOKIE,
             &opened.cookie_value,
+            COOKIE_PATH,
             opened.info.remaining.as_secs(),
             secure,
         ),
     );
-    cookies.append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0, secure));
+    cookies.append(
+        header::SET_COOKIE,
+        cookie_header(LOGIN_COOKIE, "", COOKIE_PATH, 0, secure),
+    );
     response
 }
 
-pub async fn logout(State(web): WebState, headers: HeaderMap, body: Bytes) -> Response {
-    let (session, _) = match check_post(&web, &headers, &body) {
+pub async fn logout(
+    State(web): WebState,
+    headers: HeaderMap,
+    form: Result<Form<OperatorForm>, FormRejection>,
+) -> Response {
+    let (session, _) = match check_post(&web, &headers, form) {
         Ok(checked) => checked,
         Err(response) => return response,
     };
@@ -429,7 +426,7 @@ pub async fn logout(State(web): WebState, headers: HeaderMap, body: Bytes) -> Re
     let mut response = to_login("signed-out");
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, "", 0, web.secure(&headers)),
+        cookie_header(SESSION_COOKIE, "", COOKIE_PATH, 0, web.secure(&headers)),
     );
     response
 }
@@ -446,14 +443,24 @@ fn account_name(account: &AccountView) -> &str {
     account.name.as_deref().unwrap_or("(no name)")
 }
 
-fn matches_search(account: &AccountView, needle: &str, key_account: Option<&str>) -> bool {
-    needle.is_empty()
-        || key_account == Some(account.id.as_str())
-        || account.id.to_lowercase().contains(needle)
-        || account
-            .name
-            .as_deref()
-            .is_some_and(|n| n.to_lowercase().contains(needle))
+pub struct AccountRow {
+    id: String,
+    name: String,
+    created: Stamp,
+    live_keys: usize,
+    disabled: bool,
+}
+
+#[derive(Template)]
+#[template(path = "operator/accounts.html")]
+struct AccountsPage {
+    chrome: Chrome,
+    notice: Option<NoticeView>,
+    query: String,
+    summary: String,
+    rows: Vec<AccountRow>,
+    truncated: bool,
+    csrf: String,
 }
 
 pub async fn accounts_page(
@@ -478,6 +485,10 @@ pub async fn accounts_page(
                 *live.entry(key.account_id).or_default() += 1;
             }
         }
+        let mut emails: HashMap<String, Vec<String>> = HashMap::new();
+        for user in service.store().users(None)? {
+            emails.entry(user.account_id).or_default().push(user.email);
+        }
         // A key id finds its account.
         let key_account = match key_query {
             Some(id) => match service.store().key(&id) {
@@ -487,10 +498,10 @@ pub async fn accounts_page(
             },
             None => None,
         };
-        Ok((accounts, live, key_account))
+        Ok((accounts, live, emails, key_account))
     })
     .await;
-    let (mut accounts, live, key_account) = match listing {
+    let (mut accounts, live, emails, key_account) = match listing {
         Ok(listing) => listing,
         Err(f) => return error_page(f.status, Some(&session), &f.message),
     };
@@ -499,22 +510,18 @@ pub async fn accounts_page(
     let needle = q.to_lowercase();
     let found: Vec<&AccountView> = accounts
         .iter()
-        .filter(|a| matches_search(a, &needle, key_account.as_deref()))
+        .filter(|a| {
+            needle.is_empty()
+                || key_account.as_deref() == Some(a.id.as_str())
+                || a.id.to_lowercase().contains(&needle)
+                || a.name
+                    .as_deref()
+                    .is_some_and(|n| n.to_lowercase().contains(&needle))
+                || emails
+                    .get(&a.id)
+                    .is_some_and(|list| list.iter().any(|e| e.contains(&needle)))
+        })
         .collect();
-
-    let mut main = String::from("<h1>Accounts</h1>\n");
-    main.push_str(&notices_html(&web, &session));
-    let _ = writeln!(
-        main,
-        "<form method=\"get\" action=\"/ui/accounts\" role=\"search\" class=\"search\">\n\
-         <label for=\"q\">Search accounts</label>\n\
-         <input type=\"search\" id=\"q\" name=\"q\" value=\"{}\" \
-         placeholder=\"Name, account id or key id\" aria-describedby=\"q-help\">\n\
-         <button type=\"submit\">Search</button>\n\
-         <p id=\"q-help\" class=\"help\">Matches part of a name or account id, or a whole key id.</p>\n\
-         </form>",
-        esc(&q)
-    );
     let plural = if accounts.len() == 1 { "" } else { "s" };
     let summary = if q.is_empty() {
         format!("{} account{plural}", accounts.len())
@@ -525,63 +532,38 @@ pub async fn accounts_page(
             accounts.len()
         )
     };
-    let _ = writeln!(
-        main,
-        "<p class=\"summary\" role=\"status\">{}</p>",
-        esc(&summary)
-    );
-    if !found.is_empty() {
-        main.push_str(
-            "<div class=\"table-wrap\"><table class=\"accounts\">\n<caption class=\"vh\">Accounts</caption>\n<thead><tr>\
-             <th scope=\"col\">Name</th><th scope=\"col\">Account id</th>\
-             <th scope=\"col\">Created</th><th scope=\"col\">Live keys</th></tr></thead>\n<tbody>\n",
-        );
-        for account in found.iter().take(MAX_LISTED) {
-            let _ = writeln!(
-                main,
-                "<tr><th scope=\"row\" data-label=\"Name\"><a href=\"/ui/accounts/{}\">{}</a></th>\
-                 <td data-label=\"Account id\"><code>{}</code></td>\
-                 <td data-label=\"Created\">{}</td><td data-label=\"Live keys\">{}</td></tr>",
-                url_segment(&account.id),
-                esc(account_name(account)),
-                esc(&account.id),
-                time(account.created_at),
-                live.get(&account.id).copied().unwrap_or(0)
-            );
-        }
-        main.push_str("</tbody>\n</table></div>\n");
-        if found.len() > MAX_LISTED {
-            let _ = writeln!(
-                main,
-                "<p class=\"help\">Showing the newest {MAX_LISTED}; search to narrow the list.</p>"
-            );
-        }
-    }
-    let _ = writeln!(
-        main,
-        "<section class=\"card\" aria-labelledby=\"create-heading\">\n\
-         <h2 id=\"create-heading\">Create an account</h2>\n\
-         <form method=\"post\" action=\"/ui/accounts\">\n{}\n\
-         <label for=\"name\">Account name (optional)</label>\n\
-         <input type=\"text\" id=\"name\" name=\"name\" maxlength=\"100\" autocomplete=\"off\" \
-         aria-describedby=\"name-help\">\n\
-         <p id=\"name-help\" class=\"help\">The account comes with four keys: secret and \
-         publishable, test and production. They are shown once, on the next page.</p>\n\
-         <button type=\"submit\">Create account</button>\n</form>\n</section>",
-        csrf_field(&session.csrf)
-    );
-    signed_in_page(StatusCode::OK, "Accounts", &session, &main)
+    let page = AccountsPage {
+        chrome: Chrome::operator("Accounts", Some(&session.csrf)),
+        notice: notice_of(&web, &session),
+        query: q.clone(),
+        summary,
+        rows: found
+            .iter()
+            .take(MAX_LISTED)
+            .map(|a| AccountRow {
+                id: a.id.clone(),
+                name: account_name(a).to_string(),
+                created: Stamp::new(a.created_at),
+                live_keys: live.get(&a.id).copied().unwrap_or(0),
+                disabled: a.disabled_at.is_some(),
+            })
+            .collect(),
+        truncated: found.len() > MAX_LISTED,
+        csrf: session.csrf.clone(),
+    };
+    render(StatusCode::OK, &page)
 }
 
-pub async fn create_account(State(web): WebState, headers: HeaderMap, body: Bytes) -> Response {
-    let (session, form) = match check_post(&web, &headers, &body) {
+pub async fn create_account(
+    State(web): WebState,
+    headers: HeaderMap,
+    form: Result<Form<OperatorForm>, FormRejection>,
+) -> Response {
+    let (session, form) = match check_post(&web, &headers, form) {
         Ok(checked) => checked,
         Err(response) => return response,
     };
-    let name = form
-        .get("name")
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty());
+    let name = Some(form.name.trim().to_string()).filter(|n| !n.is_empty());
     let created = run(&web, true, move |service, now| {
         service.create_account(name.as_deref(), now)
     })
@@ -632,201 +614,70 @@ pub async fn create_account(State(web): WebState, headers: HeaderMap, body: Byte
 }
 
 // ---------------------------------------------------------------------------------------
-// One account's keys
+// One account's keys and people
 
 fn is_live(key: &KeyView) -> bool {
     matches!(key.status.as_str(), "active" | "expiring" | "disabled")
 }
 
-/// The state as the page words it: `active`, `expiring at … (in …)`, `disabled since …`,
-/// `revoked at …`, `expired at …`.
-fn state_html(key: &KeyView, now: u64) -> String {
-    let status = key.status.as_str();
-    let text = match status {
-        "expiring" => match key.expires_at {
-            Some(at) => format!("expiring at {} ({})", time(at), relative(at, now)),
-            None => "expiring".into(),
-        },
-        "disabled" => {
-            let mut text = match key.disabled_at {
-                Some(at) => format!("disabled since {}", time(at)),
-                None => "disabled".into(),
-            };
-            if let Some(at) = key.expires_at {
-                let _ = write!(text, "; expires at {} ({})", time(at), relative(at, now));
-            }
-            text
-        }
-        "revoked" => match key.revoked_at {
-            Some(at) => format!("revoked at {}", time(at)),
-            None => "revoked".into(),
-        },
-        "expired" => match key.expires_at.or(key.removed_at) {
-            Some(at) => format!("expired at {}", time(at)),
-            None => "expired".into(),
-        },
-        _ => "active".into(),
-    };
-    format!(
-        "<span class=\"state state-{}\">{}</span>",
-        esc(status),
-        text
-    )
+pub struct KeyGroup {
+    id: &'static str,
+    title: &'static str,
+    rows: Vec<KeyRow>,
 }
 
-/// The forms a live key offers.
-fn actions_html(key: &KeyView, csrf: &str) -> String {
-    let id = url_segment(&key.key_id);
-    let what = format!("{} {}", kind_label(key.kind()).to_lowercase(), key.hint);
-    let mut out = String::new();
-    if key.replaced_by.is_none() {
-        let _ = write!(
-            out,
-            "<form method=\"post\" action=\"/ui/keys/{id}/roll\" class=\"roll\" \
-             data-confirm-now=\"Roll {what_attr} now? The current key stops working at once.\">\
-             {csrf}<label for=\"grace-{id}\">Old key stops</label>\
-             <select id=\"grace-{id}\" name=\"grace\">",
-            what_attr = esc(&what),
-            csrf = csrf_field(csrf),
-        );
-        for (seconds, label) in GRACE_CHOICES {
-            let _ = write!(out, "<option value=\"{seconds}\">{label}</option>");
-        }
-        let _ = write!(
-            out,
-            "</select><button type=\"submit\">Roll<span class=\"vh\"> {}</span></button></form>",
-            esc(&what)
-        );
-    }
-    let (toggle, toggle_label) = if key.status == "disabled" {
-        ("enable", "Enable")
-    } else {
-        ("disable", "Disable")
-    };
-    let _ = write!(
-        out,
-        "<form method=\"post\" action=\"/ui/keys/{id}/{toggle}\" class=\"inline\">{csrf}\
-         <button type=\"submit\" class=\"secondary\">{toggle_label}<span class=\"vh\"> {what}</span></button></form>\
-         <form method=\"post\" action=\"/ui/keys/{id}/revoke\" class=\"inline\" \
-         data-confirm=\"Revoke {what}? It stops working at once, for good.\">{csrf}\
-         <button type=\"submit\" class=\"danger\">Revoke<span class=\"vh\"> {what}</span></button></form>",
-        csrf = csrf_field(csrf),
-        what = esc(&what),
-    );
-    out
+pub struct UserRow {
+    id: String,
+    email: String,
+    created: Stamp,
+    disabled_at: Option<Stamp>,
 }
 
-fn key_rows(
-    out: &mut String,
-    keys: &[&KeyView],
-    last_rolled: &HashMap<&str, u64>,
-    csrf: &str,
-    now: u64,
-    with_actions: bool,
-) {
-    for key in keys {
-        let rolled = key
-            .rolled_at
-            .or_else(|| last_rolled.get(key.key_id.as_str()).copied());
-        let rolled = rolled.map_or_else(|| "never".to_string(), time);
-        let _ = write!(
-            out,
-            "<tr id=\"{id_attr}\" data-key-id=\"{id_attr}\" data-status=\"{status}\">\
-             <th scope=\"row\" data-label=\"Key\">{label}</th>\
-             <td data-label=\"Value\"><code class=\"hint\">{hint}</code>\
-             <span class=\"keyid\">{id_attr}</span></td>\
-             <td data-label=\"Created\">{created}</td>\
-             <td data-label=\"Last rolled\">{rolled}</td>\
-             <td data-label=\"State\">{state}</td>",
-            id_attr = esc(&key.key_id),
-            status = esc(&key.status),
-            label = if with_actions {
-                type_label(key.key_type).to_string()
-            } else {
-                kind_label(key.kind())
-            },
-            hint = esc(&key.hint),
-            created = time(key.created_at),
-            state = state_html(key, now),
-        );
-        if with_actions {
-            let _ = write!(
-                out,
-                "<td data-label=\"Actions\" class=\"actions\">{}</td>",
-                actions_html(key, csrf)
-            );
-        }
-        out.push_str("</tr>\n");
-    }
-}
-
-fn key_table_head(out: &mut String, caption: &str, with_actions: bool) {
-    let _ = writeln!(
-        out,
-        "<div class=\"table-wrap\"><table class=\"keys\">\n<caption class=\"vh\">{}</caption>\n<thead><tr>\
-         <th scope=\"col\">Key</th><th scope=\"col\">Value</th><th scope=\"col\">Created</th>\
-         <th scope=\"col\">Last rolled</th><th scope=\"col\">State</th>{}</tr></thead>\n<tbody>",
-        esc(caption),
-        if with_actions {
-            "<th scope=\"col\">Actions</th>"
-        } else {
-            ""
-        }
-    );
-}
-
-fn new_keys_html(new_keys: &NewKeys) -> String {
-    let one = new_keys.keys.len() == 1;
-    let mut out = format!(
-        "<section class=\"reveal\" aria-labelledby=\"reveal-heading\">\n\
-         <h2 id=\"reveal-heading\">{}</h2>\n\
-         <p class=\"warn\"><strong>Copy {} now: {} will not be shown again.</strong> keygatectl \
-         keeps only a digest; reloading or leaving this page hides it for good.</p>\n",
-        if one { "Your new key" } else { "Your new keys" },
-        if one { "it" } else { "them" },
-        if one { "it" } else { "they" },
-    );
-    for (i, key) in new_keys.keys.iter().enumerate() {
-        let label = kind_label(key.kind);
-        let _ = writeln!(
-            out,
-            "<div class=\"newkey\" data-key-id=\"{key_id}\">\
-             <span class=\"newkey-label\" id=\"newkey-label-{i}\">{label}</span>\
-             <code class=\"secret\" id=\"newkey-{i}\" aria-labelledby=\"newkey-label-{i}\">{plaintext}</code>\
-             <button type=\"button\" class=\"copy\" data-copy=\"newkey-{i}\" data-status=\"copied-{i}\">\
-             Copy<span class=\"vh\"> {label_lower}</span></button>\
-             <span class=\"copied\" id=\"copied-{i}\" role=\"status\" aria-live=\"polite\"></span></div>",
-            key_id = esc(&key.key_id),
-            label = esc(&label),
-            label_lower = esc(&label.to_lowercase()),
-            plaintext = esc(&key.plaintext),
-        );
-    }
-    out.push_str("</section>\n");
-    out
+#[derive(Template)]
+#[template(path = "operator/account.html")]
+struct AccountPage {
+    chrome: Chrome,
+    name: String,
+    account_id: String,
+    created: Stamp,
+    disabled_at: Option<Stamp>,
+    notice: Option<NoticeView>,
+    new_keys: Vec<ShownKeyView>,
+    groups: Vec<KeyGroup>,
+    history: Vec<KeyRow>,
+    users: Vec<UserRow>,
+    csrf: String,
+    grace_choices: Vec<(u64, &'static str)>,
 }
 
 pub async fn account_page(
     State(web): WebState,
     headers: HeaderMap,
-    Path(account_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let Some(session) = web.session(&headers) else {
         return to_login("expired");
     };
-    let lookup = account_id.clone();
+    let Ok(Path(account_id)) = path else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            Some(&session),
+            "There is no such account.",
+        );
+    };
     let detail = run(&web, false, move |service, now| {
-        Ok((service.account(&lookup, now)?, now))
+        let detail = service.account(&account_id, now)?;
+        let users = service.store().users(Some(&account_id))?;
+        Ok((detail, users, now))
     })
     .await;
-    let (detail, now) = match detail {
+    let (detail, users, now) = match detail {
         Ok(detail) => detail,
         Err(f) => return error_page(f.status, Some(&session), &f.message),
     };
     // Taken now: whatever happens next, these plaintexts are gone from the server.
     let new_keys = web.sessions.take_new_keys(&session.id, &detail.account.id);
     let account = &detail.account;
-    let name = account_name(account);
 
     // A key's last roll is its own (an old key) or its predecessor's (the key that replaced).
     let last_rolled: HashMap<&str, u64> = detail
@@ -834,20 +685,7 @@ pub async fn account_page(
         .iter()
         .filter_map(|k| Some((k.replaced_by.as_deref()?, k.rolled_at?)))
         .collect();
-
-    let mut main = format!(
-        "<nav aria-label=\"Breadcrumb\" class=\"crumbs\"><a href=\"/ui/accounts\">Accounts</a> \
-         <span aria-hidden=\"true\">›</span> <span aria-current=\"page\">{}</span></nav>\n\
-         <h1>{}</h1>\n<p class=\"meta\">Account <code>{}</code> · created {}</p>\n",
-        esc(name),
-        esc(name),
-        esc(&account.id),
-        time(account.created_at)
-    );
-    main.push_str(&notices_html(&web, &session));
-    if let Some(new_keys) = &new_keys {
-        main.push_str(&new_keys_html(new_keys));
-    }
+    let row = |k: &&KeyView| KeyRow::new(k, last_rolled.get(k.key_id.as_str()).copied(), now);
     // Live keys by environment, secret first, newest first; then the history.
     let mut live: Vec<&KeyView> = detail.keys.iter().filter(|k| is_live(k)).collect();
     live.sort_by(|a, b| {
@@ -857,55 +695,153 @@ pub async fn account_page(
             .then(b.created_at.cmp(&a.created_at))
             .then(a.key_id.cmp(&b.key_id))
     });
-    for environment in [Environment::Test, Environment::Production] {
-        let title = match environment {
-            Environment::Test => "Test keys",
-            Environment::Production => "Production keys",
-        };
-        let keys: Vec<&KeyView> = live
+    let groups = [
+        (Environment::Test, "test-keys", "Test keys"),
+        (
+            Environment::Production,
+            "production-keys",
+            "Production keys",
+        ),
+    ]
+    .into_iter()
+    .map(|(environment, id, title)| KeyGroup {
+        id,
+        title,
+        rows: live
             .iter()
-            .copied()
             .filter(|k| k.environment == environment)
-            .collect();
-        let heading_id = format!("{}-keys", env_word(environment));
-        let _ = writeln!(
-            main,
-            "<section aria-labelledby=\"{heading_id}\">\n<h2 id=\"{heading_id}\">{title}</h2>"
-        );
-        if keys.is_empty() {
-            main.push_str("<p class=\"help\">No live keys.</p>\n");
-        } else {
-            key_table_head(&mut main, title, true);
-            key_rows(&mut main, &keys, &last_rolled, &session.csrf, now, true);
-            main.push_str("</tbody>\n</table></div>\n");
-        }
-        main.push_str("</section>\n");
-    }
+            .map(row)
+            .collect(),
+    })
+    .collect();
     let mut history: Vec<&KeyView> = detail.keys.iter().filter(|k| !is_live(k)).collect();
-    if !history.is_empty() {
-        history.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then(a.key_id.cmp(&b.key_id))
-        });
-        let _ = writeln!(
-            main,
-            "<section aria-labelledby=\"history-keys\">\n<h2 id=\"history-keys\">Revoked and expired keys</h2>\n\
-             <details><summary>{} {}</summary>",
-            history.len(),
-            if history.len() == 1 { "key" } else { "keys" }
+    history.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(a.key_id.cmp(&b.key_id))
+    });
+    let name = account_name(account).to_string();
+    let page = AccountPage {
+        chrome: Chrome::operator(&name, Some(&session.csrf)),
+        name,
+        account_id: account.id.clone(),
+        created: Stamp::new(account.created_at),
+        disabled_at: account.disabled_at.map(Stamp::new),
+        notice: notice_of(&web, &session),
+        new_keys: shown_keys(new_keys),
+        groups,
+        history: history.iter().map(row).collect(),
+        users: users
+            .into_iter()
+            .map(|u| UserRow {
+                id: u.id,
+                email: u.email,
+                created: Stamp::new(u.created_at),
+                disabled_at: u.disabled_at.map(Stamp::new),
+            })
+            .collect(),
+        csrf: session.csrf.clone(),
+        grace_choices: GRACE_CHOICES.to_vec(),
+    };
+    render(StatusCode::OK, &page)
+}
+
+// ---------------------------------------------------------------------------------------
+// Disabling people and accounts
+
+/// `POST /ui/accounts/{account_id}/{disable|enable}` and `/ui/users/{user_id}/{…}`.
+pub async fn account_action(
+    State(web): WebState,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    form: Result<Form<OperatorForm>, FormRejection>,
+) -> Response {
+    sign_in_switch(web, headers, path, form, Target::Account).await
+}
+
+pub async fn user_action(
+    State(web): WebState,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    form: Result<Form<OperatorForm>, FormRejection>,
+) -> Response {
+    sign_in_switch(web, headers, path, form, Target::User).await
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Account,
+    User,
+}
+
+async fn sign_in_switch(
+    web: Arc<Web>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    form: Result<Form<OperatorForm>, FormRejection>,
+    target: Target,
+) -> Response {
+    let (session, _) = match check_post(&web, &headers, form) {
+        Ok(checked) => checked,
+        Err(response) => return response,
+    };
+    let Ok(Path((id, action))) = path else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            Some(&session),
+            "There is no such page.",
         );
-        key_table_head(&mut main, "Revoked and expired keys", false);
-        key_rows(&mut main, &history, &last_rolled, &session.csrf, now, false);
-        main.push_str("</tbody>\n</table></div>\n</details>\n</section>\n");
-    }
-    let _ = writeln!(
-        main,
-        "<p class=\"help\">The same from the command line: \
-         <code>keygatectl key list --account {}</code></p>",
-        esc(&account.id)
+    };
+    let disabled = match action.as_str() {
+        "disable" => true,
+        "enable" => false,
+        _ => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                Some(&session),
+                "There is no such action.",
+            )
+        }
+    };
+    let outcome = run(&web, false, move |service, now| {
+        let store = service.store();
+        Ok(match target {
+            Target::Account => {
+                let account = store.set_account_disabled(&id, disabled, now)?;
+                (
+                    account.id.clone(),
+                    format!("The account {}", account.name.unwrap_or(account.id)),
+                )
+            }
+            Target::User => {
+                let user = store.set_user_disabled(&id, disabled, now)?;
+                (user.account_id, user.email)
+            }
+        })
+    })
+    .await;
+    let (account_id, what) = match outcome {
+        Ok(outcome) => outcome,
+        Err(f) => return error_page(f.status, Some(&session), &f.message),
+    };
+    let verb = if disabled { "disabled" } else { "enabled" };
+    log_event(&format!(
+        "sign-in of {} {verb} (web page)",
+        match target {
+            Target::Account => format!("account {account_id}"),
+            Target::User => format!("a user of account {account_id}"),
+        }
+    ));
+    let effect = if disabled {
+        ": its sessions ended, and it cannot sign in until enabled"
+    } else {
+        ": it can sign in again"
+    };
+    web.sessions.set_notice(
+        &session.id,
+        Notice::Info(format!("{what} is {verb}{effect}.")),
     );
-    signed_in_page(StatusCode::OK, name, &session, &main)
+    see_other(&format!("/ui/accounts/{}", url_segment(&account_id)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -914,12 +850,19 @@ pub async fn account_page(
 pub async fn key_action(
     State(web): WebState,
     headers: HeaderMap,
-    Path((key_id, action)): Path<(String, String)>,
-    body: Bytes,
+    path: Result<Path<(String, String)>, PathRejection>,
+    form: Result<Form<OperatorForm>, FormRejection>,
 ) -> Response {
-    let (session, form) = match check_post(&web, &headers, &body) {
+    let (session, form) = match check_post(&web, &headers, form) {
         Ok(checked) => checked,
         Err(response) => return response,
+    };
+    let Ok(Path((key_id, action))) = path else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            Some(&session),
+            "There is no such page.",
+        );
     };
     let change = match action.as_str() {
         "roll" => None,
@@ -935,7 +878,7 @@ pub async fn key_action(
         }
     };
     let grace = if change.is_none() {
-        let chosen = form.get("grace").and_then(|g| g.parse::<u64>().ok());
+        let chosen = form.grace.parse::<u64>().ok();
         match chosen.filter(|g| GRACE_CHOICES.iter().any(|(s, _)| s == g)) {
             Some(grace) => grace,
             None => {
@@ -1080,28 +1023,57 @@ mod tests {
         }
     }
 
+    fn page_of(keys: Vec<KeyView>) -> String {
+        let row = |k: &KeyView| KeyRow::new(k, None, 1_700_000_000);
+        AccountPage {
+            chrome: Chrome::operator("A<b>", Some("tok\"en")),
+            name: "A<b>".into(),
+            account_id: "acct_1".into(),
+            created: Stamp::new(1_700_000_000),
+            disabled_at: None,
+            notice: None,
+            new_keys: Vec::new(),
+            groups: vec![KeyGroup {
+                id: "test-keys",
+                title: "Test keys",
+                rows: keys.iter().map(row).collect(),
+            }],
+            history: Vec::new(),
+            users: Vec::new(),
+            csrf: "tok\"en".into(),
+            grace_choices: GRACE_CHOICES.to_vec(),
+        }
+        .render()
+        .expect("render")
+    }
+
     #[test]
     fn states_read_as_hypertrack_words_them() {
-        let now = 1_700_000_000;
-        assert!(state_html(&key("expiring"), now).contains("expiring at <time"));
-        assert!(state_html(&key("expiring"), now).contains("(in 24 h)"));
-        assert!(state_html(&key("revoked"), now).contains("revoked at"));
-        assert!(state_html(&key("active"), now).contains(">active<"));
+        let html = page_of(vec![key("expiring")]);
+        assert!(html.contains("expiring at <time"), "{html}");
+        assert!(html.contains("(in 24 h)"));
+        let html = page_of(vec![key("active")]);
+        assert!(html.contains(">active</span>"));
     }
 
     #[test]
     fn actions_escape_what_they_show_and_carry_csrf() {
-        let forms = actions_html(&key("active"), "tok");
-        assert!(!forms.contains("<b>") && !forms.contains("<x>"));
-        assert!(forms.contains("&lt;b&gt;"));
-        assert_eq!(forms.matches("name=\"csrf\" value=\"tok\"").count(), 3);
-        assert!(forms.contains("/ui/keys/key_%3Cx%3E/roll"));
+        let html = page_of(vec![key("active")]);
+        assert!(!html.contains("<b>") && !html.contains("<x>"));
+        assert!(html.contains("&lt;b&gt;"));
+        assert!(html.contains("<title>A&lt;b&gt; · keygate</title>"));
+        // Three key forms and sign-out, each with the escaped token.
+        assert!(html.matches("name=\"csrf\" value=\"tok&quot;en\"").count() >= 4);
+        assert!(html.contains("/ui/keys/key_%3Cx%3E/roll"));
         for (seconds, _) in GRACE_CHOICES {
-            assert!(forms.contains(&format!("value=\"{seconds}\"")));
+            assert!(html.contains(&format!("value=\"{seconds}\"")));
         }
         let mut rolled = key("expiring");
         rolled.replaced_by = Some("key_new".into());
-        let forms = actions_html(&rolled, "tok");
-        assert!(!forms.contains("/roll"), "a rolled key is not rolled again");
+        let html = page_of(vec![rolled]);
+        assert!(
+            !html.contains("/roll\""),
+            "a rolled key is not rolled again"
+        );
     }
 }

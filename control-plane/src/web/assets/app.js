@@ -1,4 +1,4 @@
-// keygate's operator page: copy buttons, confirmations, no double submits. The page works
+// keygate's pages: copy buttons, confirmations, no double submits. The page works
 // without it (keys can be selected and copied by hand; forms post without confirming).
 "use strict";
 
