@@ -11,14 +11,18 @@ mod commands;
 mod duration;
 mod error;
 mod export;
+mod hosts;
 mod keymap;
+mod keymap_endpoint;
 mod log;
 mod model;
 mod output;
 mod random;
+mod secret_file;
 mod serve;
 mod service;
 mod store;
+mod sync_token;
 mod web;
 
 use clap::Parser;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{send, Api, Server, StartOptions, ADMIN_TOKEN};
+use common::{send, Answer, Api, Server, StartOptions, ADMIN_TOKEN, SYNC_TOKEN};
 use keygate_core::sync::{parse_message, KeyMapMessage};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -263,35 +263,62 @@ fn bad_requests_get_json_errors_with_fitting_statuses() {
     assert_eq!(duplicate.body["error"]["code"], "duplicate_key");
 }
 
+fn tag(store: &str, version: u64) -> String {
+    format!("\"{store}:{version}\"")
+}
+
+fn version_of(answer: &Answer) -> u64 {
+    answer.body["version"].as_u64().expect("version")
+}
+
 #[test]
 fn the_key_map_answers_304_for_its_etag_and_deltas_since_a_version() {
     let server = Server::start();
     let api = Api::new(&server);
     let empty = api.key_map(None, None);
     assert_eq!(empty.status, 200);
-    assert_eq!(empty.etag.as_deref(), Some("\"0\""));
+    let store = empty.store.clone().expect("keygate-store");
+    assert_eq!(store.len(), 32);
+    assert_eq!(empty.etag, Some(tag(&store, 0)));
     assert_eq!(
         empty.body,
         json!({"kind": "full", "version": 0, "keys": []})
     );
 
     let created = api.create_account(None);
-    let first = api.key_map(None, Some("\"0\""));
+    let first = api.key_map(None, Some(&tag(&store, 0)));
     assert_eq!(first.status, 200);
-    assert_eq!(first.etag.as_deref(), Some("\"1\""));
+    let v1 = version_of(&first);
+    // Versions follow the clock (unix milliseconds) once something changes.
+    assert!(v1 > 1_600_000_000_000, "{v1}");
+    assert_eq!(first.etag, Some(tag(&store, v1)));
+    assert_eq!(first.store.as_deref(), Some(store.as_str()));
     // What the filter parses is what the server sends.
     assert!(parse_message(first.text.as_bytes()).is_ok());
     assert_eq!(first.body["keys"].as_array().expect("keys").len(), 4);
-    let unchanged = api.key_map(None, Some("\"1\""));
+    let unchanged = api.key_map(None, Some(&tag(&store, v1)));
     assert_eq!(unchanged.status, 304);
-    assert_eq!(unchanged.etag.as_deref(), Some("\"1\""));
+    assert_eq!(unchanged.etag, Some(tag(&store, v1)));
+    assert_eq!(unchanged.store.as_deref(), Some(store.as_str()));
     assert!(unchanged.text.is_empty());
-    assert_eq!(api.key_map(Some(1), Some("\"1\"")).status, 304);
-    let up_to_date = api.key_map(Some(1), None);
+    assert_eq!(api.key_map(Some(v1), Some(&tag(&store, v1))).status, 304);
+    // Weak, listed, or the bare version filters sent before store ids: the same.
+    for tags in [
+        format!("W/{}", tag(&store, v1)),
+        format!("\"x\", {}", tag(&store, v1)),
+        format!("\"{v1}\""),
+    ] {
+        assert_eq!(api.key_map(None, Some(&tags)).status, 304, "{tags}");
+    }
+    // Another store's version is another map.
+    let other = "0123456789abcdef0123456789abcdef";
+    assert_eq!(api.key_map(None, Some(&tag(other, v1))).status, 200);
+    let up_to_date = api.key_map(Some(v1), None);
     assert_eq!(
         up_to_date.body,
-        json!({"kind": "delta", "version": 1, "since": 1, "upserts": [], "removes": []})
+        json!({"kind": "delta", "version": v1, "since": v1, "upserts": [], "removes": []})
     );
+    assert_eq!(up_to_date.store.as_deref(), Some(store.as_str()));
 
     // Disable one key, revoke another, roll a third: each a new version.
     let ids: Vec<String> = created["keys"]
@@ -306,13 +333,14 @@ fn the_key_map_answers_304_for_its_etag_and_deltas_since_a_version() {
         &format!("/v1/keys/{}/roll", ids[2]),
         r#"{"expires_in_seconds":600}"#,
     );
-    assert_eq!(
-        api.key_map(None, Some("\"1\"")).etag.as_deref(),
-        Some("\"4\"")
-    );
+    let changed = api.key_map(None, Some(&tag(&store, v1)));
+    let v4 = version_of(&changed);
+    assert!(v4 >= v1 + 3, "{v1} → {v4}");
+    assert_eq!(changed.etag, Some(tag(&store, v4)));
 
-    let delta = api.key_map(Some(1), None);
-    assert_eq!(delta.etag.as_deref(), Some("\"4\""));
+    let delta = api.key_map(Some(v1), None);
+    assert_eq!(delta.etag, Some(tag(&store, v4)));
+    assert_eq!(delta.store.as_deref(), Some(store.as_str()));
     let message: KeyMapMessage = serde_json::from_str(&delta.text).expect("message");
     let KeyMapMessage::Delta {
         version,
@@ -323,7 +351,7 @@ fn the_key_map_answers_304_for_its_etag_and_deltas_since_a_version() {
     else {
         panic!("expected a delta: {}", delta.text);
     };
-    assert_eq!((version, since), (4, 1));
+    assert_eq!((version, since), (v4, v1));
     let upserted: BTreeMap<String, _> =
         upserts.into_iter().map(|k| (k.key_id.clone(), k)).collect();
     let new_key = key_id(&rolled.body["new_key"]);
@@ -339,12 +367,75 @@ fn the_key_map_answers_304_for_its_etag_and_deltas_since_a_version() {
         removes,
         vec![created["keys"][1]["digest"].as_str().expect("digest")]
     );
+}
 
-    // A since in the future gets the full map.
-    let future = api.key_map(Some(99), None);
-    assert_eq!(future.body["kind"], "full");
-    assert_eq!(future.body["version"], 4);
-    assert_eq!(future.body["keys"].as_array().expect("keys").len(), 4);
+/// A delta only from a version this store issued, and only for this store: anything else
+/// gets the full map.
+#[test]
+fn deltas_answer_only_this_store_s_own_versions() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.create_account(None);
+    let v1 = api.key_map_version();
+    api.create_account(None);
+    let full = api.key_map(None, None);
+    let (store, v2) = (full.store.clone().expect("store"), version_of(&full));
+    let kind = |query: &str| {
+        let answer = api.key_map_query(Some(query), None);
+        assert_eq!(answer.status, 200, "{query}: {}", answer.text);
+        assert_eq!(answer.store.as_deref(), Some(store.as_str()), "{query}");
+        assert_eq!(version_of(&answer), v2, "{query}");
+        answer.body["kind"].as_str().expect("kind").to_string()
+    };
+    assert_eq!(kind(&format!("since={v1}")), "delta");
+    assert_eq!(kind(&format!("since={v1}&store={store}")), "delta");
+    // The same number from another store is not this store's version.
+    let other = "0123456789abcdef0123456789abcdef";
+    assert_eq!(kind(&format!("since={v1}&store={other}")), "full");
+    // A number between two versions this store issued, or one it never issued.
+    assert_eq!(kind(&format!("since={}", v1 + 1)), "full");
+    assert_eq!(kind("since=1"), "full");
+    assert_eq!(kind(&format!("store={store}")), "full");
+    for bad in ["store=ABC", "store=0123", "since=x", "since=1&other=2"] {
+        let answer = api.key_map_query(Some(bad), None);
+        assert_eq!(answer.status, 400, "{bad}");
+        assert_eq!(answer.body["error"]["code"], "invalid_request");
+    }
+}
+
+/// A poll holding a version newer than the store's: the database went back (restored from
+/// an older copy). The store records an empty change so that its version passes every one
+/// handed out, at most once a second, never to the poller's number; the poller gets the
+/// full map.
+#[test]
+fn a_poll_from_the_future_moves_the_store_past_it() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.create_account(None);
+    let full = api.key_map(None, None);
+    let (store, current) = (full.store.clone().expect("store"), version_of(&full));
+    let ahead = current + 1;
+    let answer = api.key_map_query(Some(&format!("since={ahead}&store={store}")), None);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body["kind"], "full");
+    assert_eq!(answer.body["keys"].as_array().map(Vec::len), Some(4));
+    let bumped = version_of(&answer);
+    assert!(bumped > current, "{current} → {bumped}");
+    assert_eq!(answer.etag, Some(tag(&store, bumped)));
+    assert!(
+        server.log().contains("restored from an older copy"),
+        "{}",
+        server.log()
+    );
+    // A rogue poller's number is never taken.
+    let rogue = api.key_map_query(Some(&format!("since={}", u64::MAX)), None);
+    assert_eq!(rogue.body["kind"], "full");
+    assert!(version_of(&rogue) < 1 << 62);
+    // Another store's future version is nothing to this store.
+    let other = "0123456789abcdef0123456789abcdef";
+    let before = api.key_map_version();
+    let answer = api.key_map_query(Some(&format!("since={}&store={other}", u64::MAX)), None);
+    assert_eq!(version_of(&answer), before);
 }
 
 #[test]
@@ -448,11 +539,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn a_sync_token_guards_the_key_map_when_configured() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token_file = dir.path().join("sync-token");
-    std::fs::write(&token_file, "sync-token-0123456789\n").expect("write");
     let server = Server::start_with(StartOptions {
-        extra_args: vec!["--sync-token-file".into(), token_file.display().to_string()],
+        sync_token: Some("sync-token-0123456789"),
         ..StartOptions::default()
     })
     .expect("start");
@@ -595,9 +683,10 @@ fn concurrent_rolls_and_polls_keep_the_map_consistent() {
             reader.join().expect("reader");
         }
         let final_map = api.key_map(None, None);
-        assert_eq!(
-            final_map.body["version"].as_u64().expect("version"),
-            start_version + (WRITERS * ROLLS) as u64
+        // Each roll a version of its own: at least one more each.
+        assert!(
+            final_map.body["version"].as_u64().expect("version")
+                >= start_version + (WRITERS * ROLLS) as u64
         );
         let keys = final_map.body["keys"].as_array().expect("keys");
         assert_eq!(keys.len(), WRITERS * 4);
@@ -644,12 +733,13 @@ fn conditional_polls_are_cheap() {
     let server = Server::start();
     let api = Api::new(&server);
     api.create_account(None);
-    let version = api.key_map_version();
+    let etag = api.key_map(None, None).etag.expect("etag");
     let address = server.base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     let request = format!(
-        "GET /v1/keymap HTTP/1.1\r\nHost: {address}\r\nIf-None-Match: \"{version}\"\r\n\r\n"
+        "GET /v1/keymap HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {SYNC_TOKEN}\r\n\
+         If-None-Match: {etag}\r\n\r\n"
     );
     let mut buffer = [0u8; 1024];
     let started = Instant::now();
@@ -667,7 +757,7 @@ fn conditional_polls_are_cheap() {
             String::from_utf8_lossy(&seen)
         );
     }
+    // How fast is `make bench`'s business; a timed assertion would only be a flake.
     let rate = POLLS as f64 / started.elapsed().as_secs_f64();
     eprintln!("{rate:.0} conditional polls per second on one connection");
-    assert!(rate > 300.0, "only {rate:.0} polls/s");
 }

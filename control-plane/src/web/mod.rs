@@ -18,7 +18,7 @@
 mod html;
 mod pages;
 mod session;
-mod throttle;
+pub(crate) mod throttle;
 
 use crate::api::AppState;
 use axum::extract::connect_info::ConnectInfo;

@@ -1,0 +1,302 @@
+//! `GET /v1/keymap[?since=<version>&store=<store id>]`: the key map the filters poll.
+//!
+//! Every answer (200 full, 200 delta, 304) names the store it comes from in the
+//! `keygate-store` header and in its ETag, `"<store>:<version>"`. A delta is answered only
+//! when `since` is a version this store issued and still has the changes after (and `store`,
+//! if given, is this store); anything else gets the full map, served from memory: full maps
+//! are built one at a time and shared by every poll that waits for one, so polls with an
+//! unknown `since` cost a lookup, not a build. A `since` newer than the store's version means
+//! the database went back to an older copy: the store records an empty change (at most once
+//! a second) so its version passes the poller's, and the poller gets the full map.
+
+use crate::api::{ApiError, AppState};
+use crate::clock::now_unix;
+use crate::keymap::{etag, if_none_match_matches, Encoding};
+use crate::log::log_event;
+use crate::store::{DeltaLookup, StoreId, StoredKeyMap};
+use crate::web::ClientIp;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keygate_core::config::build_key_map;
+use keygate_core::sync::{encode_binary_full, KeyMapMessage, BINARY_CONTENT_TYPE};
+use serde::Deserialize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The response header naming the store an answer comes from.
+pub const STORE_HEADER: HeaderName = HeaderName::from_static("keygate-store");
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyMapQuery {
+    since: Option<u64>,
+    store: Option<String>,
+}
+
+/// What a poll asked for, checked.
+struct Poll {
+    since: Option<u64>,
+    store: Option<StoreId>,
+}
+
+fn parse_poll(query: Result<Query<KeyMapQuery>, QueryRejection>) -> Result<Poll, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("query: {e}")))?;
+    let store = match query.store.as_deref() {
+        None => None,
+        Some(text) => Some(StoreId::parse(text).ok_or_else(|| {
+            ApiError::invalid("store must be a store id: 32 lowercase hex characters")
+        })?),
+    };
+    Ok(Poll {
+        since: query.since,
+        store,
+    })
+}
+
+pub(crate) async fn key_map(
+    State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    query: Result<Query<KeyMapQuery>, QueryRejection>,
+) -> Response {
+    if let Err(refused) = state.authorize_key_map(&headers, ip).await {
+        return refused;
+    }
+    let poll = match parse_poll(query) {
+        Ok(poll) => poll,
+        Err(e) => return e.into_response(),
+    };
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    let encoding = wanted_encoding(&headers);
+    let now = now_unix();
+    let cached_store = state.keymap.status().store;
+    let same_store = is_store(poll.store.as_ref(), &cached_store);
+    // An unchanged map is answered from memory.
+    if let Some((store, version)) = state.keymap.fresh(now) {
+        if if_none_match.is_some_and(|tags| if_none_match_matches(tags, &store, version)) {
+            return not_modified(&store, version);
+        }
+        if same_store && poll.since == Some(version) {
+            return empty_delta(&store, version);
+        }
+    }
+    if let (Some(since), true) = (poll.since, same_store) {
+        match delta(&state, since, poll.store.as_ref()).await {
+            Ok(Some(answer)) => return answer,
+            Ok(None) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
+    full(&state, encoding, if_none_match).await
+}
+
+/// True when a poll's `store` names `store`, or names none: a poll without one means this
+/// store (filters before store ids).
+fn is_store(given: Option<&StoreId>, store: &StoreId) -> bool {
+    given.map_or(true, |given| given == store)
+}
+
+/// Runs store work on the blocking pool.
+async fn blocking<T, F>(state: &Arc<AppState>, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+{
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || work(&state))
+        .await
+        .map_err(|e| ApiError::internal(&format!("a store task failed: {e}")))?
+}
+
+/// The delta since `since`, or `None` when the full map must answer.
+async fn delta(
+    state: &Arc<AppState>,
+    since: u64,
+    wanted_store: Option<&StoreId>,
+) -> Result<Option<Response>, ApiError> {
+    let lookup = blocking(state, move |state| {
+        state
+            .service()
+            .store()
+            .key_map_delta(since, now_unix())
+            .map_err(|e| ApiError::internal(&e.to_string()))
+    })
+    .await?;
+    match lookup {
+        // The store may have changed lineage since the cache was read.
+        DeltaLookup::Delta(stored) if is_store(wanted_store, &stored.store) => {
+            let body = encode_json(&stored.message)?;
+            Ok(Some(answer(
+                &stored.store,
+                stored.message.version(),
+                body,
+                Encoding::Json,
+            )))
+        }
+        DeltaLookup::Ahead { store, version } if is_store(wanted_store, &store) => {
+            blocking(state, move |state| {
+                if state.record_restore(&store, since) {
+                    log_event(&format!(
+                        "a poll held key map version {since}, newer than store {store}'s \
+                         {version}: the database was restored from an older copy (or the \
+                         poller is not one of its filters)"
+                    ));
+                    state.refresh_key_map_status();
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The full map, from memory when current, else built (one build at a time).
+async fn full(state: &Arc<AppState>, encoding: Encoding, if_none_match: Option<&str>) -> Response {
+    let (store, version, body) = match full_map(state, encoding).await {
+        Ok(full) => full,
+        Err(e) => return e.into_response(),
+    };
+    if if_none_match.is_some_and(|tags| if_none_match_matches(tags, &store, version)) {
+        return not_modified(&store, version);
+    }
+    answer(&store, version, body, encoding)
+}
+
+/// The current full map in `encoding`. Polls that find none cached queue for the one
+/// build; each then finds the map the build before it cached.
+async fn full_map(
+    state: &Arc<AppState>,
+    encoding: Encoding,
+) -> Result<(StoreId, u64, Bytes), ApiError> {
+    if let Some(cached) = state.keymap.cached_full(now_unix(), encoding) {
+        return Ok(cached);
+    }
+    let _building = state.full_build.lock().await;
+    if let Some(cached) = state.keymap.cached_full(now_unix(), encoding) {
+        return Ok(cached);
+    }
+    let built = blocking(state, move |state| build_full(state, encoding)).await?;
+    state
+        .keymap
+        .remember_full(&built.0, built.1, built.2.clone(), encoding);
+    Ok(built)
+}
+
+/// Reads and encodes the full map (blocking), then refreshes the cached status so that
+/// the map just built is the current one.
+fn build_full(state: &AppState, encoding: Encoding) -> Result<(StoreId, u64, Bytes), ApiError> {
+    let started = Instant::now();
+    let StoredKeyMap { store, message } = state
+        .service()
+        .store()
+        .read_key_map(None, now_unix())
+        .map_err(|e| ApiError::internal(&e.to_string()))?;
+    let version = message.version();
+    let (count, body) = match &message {
+        KeyMapMessage::Full { keys, .. } => (keys.len(), encode_full(&message, encoding)?),
+        KeyMapMessage::Delta { .. } => {
+            return Err(ApiError::internal(
+                "the store answered a delta for the full map",
+            ))
+        }
+    };
+    state.refresh_key_map_status();
+    let builds = state.full_builds.fetch_add(1, Ordering::Relaxed) + 1;
+    log_event(&format!(
+        "built the full key map: store {store}, version {version}, {count} keys, {} bytes \
+         ({encoding:?}) in {} ms (build {builds})",
+        body.len(),
+        started.elapsed().as_millis()
+    ));
+    Ok((store, version, body))
+}
+
+fn encode_full(message: &KeyMapMessage, encoding: Encoding) -> Result<Bytes, ApiError> {
+    match (encoding, message) {
+        // keygate's binary form (what the fetcher asks for: ~75 bytes a key instead of
+        // ~190, and no JSON parse in the VM). Deltas stay JSON: they are small.
+        (Encoding::Binary, KeyMapMessage::Full { version, keys }) => {
+            let map = build_key_map(keys, "keys")
+                .map_err(|e| ApiError::internal(&format!("cannot encode the key map: {e}")))?;
+            Ok(Bytes::from(encode_binary_full(*version, &map)))
+        }
+        _ => encode_json(message),
+    }
+}
+
+fn encode_json(message: &KeyMapMessage) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(message)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(&format!("cannot encode the key map: {e}")))
+}
+
+/// The encoding a poller asked for with `Accept`.
+fn wanted_encoding(headers: &HeaderMap) -> Encoding {
+    let binary = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().starts_with(BINARY_CONTENT_TYPE))
+        });
+    if binary {
+        Encoding::Binary
+    } else {
+        Encoding::Json
+    }
+}
+
+/// A poll from a filter that is up to date: nothing changed, and memory knows it.
+fn empty_delta(store: &StoreId, version: u64) -> Response {
+    let message = KeyMapMessage::Delta {
+        version,
+        since: version,
+        upserts: Vec::new(),
+        removes: Vec::new(),
+    };
+    match encode_json(&message) {
+        Ok(body) => answer(store, version, body, Encoding::Json),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn not_modified(store: &StoreId, version: u64) -> Response {
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
+    name_the_version(&mut response, store, version);
+    response
+}
+
+fn answer(store: &StoreId, version: u64, body: Bytes, encoding: Encoding) -> Response {
+    let content_type = match encoding {
+        Encoding::Json => "application/json",
+        Encoding::Binary => BINARY_CONTENT_TYPE,
+    };
+    let mut response = (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response();
+    name_the_version(&mut response, store, version);
+    response
+}
+
+/// `keygate-store` and `ETag` on every key-map answer.
+fn name_the_version(response: &mut Response, store: &StoreId, version: u64) {
+    // A store id is hex and a version decimal: always valid header values.
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(store.as_str()) {
+        headers.insert(STORE_HEADER, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&etag(store, version)) {
+        headers.insert(header::ETAG, value);
+    }
+}
