@@ -300,3 +300,185 @@ fn name_the_version(response: &mut Response, store: &StoreId, version: u64) {
         headers.insert(header::ETAG, value);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{router, KeyMapAccess};
+    use crate::keymap::KeyMapCache;
+    use crate::service::Service;
+    use crate::store::{
+        Account, AccountWithKeys, KeyMapStatus, KeyRecord, NewKey, Rolled, SqliteStore, Store,
+        StoreResult, Versioned,
+    };
+    use keygate_core::digest::Digest;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    /// A store whose full-map reads take a while and are counted: polls that arrive while
+    /// one runs must wait for it, not start their own.
+    struct SlowFullMaps {
+        inner: SqliteStore,
+        full_reads: AtomicU64,
+    }
+
+    impl Store for SlowFullMaps {
+        fn create_account(
+            &self,
+            account: &Account,
+            keys: &[NewKey],
+        ) -> StoreResult<Versioned<AccountWithKeys>> {
+            self.inner.create_account(account, keys)
+        }
+        fn accounts(&self) -> StoreResult<Vec<Account>> {
+            self.inner.accounts()
+        }
+        fn account(&self, account_id: &str) -> StoreResult<Account> {
+            self.inner.account(account_id)
+        }
+        fn add_key(&self, key: &NewKey, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+            self.inner.add_key(key, now)
+        }
+        fn keys(&self, account_id: Option<&str>) -> StoreResult<Vec<KeyRecord>> {
+            self.inner.keys(account_id)
+        }
+        fn key(&self, key_id: &str) -> StoreResult<KeyRecord> {
+            self.inner.key(key_id)
+        }
+        fn roll_key(
+            &self,
+            key_id: &str,
+            replacement: &NewKey,
+            grace_seconds: u64,
+            now: u64,
+        ) -> StoreResult<Versioned<Rolled>> {
+            self.inner.roll_key(key_id, replacement, grace_seconds, now)
+        }
+        fn revoke_key(&self, key_id: &str, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+            self.inner.revoke_key(key_id, now)
+        }
+        fn set_key_disabled(
+            &self,
+            key_id: &str,
+            disabled: bool,
+            now: u64,
+        ) -> StoreResult<Versioned<KeyRecord>> {
+            self.inner.set_key_disabled(key_id, disabled, now)
+        }
+        fn purge_expired(&self, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>> {
+            self.inner.purge_expired(now)
+        }
+        fn read_key_map(&self, since: Option<u64>, now: u64) -> StoreResult<StoredKeyMap> {
+            let answer = self.inner.read_key_map(since, now)?;
+            if matches!(answer.message, KeyMapMessage::Full { .. }) {
+                self.full_reads.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Ok(answer)
+        }
+        fn key_map_delta(&self, since: u64, now: u64) -> StoreResult<DeltaLookup> {
+            self.inner.key_map_delta(since, now)
+        }
+        fn key_map_status(&self) -> StoreResult<KeyMapStatus> {
+            self.inner.key_map_status()
+        }
+        fn record_restore(&self, store: &StoreId, seen: u64) -> StoreResult<Option<u64>> {
+            self.inner.record_restore(store, seen)
+        }
+        fn new_lineage(&self) -> StoreResult<KeyMapStatus> {
+            self.inner.new_lineage()
+        }
+        fn admin_token_digest(&self) -> StoreResult<Option<Digest>> {
+            self.inner.admin_token_digest()
+        }
+        fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()> {
+            self.inner.set_admin_token_digest(digest)
+        }
+        fn sync_token_digest(&self) -> StoreResult<Option<Digest>> {
+            self.inner.sync_token_digest()
+        }
+        fn set_sync_token_digest(&self, digest: &Digest) -> StoreResult<()> {
+            self.inner.set_sync_token_digest(digest)
+        }
+    }
+
+    /// Many polls with a `since` the store never issued (JSON and binary), all at once: one
+    /// full-map build per encoding, shared by all; the next ones come from memory.
+    #[test]
+    fn concurrent_unknown_since_polls_build_the_map_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inner = SqliteStore::open(&dir.path().join("keygate.db")).expect("open");
+        let service = Service::new(Arc::new(inner));
+        service.create_account(Some("acme"), 1).expect("account");
+        let store = Arc::new(SlowFullMaps {
+            inner: SqliteStore::open(&dir.path().join("keygate.db")).expect("open"),
+            full_reads: AtomicU64::new(0),
+        });
+        let status = store.key_map_status().expect("status");
+        let state = Arc::new(AppState::new(
+            Service::new(Arc::clone(&store) as Arc<dyn Store>),
+            None,
+            KeyMapAccess::Open,
+            KeyMapCache::new(status),
+        ));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = router(Arc::clone(&state));
+        runtime.spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+        });
+        let poll = |binary: bool| {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .proxy(None)
+                .build()
+                .into();
+            let mut request = agent.get(format!("http://{address}/v1/keymap?since=12345"));
+            if binary {
+                request = request.header("accept", BINARY_CONTENT_TYPE);
+            }
+            let mut answer = request.call().expect("poll");
+            assert_eq!(answer.status(), 200);
+            answer.body_mut().read_to_vec().expect("body")
+        };
+        let bodies: Vec<(bool, Vec<u8>)> = std::thread::scope(|scope| {
+            let polls: Vec<_> = (0..16)
+                .map(|i| scope.spawn(move || (i % 2 == 1, poll(i % 2 == 1))))
+                .collect();
+            polls.into_iter().map(|p| p.join().expect("poll")).collect()
+        });
+        for (binary, body) in &bodies {
+            let same = bodies
+                .iter()
+                .find(|(b, _)| b == binary)
+                .expect("one")
+                .1
+                .clone();
+            assert_eq!(*body, same, "every poll got the one map");
+        }
+        assert!(bodies
+            .iter()
+            .any(|(b, body)| !b && body.starts_with(b"{\"kind\":\"full\"")));
+        assert_eq!(
+            store.full_reads.load(Ordering::SeqCst),
+            2,
+            "one build per encoding"
+        );
+        assert_eq!(state.full_builds.load(Ordering::SeqCst), 2);
+        // Later ones come from memory.
+        poll(false);
+        poll(true);
+        assert_eq!(store.full_reads.load(Ordering::SeqCst), 2);
+    }
+}

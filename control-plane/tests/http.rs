@@ -761,3 +761,278 @@ fn conditional_polls_are_cheap() {
     let rate = POLLS as f64 / started.elapsed().as_secs_f64();
     eprintln!("{rate:.0} conditional polls per second on one connection");
 }
+
+/// One raw HTTP/1.1 GET with this `Host` (ureq would write its own): the status line's code.
+fn status_with_host(server: &Server, path: &str, host: &str, token: Option<&str>) -> u16 {
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    let code = answer.split(' ').nth(1).expect("status line");
+    if code == "421" {
+        assert!(answer.contains("\"host_not_allowed\""), "{answer}");
+    }
+    code.parse().expect("status")
+}
+
+/// DNS rebinding: a page whose name resolves to 127.0.0.1 still sends its own name as
+/// `Host`. Only IP literals, localhost and the names given with --allowed-host are answered.
+#[test]
+fn requests_for_other_host_names_are_refused() {
+    let server = Server::start_with(StartOptions {
+        extra_args: vec![
+            "--allowed-host".into(),
+            "keygatectl".into(),
+            "--allowed-host".into(),
+            "*.svc.example".into(),
+        ],
+        ..StartOptions::default()
+    })
+    .expect("start");
+    let port = server.base.rsplit(':').next().expect("port").to_string();
+    let paths = [
+        ("/v1/keymap", Some(SYNC_TOKEN)),
+        ("/v1/accounts", Some(ADMIN_TOKEN)),
+        ("/ui/login", None),
+    ];
+    for (path, token) in paths {
+        for host in [
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+            format!("localhost:{port}"),
+            "localhost".to_string(),
+            format!("keygatectl:{port}"),
+            "keygatectl.ns.svc.example".to_string(),
+        ] {
+            assert_eq!(
+                status_with_host(&server, path, &host, token),
+                200,
+                "{path} {host}"
+            );
+        }
+        for host in [
+            format!("rebind.attacker.example:{port}"),
+            "keygatectl.attacker.example".to_string(),
+            "svc.example".to_string(),
+        ] {
+            assert_eq!(
+                status_with_host(&server, path, &host, token),
+                421,
+                "{path} {host}"
+            );
+        }
+    }
+    // Health checks name the cluster (Envoy's default) and learn nothing: always answered.
+    assert_eq!(status_with_host(&server, "/healthz", "anything", None), 200);
+    assert!(server
+        .log()
+        .contains("answering Host names: IP addresses, localhost, keygatectl, *.svc.example"));
+}
+
+/// Wrong admin tokens on the API slow down their address as on the sign-in page: each
+/// answer waits longer, and attempts while the wait runs get 429 with Retry-After,
+/// unchecked. A missing token is no attempt.
+#[test]
+fn wrong_tokens_on_the_api_are_throttled_per_address() {
+    let server = Server::start();
+    let mut api = Api::new(&server);
+    api.token = Some("wrong-admin-token-0123456789".into());
+    let without_token = || {
+        send(
+            &api.agent,
+            "GET",
+            &server.url("/v1/accounts"),
+            None,
+            None,
+            &[],
+        )
+    };
+    assert_eq!(without_token().status, 401);
+    assert_eq!(api.get("/v1/accounts").status, 401);
+    assert!(server
+        .log()
+        .contains("wrong admin token from 127.0.0.1 (1 in a row)"));
+    std::thread::scope(|scope| {
+        // A second wrong token: its answer waits; meanwhile this address is refused.
+        let wrong = scope.spawn(|| api.get("/v1/accounts").status);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused = loop {
+            let answer = without_token();
+            if answer.status == 429 {
+                break answer;
+            }
+            assert_eq!(answer.status, 401);
+            assert!(Instant::now() < deadline, "never throttled");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(refused.body["error"]["code"], "too_many_attempts");
+        let retry: u64 = refused
+            .retry_after
+            .as_deref()
+            .expect("Retry-After")
+            .parse()
+            .expect("secs");
+        assert!((1..=30).contains(&retry), "{retry}");
+        // Even the right token waits its turn.
+        let mut right = Api::new(&server);
+        right.token = Some(ADMIN_TOKEN.into());
+        assert_eq!(wrong.join().expect("wrong"), 401);
+        assert!(server.log().contains("(2 in a row)"), "{}", server.log());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while right.get("/v1/accounts").status == 429 {
+            assert!(Instant::now() < deadline, "still throttled");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(right.get("/v1/accounts").status, 200);
+    });
+    // The key map's tokens count too: the admin token works there.
+    let wrong_sync = send(
+        &api.agent,
+        "GET",
+        &server.url("/v1/keymap"),
+        Some("wrong-sync-token-0123456789"),
+        None,
+        &[],
+    );
+    assert_eq!(wrong_sync.status, 401);
+    assert!(
+        server
+            .log()
+            .contains("wrong sync token from 127.0.0.1 (1 in a row)"),
+        "{}",
+        server.log()
+    );
+}
+
+/// By default the key map needs a sync token: created on the first start beside the
+/// database (owner-only), kept on later starts. Opting out takes a flag and logs a warning.
+#[test]
+fn a_sync_token_is_created_on_first_start_and_required() {
+    let server = Server::start_with(StartOptions {
+        sync_token: None,
+        ..StartOptions::default()
+    })
+    .expect("start");
+    let file = server.dir.path().join("keygate.db.sync-token");
+    let token = std::fs::read_to_string(&file)
+        .expect("token file")
+        .trim()
+        .to_string();
+    assert!(token.starts_with("kgsync_") && token.len() == 47, "{token}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(
+        server.log().contains("keygate.db.sync-token"),
+        "{}",
+        server.log()
+    );
+    assert!(!server.log().contains(&token), "the token is never logged");
+    let mut api = Api::new(&server);
+    api.sync_token = None;
+    assert_eq!(api.key_map(None, None).status, 401);
+    api.sync_token = Some(token.clone());
+    assert_eq!(api.key_map(None, None).status, 200);
+    // Restarted: the same token.
+    let dir = server.stop();
+    let server = Server::start_with(StartOptions {
+        sync_token: None,
+        dir: Some(dir),
+        ..StartOptions::default()
+    })
+    .expect("restart");
+    let mut api = Api::new(&server);
+    api.sync_token = Some(token);
+    assert_eq!(api.key_map(None, None).status, 200);
+    // Opting out: open, with a warning.
+    let dir = server.stop();
+    let server = Server::start_with(StartOptions {
+        sync_token: None,
+        dir: Some(dir),
+        extra_args: vec!["--no-sync-token".into()],
+        ..StartOptions::default()
+    })
+    .expect("restart open");
+    let mut api = Api::new(&server);
+    api.sync_token = None;
+    assert_eq!(api.key_map(None, None).status, 200);
+    assert!(
+        server.log().contains("warning: --no-sync-token"),
+        "{}",
+        server.log()
+    );
+    // Another token in the file than the database's: refused at start.
+    let dir = server.stop();
+    std::fs::write(
+        dir.path().join("keygate.db.sync-token"),
+        "another-token-0123456789\n",
+    )
+    .expect("write");
+    let (_, log) = match Server::start_with(StartOptions {
+        sync_token: None,
+        dir: Some(dir),
+        ..StartOptions::default()
+    }) {
+        Ok(_) => panic!("started with another sync token"),
+        Err(failed) => failed,
+    };
+    assert!(log.contains("does not match"), "{log}");
+}
+
+/// The database restored in place (`sqlite3 keygate.db ".restore BACKUP"`) under a running
+/// server: its next status read sees the version go back, records an empty change past the
+/// version it had, and serves the restored map under it.
+#[test]
+fn a_database_restored_under_a_running_server_moves_past_what_it_served() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.create_account(None);
+    let backup = server.dir.path().join("backup.db");
+    rusqlite::Connection::open(server.database())
+        .expect("open")
+        .execute("VACUUM INTO ?1", [backup.to_str().expect("path")])
+        .expect("backup");
+    api.create_account(None);
+    let served = api.key_map(None, None);
+    let (store, served_version) = (served.store.clone().expect("store"), version_of(&served));
+    assert_eq!(served.body["keys"].as_array().map(Vec::len), Some(8));
+    let mut live = rusqlite::Connection::open(server.database()).expect("open");
+    live.busy_timeout(Duration::from_secs(10)).expect("busy");
+    live.restore(
+        rusqlite::MAIN_DB,
+        &backup,
+        None::<fn(rusqlite::backup::Progress)>,
+    )
+    .expect("restore");
+    drop(live);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let restored = loop {
+        let answer = api.key_map(None, None);
+        if answer.body["keys"].as_array().map(Vec::len) == Some(4) {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never saw the restore"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        restored.store.as_deref(),
+        Some(store.as_str()),
+        "a backup keeps the id"
+    );
+    assert!(version_of(&restored) > served_version, "{}", restored.text);
+    assert!(server.log().contains("went back"), "{}", server.log());
+    // A filter still at the lost version gets the full map, not a delta.
+    let lost = api.key_map_query(Some(&format!("since={served_version}&store={store}")), None);
+    assert_eq!(lost.body["kind"], "full");
+}

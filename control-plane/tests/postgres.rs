@@ -668,3 +668,91 @@ fn a_replica_keeps_serving_unchanged_maps_while_the_database_is_unreachable() {
     eprintln!("database back: replica A serves B's change after {took:?}");
     assert!(a.log().contains("internal error"), "{}", a.log());
 }
+
+/// The sync token's digest lives in the database: the first replica sets it up from its
+/// file, the others need none, and a rotation reaches every replica. Without any, a
+/// replica says where to put it.
+#[test]
+fn replicas_share_the_sync_token_through_the_database() {
+    let Some(db) = TestDb::create() else { return };
+    let log = match Replica::try_start_with(&db.url, ADMIN_TOKEN, "127.0.0.1:0", None) {
+        Ok(_) => panic!("a replica started with no sync token anywhere"),
+        Err(log) => log,
+    };
+    assert!(log.contains("--sync-token-file"), "{log}");
+    let a = Replica::start(&db.url);
+    let b = Replica::try_start_with(&db.url, ADMIN_TOKEN, "127.0.0.1:0", None).expect("b");
+    let agent = common::agent();
+    for replica in [&a, &b] {
+        assert_eq!(replica.get(&agent, "/v1/keymap", &[]).status, 200);
+        let without = send(
+            &agent,
+            "GET",
+            &format!("{}/v1/keymap", replica.base),
+            None,
+            None,
+            &[],
+        );
+        assert_eq!(without.status, 401);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("sync-token");
+    let rotated = run(keygatectl(&db.url)
+        .args(["sync-token", "rotate", "--sync-token-file"])
+        .arg(&file));
+    assert!(rotated.status.success(), "{rotated:?}");
+    let token = std::fs::read_to_string(&file)
+        .expect("token")
+        .trim()
+        .to_string();
+    for replica in [&a, &b] {
+        let start = Instant::now();
+        loop {
+            let url = format!("{}/v1/keymap", replica.base);
+            if send(&agent, "GET", &url, Some(&token), None, &[]).status == 200 {
+                break;
+            }
+            assert!(
+                start.elapsed() < REFRESH * 2,
+                "the new sync token is not taken"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(replica.get(&agent, "/v1/keymap", &[]).status, 401);
+    }
+}
+
+/// `keymap new-lineage` on the database: every replica serves the new store id at once.
+#[test]
+fn a_new_lineage_reaches_every_replica() {
+    let Some(db) = TestDb::create() else { return };
+    let replicas = [Replica::start(&db.url), Replica::start(&db.url)];
+    let agent = common::agent();
+    replicas[0].post(&agent, "/v1/accounts", "{}");
+    let old = replicas[0]
+        .get(&agent, "/v1/keymap", &[])
+        .store
+        .expect("store");
+    let started = run(keygatectl(&db.url).args(["--json", "keymap", "new-lineage"]));
+    assert!(started.status.success(), "{started:?}");
+    let lineage: Value = serde_json::from_slice(&started.stdout).expect("json");
+    let store = lineage["store"].as_str().expect("store").to_string();
+    assert_ne!(store, old);
+    for replica in &replicas {
+        let start = Instant::now();
+        loop {
+            let answer = replica.get(&agent, "/v1/keymap", &[]);
+            if answer.store.as_deref() == Some(store.as_str()) {
+                assert_eq!(answer.body["version"], lineage["version"]);
+                assert_eq!(answer.body["keys"].as_array().map(Vec::len), Some(4));
+                break;
+            }
+            assert!(
+                start.elapsed() < REFRESH,
+                "{} kept the old lineage",
+                replica.base
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
