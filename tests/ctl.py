@@ -1,5 +1,6 @@
 """Runs the real keygatectl for integration tests: `serve` on a free loopback port with a
-temporary database, the HTTP API with the admin token, and the CLI on the same file."""
+temporary database, the HTTP API with the admin token, the key map with the sync token
+(`sync_token`: what the filters' `bearer_token` must be), and the CLI on the same file."""
 
 import json
 import os
@@ -37,16 +38,21 @@ class Keygatectl:
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="keygatectl-"))
         self.db = self.dir / "keygate.db"
         self.token = "kgtest_" + secrets.token_hex(16)
+        self.sync_token = "kgsync_test_" + secrets.token_hex(16)
+        self.sync_token_file = self.dir / "sync-token"
         self.proc = None
         self.port = None
         self.log_path = self.dir / "keygatectl.log"
 
     def start(self, port=0, timeout=10):
         env = dict(os.environ, KEYGATE_ADMIN_TOKEN=self.token)
+        fd = os.open(self.sync_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.sync_token + "\n")
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(CTL), "--database", str(self.db), "serve", "--listen", f"127.0.0.1:{port}",
-             "--purge-interval", "1s"],
+             "--purge-interval", "1s", "--sync-token-file", str(self.sync_token_file)],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + timeout
@@ -90,6 +96,18 @@ class Keygatectl:
                 return remember_keys(json.loads(r.read() or b"null"))
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{method} {path}: {e.code} {e.read()!r}") from None
+
+    def key_map(self, query="", headers=None):
+        """(status, headers, body) of GET /v1/keymap?<query> with the sync token."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v1/keymap" + (f"?{query}" if query else ""),
+            headers={"authorization": f"Bearer {self.sync_token}", **(headers or {})},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
 
     def cli(self, *args):
         out = subprocess.run(

@@ -59,8 +59,12 @@ pub struct AppState {
     pub(crate) full_builds: AtomicU64,
     /// When an empty change was last recorded for a restore.
     last_restore_bump: Mutex<Option<Instant>>,
-    /// Failed admin-token (and key-map token) attempts per client address.
-    throttle: LoginThrottle,
+    /// Failed admin-token attempts on the admin API, per client address.
+    admin_throttle: LoginThrottle,
+    /// Failed attempts on the key map with a token that is not the sync token (the admin
+    /// token works there too), per address. Apart from the admin API's, so that a filter
+    /// still sending a rotated-out sync token does not lock its host's operators out.
+    key_map_throttle: LoginThrottle,
 }
 
 impl AppState {
@@ -81,7 +85,8 @@ impl AppState {
             full_build: tokio::sync::Mutex::new(()),
             full_builds: AtomicU64::new(0),
             last_restore_bump: Mutex::new(None),
-            throttle: LoginThrottle::default(),
+            admin_throttle: LoginThrottle::default(),
+            key_map_throttle: LoginThrottle::default(),
         }
     }
 
@@ -208,12 +213,13 @@ impl AppState {
     /// wrong token makes the next answer wait longer. A missing token is no attempt.
     async fn check_token(
         &self,
+        throttle: &LoginThrottle,
         headers: &HeaderMap,
         ip: IpAddr,
         what: &str,
         accepts: impl Fn(&Self, &str) -> bool,
     ) -> Result<(), Response> {
-        if let Err(wait) = self.throttle.check(ip) {
+        if let Err(wait) = throttle.check(ip) {
             return Err(too_many_attempts(wait));
         }
         let Some(token) = Self::presented_token(headers) else {
@@ -222,10 +228,10 @@ impl AppState {
             )));
         };
         if accepts(self, token) {
-            self.throttle.succeeded(ip);
+            throttle.succeeded(ip);
             return Ok(());
         }
-        let failure = self.throttle.failed(ip);
+        let failure = throttle.failed(ip);
         log_event(&format!(
             "refused a wrong {what} from {ip} ({} in a row)",
             failure.count
@@ -237,19 +243,23 @@ impl AppState {
         )))
     }
 
-    /// The key map needs the sync token (or the admin token), unless it is open.
+    /// The key map needs the sync token (or the admin token), unless it is open. The sync
+    /// token passes at once, so filters holding it are never slowed by a neighbour sending
+    /// a wrong one; any other token is throttled as on the admin API (it may be a guess at
+    /// the admin token).
     pub(crate) async fn authorize_key_map(
         &self,
         headers: &HeaderMap,
         ip: IpAddr,
     ) -> Result<(), Response> {
-        if !self.key_map_requires_token() {
+        if !self.key_map_requires_token()
+            || Self::presented_token(headers).is_some_and(|t| self.is_sync_token(t))
+        {
             return Ok(());
         }
-        self.check_token(headers, ip, "sync token", |state: &Self, token: &str| {
-            state.is_sync_token(token) || state.is_admin_token(token)
-        })
-        .await
+        let throttle = &self.key_map_throttle;
+        self.check_token(throttle, headers, ip, "sync token", Self::is_admin_token)
+            .await
     }
 }
 
@@ -377,6 +387,7 @@ async fn require_admin(
 ) -> Response {
     let checked = state
         .check_token(
+            &state.admin_throttle,
             request.headers(),
             ip,
             "admin token",
