@@ -224,13 +224,17 @@ pub enum AdminTokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SyncTokenCommand {
-    /// Replace the sync token with a new one, written to the token file (owner-only). A
-    /// running server accepts only the new one within a second: update the filters'
-    /// bearer_token.
+    /// Replace the sync token: a new one written to the token file (owner-only), or the one
+    /// in --new-token-file. A running server accepts only the new one within a second:
+    /// update the filters' bearer_token.
     Rotate {
         /// Where the new token goes (default: beside the SQLite database).
         #[arg(long, env = "KEYGATE_SYNC_TOKEN_FILE", value_name = "FILE")]
         sync_token_file: Option<PathBuf>,
+        /// Take the token in FILE instead of making one (e.g. a Kubernetes Secret's); then
+        /// give `serve` that file.
+        #[arg(long, value_name = "FILE", conflicts_with = "sync_token_file")]
+        new_token_file: Option<PathBuf>,
     },
     /// Copy a config template with every KEYGATE_SYNC_TOKEN in it replaced by the sync token
     /// (set up first, as `serve` would, if there is none yet).

@@ -299,7 +299,23 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
 fn sync_token_command(cli: &Cli, command: &SyncTokenCommand) -> Result<(), CliError> {
     refuse_server(cli, "sync-token")?;
     match command {
-        SyncTokenCommand::Rotate { sync_token_file } => {
+        SyncTokenCommand::Rotate {
+            new_token_file: Some(path),
+            ..
+        } => {
+            let token = read_token_file(path, "sync token")?;
+            open_store(cli)?.set_sync_token_digest(&Digest::of_key(&token))?;
+            eprintln!(
+                "keygatectl: sync token replaced with the one in {}. Running servers accept \
+                 only it within a second: update every filter's bearer_token, and give serve \
+                 that file.",
+                path.display()
+            );
+            Ok(())
+        }
+        SyncTokenCommand::Rotate {
+            sync_token_file, ..
+        } => {
             let path = sync_token::file_for(sync_token_file.as_deref(), &cli.database)?;
             let store = open_store(cli)?;
             sync_token::rotate(store.as_ref(), &path)?;

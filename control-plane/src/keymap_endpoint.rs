@@ -87,7 +87,8 @@ pub(crate) async fn key_map(
         }
     }
     if let (Some(since), true) = (poll.since, same_store) {
-        match delta(&state, since, poll.store.as_ref()).await {
+        let stale = state.keymap.fresh(now).is_none();
+        match delta(&state, since, poll.store.as_ref(), stale).await {
             Ok(Some(answer)) => return answer,
             Ok(None) => {}
             Err(e) => return e.into_response(),
@@ -114,18 +115,24 @@ where
         .map_err(|e| ApiError::internal(&format!("a store task failed: {e}")))?
 }
 
-/// The delta since `since`, or `None` when the full map must answer.
+/// The delta since `since`, or `None` when the full map must answer. `stale`: the cached
+/// status had a grace period end, which the lookup purges; the status is read again after.
 async fn delta(
     state: &Arc<AppState>,
     since: u64,
     wanted_store: Option<&StoreId>,
+    stale: bool,
 ) -> Result<Option<Response>, ApiError> {
     let lookup = blocking(state, move |state| {
-        state
+        let lookup = state
             .service()
             .store()
             .key_map_delta(since, now_unix())
-            .map_err(|e| ApiError::internal(&e.to_string()))
+            .map_err(|e| ApiError::internal(&e.to_string()));
+        if stale {
+            state.refresh_key_map_status();
+        }
+        lookup
     })
     .await?;
     match lookup {

@@ -534,7 +534,6 @@ fn the_sync_token_can_be_rotated_and_rendered_into_a_config() {
     }
     api.sync_token = Some(SYNC_TOKEN.into());
     assert_eq!(api.key_map(None, None).status, 401);
-
     let template = server.dir.path().join("envoy.yaml");
     std::fs::write(&template, "bearer_token: \"KEYGATE_SYNC_TOKEN\"\n").expect("template");
     let rendered = run(keygatectl(&server.database())
@@ -573,4 +572,19 @@ fn the_sync_token_can_be_rotated_and_rendered_into_a_config() {
         .arg(&token_file)
         .arg(&template));
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    // Back to a token given in a file (a Kubernetes Secret's): taken as it is.
+    let given = server.dir.path().join("given-token");
+    std::fs::write(&given, format!("{SYNC_TOKEN}\n")).expect("write");
+    let taken = run(keygatectl(&server.database())
+        .args(["sync-token", "rotate", "--new-token-file"])
+        .arg(&given));
+    assert!(taken.status.success(), "{}", stderr(&taken));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while api.key_map(None, None).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the server never took the given token"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
