@@ -36,6 +36,9 @@ use std::time::{Duration, Instant};
 /// often, however many polls or reads notice it.
 const RESTORE_BUMP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Full key maps written at once (see `slotted_body.rs`); more wait their turn.
+const FULL_MAP_SENDS: usize = 4;
+
 /// Who may read the key map.
 pub enum KeyMapAccess {
     /// The sync token (digest re-read from the store every second) or the admin token.
@@ -57,6 +60,8 @@ pub struct AppState {
     pub(crate) full_build: tokio::sync::Mutex<()>,
     /// How many full maps were built (for the log and tests).
     pub(crate) full_builds: AtomicU64,
+    /// Slots for writing full maps.
+    pub(crate) full_sends: Arc<tokio::sync::Semaphore>,
     /// When an empty change was last recorded for a restore.
     last_restore_bump: Mutex<Option<Instant>>,
     /// Failed admin-token attempts on the admin API, per client address.
@@ -84,6 +89,7 @@ impl AppState {
             keymap,
             full_build: tokio::sync::Mutex::new(()),
             full_builds: AtomicU64::new(0),
+            full_sends: Arc::new(tokio::sync::Semaphore::new(FULL_MAP_SENDS)),
             last_restore_bump: Mutex::new(None),
             admin_throttle: LoginThrottle::default(),
             key_map_throttle: LoginThrottle::default(),

@@ -13,9 +13,10 @@ use crate::api::{ApiError, AppState};
 use crate::clock::now_unix;
 use crate::keymap::{etag, if_none_match_matches, Encoding};
 use crate::log::log_event;
+use crate::slotted_body::SlottedBody;
 use crate::store::{DeltaLookup, StoreId, StoredKeyMap};
 use crate::web::ClientIp;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -165,8 +166,13 @@ async fn delta(
     }
 }
 
-/// The full map, from memory when current, else built (one build at a time).
+/// The full map, from memory when current, else built (one build at a time), written
+/// in one of a few send slots.
 async fn full(state: &Arc<AppState>, encoding: Encoding, if_none_match: Option<&str>) -> Response {
+    let slot = match Arc::clone(&state.full_sends).acquire_owned().await {
+        Ok(slot) => slot,
+        Err(e) => return ApiError::internal(&format!("no send slot: {e}")).into_response(),
+    };
     let (store, version, body) = match full_map(state, encoding).await {
         Ok(full) => full,
         Err(e) => return e.into_response(),
@@ -174,6 +180,7 @@ async fn full(state: &Arc<AppState>, encoding: Encoding, if_none_match: Option<&
     if if_none_match.is_some_and(|tags| if_none_match_matches(tags, &store, version)) {
         return not_modified(&store, version);
     }
+    let body = Body::new(SlottedBody::new(body, slot));
     answer(&store, version, body, encoding)
 }
 
@@ -282,14 +289,14 @@ fn not_modified(store: &StoreId, version: u64) -> Response {
     response
 }
 
-fn answer(store: &StoreId, version: u64, body: Bytes, encoding: Encoding) -> Response {
+fn answer(store: &StoreId, version: u64, body: impl Into<Body>, encoding: Encoding) -> Response {
     let content_type = match encoding {
         Encoding::Json => "application/json",
         Encoding::Binary => BINARY_CONTENT_TYPE,
     };
     let mut response = (
         [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        body,
+        body.into(),
     )
         .into_response();
     name_the_version(&mut response, store, version);

@@ -21,6 +21,7 @@ mod random;
 mod secret_file;
 mod serve;
 mod service;
+mod slotted_body;
 mod store;
 mod sync_token;
 mod web;

@@ -52,6 +52,10 @@ pub struct SqliteStore {
     path: PathBuf,
     /// `None` after a failed reopen: the next call tries again.
     db: Mutex<Option<OpenDb>>,
+    /// A second connection for full-map reads (opened on first use): a million-key read
+    /// takes seconds, and WAL lets it run beside the main connection, so deltas, status
+    /// reads and changes are not held up meanwhile. Lock `db` first when taking both.
+    reader: Mutex<Option<Connection>>,
     change_log_limit: u64,
     clock: VersionClock,
 }
@@ -110,6 +114,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             db: Mutex::new(Some(db)),
+            reader: Mutex::new(None),
             change_log_limit: options.change_log_limit.max(1),
             clock: options.clock,
         })
@@ -127,6 +132,27 @@ impl SqliteStore {
         };
         let open = db.insert(open);
         f(&mut open.conn)
+    }
+
+    /// Runs `f` in a read transaction on the reader connection.
+    fn read_beside<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
+        let mut reader = self
+            .reader
+            .lock()
+            .map_err(|_| StoreError::Backend("the reader connection lock is poisoned".into()))?;
+        let conn = match reader.take() {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open(&self.path)?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                conn
+            }
+        };
+        let conn = reader.insert(conn);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
     }
 
     /// Reopens the database when its path names another file than the one open: a restore
@@ -149,8 +175,14 @@ impl SqliteStore {
             "the database file {} was replaced; reopening it",
             self.path.display()
         ));
-        if let Some(old) = db.take() {
-            if let Err((_, e)) = old.conn.close() {
+        let mut reader = self
+            .reader
+            .lock()
+            .map_err(|_| StoreError::Backend("the reader connection lock is poisoned".into()))?;
+        let old_reader = reader.take().map(|conn| conn.close().map_err(|(_, e)| e));
+        let old_main = db.take().map(|old| old.conn.close().map_err(|(_, e)| e));
+        for closed in [old_reader, old_main].into_iter().flatten() {
+            if let Err(e) = closed {
                 log_event(&format!("closing the replaced database file: {e}"));
             }
         }
@@ -759,6 +791,18 @@ impl Store for SqliteStore {
     }
 
     fn read_key_map(&self, since: Option<u64>, now: u64) -> StoreResult<StoredKeyMap> {
+        // The full map (what the server builds): beside the main connection.
+        if since.is_none() {
+            let full = self.read_beside(|tx| {
+                if purge_due(tx, now)? {
+                    return Ok(None);
+                }
+                full_in(tx, now).map(Some)
+            })?;
+            if let Some(full) = full {
+                return Ok(full);
+            }
+        }
         self.read_after_purge(now, |tx| {
             if let Some(since) = since {
                 if let DeltaLookup::Delta(delta) = delta_in(tx, since, now)? {
