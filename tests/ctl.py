@@ -6,6 +6,7 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -108,6 +109,32 @@ class Keygatectl:
                 return r.status, r.headers, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.headers, e.read()
+
+    def store_status(self):
+        """{"store": <store id>, "version": <key map version>} from the database."""
+        return self.cli("keymap", "status")
+
+    def backup(self, path=None):
+        """A consistent copy of the SQLite database as it is now (SQLite's backup API, as
+        `sqlite3 keygate.db .backup FILE`); returns its path."""
+        path = Path(path or self.dir / f"backup-{secrets.token_hex(4)}.db")
+        with sqlite3.connect(self.db) as live, sqlite3.connect(path) as copy:
+            live.backup(copy)
+        live.close()
+        copy.close()
+        return path
+
+    def restore(self, backup):
+        """Writes `backup` back into the database in place, as `sqlite3 keygate.db ".restore
+        FILE"` does: safe under a running server, which notices within a second that the
+        version went back."""
+        live = sqlite3.connect(self.db, timeout=10)
+        copy = sqlite3.connect(backup)
+        try:
+            copy.backup(live)
+        finally:
+            copy.close()
+            live.close()
 
     def cli(self, *args):
         out = subprocess.run(

@@ -204,10 +204,12 @@ async fn full_map(
     Ok(built)
 }
 
-/// Reads and encodes the full map (blocking), then refreshes the cached status so that
-/// the map just built is the current one.
+/// Reads and encodes the full map (blocking). The cached status is refreshed first (a
+/// database that went back gets its empty change before its map is built, not after) and
+/// again after, so that the map just built is the current one.
 fn build_full(state: &AppState, encoding: Encoding) -> Result<(StoreId, u64, Bytes), ApiError> {
     let started = Instant::now();
+    state.refresh_key_map_status();
     let StoredKeyMap { store, message } = state
         .service()
         .store()

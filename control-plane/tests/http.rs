@@ -1018,9 +1018,18 @@ fn a_database_restored_under_a_running_server_moves_past_what_it_served() {
         .execute("VACUUM INTO ?1", [backup.to_str().expect("path")])
         .expect("backup");
     api.create_account(None);
-    let served = api.key_map(None, None);
-    let (store, served_version) = (served.store.clone().expect("store"), version_of(&served));
-    assert_eq!(served.body["keys"].as_array().map(Vec::len), Some(8));
+    // What the filters hold: a version learnt without a full map in the server's memory (a
+    // conditional poll), so the first full map after the restore is built from it.
+    let served = api.key_map(None, Some("*"));
+    assert_eq!(served.status, 304);
+    let store = served.store.clone().expect("store");
+    let etag = served.etag.expect("etag");
+    let served_version: u64 = etag
+        .trim_matches('"')
+        .rsplit(':')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("version");
     let mut live = rusqlite::Connection::open(server.database()).expect("open");
     live.busy_timeout(Duration::from_secs(10)).expect("busy");
     live.restore(
