@@ -44,7 +44,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0002_lineage.sql"),
 ];
 
-/// The channel every change is announced on (payload: the new version, or `admin_token`).
+/// The channel every change is announced on (payload: the new version, `admin_token` or
+/// `sync_token`).
 pub const CHANGE_CHANNEL: &str = "keygate_changes";
 
 /// The advisory lock migrations hold (any fixed number; "keygate" in ASCII).
