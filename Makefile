@@ -105,9 +105,10 @@ soak: build venv
 	$(VENV)/bin/python tests/soak.py --seconds $(SOAK_SECONDS)
 
 # Throughput, latency and CPU against Envoy's native filter, Lua and a floor wasm filter;
-# a million keys; sync cost. Writes BENCHMARKS.md. Needs a quiet machine (~10 min).
+# a million keys; sync cost; delta polls while unknown-since polls hammer keygatectl.
+# Writes BENCHMARKS.md. Needs a quiet machine (~12 min).
 bench:
-	bash bench/run.sh --instructions --million --sync-cost $(BENCH_ARGS)
+	bash bench/run.sh --instructions --million --sync-cost --unknown-since $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -15,6 +15,10 @@ Sections:
                 per-request cost against a 10-key map
   --sync-cost   a real `keygatectl serve`: bytes sent to Envoy when one key is rolled, and
                 304 polls per second it answers on one core
+  --unknown-since
+                a real `keygatectl serve` with 1,000,000 keys: a filter's delta poll while
+                50 clients hammer `?since=<a version it never issued>` (answered from the
+                cached full map, which is built once)
 
 Only 127.0.0.1. Results are printed and written into BENCHMARKS.md (between the
 `bench:results` markers) unless --no-write.
@@ -31,6 +35,7 @@ import secrets
 import shlex
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -553,14 +558,16 @@ def keygate_static_filter(keyset, example="envoy.yaml", **options):
     return block
 
 
-def keygate_native_sync_filter(keymap_port, timeout_ms=None):
+def keygate_native_sync_filter(keymap_port, timeout_ms=None, bearer_token=None):
     """envoy-native-sync.yaml's keygate filter, polling the stand-in at `keymap_port` (with
-    its poll timeout raised to `timeout_ms`, if given)."""
+    its poll timeout raised to `timeout_ms`, if given, and keygatectl's sync token)."""
     _, block = keygate_filter("envoy-native-sync.yaml")
     plugin = plugin_of(block)
     plugin["sync"]["url"] = f"http://127.0.0.1:{keymap_port}/v1/keymap"
     if timeout_ms:
         plugin["sync"]["timeout_ms"] = timeout_ms
+    if bearer_token:
+        plugin["sync"]["bearer_token"] = bearer_token
     set_plugin(block, json.dumps(plugin))
     return block
 
@@ -570,13 +577,20 @@ def sync_runtime():
     return load_example("envoy-sync.yaml").get("layered_runtime")
 
 
-def keygate_sync_parts(keymap_port):
+def keygate_sync_parts(keymap_port, bearer_token=None):
     """The bootstrap service, filter block and keygatectl cluster of envoy-sync.yaml, with
-    the cluster pointed at `keymap_port` (its `layered_runtime`, if any, is in
-    `sync_runtime()`)."""
+    the cluster pointed at `keymap_port` and keygatectl's sync token, if given (its
+    `layered_runtime`, if any, is in `sync_runtime()`)."""
     config, block = keygate_filter("envoy-sync.yaml")
     services = config["bootstrap_extensions"]
     localize_wasm(services)
+    if bearer_token:
+        for service in walk(services):
+            configuration = service.get("configuration")
+            if isinstance(configuration, dict) and "value" in configuration:
+                fetcher = json.loads(configuration["value"])
+                fetcher["bearer_token"] = bearer_token
+                configuration["value"] = json.dumps(fetcher)
     cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "keygatectl")
     for d in walk(cluster):
         if "port_value" in d:
@@ -1000,12 +1014,15 @@ def with_async_limit(runtime, limit):
     return {"layers": layers}
 
 
-def synced_config(admin, port, keymap_port, runtime, native, native_timeout_ms=None):
-    """Envoy with keygate synced from the stand-in at `keymap_port`: the wasm filter with its
-    fetcher service and keygatectl cluster, or the native module polling the URL itself."""
+def synced_config(admin, port, keymap_port, runtime, native, native_timeout_ms=None,
+                  bearer_token=None):
+    """Envoy with keygate synced from the stand-in (or keygatectl) at `keymap_port`: the wasm
+    filter with its fetcher service and keygatectl cluster, or the native module polling the
+    URL itself."""
     if native:
-        return base_config(admin, port, [keygate_native_sync_filter(keymap_port, native_timeout_ms)])
-    services, block, cluster = keygate_sync_parts(keymap_port)
+        return base_config(admin, port, [keygate_native_sync_filter(keymap_port, native_timeout_ms,
+                                                                    bearer_token)])
+    services, block, cluster = keygate_sync_parts(keymap_port, bearer_token)
     return base_config(admin, port, [block], clusters=[cluster], bootstrap_extensions=services,
                        runtime=runtime)
 
@@ -1219,12 +1236,19 @@ class Keygatectl:
     def __init__(self, workdir, core):
         self.dir = Path(workdir) / "keygatectl"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.db = self.dir / "keygate.db"
         self.port = free_port()
         self.token = secrets.token_urlsafe(24)
+        # The key map's token, as every filter sends it (`bearer_token`).
+        self.sync_token = "kgsync_" + secrets.token_urlsafe(24)
+        token_file = self.dir / "sync-token"
+        token_file.write_text(self.sync_token + "\n")
+        token_file.chmod(0o600)
         env = dict(os.environ, KEYGATE_ADMIN_TOKEN=self.token)
         self.log = open(self.dir / "serve.log", "wb")
-        argv = taskset(core, [str(CTL), "--database", str(self.dir / "keygate.db"), "serve",
-                              "--listen", f"127.0.0.1:{self.port}"])
+        argv = taskset(core, [str(CTL), "--database", str(self.db), "serve",
+                              "--listen", f"127.0.0.1:{self.port}",
+                              "--sync-token-file", str(token_file)])
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -1253,6 +1277,16 @@ class Keygatectl:
             raise RuntimeError(f"keygatectl {method} {path}: {status} {data[:300]!r}")
         return json.loads(data) if data else None
 
+    def sync_headers(self, extra=None):
+        return {"authorization": f"Bearer {self.sync_token}", **(extra or {})}
+
+    def key_map(self, path="/v1/keymap", headers=None):
+        """(status, headers, body, store, version) of a key-map GET with the sync token."""
+        status, hdrs, body = get(self.port, path, self.sync_headers(headers), timeout=300)
+        etag = {k.lower(): v for k, v in hdrs.items()}.get("etag", '"0"')
+        store, _, version = etag.strip('"').rpartition(":")
+        return status, hdrs, body, store, int(version)
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -1267,7 +1301,7 @@ class Keygatectl:
 def raw_get_size(port, path, headers):
     """(status, header bytes, body bytes) of one GET, counted on the wire."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        req = f"GET {path} HTTP/1.1\r\nHost: keygatectl\r\nConnection: close\r\n"
+        req = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         req += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
         s.sendall(req.encode())
         data = b""
@@ -1304,18 +1338,18 @@ def sync_cost(args, workdir):
         conn.close()
         out["import_s"] = time.monotonic() - t0
         out["keys"] = n + 4
-        status, hdrs, body = get(ctl.port, "/v1/keymap")
-        version = int(hdrs.get("etag", hdrs.get("ETag", '"0"')).strip('"'))
+        status, hdrs, body, store, version = ctl.key_map()
         out["full_bytes"] = len(body)
         out["version"] = version
         # 304 size on the wire, as Envoy polls it.
-        tag = {"if-none-match": f'"{version}"'}
-        st, head_bytes, body_bytes = raw_get_size(ctl.port, f"/v1/keymap?since={version}", tag)
+        tag = ctl.sync_headers({"if-none-match": f'"{store}:{version}"'})
+        st, head_bytes, body_bytes = raw_get_size(
+            ctl.port, f"/v1/keymap?since={version}&store={store}", tag)
         out["not_modified_wire_bytes"] = head_bytes + body_bytes
         out["not_modified_status"] = st
 
         # Envoy in sync mode against the real keygatectl.
-        services, block, cluster = keygate_sync_parts(ctl.port)
+        services, block, cluster = keygate_sync_parts(ctl.port, ctl.sync_token)
         admin, listen = free_port(), free_port()
         config = base_config(admin, listen, [block], clusters=[cluster], bootstrap_extensions=services)
         # Two workers, so that "refused on every worker" is measured (the roll lag below).
@@ -1343,13 +1377,13 @@ def sync_cost(args, workdir):
         polls = after["cluster.keygatectl.upstream_rq_total"] - before["cluster.keygatectl.upstream_rq_total"]
         rx = after["cluster.keygatectl.upstream_cx_rx_bytes_total"] - before["cluster.keygatectl.upstream_cx_rx_bytes_total"]
         out["roll"] = {"polls": polls, "rx": rx, "delta_rx": rx - max(polls - 1, 0) * per_poll_rx}
-        st, hb, bb = raw_get_size(ctl.port, f"/v1/keymap?since={version}", {"if-none-match": f'"{version}"'})
+        st, hb, bb = raw_get_size(ctl.port, f"/v1/keymap?since={version}&store={store}", tag)
         out["delta_body"], out["delta_wire"] = bb, hb + bb
         # A roll with a grace period: the old key stays, with expires_at.
-        status, hdrs, _ = get(ctl.port, "/v1/keymap")
-        v_now = int(hdrs.get("etag", hdrs.get("ETag")).strip('"'))
+        _, _, _, _, v_now = ctl.key_map()
         graced = ctl.admin("POST", f"/v1/keys/{rolled['new_key']['key_id']}/roll", {"expires_in_seconds": 3600})
-        st, hb, bb = raw_get_size(ctl.port, f"/v1/keymap?since={v_now}", {"if-none-match": f'"{v_now}"'})
+        st, hb, bb = raw_get_size(ctl.port, f"/v1/keymap?since={v_now}&store={store}",
+                                  ctl.sync_headers({"if-none-match": f'"{store}:{v_now}"'}))
         out["grace_delta_body"], out["grace_delta_wire"] = bb, hb + bb
         # Many rolls at random points of the poll cycle: how long until the old key is
         # refused on every worker.
@@ -1360,7 +1394,8 @@ def sync_cost(args, workdir):
         envoy = None
         # The same with the native module, which polls keygatectl from its own thread.
         admin, listen = free_port(), free_port()
-        config = synced_config(admin, listen, ctl.port, None, native=True)
+        config = synced_config(admin, listen, ctl.port, None, native=True,
+                               bearer_token=ctl.sync_token)
         envoy = Envoy(config, "sync-cost-native", workdir, args.envoy_core, concurrency=2).start()
         wait_status(listen, {"Authorization": f"Bearer {current['key']}"}, 200, timeout=60)
         out["native_roll_lags_s"], current = roll_lags(args, ctl, listen, current,
@@ -1369,10 +1404,9 @@ def sync_cost(args, workdir):
         envoy = None
 
         # 304 polls per second on one core (keygatectl pinned to the Envoy core).
-        status, hdrs, _ = get(ctl.port, "/v1/keymap")
-        v = int(hdrs.get("etag", hdrs.get("ETag")).strip('"'))
-        path = f"/v1/keymap?since={v}"
-        headers = {"If-None-Match": f'"{v}"'}
+        _, _, _, store, v = ctl.key_map()
+        path = f"/v1/keymap?since={v}&store={store}"
+        headers = ctl.sync_headers({"If-None-Match": f'"{store}:{v}"'})
         assert get(ctl.port, path, headers)[0] == 304
         results = []
         for _ in range(args.rounds):
@@ -1461,6 +1495,128 @@ def sync_cost_tables(args, s):
         ["  keygatectl CPU per 304 poll", f"{fmt_num(median([r.cpu_us for r in rs]), 1)} µs"],
         ["  keygatectl core busy", fmt_pct(median([r.busy for r in rs]))],
         [f"time to import {fmt_num(s['keys'] - 4)} keys one by one over the API", f"{s['import_s']:.1f} s"],
+    ]
+    return table(["measure", "value"], rows)
+
+
+# ---------------------------------------------------------------------------------------
+# The unknown-since section: polls keygatectl never issued cost a lookup, not a build.
+
+def fill_keygatectl_database(db, n):
+    """A keygatectl database with an account and `n` more keys imported by digest, written
+    straight into its tables in one transaction (a million one-by-one API imports would
+    take an hour), then one more change through the CLI so the map has a version of its
+    own after the import."""
+    out = subprocess.run([str(CTL), "--database", str(db), "--json", "account", "create",
+                          "--name", "bench"], capture_output=True, text=True, check=True)
+    account = json.loads(out.stdout)["account"]["id"]
+    rng = random.Random(11)
+    now = int(time.time())
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            conn.executemany(
+                "INSERT INTO keys (id, account_id, digest, hint, type, environment, origin, "
+                "created_at) VALUES (?, ?, ?, ?, ?, 'test', 'imported', ?)",
+                ((f"key_bench{i:07d}", account, rng.getrandbits(256).to_bytes(32, "big").hex(),
+                  ("sk_test_" if i % 4 else "pk_test_") + "…????",
+                  "secret" if i % 4 else "publishable", now) for i in range(n)))
+    finally:
+        conn.close()
+    subprocess.run([str(CTL), "--database", str(db), "account", "create", "--name", "after"],
+                   capture_output=True, check=True)
+
+
+def unknown_since(args, workdir):
+    n, clients, seconds = args.unknown_since_keys, args.unknown_since_clients, args.unknown_since_seconds
+    out = {"keys": n + 8, "clients": clients, "seconds": seconds}
+    section = Path(workdir) / "unknown-since"
+    db = section / "keygatectl" / "keygate.db"
+    db.parent.mkdir(parents=True)
+    log(f"unknown since: writing {n:,} keys into a keygatectl database")
+    t0 = time.monotonic()
+    fill_keygatectl_database(db, n)
+    out["fill_s"] = time.monotonic() - t0
+    ctl = Keygatectl(section, args.envoy_core)
+    try:
+        # The filter's base: the version before one more key.
+        _, _, _, store, base = ctl.key_map(f"/v1/keymap?since=0", {"if-none-match": "*"})
+        ctl.admin("POST", "/v1/keys/import", {
+            "account_id": ctl.admin("GET", "/v1/accounts")["accounts"][0]["id"],
+            "type": "secret", "environment": "test",
+            "digest": secrets.token_bytes(32).hex()})
+        # The full map, built once here (the hammer then finds it cached).
+        t0 = time.monotonic()
+        status, _, body, store, version = ctl.key_map()
+        assert status == 200, status
+        out["first_build_s"] = time.monotonic() - t0
+        out["full_json_bytes"] = len(body)
+        out["rss_mib"] = rss_kib(ctl.proc.pid) / 1024
+        del body
+        delta_path = f"/v1/keymap?since={base}&store={store}"
+        status, _, delta, _, _ = ctl.key_map(delta_path)
+        assert status == 200 and json.loads(delta)["kind"] == "delta", delta[:200]
+        builds_before = ctl_full_builds(ctl)
+        unknown = "/v1/keymap?since=1"
+        assert ctl.key_map(unknown, {"if-none-match": '"x"'})[0] == 200
+        argv = taskset(args.load_core, [
+            "wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s",
+            "-H", f"authorization: Bearer {ctl.sync_token}",
+            f"http://127.0.0.1:{ctl.port}{unknown}"])
+        log(f"unknown since: {clients} clients hammer {unknown} for {seconds} s; a filter's "
+            f"delta poll every 20 ms meanwhile")
+        hammer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        latencies, bad = [], 0
+        conn = http.client.HTTPConnection("127.0.0.1", ctl.port, timeout=30)
+        try:
+            time.sleep(1)  # let the hammer reach full speed before sampling
+            deadline = time.monotonic() + seconds - 2
+            while time.monotonic() < deadline:
+                t0 = time.monotonic()
+                conn.request("GET", delta_path, headers=ctl.sync_headers())
+                r = conn.getresponse()
+                data = r.read()
+                latencies.append(time.monotonic() - t0)
+                if r.status != 200 or not data.startswith(b'{"kind":"delta"'):
+                    bad += 1
+                time.sleep(0.02)
+        finally:
+            conn.close()
+            wrk_out = hammer.communicate(timeout=seconds + 60)[0]
+        hammer_result = WrkResult(wrk_out)
+        out["hammer_rps"] = hammer_result.rps
+        out["hammer_requests"] = hammer_result.requests
+        out["hammer_errors"] = hammer_result.non2xx + hammer_result.socket_errors
+        out["delta_ms"] = [x * 1000 for x in latencies]
+        out["delta_bad"] = bad
+        out["builds_during"] = ctl_full_builds(ctl) - builds_before
+        log(f"  delta poll p50 {percentile(out['delta_ms'], 50):.1f} ms, p99 "
+            f"{percentile(out['delta_ms'], 99):.1f} ms over {len(latencies)} polls; hammer "
+            f"{hammer_result.rps:.0f} answers/s; full-map builds meanwhile: {out['builds_during']}")
+    finally:
+        ctl.stop()
+    return out
+
+
+def ctl_full_builds(ctl):
+    """How many full maps keygatectl has built (its log says each)."""
+    return len(re.findall(r"built the full key map", (ctl.dir / "serve.log").read_text()))
+
+
+def unknown_since_tables(args, u):
+    p99 = percentile(u["delta_ms"], 99)
+    rows = [
+        ["keys in keygatectl's map", fmt_num(u["keys"])],
+        ["full map (JSON) answered to each unknown-since poll", f"{fmt_num(u['full_json_bytes'])} B"],
+        ["first full-map build (JSON, before the hammer)", f"{u['first_build_s']:.2f} s"],
+        [f"unknown-since polls answered ({u['clients']} clients, wrk, {u['seconds']} s)",
+         f"{fmt_num(u['hammer_rps'])}/s ({fmt_num(u['hammer_requests'])} in all, "
+         f"{u['hammer_errors']} errors)"],
+        ["full-map builds while they hammered", fmt_num(u["builds_during"])],
+        [f"a filter's delta poll meanwhile ({len(u['delta_ms'])} polls): p50 / p99 / max",
+         " / ".join(f"{percentile(u['delta_ms'], q):.1f} ms" for q in (50, 99, 100))],
+        ["  goal: p99 ≤ 100 ms", "met" if p99 <= 100 and not u["delta_bad"] else "**not met**"],
+        ["keygatectl RSS with the map cached", f"{u['rss_mib']:.0f} MiB"],
     ]
     return table(["measure", "value"], rows)
 
@@ -1582,6 +1738,11 @@ def parse_args(argv=None):
     p.add_argument("--sync-cost", action="store_true", help="also run the sync-cost section (real keygatectl)")
     p.add_argument("--sync-keys", type=int, default=10_000, help="keys imported into keygatectl")
     p.add_argument("--sync-quiet", type=float, default=5, help="seconds of idle polling measured")
+    p.add_argument("--unknown-since", action="store_true",
+                   help="also run the unknown-since section (real keygatectl, a million keys)")
+    p.add_argument("--unknown-since-keys", type=int, default=1_000_000)
+    p.add_argument("--unknown-since-clients", type=int, default=50)
+    p.add_argument("--unknown-since-seconds", type=int, default=12)
     p.add_argument("--roll-samples", type=int, default=40,
                    help="rolls timed until the old key is refused on every worker")
     p.add_argument("--instructions", action="store_true",
@@ -1611,7 +1772,7 @@ def preflight(args):
         need.append((KEYGATE_NATIVE, "run `make native`"))
     if any(c.startswith("dynamic-") for c in args.configs):
         need.append((DYNAMIC_FLOOR, "run `cargo build --release` in bench/dynamic-floor"))
-    if args.sync_cost:
+    if args.sync_cost or args.unknown_since:
         need.append((CTL, "run `cargo build --release -p keygatectl`"))
     for path, fix in need:
         if not path.exists():
@@ -1669,6 +1830,11 @@ def main(argv=None):
             sections.append(("Sync cost (real keygatectl)", sync_cost_tables(args, s)))
             raw["sync_cost"] = {k: v for k, v in s.items() if k != "polls"}
             raw["sync_cost"]["polls"] = [r.as_dict() for r in s["polls"]]
+        if args.unknown_since:
+            u = unknown_since(args, workdir)
+            sections.append((f"Unknown-since polls against {u['keys']:,} keys (real keygatectl)",
+                             unknown_since_tables(args, u)))
+            raw["unknown_since"] = u
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -3,7 +3,7 @@
 # bench/bench.py with the repo's venv. Results are printed and written into BENCHMARKS.md.
 #
 #   bash bench/run.sh                          # the filter comparison (about 5 minutes)
-#   bash bench/run.sh --instructions --million --sync-cost   # everything (`make bench`)
+#   bash bench/run.sh --instructions --million --sync-cost --unknown-since   # everything (`make bench`)
 #   bash bench/run.sh --rounds 1 --duration 2 --no-write   # a quick smoke run
 #
 # Every other flag goes to bench.py (`bash bench/run.sh --help`). Needs 2 cores: Envoy is

@@ -196,6 +196,12 @@ kg_step "docker-compose up"
 dc up -d --no-build 2>&1 | sed "s/^/  /"
 wait_http "http://127.0.0.1:$CONTROL/healthz" 30 keygatectl keygatectl
 kg_ok "keygatectl answers /healthz"
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$CONTROL/v1/keymap")
+[ "$code" = 401 ] || kg_die "the key map answered $code without the sync token"
+kg_ok "the key map needs the sync token (401 without it)"
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Host: rebind.example' "http://127.0.0.1:$CONTROL/v1/keymap")
+[ "$code" = 421 ] || kg_die "a request naming another Host got $code"
+kg_ok "a request naming another Host gets 421 (DNS rebinding)"
 wait_http "http://127.0.0.1:$ADMIN/ready" 60 envoy "Envoy's admin /ready"
 kg_ok "Envoy is ready (admin /ready)"
 wait_http "http://127.0.0.1:$UPSTREAM/" 30 upstream "the demo upstream"
@@ -207,7 +213,7 @@ kg_ok "no network created (all services on network_mode: host)"
 # --- the key lifecycle through the stack -------------------------------------------------------
 kg_step "key lifecycle through Envoy"
 took=$(until_status 401 30 "")   # 503 (key_map_unavailable) until the first map arrives
-kg_ok "first key map synced; no key -> 401 ($took)"
+kg_ok "first key map synced with the sync token envoy-config filled in; no key -> 401 ($took)"
 code=$(curl -s --max-time 5 "http://127.0.0.1:$LISTEN/v3/compose-test" | python3 -c 'import json,sys; print(json.load(sys.stdin)["error"]["code"])')
 [ "$code" = missing_credentials ] || kg_die "no key: expected missing_credentials, got $code"
 unknown=sk_test_$(head -c 30 /dev/urandom | od -An -tx1 | tr -d ' \n' | head -c 40)

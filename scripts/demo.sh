@@ -36,12 +36,17 @@ if [ ! -s "$RUN/admin-token" ]; then
   (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$RUN/admin-token")
 fi
 
+# The key map needs the sync token: keygatectl keeps it in $DB.sync-token (made on first
+# use, readable only by you). Envoy gets a copy of its example config with the token filled
+# in where the example's bearer_token placeholder is.
+"$CTL" --database "$DB" sync-token render "$ENVOY_CONFIG" --output "$RUN/envoy.yaml"
+
 "$CTL" --database "$DB" serve --listen 127.0.0.1:8080 --purge-interval 2s \
   --admin-token-file "$RUN/admin-token" --outbox "$RUN/outbox" > "$RUN/keygatectl.log" 2>&1 &
 pids+=($!)
 .venv/bin/python tests/upstream.py --port 8081 > "$RUN/upstream.log" 2>&1 &
 pids+=($!)
-"$ENVOY" -c "$ENVOY_CONFIG" --concurrency 2 --disable-hot-restart \
+"$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart \
   --log-level warn > "$RUN/envoy.log" 2>&1 &
 pids+=($!)
 
@@ -96,7 +101,8 @@ cat <<MSG
 
 keygate demo is up ($ENVOY_CONFIG; logs in $RUN/):
   API through Envoy   $API          (Envoy admin: http://127.0.0.1:9901/stats?filter=keygate)
-  keygatectl          http://127.0.0.1:8080  (admin token in $RUN/admin-token)
+  keygatectl          http://127.0.0.1:8080  (admin token in $RUN/admin-token; the key map's
+                      sync token in $DB.sync-token, filled into $RUN/envoy.yaml)
   operator page       http://127.0.0.1:8080/ui/  (sign in with the token in $RUN/admin-token)
   customer sign-up    http://127.0.0.1:8080/signup  (mail goes to $RUN/outbox/; links appear below)
   demo upstream       http://127.0.0.1:8081  (answers with what it received)

@@ -1,10 +1,12 @@
 """Runs the real keygatectl for integration tests: `serve` on a free loopback port with a
-temporary database, the HTTP API with the admin token, and the CLI on the same file."""
+temporary database, the HTTP API with the admin token, the key map with the sync token
+(`sync_token`: what the filters' `bearer_token` must be), and the CLI on the same file."""
 
 import json
 import os
 import re
 import secrets
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -37,16 +39,22 @@ class Keygatectl:
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="keygatectl-"))
         self.db = self.dir / "keygate.db"
         self.token = "kgtest_" + secrets.token_hex(16)
+        self.sync_token = "kgsync_test_" + secrets.token_hex(16)
+        self.sync_token_file = self.dir / "sync-token"
         self.proc = None
         self.port = None
         self.log_path = self.dir / "keygatectl.log"
 
     def start(self, port=0, timeout=10, extra_args=()):
         env = dict(os.environ, KEYGATE_ADMIN_TOKEN=self.token)
+        fd = os.open(self.sync_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.sync_token + "\n")
         self.log = open(self.log_path, "ab")
         self.proc = spawn(
             [str(CTL), "--database", str(self.db), "serve", "--listen", f"127.0.0.1:{port}",
-             "--purge-interval", "1s", *extra_args],
+             "--purge-interval", "1s", "--sync-token-file", str(self.sync_token_file),
+             *extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + timeout
@@ -93,6 +101,44 @@ class Keygatectl:
                 return remember_keys(json.loads(r.read() or b"null"))
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{method} {path}: {e.code} {e.read()!r}") from None
+
+    def key_map(self, query="", headers=None):
+        """(status, headers, body) of GET /v1/keymap?<query> with the sync token."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v1/keymap" + (f"?{query}" if query else ""),
+            headers={"authorization": f"Bearer {self.sync_token}", **(headers or {})},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    def store_status(self):
+        """{"store": <store id>, "version": <key map version>} from the database."""
+        return self.cli("keymap", "status")
+
+    def backup(self, path=None):
+        """A consistent copy of the SQLite database as it is now (SQLite's backup API, as
+        `sqlite3 keygate.db .backup FILE`); returns its path."""
+        path = Path(path or self.dir / f"backup-{secrets.token_hex(4)}.db")
+        with sqlite3.connect(self.db) as live, sqlite3.connect(path) as copy:
+            live.backup(copy)
+        live.close()
+        copy.close()
+        return path
+
+    def restore(self, backup):
+        """Writes `backup` back into the database in place, as `sqlite3 keygate.db ".restore
+        FILE"` does: safe under a running server, which notices within a second that the
+        version went back."""
+        live = sqlite3.connect(self.db, timeout=10)
+        copy = sqlite3.connect(backup)
+        try:
+            copy.backup(live)
+        finally:
+            copy.close()
+            live.close()
 
     def cli(self, *args):
         out = subprocess.run(

@@ -94,6 +94,8 @@ class Replica(Keygatectl):
         self.db = database.url
         if token:
             self.token = token
+        # Replicas share the sync token (the database holds its digest); each has a copy.
+        self.sync_token = database.__dict__.setdefault("sync_token", self.sync_token)
 
     def kill(self):
         """SIGKILL: as a crash or a lost machine."""

@@ -2,13 +2,14 @@
 from it, the recording upstream. Create, roll (now and with a grace period), revoke,
 disable; keygatectl down and back."""
 
+import subprocess
 import time
 
 import httpx
 import pytest
 
 import harness
-from ctl import Keygatectl
+from ctl import CTL, Keygatectl
 
 INTERVAL_MS = 200
 
@@ -19,7 +20,7 @@ def start_envoy(upstream, ctl):
              8081: upstream.server_address[1], 8080: ctl.port}
     config = harness.localize(config, ports)
     service = harness.service_config(config)
-    service.update({"interval_ms": INTERVAL_MS, "timeout_ms": 500})
+    service.update({"interval_ms": INTERVAL_MS, "timeout_ms": 500, "bearer_token": ctl.sync_token})
     harness.set_service_config(config, service)
     envoy = harness.Envoy(config, concurrency=2)
     envoy.start()
@@ -160,16 +161,37 @@ def test_no_wrong_decision_while_keys_roll(stack):
 
 
 def test_keygatectl_serves_the_full_map_binary_to_the_fetcher(stack):
-    import urllib.request
-
     ctl, envoy = stack
     ctl.create_account()
-    req = urllib.request.Request(f"http://127.0.0.1:{ctl.port}/v1/keymap",
-                                 headers={"accept": "application/x-keygate-map, application/json"})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        assert r.headers["content-type"] == "application/x-keygate-map"
-        body = r.read()
+    status, headers, body = ctl.key_map(headers={"accept": "application/x-keygate-map, application/json"})
+    assert status == 200
+    assert headers["content-type"] == "application/x-keygate-map"
     assert body.startswith(b"KGMAP01\n")
     assert int.from_bytes(body[16:20], "little") == 4
-    with urllib.request.urlopen(f"http://127.0.0.1:{ctl.port}/v1/keymap?since=0", timeout=5) as r:
-        assert r.headers["content-type"] == "application/json"
+    status, headers, _ = ctl.key_map("since=0")
+    assert headers["content-type"] == "application/json"
+
+
+def test_the_key_map_needs_the_sync_token_and_a_refused_filter_keeps_its_last_map(stack):
+    ctl, envoy = stack
+    _, keys = ctl.create_account()
+    old = keys["sk_test"]
+    wait_for(lambda: everywhere(envoy, old["key"], 4) == {(200, None)})
+    # Without the sync token the key map stays closed.
+    r = httpx.get(f"http://127.0.0.1:{ctl.port}/v1/keymap", timeout=5)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    # The token is rotated under the running filter: its polls are refused from now on.
+    errors = envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0)
+    out = subprocess.run([str(CTL), "--database", str(ctl.db), "sync-token", "rotate",
+                          "--sync-token-file", str(ctl.sync_token_file)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: "refused a wrong sync token" in ctl.read_log())
+    wait_for(lambda: envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0) > errors)
+    # It keeps serving the last map it got, and a key made since never reaches it: two more
+    # polls refused after the key was made.
+    _, later = ctl.create_account()
+    refused = envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0)
+    wait_for(lambda: envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0) >= refused + 2)
+    assert everywhere(envoy, old["key"]) == {(200, None)}
+    assert answer(envoy, later["sk_test"]["key"]) == (401, "invalid_api_key")

@@ -1,16 +1,20 @@
 //! The HTTP API: admin endpoints behind the admin token, and the key-map endpoint the
-//! filters poll. Blocking store calls run on tokio's blocking pool.
+//! filters poll (`keymap_endpoint.rs`). Blocking store calls run on tokio's blocking pool.
+//! Wrong tokens are throttled per client address, as on the sign-in page.
 
 use crate::auth::{bearer_token, token_matches};
 use crate::clock::now_unix;
-use crate::keymap::{etag, if_none_match_matches, Encoding, KeyMapCache};
+use crate::keymap::{KeyMapCache, Observed};
+use crate::keymap_endpoint::key_map;
 use crate::log::log_event;
 use crate::model::{
     AccountListView, CreateAccountRequest, CreateKeyRequest, ErrorBody, ErrorDetail,
     ImportKeyRequest, KeyListView, RollKeyRequest,
 };
 use crate::service::{KeyChange, Service, ServiceError, ServiceResult};
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreId};
+use crate::web::throttle::{retry_after_seconds, LoginThrottle};
+use crate::web::ClientIp;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -19,37 +23,76 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use keygate_core::config::{build_key_map, RawKey};
 use keygate_core::digest::Digest;
 use keygate_core::key::KeyKind;
-use keygate_sync_core::binary::{encode_binary_full, BINARY_CONTENT_TYPE};
-use keygate_sync_core::message::KeyMapMessage;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, RwLock};
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// A database that went back (a restore) gets an empty change of its own at most this
+/// often, however many polls or reads notice it.
+const RESTORE_BUMP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Full key maps written at once (see `slotted_body.rs`); more wait their turn.
+const FULL_MAP_SENDS: usize = 4;
+
+/// Who may read the key map.
+pub enum KeyMapAccess {
+    /// The sync token (digest re-read from the store every second) or the admin token.
+    Token(Digest),
+    /// Anyone who can reach the server (`serve --no-sync-token`).
+    Open,
+}
 
 /// Everything the handlers share.
 pub struct AppState {
     service: Service,
     /// Re-read from the store every second, so that `admin-token rotate` takes effect.
     admin_digest: RwLock<Option<Digest>>,
-    /// When set, the key map needs this token (or the admin token).
-    sync_digest: Option<Digest>,
-    keymap: KeyMapCache,
+    /// `None`: the key map is open to anyone (`--no-sync-token`).
+    sync_digest: Option<RwLock<Digest>>,
+    pub(crate) keymap: KeyMapCache,
+    /// One full-map build at a time: polls that need one while it runs wait for it and
+    /// take its result.
+    pub(crate) full_build: tokio::sync::Mutex<()>,
+    /// How many full maps were built (for the log and tests).
+    pub(crate) full_builds: AtomicU64,
+    /// Slots for writing full maps.
+    pub(crate) full_sends: Arc<tokio::sync::Semaphore>,
+    /// When an empty change was last recorded for a restore.
+    last_restore_bump: Mutex<Option<Instant>>,
+    /// Failed admin-token attempts on the admin API, per client address.
+    admin_throttle: LoginThrottle,
+    /// Failed attempts on the key map with a token that is not the sync token (the admin
+    /// token works there too), per address. Apart from the admin API's, so that a filter
+    /// still sending a rotated-out sync token does not lock its host's operators out.
+    key_map_throttle: LoginThrottle,
 }
 
 impl AppState {
     pub fn new(
         service: Service,
         admin_digest: Option<Digest>,
-        sync_digest: Option<Digest>,
+        key_map_access: KeyMapAccess,
         keymap: KeyMapCache,
     ) -> AppState {
         AppState {
             service,
             admin_digest: RwLock::new(admin_digest),
-            sync_digest,
+            sync_digest: match key_map_access {
+                KeyMapAccess::Token(digest) => Some(RwLock::new(digest)),
+                KeyMapAccess::Open => None,
+            },
             keymap,
+            full_build: tokio::sync::Mutex::new(()),
+            full_builds: AtomicU64::new(0),
+            full_sends: Arc::new(tokio::sync::Semaphore::new(FULL_MAP_SENDS)),
+            last_restore_bump: Mutex::new(None),
+            admin_throttle: LoginThrottle::default(),
+            key_map_throttle: LoginThrottle::default(),
         }
     }
 
@@ -66,11 +109,89 @@ impl AppState {
         *self.admin_digest.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Re-reads the key map's version and next expiry (cheap: two indexed lookups).
+    /// Takes the sync token's digest as the store has it now (a rotation); ignored when
+    /// the key map is open.
+    pub fn set_sync_digest(&self, digest: Digest) {
+        if let Some(sync) = &self.sync_digest {
+            *sync.write().unwrap_or_else(|e| e.into_inner()) = digest;
+        }
+    }
+
+    pub fn key_map_requires_token(&self) -> bool {
+        self.sync_digest.is_some()
+    }
+
+    /// Re-reads the key map's store, version and next expiry (cheap: a few indexed
+    /// lookups). A version lower than the one cached is read again: a slow reader's is
+    /// ignored, but a database that really went back (restored from an older copy, or its
+    /// file replaced) gets an empty change so its version passes every one handed out
+    /// before, and the cached maps are dropped.
     pub fn refresh_key_map_status(&self) {
-        match self.service.store().key_map_status() {
-            Ok(status) => self.keymap.observe(status),
-            Err(e) => log_event(&format!("cannot read the key map status: {e}")),
+        let store = self.service.store();
+        let status = match store.key_map_status() {
+            Ok(status) => status,
+            Err(e) => return log_event(&format!("cannot read the key map status: {e}")),
+        };
+        match self.keymap.observe(status) {
+            Observed::Current => {}
+            Observed::NewLineage { previous } => {
+                let now = self.keymap.status();
+                log_event(&format!(
+                    "the key map's store is now {} at version {} (was {previous}): a new \
+                     lineage or another database; filters take its full map as a new lineage",
+                    now.store, now.version
+                ));
+            }
+            Observed::Older { cached } => {
+                let again = match store.key_map_status() {
+                    Ok(again) => again,
+                    Err(e) => return log_event(&format!("cannot read the key map status: {e}")),
+                };
+                // Caught up (or another store) by now: the first read was a slow one.
+                if self.keymap.observe(again.clone()) != (Observed::Older { cached }) {
+                    return;
+                }
+                log_event(&format!(
+                    "the key map went back from version {cached} to {} in store {} (the \
+                     database was restored from an older copy, or replaced)",
+                    again.version, again.store
+                ));
+                self.record_restore(&again.store, cached);
+                match store.key_map_status() {
+                    Ok(now) => self.keymap.reset(now),
+                    Err(e) => log_event(&format!("cannot read the key map status: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Has the store record an empty change when its version is below `seen` (at most once
+    /// per `RESTORE_BUMP_INTERVAL`), so that it moves past every version handed out before
+    /// it went back. Blocking. True when a version was recorded.
+    pub(crate) fn record_restore(&self, store: &StoreId, seen: u64) -> bool {
+        {
+            let mut last = self
+                .last_restore_bump
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < RESTORE_BUMP_INTERVAL) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        match self.service.store().record_restore(store, seen) {
+            Ok(Some(version)) => {
+                log_event(&format!(
+                    "recorded key map version {version} in store {store} (an empty change), \
+                     past version {seen}; filters get its full map"
+                ));
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                log_event(&format!("cannot record a version past {seen}: {e}"));
+                false
+            }
         }
     }
 
@@ -81,22 +202,70 @@ impl AppState {
             .and_then(bearer_token)
     }
 
-    fn is_admin(&self, headers: &HeaderMap) -> bool {
-        let expected = *self.admin_digest.read().unwrap_or_else(|e| e.into_inner());
-        match (Self::presented_token(headers), expected) {
-            (Some(token), Some(expected)) => token_matches(token, &expected),
-            _ => false,
-        }
+    fn is_admin_token(&self, token: &str) -> bool {
+        self.admin_digest()
+            .is_some_and(|expected| token_matches(token, &expected))
     }
 
-    fn may_read_key_map(&self, headers: &HeaderMap) -> bool {
-        match &self.sync_digest {
-            None => true,
-            Some(sync) => {
-                Self::presented_token(headers).is_some_and(|t| token_matches(t, sync))
-                    || self.is_admin(headers)
-            }
+    fn is_sync_token(&self, token: &str) -> bool {
+        self.sync_digest.as_ref().is_some_and(|sync| {
+            let expected = *sync.read().unwrap_or_else(|e| e.into_inner());
+            token_matches(token, &expected)
+        })
+    }
+
+    /// Checks a bearer token with `accepts`, throttled per address like the sign-in page:
+    /// while an address waits after a failure its attempts get 429 unchecked, and each
+    /// wrong token makes the next answer wait longer. A missing token is no attempt.
+    async fn check_token(
+        &self,
+        throttle: &LoginThrottle,
+        headers: &HeaderMap,
+        ip: IpAddr,
+        what: &str,
+        accepts: impl Fn(&Self, &str) -> bool,
+    ) -> Result<(), Response> {
+        if let Err(wait) = throttle.check(ip) {
+            return Err(too_many_attempts(wait));
         }
+        let Some(token) = Self::presented_token(headers) else {
+            return Err(unauthorized(&format!(
+                "missing {what}; send Authorization: Bearer <{what}>"
+            )));
+        };
+        if accepts(self, token) {
+            throttle.succeeded(ip);
+            return Ok(());
+        }
+        let failure = throttle.failed(ip);
+        log_event(&format!(
+            "refused a wrong {what} from {ip} ({} in a row)",
+            failure.count
+        ));
+        // The answer waits; attempts from this address meanwhile are refused unchecked.
+        tokio::time::sleep(failure.delay).await;
+        Err(unauthorized(&format!(
+            "wrong {what}; send Authorization: Bearer <{what}>"
+        )))
+    }
+
+    /// The key map needs the sync token (or the admin token), unless it is open. The sync
+    /// token passes at once, so filters holding it are never slowed by a neighbour sending
+    /// a wrong one; any other token is throttled as on the admin API (it may be a guess at
+    /// the admin token).
+    pub(crate) async fn authorize_key_map(
+        &self,
+        headers: &HeaderMap,
+        ip: IpAddr,
+    ) -> Result<(), Response> {
+        if !self.key_map_requires_token()
+            || Self::presented_token(headers).is_some_and(|t| self.is_sync_token(t))
+        {
+            return Ok(());
+        }
+        let throttle = &self.key_map_throttle;
+        self.check_token(throttle, headers, ip, "sync token", Self::is_admin_token)
+            .await
     }
 }
 
@@ -140,12 +309,12 @@ impl ApiError {
         }
     }
 
-    fn invalid(message: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
 
     /// Details go to the log only; the answer says nothing about the store.
-    fn internal(detail: &str) -> ApiError {
+    pub(crate) fn internal(detail: &str) -> ApiError {
         log_event(&format!("internal error: {detail}"));
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -202,15 +371,38 @@ fn unauthorized(message: &str) -> Response {
     response
 }
 
+fn too_many_attempts(wait: Duration) -> Response {
+    let seconds = retry_after_seconds(wait);
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        format!("too many wrong tokens from your address; try again in {seconds} s"),
+    )
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 async fn require_admin(
     State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
     request: Request,
     next: Next,
 ) -> Response {
-    if state.is_admin(request.headers()) {
-        next.run(request).await
-    } else {
-        unauthorized("missing or wrong admin token; send Authorization: Bearer <admin token>")
+    let checked = state
+        .check_token(
+            &state.admin_throttle,
+            request.headers(),
+            ip,
+            "admin token",
+            AppState::is_admin_token,
+        )
+        .await;
+    match checked {
+        Ok(()) => next.run(request).await,
+        Err(response) => response,
     }
 }
 
@@ -232,7 +424,7 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Runs store work on the blocking pool, then refreshes the in-memory key-map status so the
 /// next poll sees any change at once.
-async fn run_blocking<T, F>(state: &Arc<AppState>, work: F) -> Result<T, ApiError>
+pub(crate) async fn run_blocking<T, F>(state: &Arc<AppState>, work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&Service, u64) -> ServiceResult<T> + Send + 'static,
@@ -425,136 +617,4 @@ async fn enable_key(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     change_key(state, path, KeyChange::Enable).await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyMapQuery {
-    since: Option<u64>,
-}
-
-fn not_modified(version: u64) -> Response {
-    let mut response = StatusCode::NOT_MODIFIED.into_response();
-    insert_etag(&mut response, version);
-    response
-}
-
-fn key_map_answer(version: u64, body: Bytes, encoding: Encoding) -> Response {
-    let content_type = match encoding {
-        Encoding::Json => "application/json",
-        Encoding::Binary => BINARY_CONTENT_TYPE,
-    };
-    let mut response = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        body,
-    )
-        .into_response();
-    insert_etag(&mut response, version);
-    response
-}
-
-fn insert_etag(response: &mut Response, version: u64) {
-    // A decimal number in quotes is always a valid header value.
-    if let Ok(value) = HeaderValue::from_str(&etag(version)) {
-        response.headers_mut().insert(header::ETAG, value);
-    }
-}
-
-fn encode(message: &KeyMapMessage) -> Result<Bytes, ApiError> {
-    serde_json::to_vec(message)
-        .map(Bytes::from)
-        .map_err(|e| ApiError::internal(&format!("cannot encode the key map: {e}")))
-}
-
-/// A full map in keygate's binary form (what the fetcher asks for: ~75 bytes a key instead
-/// of ~190, and no JSON parse in the VM). Deltas stay JSON: they are small.
-fn encode_binary(version: u64, keys: &[RawKey]) -> Result<Bytes, ApiError> {
-    let map = build_key_map(keys, "keys")
-        .map_err(|e| ApiError::internal(&format!("cannot encode the key map: {e}")))?;
-    Ok(Bytes::from(encode_binary_full(version, &map)))
-}
-
-/// The encoding a poller asked for with `Accept`.
-fn wanted_encoding(headers: &HeaderMap) -> Encoding {
-    let binary = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().starts_with(BINARY_CONTENT_TYPE))
-        });
-    if binary {
-        Encoding::Binary
-    } else {
-        Encoding::Json
-    }
-}
-
-/// `GET /v1/keymap[?since=N]`. An unchanged map (`If-None-Match` naming the current
-/// version) is answered 304 from memory; the full map is served from memory while current.
-async fn key_map(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    query: Result<Query<KeyMapQuery>, QueryRejection>,
-) -> Response {
-    if !state.may_read_key_map(&headers) {
-        return unauthorized(
-            "missing or wrong sync token; send Authorization: Bearer <sync token>",
-        );
-    }
-    let since = match query {
-        Ok(Query(query)) => query.since,
-        Err(e) => return ApiError::invalid(format!("query: {e}")).into_response(),
-    };
-    let if_none_match = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok());
-    let now = now_unix();
-    if let Some(version) = state.keymap.fresh_version(now) {
-        if if_none_match.is_some_and(|tags| if_none_match_matches(tags, version)) {
-            return not_modified(version);
-        }
-        // A poll from a filter that is up to date: nothing changed, and memory knows it.
-        if since == Some(version) {
-            return match encode(&KeyMapMessage::Delta {
-                version,
-                since: version,
-                upserts: Vec::new(),
-                removes: Vec::new(),
-            }) {
-                Ok(body) => key_map_answer(version, body, Encoding::Json),
-                Err(e) => e.into_response(),
-            };
-        }
-    }
-    let encoding = wanted_encoding(&headers);
-    if since.is_none() {
-        if let Some((version, body)) = state.keymap.cached_full(now, encoding) {
-            return key_map_answer(version, body, encoding);
-        }
-    }
-    let message = match run_blocking(&state, move |service, now| service.key_map(since, now)).await
-    {
-        Ok(message) => message,
-        Err(e) => return e.into_response(),
-    };
-    let version = message.version();
-    if if_none_match.is_some_and(|tags| if_none_match_matches(tags, version)) {
-        return not_modified(version);
-    }
-    let (body, encoding) = match &message {
-        KeyMapMessage::Full { keys, .. } if encoding == Encoding::Binary => {
-            (encode_binary(version, keys), Encoding::Binary)
-        }
-        _ => (encode(&message), Encoding::Json),
-    };
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => return e.into_response(),
-    };
-    if matches!(message, KeyMapMessage::Full { .. }) {
-        state.keymap.remember_full(version, body.clone(), encoding);
-    }
-    key_map_answer(version, body, encoding)
 }

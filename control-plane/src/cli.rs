@@ -60,6 +60,12 @@ pub enum Command {
     /// Manage the admin token of the database.
     #[command(subcommand)]
     AdminToken(AdminTokenCommand),
+    /// Manage the sync token the filters send to read the key map.
+    #[command(subcommand)]
+    SyncToken(SyncTokenCommand),
+    /// Inspect the key map's store and version, or start a new lineage.
+    #[command(subcommand)]
+    Keymap(KeymapCommand),
 }
 
 #[derive(Debug, Args)]
@@ -67,9 +73,24 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the address is logged on start).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// Require `Authorization: Bearer <token>` with the token in FILE on /v1/keymap.
-    #[arg(long, value_name = "FILE")]
+    /// The sync token /v1/keymap requires (`Authorization: Bearer <token>`): read from
+    /// FILE, or on first start generated into it (owner-only). Default: the database path
+    /// with `.sync-token` appended (SQLite); with PostgreSQL, give it on the first start.
+    #[arg(long, env = "KEYGATE_SYNC_TOKEN_FILE", value_name = "FILE")]
     pub sync_token_file: Option<PathBuf>,
+    /// Serve the key map without a token, to anyone who can reach the server.
+    #[arg(long, conflicts_with = "sync_token_file")]
+    pub no_sync_token: bool,
+    /// Answer requests naming this Host too (repeatable; `*.example.com` for subdomains).
+    /// IP addresses and localhost are always answered; other names get 421, which stops
+    /// DNS rebinding.
+    #[arg(
+        long = "allowed-host",
+        env = "KEYGATE_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub allowed_hosts: Vec<String>,
     /// How often expired keys are purged from the key map (e.g. 10s, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub purge_interval: u64,
@@ -232,4 +253,42 @@ pub enum AdminTokenCommand {
         #[arg(long, value_name = "FILE")]
         new_token_file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncTokenCommand {
+    /// Replace the sync token: a new one written to the token file (owner-only), or the one
+    /// in --new-token-file. A running server accepts only the new one within a second:
+    /// update the filters' bearer_token.
+    Rotate {
+        /// Where the new token goes (default: beside the SQLite database).
+        #[arg(long, env = "KEYGATE_SYNC_TOKEN_FILE", value_name = "FILE")]
+        sync_token_file: Option<PathBuf>,
+        /// Take the token in FILE instead of making one (e.g. a Kubernetes Secret's); then
+        /// give `serve` that file.
+        #[arg(long, value_name = "FILE", conflicts_with = "sync_token_file")]
+        new_token_file: Option<PathBuf>,
+    },
+    /// Copy a config template with every KEYGATE_SYNC_TOKEN in it replaced by the sync token
+    /// (set up first, as `serve` would, if there is none yet).
+    Render {
+        /// The template, e.g. an Envoy config whose bearer_token is KEYGATE_SYNC_TOKEN.
+        template: PathBuf,
+        /// Write here (owner-only; atomically) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The token file (default: beside the SQLite database).
+        #[arg(long, env = "KEYGATE_SYNC_TOKEN_FILE", value_name = "FILE")]
+        sync_token_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeymapCommand {
+    /// The key map's store id and version.
+    Status,
+    /// Start a new lineage: a new store id, the version set to now, the change log emptied.
+    /// For a version that can no longer rise (a rogue value); every filter takes the next
+    /// full map as a new lineage.
+    NewLineage,
 }

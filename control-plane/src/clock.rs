@@ -9,6 +9,13 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The current time as unix milliseconds: the clock key-map versions follow.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC), for tables people read.
 pub fn format_utc(unix: u64) -> String {
     let days = (unix / 86_400) as i64;

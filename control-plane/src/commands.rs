@@ -4,18 +4,21 @@ use crate::admin::Admin;
 use crate::auth::{admin_token_from, read_token_file};
 use crate::cli::{
     AccountCommand, AdminTokenCommand, Cli, Command, ExportArgs, ExportFormat, KeyCommand,
-    ServeArgs,
+    KeymapCommand, ServeArgs, SyncTokenCommand,
 };
 use crate::client::{server_base, Client};
 use crate::clock::now_unix;
 use crate::error::CliError;
 use crate::export::{extension_config, parse_base, plugin_config, write_atomically};
+use crate::hosts::AllowedHosts;
 use crate::model::{AccountListView, ImportKeyRequest, KeyListView};
 use crate::output;
 use crate::random::new_admin_token;
-use crate::serve::{serve, ServeOptions};
+use crate::secret_file::replace_private;
+use crate::serve::{serve, ServeOptions, SyncTokenSetting};
 use crate::service::{parse_digest, KeyChange, Service};
 use crate::store::Store;
+use crate::sync_token::{self, SyncTokenError};
 use keygate_core::digest::Digest;
 use keygate_core::key::{check_key, key_hint, Environment, KeyKind, KeyType};
 use keygate_sync_core::message::KeyMapMessage;
@@ -29,6 +32,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Hash => hash(cli.json),
         Command::Serve(args) => run_serve(&cli, args),
         Command::AdminToken(command) => admin_token(&cli, command),
+        Command::SyncToken(command) => sync_token_command(&cli, command),
+        Command::Keymap(command) => keymap(&cli, command),
         Command::Account(command) => account(&connect(&cli)?, command, cli.json),
         Command::Key(command) => key(&connect(&cli)?, command, cli.json),
         Command::Export(args) => export(&connect(&cli)?, args),
@@ -265,11 +270,18 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         ));
     }
     let admin_token = admin_token_from(cli.admin_token_file.as_deref())?;
-    let sync_token = args
-        .sync_token_file
-        .as_deref()
-        .map(|path| read_token_file(path, "sync token"))
-        .transpose()?;
+    let sync_token = if args.no_sync_token {
+        SyncTokenSetting::Off
+    } else {
+        SyncTokenSetting::Required {
+            file: args
+                .sync_token_file
+                .clone()
+                .or_else(|| sync_token::default_file(&cli.database)),
+        }
+    };
+    let allowed_hosts = AllowedHosts::new(args.allowed_hosts.iter().cloned())
+        .map_err(|e| CliError::Input(e.to_string()))?;
     let store = open_store(cli)?;
     serve(
         store,
@@ -277,6 +289,7 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             listen: args.listen,
             admin_token,
             sync_token,
+            allowed_hosts,
             purge_interval: Duration::from_secs(args.purge_interval),
             customers: customer_setup(&args.customers),
         },
@@ -295,6 +308,93 @@ fn customer_setup(args: &crate::cli::CustomerArgs) -> crate::serve::CustomerSetu
         mail,
         mail_from: args.mail_from.clone(),
     }
+}
+
+fn sync_token_command(cli: &Cli, command: &SyncTokenCommand) -> Result<(), CliError> {
+    refuse_server(cli, "sync-token")?;
+    match command {
+        SyncTokenCommand::Rotate {
+            new_token_file: Some(path),
+            ..
+        } => {
+            let token = read_token_file(path, "sync token")?;
+            open_store(cli)?.set_sync_token_digest(&Digest::of_key(&token))?;
+            eprintln!(
+                "keygatectl: sync token replaced with the one in {}. Running servers accept \
+                 only it within a second: update every filter's bearer_token, and give serve \
+                 that file.",
+                path.display()
+            );
+            Ok(())
+        }
+        SyncTokenCommand::Rotate {
+            sync_token_file, ..
+        } => {
+            let path = sync_token::file_for(sync_token_file.as_deref(), &cli.database)?;
+            let store = open_store(cli)?;
+            sync_token::rotate(store.as_ref(), &path)?;
+            eprintln!(
+                "keygatectl: sync token replaced; the new one is in {} (readable by its owner \
+                 only). Running servers accept only it within a second: update every filter's \
+                 bearer_token.",
+                path.display()
+            );
+            Ok(())
+        }
+        SyncTokenCommand::Render {
+            template,
+            output,
+            sync_token_file,
+        } => {
+            let path = sync_token::file_for(sync_token_file.as_deref(), &cli.database)?;
+            let text = std::fs::read_to_string(template).map_err(|source| CliError::File {
+                path: template.clone(),
+                source,
+            })?;
+            let store = open_store(cli)?;
+            sync_token::ensure(store.as_ref(), Some(&path))?;
+            let token = read_token_file(&path, "sync token")?;
+            let rendered = sync_token::render(&text, template, &token)?;
+            match output {
+                Some(out) => {
+                    replace_private(out, rendered.as_bytes()).map_err(|source| {
+                        CliError::SyncToken(SyncTokenError::Write {
+                            path: out.clone(),
+                            source,
+                        })
+                    })?;
+                    eprintln!(
+                        "keygatectl: wrote {} with the sync token (readable by its owner only)",
+                        out.display()
+                    );
+                    Ok(())
+                }
+                None => emit(&rendered),
+            }
+        }
+    }
+}
+
+fn keymap(cli: &Cli, command: &KeymapCommand) -> Result<(), CliError> {
+    refuse_server(cli, "keymap")?;
+    let store = open_store(cli)?;
+    let status = match command {
+        KeymapCommand::Status => store.key_map_status()?,
+        KeymapCommand::NewLineage => {
+            let status = store.new_lineage()?;
+            eprintln!(
+                "keygatectl: started a new lineage: store {}, version {}. Running servers \
+                 serve it within a second; every filter takes its next full map as a new \
+                 lineage.",
+                status.store, status.version
+            );
+            status
+        }
+    };
+    let doc = serde_json::json!({ "store": status.store.as_str(), "version": status.version });
+    print(cli.json, &doc, || {
+        format!("store {}\nversion {}\n", status.store, status.version)
+    })
 }
 
 fn admin_token(cli: &Cli, command: &AdminTokenCommand) -> Result<(), CliError> {

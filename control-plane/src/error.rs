@@ -8,6 +8,7 @@ use crate::random::RandomError;
 use crate::serve::ServeError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
+use crate::sync_token::SyncTokenError;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum CliError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    SyncToken(#[from] SyncTokenError),
     #[error(transparent)]
     Export(#[from] ExportError),
     #[error(transparent)]
@@ -47,6 +50,9 @@ impl CliError {
             CliError::Input(_)
             | CliError::Service(ServiceError::Invalid(_))
             | CliError::Token(_)
+            | CliError::SyncToken(
+                SyncTokenError::NeedsFile | SyncTokenError::NoPlaceholder { .. },
+            )
             | CliError::Client(ClientError::BadUrl(_))
             | CliError::Client(ClientError::Api { status: 400, .. })
             | CliError::Export(ExportError::Base(_) | ExportError::BaseNotObject) => 2,

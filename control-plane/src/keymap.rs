@@ -1,29 +1,40 @@
-//! What the key-map endpoint keeps in memory: the current version (so a poll that changes
-//! nothing is answered 304 without touching the database) and the last full map's JSON.
+//! What the key-map endpoint keeps in memory: the store's identity and current version (so a
+//! poll that changes nothing is answered 304 without touching the database) and the last
+//! full map in each encoding.
 
-use crate::store::KeyMapStatus;
+use crate::store::{KeyMapStatus, StoreId};
 use axum::body::Bytes;
 use std::sync::{Mutex, RwLock};
 
-/// The `ETag` of a key-map version: `"<version>"`.
-pub fn etag(version: u64) -> String {
-    format!("\"{version}\"")
+/// The `ETag` of a key-map version: `"<store id>:<version>"`.
+pub fn etag(store: &StoreId, version: u64) -> String {
+    format!("\"{store}:{version}\"")
 }
 
-/// True when an `If-None-Match` value names `version` (weak tags and `*` included).
-pub fn if_none_match_matches(header_value: &str, version: u64) -> bool {
+/// True when an `If-None-Match` value names this store's `version`: `"<store>:<version>"`
+/// (weak or not), or `*`. A bare `"<version>"`, as filters sent before stores had an id,
+/// matches on the version alone: such a filter compares versions only, and would refuse a
+/// full map of the version it holds anyway.
+pub fn if_none_match_matches(header_value: &str, store: &StoreId, version: u64) -> bool {
     header_value.split(',').map(str::trim).any(|tag| {
         let tag = tag.strip_prefix("W/").unwrap_or(tag);
-        tag == "*"
-            || tag
-                .strip_prefix('"')
-                .and_then(|t| t.strip_suffix('"'))
-                .and_then(|t| t.parse::<u64>().ok())
-                == Some(version)
+        if tag == "*" {
+            return true;
+        }
+        let Some(opaque) = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+            return false;
+        };
+        let (tag_store, tag_version) = match opaque.split_once(':') {
+            Some((tag_store, tag_version)) => (Some(tag_store), tag_version),
+            None => (None, opaque),
+        };
+        tag_store.map_or(true, |s| s == store.as_str())
+            && tag_version.parse::<u64>().ok() == Some(version)
     })
 }
 
 struct CachedFull {
+    store: StoreId,
     version: u64,
     body: Bytes,
 }
@@ -33,6 +44,18 @@ struct CachedFull {
 pub enum Encoding {
     Json = 0,
     Binary = 1,
+}
+
+/// What a status read from the store did to the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// The same or a newer version of the same store: taken.
+    Current,
+    /// An older version of the same store: kept out. A slow reader's, or (if the store
+    /// confirms it) a database that went back to an older copy.
+    Older { cached: u64 },
+    /// Another store's: taken, and the cached maps dropped.
+    NewLineage { previous: StoreId },
 }
 
 pub struct KeyMapCache {
@@ -48,43 +71,79 @@ impl KeyMapCache {
         }
     }
 
-    /// Takes a status read from the store. Never goes back to an older version: a slow
-    /// reader must not undo a newer writer's news.
-    pub fn observe(&self, status: KeyMapStatus) {
+    /// Takes a status read from the store. Never goes back to an older version of the same
+    /// store by itself: a slow reader must not undo a newer writer's news (`reset` does,
+    /// once the store confirmed it).
+    pub fn observe(&self, status: KeyMapStatus) -> Observed {
         // The status is plain data, always whole: a poisoned lock still holds a valid one.
         let mut current = self.status.write().unwrap_or_else(|e| e.into_inner());
-        if status.version >= current.version {
-            *current = status;
+        if status.store != current.store {
+            let previous = std::mem::replace(&mut *current, status).store;
+            self.drop_full_maps();
+            return Observed::NewLineage { previous };
+        }
+        if status.version < current.version {
+            return Observed::Older {
+                cached: current.version,
+            };
+        }
+        *current = status;
+        Observed::Current
+    }
+
+    /// Takes `status` whatever was cached, and drops the cached maps: the store went back.
+    pub fn reset(&self, status: KeyMapStatus) {
+        let mut current = self.status.write().unwrap_or_else(|e| e.into_inner());
+        *current = status;
+        self.drop_full_maps();
+    }
+
+    fn drop_full_maps(&self) {
+        for full in &self.full {
+            *full.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 
-    /// The current version while it is still exact: `None` once a key's expiry has passed
-    /// and the map must be purged (by a store read) before any answer.
-    pub fn fresh_version(&self, now: u64) -> Option<u64> {
-        let status = *self.status.read().unwrap_or_else(|e| e.into_inner());
+    /// The store and version cached, whether or not an expiry is due.
+    pub fn status(&self) -> KeyMapStatus {
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The store and current version while it is still exact: `None` once a key's expiry
+    /// has passed and the map must be purged (by a store read) before any answer.
+    pub fn fresh(&self, now: u64) -> Option<(StoreId, u64)> {
+        let status = self.status.read().unwrap_or_else(|e| e.into_inner());
         match status.next_expiry {
             Some(expiry) if now >= expiry => None,
-            _ => Some(status.version),
+            _ => Some((status.store.clone(), status.version)),
         }
     }
 
     /// The last full map in `encoding`, if it is still the current map.
-    pub fn cached_full(&self, now: u64, encoding: Encoding) -> Option<(u64, Bytes)> {
-        let version = self.fresh_version(now)?;
+    pub fn cached_full(&self, now: u64, encoding: Encoding) -> Option<(StoreId, u64, Bytes)> {
+        let (store, version) = self.fresh(now)?;
         let full = self.full[encoding as usize]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         full.as_ref()
-            .filter(|cached| cached.version == version)
-            .map(|cached| (cached.version, cached.body.clone()))
+            .filter(|cached| cached.store == store && cached.version == version)
+            .map(|cached| (store, cached.version, cached.body.clone()))
     }
 
-    pub fn remember_full(&self, version: u64, body: Bytes, encoding: Encoding) {
+    pub fn remember_full(&self, store: &StoreId, version: u64, body: Bytes, encoding: Encoding) {
         let mut full = self.full[encoding as usize]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if !matches!(full.as_ref(), Some(cached) if cached.version > version) {
-            *full = Some(CachedFull { version, body });
+        let newer_cached = matches!(full.as_ref(), Some(cached) if cached.store == *store && cached.version > version);
+        if !newer_cached {
+            *full = Some(CachedFull {
+                store: store.clone(),
+                version,
+                body,
+            });
         }
     }
 }
@@ -93,47 +152,95 @@ impl KeyMapCache {
 mod tests {
     use super::*;
 
-    fn status(version: u64, next_expiry: Option<u64>) -> KeyMapStatus {
+    fn store(c: char) -> StoreId {
+        StoreId::parse(&c.to_string().repeat(32)).expect("store id")
+    }
+
+    fn status(c: char, version: u64, next_expiry: Option<u64>) -> KeyMapStatus {
         KeyMapStatus {
+            store: store(c),
             version,
             next_expiry,
         }
     }
 
     #[test]
-    fn etags_match_if_none_match_forms() {
-        assert_eq!(etag(7), "\"7\"");
-        assert!(if_none_match_matches("\"7\"", 7));
-        assert!(if_none_match_matches("W/\"7\"", 7));
-        assert!(if_none_match_matches("\"3\", \"7\"", 7));
-        assert!(if_none_match_matches("*", 7));
-        assert!(!if_none_match_matches("\"6\"", 7));
-        assert!(!if_none_match_matches("7", 7));
-        assert!(!if_none_match_matches("", 7));
+    fn etags_name_the_store_and_version() {
+        let a = store('a');
+        let b = store('b');
+        assert_eq!(etag(&a, 7), format!("\"{a}:7\""));
+        let tag = etag(&a, 7);
+        assert!(if_none_match_matches(&tag, &a, 7));
+        assert!(if_none_match_matches(&format!("W/{tag}"), &a, 7));
+        assert!(if_none_match_matches(&format!("\"{a}:3\", {tag}"), &a, 7));
+        assert!(if_none_match_matches("*", &a, 7));
+        // Another store's version 7 is another map.
+        assert!(!if_none_match_matches(&etag(&b, 7), &a, 7));
+        assert!(!if_none_match_matches(&etag(&a, 6), &a, 7));
+        // The form filters sent before store ids: the version alone.
+        assert!(if_none_match_matches("\"7\"", &a, 7));
+        assert!(!if_none_match_matches("\"6\"", &a, 7));
+        for bad in [
+            "7",
+            "",
+            "\"\"",
+            "\"a:7",
+            &format!("\"{a}:\""),
+            &format!("\"{a}:x\""),
+        ] {
+            assert!(!if_none_match_matches(bad, &a, 7), "{bad}");
+        }
     }
 
     #[test]
-    fn versions_never_go_back_and_expiry_makes_them_stale() {
-        let cache = KeyMapCache::new(status(5, Some(100)));
-        cache.observe(status(4, None));
-        assert_eq!(cache.fresh_version(99), Some(5));
-        assert_eq!(cache.fresh_version(100), None);
-        cache.observe(status(6, None));
-        assert_eq!(cache.fresh_version(1000), Some(6));
+    fn versions_never_go_back_by_themselves_and_expiry_makes_them_stale() {
+        let cache = KeyMapCache::new(status('a', 5, Some(100)));
+        assert_eq!(
+            cache.observe(status('a', 4, None)),
+            Observed::Older { cached: 5 }
+        );
+        assert_eq!(cache.fresh(99), Some((store('a'), 5)));
+        assert_eq!(cache.fresh(100), None);
+        assert_eq!(cache.observe(status('a', 6, None)), Observed::Current);
+        assert_eq!(cache.fresh(1000), Some((store('a'), 6)));
+        // Confirmed by the store: the database went back.
+        cache.reset(status('a', 2, None));
+        assert_eq!(cache.fresh(0), Some((store('a'), 2)));
     }
 
     #[test]
-    fn the_full_map_is_served_only_for_the_current_version() {
-        let cache = KeyMapCache::new(status(2, None));
-        cache.remember_full(2, Bytes::from_static(b"two"), Encoding::Json);
+    fn another_store_is_a_new_lineage_whatever_its_version() {
+        let cache = KeyMapCache::new(status('a', 1_000, None));
+        cache.remember_full(&store('a'), 1_000, Bytes::from_static(b"a"), Encoding::Json);
+        assert_eq!(
+            cache.observe(status('b', 3, None)),
+            Observed::NewLineage {
+                previous: store('a')
+            }
+        );
+        assert_eq!(cache.fresh(0), Some((store('b'), 3)));
+        assert_eq!(cache.cached_full(0, Encoding::Json), None);
+    }
+
+    #[test]
+    fn the_full_map_is_served_only_for_the_current_store_and_version() {
+        let cache = KeyMapCache::new(status('a', 2, None));
+        cache.remember_full(&store('a'), 2, Bytes::from_static(b"two"), Encoding::Json);
         assert_eq!(
             cache.cached_full(0, Encoding::Json),
-            Some((2, Bytes::from_static(b"two")))
+            Some((store('a'), 2, Bytes::from_static(b"two")))
         );
         assert_eq!(cache.cached_full(0, Encoding::Binary), None);
-        cache.remember_full(1, Bytes::from_static(b"one"), Encoding::Json);
-        assert_eq!(cache.cached_full(0, Encoding::Json).map(|c| c.0), Some(2));
-        cache.observe(status(3, None));
+        cache.remember_full(&store('a'), 1, Bytes::from_static(b"one"), Encoding::Json);
+        assert_eq!(cache.cached_full(0, Encoding::Json).map(|c| c.1), Some(2));
+        // Another store's map at the same version is not this one.
+        cache.remember_full(&store('b'), 2, Bytes::from_static(b"b2"), Encoding::Binary);
+        assert_eq!(cache.cached_full(0, Encoding::Binary), None);
+        cache.observe(status('a', 3, None));
+        assert_eq!(cache.cached_full(0, Encoding::Json), None);
+        cache.reset(status('a', 3, None));
+        cache.remember_full(&store('a'), 3, Bytes::from_static(b"3"), Encoding::Json);
+        cache.reset(status('a', 3, None));
         assert_eq!(cache.cached_full(0, Encoding::Json), None);
     }
 }

@@ -6,6 +6,8 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 
 /// Prefix of generated admin tokens: recognisable, and unlike any API key prefix.
 pub const ADMIN_TOKEN_PREFIX: &str = "kgadm_";
+/// Prefix of generated sync tokens.
+pub const SYNC_TOKEN_PREFIX: &str = "kgsync_";
 
 #[derive(Debug, thiserror::Error)]
 #[error("the operating system's secure random source failed: {0}")]
@@ -57,6 +59,11 @@ pub fn new_user_id() -> Result<String, RandomError> {
 /// A new admin token: 40 base62 characters (~238 bits).
 pub fn new_admin_token() -> Result<String, RandomError> {
     random_base62::<40>(ADMIN_TOKEN_PREFIX)
+}
+
+/// A new sync token: 40 base62 characters (~238 bits).
+pub fn new_sync_token() -> Result<String, RandomError> {
+    random_base62::<40>(SYNC_TOKEN_PREFIX)
 }
 
 #[cfg(test)]

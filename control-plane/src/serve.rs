@@ -1,19 +1,23 @@
-//! `keygatectl serve`: sets up the admin token, binds, and runs the HTTP API with a
-//! maintenance task that purges expired keys and picks up changes made by other processes.
+//! `keygatectl serve`: sets up the admin and sync tokens, binds, and runs the HTTP API with
+//! a maintenance task that purges expired keys and picks up changes made by other processes.
 
-use crate::api::{router, AppState};
+use crate::api::{router, AppState, KeyMapAccess};
 use crate::auth::token_matches;
 use crate::clock::now_unix;
+use crate::hosts::{check_host, AllowedHosts};
 use crate::keymap::KeyMapCache;
 use crate::log::log_event;
 use crate::mail::{MailError, MailRoute, Mailer};
 use crate::random::{new_admin_token, RandomError};
 use crate::service::Service;
 use crate::store::{Store, StoreError};
+use crate::sync_token::{self, SyncTokenError};
 use crate::web::{secure_cookies_from_env, CustomerOptions};
+use axum::middleware;
 use axum::serve::ListenerExt;
 use keygate_core::digest::Digest;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +29,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// The admin token given on the command line or in the environment, if any.
     pub admin_token: Option<String>,
-    pub sync_token: Option<String>,
+    pub sync_token: SyncTokenSetting,
+    pub allowed_hosts: AllowedHosts,
     pub purge_interval: Duration,
     pub customers: CustomerSetup,
 }
@@ -37,6 +42,15 @@ pub struct CustomerSetup {
     pub mail_from: String,
 }
 
+/// Whether the key map needs the sync token.
+pub enum SyncTokenSetting {
+    /// It does (the default): the token is in this file (created if missing), or only in
+    /// the database when there is no file (PostgreSQL replicas after the first).
+    Required { file: Option<PathBuf> },
+    /// `--no-sync-token`: anyone who can reach the server may read the key map.
+    Off,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(
@@ -46,6 +60,8 @@ pub enum ServeError {
     AdminTokenMismatch,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    SyncToken(#[from] SyncTokenError),
     #[error(transparent)]
     Random(#[from] RandomError),
     #[error("cannot start the server runtime: {0}")]
@@ -77,13 +93,29 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
         .as_ref()
         .map(|route| Mailer::start(route, &options.customers.mail_from))
         .transpose()?;
+    let key_map_access = match &options.sync_token {
+        SyncTokenSetting::Required { file } => {
+            KeyMapAccess::Token(sync_token::ensure(store.as_ref(), file.as_deref())?)
+        }
+        SyncTokenSetting::Off => {
+            log_event(
+                "warning: --no-sync-token: the key map (every key digest, account id and key \
+                 id) is served to anyone who can reach this server",
+            );
+            KeyMapAccess::Open
+        }
+    };
     let admin_digest = ensure_admin_token(store.as_ref(), options.admin_token.as_deref())?;
-    let sync_digest = options.sync_token.as_deref().map(Digest::of_key);
-    let keymap = KeyMapCache::new(store.key_map_status()?);
+    let status = store.key_map_status()?;
+    log_event(&format!(
+        "key map: store {}, version {}",
+        status.store, status.version
+    ));
+    let keymap = KeyMapCache::new(status);
     let state = Arc::new(AppState::new(
         Service::new(store),
         Some(admin_digest),
-        sync_digest,
+        key_map_access,
         keymap,
     ));
     // Replicas over one PostgreSQL: another replica's change (or the CLI's) is announced,
@@ -108,14 +140,15 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
                 source,
             })?;
         let addr = listener.local_addr().map_err(ServeError::Server)?;
-        let keymap_access = if sync_digest.is_some() {
+        let keymap_access = if state.key_map_requires_token() {
             "sync token required"
         } else {
             "no token required"
         };
         log_event(&format!(
             "listening on http://{addr} (key map at /v1/keymap: {keymap_access}; operator page at \
-             http://{addr}/ui/)"
+             http://{addr}/ui/; answering Host names: {})",
+            options.allowed_hosts.describe()
         ));
         let public_url = public_url.unwrap_or_else(|| format!("http://{addr}"));
         log_event(&match &mailer {
@@ -143,8 +176,14 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
                 log_event(&format!("cannot set TCP_NODELAY: {e}"));
             }
         });
-        // The operator's page (`/ui/`) beside the API; connection info for its throttle.
-        let app = router(Arc::clone(&state)).merge(crate::web::router(state, customers));
+        // The operator's page (`/ui/`) and the customers' pages beside the API; connection
+        // info for the throttles; every request's Host checked first.
+        let app = router(Arc::clone(&state))
+            .merge(crate::web::router(state, customers))
+            .layer(middleware::from_fn_with_state(
+                Arc::new(options.allowed_hosts),
+                check_host,
+            ));
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -238,6 +277,13 @@ fn maintenance_pass(state: &AppState, purge: bool) {
         Ok(Some(digest)) => state.set_admin_digest(Some(digest)),
         Ok(None) => {}
         Err(e) => log_event(&format!("cannot read the admin token digest: {e}")),
+    }
+    if state.key_map_requires_token() {
+        match store.sync_token_digest() {
+            Ok(Some(digest)) => state.set_sync_digest(digest),
+            Ok(None) => {}
+            Err(e) => log_event(&format!("cannot read the sync token digest: {e}")),
+        }
     }
     state.refresh_key_map_status();
 }

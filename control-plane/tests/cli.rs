@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{keygatectl, run, run_with_stdin, Api, Server, ADMIN_TOKEN};
+use common::{keygatectl, run, run_with_stdin, Api, Server, ADMIN_TOKEN, SYNC_TOKEN};
 use keygate_core::config::FilterConfig;
 use keygate_core::digest::Digest;
 use serde_json::Value;
@@ -419,14 +419,19 @@ fn the_cli_works_against_a_running_server() {
 fn changes_made_on_the_file_reach_a_running_server() {
     let server = Server::start();
     let api = Api::new(&server);
-    let before = api.key_map_version();
+    let before = api.key_map(None, None).etag.expect("etag");
     cli_json(&server.database(), &["account", "create"]);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while api.key_map(None, Some(&format!("\"{before}\""))).status == 304 {
+    while api.key_map(None, Some(&before)).status == 304 {
         assert!(Instant::now() < deadline, "the server never saw the change");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(api.key_map_version(), before + 1);
+    assert_eq!(
+        api.key_map(None, None).body["keys"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
 
     // Rotating the admin token on the file: the server takes the new one within a second.
     let output = run(keygatectl(&server.database()).args(["admin-token", "rotate"]));
@@ -445,4 +450,142 @@ fn changes_made_on_the_file_reach_a_running_server() {
     }
     api.token = Some(ADMIN_TOKEN.into());
     assert_eq!(api.get("/v1/accounts").status, 401);
+}
+
+/// A version that can no longer rise (a rogue value near the database's integer limit)
+/// refuses changes with a way out; `keymap new-lineage` takes it, and a running server
+/// serves the new store id and version within a second.
+#[test]
+fn a_new_lineage_unsticks_a_rogue_version_under_a_running_server() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.create_account(None);
+    let before = cli_json(&server.database(), &["keymap", "status"]);
+    let old_store = str_of(&before, "store").to_string();
+    assert_eq!(
+        api.key_map(None, None).store.as_deref(),
+        Some(old_store.as_str())
+    );
+    rusqlite::Connection::open(server.database())
+        .expect("open")
+        .execute("UPDATE keymap_state SET version = 9223372036854775807", [])
+        .expect("rogue version");
+    let refused = run(keygatectl(&server.database()).args(["account", "create"]));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("keygatectl keymap new-lineage"),
+        "{}",
+        stderr(&refused)
+    );
+    let started = run(keygatectl(&server.database()).args(["--json", "keymap", "new-lineage"]));
+    let lineage = json_of(&started);
+    assert!(stderr(&started).contains("started a new lineage"));
+    let new_store = str_of(&lineage, "store").to_string();
+    assert_ne!(new_store, old_store);
+    let version = lineage["version"].as_u64().expect("version");
+    assert!(
+        version > 1_600_000_000_000 && version < 1 << 62,
+        "{version}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = api.key_map(None, None);
+        if answer.store.as_deref() == Some(new_store.as_str()) {
+            assert_eq!(answer.body["version"].as_u64(), Some(version));
+            assert_eq!(answer.body["keys"].as_array().map(Vec::len), Some(4));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never took the new lineage"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.log().contains("new lineage"), "{}", server.log());
+    // Changes work again.
+    api.create_account(None);
+    assert!(api.key_map_version() > version);
+}
+
+/// `sync-token rotate` writes a new token to the token file and a running server takes
+/// only it within a second; `sync-token render` fills a config template with it.
+#[test]
+fn the_sync_token_can_be_rotated_and_rendered_into_a_config() {
+    let server = Server::start();
+    let token_file = server.dir.path().join("sync-token");
+    let rotated = run(keygatectl(&server.database())
+        .args(["sync-token", "rotate", "--sync-token-file"])
+        .arg(&token_file));
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    let token = std::fs::read_to_string(&token_file)
+        .expect("token")
+        .trim()
+        .to_string();
+    assert!(token.starts_with("kgsync_"), "{token}");
+    assert!(!stderr(&rotated).contains(&token), "never printed");
+    let mut api = Api::new(&server);
+    api.sync_token = Some(token.clone());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while api.key_map(None, None).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the server never took the new token"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    api.sync_token = Some(SYNC_TOKEN.into());
+    assert_eq!(api.key_map(None, None).status, 401);
+    let template = server.dir.path().join("envoy.yaml");
+    std::fs::write(&template, "bearer_token: \"KEYGATE_SYNC_TOKEN\"\n").expect("template");
+    let rendered = run(keygatectl(&server.database())
+        .args(["sync-token", "render", "--sync-token-file"])
+        .arg(&token_file)
+        .arg(&template));
+    assert!(rendered.status.success(), "{}", stderr(&rendered));
+    assert_eq!(
+        String::from_utf8_lossy(&rendered.stdout),
+        format!("bearer_token: \"{token}\"\n")
+    );
+    let output = server.dir.path().join("rendered.yaml");
+    let written = run(keygatectl(&server.database())
+        .args(["sync-token", "render", "--sync-token-file"])
+        .arg(&token_file)
+        .arg(&template)
+        .arg("--output")
+        .arg(&output));
+    assert!(written.status.success(), "{}", stderr(&written));
+    assert!(std::fs::read_to_string(&output)
+        .expect("rendered")
+        .contains(&token));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&output)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A template without the placeholder is refused: exit 2.
+    std::fs::write(&template, "nothing here\n").expect("template");
+    let refused = run(keygatectl(&server.database())
+        .args(["sync-token", "render", "--sync-token-file"])
+        .arg(&token_file)
+        .arg(&template));
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    // Back to a token given in a file (a Kubernetes Secret's): taken as it is.
+    let given = server.dir.path().join("given-token");
+    std::fs::write(&given, format!("{SYNC_TOKEN}\n")).expect("write");
+    let taken = run(keygatectl(&server.database())
+        .args(["sync-token", "rotate", "--new-token-file"])
+        .arg(&given));
+    assert!(taken.status.success(), "{}", stderr(&taken));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while api.key_map(None, None).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the server never took the given token"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{run, send, Answer, ADMIN_TOKEN, BIN};
+use common::{run, send, Answer, ADMIN_TOKEN, BIN, SYNC_TOKEN};
 use keygate_sync_core::message::KeyMapMessage;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -112,6 +112,8 @@ struct Replica {
     child: Child,
     base: String,
     log: Arc<Mutex<String>>,
+    /// Its sync token file (SYNC_TOKEN), as each machine of a deployment has its own copy.
+    _dir: tempfile::TempDir,
 }
 
 impl Replica {
@@ -121,15 +123,32 @@ impl Replica {
 
     /// Starts a replica; `Err` carries its log if it exits before listening.
     fn try_start(url: &str, token: &str, listen: &str) -> Result<Replica, String> {
+        Replica::try_start_with(url, token, listen, Some(SYNC_TOKEN))
+    }
+
+    /// `sync_token`: written to a file given with `--sync-token-file`; `None` gives none.
+    fn try_start_with(
+        url: &str,
+        token: &str,
+        listen: &str,
+        sync_token: Option<&str>,
+    ) -> Result<Replica, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
         let mut command = keygatectl(url);
         command
             .args(["serve", "--listen", listen, "--purge-interval", "1s"])
             .env("KEYGATE_ADMIN_TOKEN", token);
+        if let Some(sync_token) = sync_token {
+            let file = dir.path().join("sync-token");
+            std::fs::write(&file, format!("{sync_token}\n")).expect("write the sync token");
+            command.arg("--sync-token-file").arg(file);
+        }
         let running = common::spawn_listening(&mut command)?;
         Ok(Replica {
             child: running.child,
             base: running.base,
             log: running.log,
+            _dir: dir,
         })
     }
 
@@ -147,12 +166,13 @@ impl Replica {
         let _ = self.child.wait();
     }
 
+    /// A GET with the sync token (what the key map needs; the admin API refuses it).
     fn get(&self, agent: &ureq::Agent, path: &str, headers: &[(&str, &str)]) -> Answer {
         send(
             agent,
             "GET",
             &format!("{}{path}", self.base),
-            None,
+            Some(SYNC_TOKEN),
             None,
             headers,
         )
@@ -226,12 +246,13 @@ fn a_roll_through_one_replica_is_served_by_the_other_at_once() {
     assert!(b.log().contains("PostgreSQL LISTEN/NOTIFY"), "{}", b.log());
     let agent = common::agent();
     let created = a.post(&agent, "/v1/accounts", "{}").body;
-    b.wait_for_version(&agent, 1, REFRESH);
+    b.wait_for_version(&agent, a.version(&agent), REFRESH);
     let mut current = key_id(&created["keys"][0]);
     let mut latencies = Vec::new();
     for _ in 0..10 {
-        let before = b.version(&agent);
-        let etag = format!("\"{before}\"");
+        let unchanged = b.get(&agent, "/v1/keymap", &[]);
+        let before = unchanged.body["version"].as_u64().expect("version");
+        let etag = unchanged.etag.expect("etag");
         // B is polled as the filter polls it: conditional, with ?since.
         let path = format!("/v1/keymap?since={before}");
         let start = Instant::now();
@@ -258,8 +279,10 @@ fn a_roll_through_one_replica_is_served_by_the_other_at_once() {
         else {
             panic!("expected a delta: {}", answer.text);
         };
-        assert_eq!(version, before + 1);
-        assert_eq!(answer.etag, Some(format!("\"{version}\"")));
+        assert!(version > before, "{before} → {version}");
+        let store = answer.store.clone().expect("store");
+        assert_eq!(answer.etag, Some(format!("\"{store}:{version}\"")));
+        assert_eq!(a.get(&agent, "/v1/keymap", &[]).store, Some(store));
         let new_id = key_id(&rolled["new_key"]);
         assert_eq!(
             upserts.iter().map(|k| &k.key_id).collect::<Vec<_>>(),
@@ -304,7 +327,6 @@ fn concurrent_rolls_through_both_replicas_keep_versions_strictly_rising() {
         .map(|r| r.post(&agent, "/v1/accounts", "{}").body)
         .collect();
     let start_version = replicas[0].version(&agent);
-    assert_eq!(start_version, 2);
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         // Pollers on both replicas, as filters: the version they see never goes back.
@@ -368,10 +390,11 @@ fn concurrent_rolls_through_both_replicas_keep_versions_strictly_rising() {
         all.extend(versions);
     }
     all.sort_unstable();
-    let expected: Vec<u64> = (start_version + 1..=start_version + 2 * ROLLS as u64).collect();
-    assert_eq!(all, expected);
+    all.dedup();
+    assert_eq!(all.len(), 2 * ROLLS, "every roll a version of its own");
+    assert!(all[0] > start_version);
     // And both replicas end on the same map.
-    let last = *expected.last().expect("versions");
+    let last = *all.last().expect("versions");
     for replica in &replicas {
         replica.wait_for_version(&agent, last, REFRESH);
     }
@@ -458,11 +481,11 @@ fn a_dead_replica_leaves_the_others_serving_and_catches_up_when_back() {
             "{}",
         )
         .body;
-    assert_eq!(b.version(&agent), 2);
+    let version = b.version(&agent);
     // Back on its old address: it serves the current map at once.
     let a = Replica::try_start(&db.url, ADMIN_TOKEN, &address).expect("restart");
     let map = a.get(&agent, "/v1/keymap", &[]);
-    assert_eq!(map.body["version"], 2);
+    assert_eq!(map.body["version"], version);
     let ids: Vec<&str> = map.body["keys"]
         .as_array()
         .expect("keys")
@@ -501,8 +524,9 @@ fn the_schema_is_migrated_once_and_recorded() {
         .client()
         .query("SELECT version FROM keygate_schema_migrations", &[])
         .expect("schema table");
-    let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1, 2]);
+    let mut versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, [1, 2, 3]);
     // No plaintext key in the database: digests and hints only.
     let agent = common::agent();
     let created = replicas[0].post(&agent, "/v1/accounts", "{}").body;
@@ -556,22 +580,30 @@ fn the_key_map_of_an_empty_database_is_version_zero_on_every_replica() {
     let Some(db) = TestDb::create() else { return };
     let replicas = [Replica::start(&db.url), Replica::start(&db.url)];
     let agent = common::agent();
+    let store = replicas[0]
+        .get(&agent, "/v1/keymap", &[])
+        .store
+        .expect("store");
     for replica in &replicas {
         let answer = replica.get(&agent, "/v1/keymap", &[]);
-        assert_eq!(answer.etag.as_deref(), Some("\"0\""));
+        // One store: its id is in the database, shared by every replica.
+        assert_eq!(answer.store.as_deref(), Some(store.as_str()));
+        assert_eq!(answer.etag, Some(format!("\"{store}:0\"")));
         assert_eq!(
             answer.body,
             json!({"kind": "full", "version": 0, "keys": []})
         );
-        let unchanged = replica.get(&agent, "/v1/keymap", &[("if-none-match", "\"0\"")]);
+        let tag = format!("\"{store}:0\"");
+        let unchanged = replica.get(&agent, "/v1/keymap", &[("if-none-match", &tag)]);
         assert_eq!(unchanged.status, 304);
     }
     // Deltas from either replica lead to the same map.
     replicas[0].post(&agent, "/v1/accounts", "{}");
     replicas[1].post(&agent, "/v1/accounts", "{}");
+    let latest = replicas[1].version(&agent);
     let mut maps = Vec::new();
     for replica in &replicas {
-        replica.wait_for_version(&agent, 2, REFRESH);
+        replica.wait_for_version(&agent, latest, REFRESH);
         let delta = replica.get(&agent, "/v1/keymap?since=0", &[]);
         let message: KeyMapMessage = serde_json::from_str(&delta.text).expect("delta");
         let mut map = BTreeMap::new();
@@ -593,7 +625,9 @@ fn a_replica_keeps_serving_unchanged_maps_while_the_database_is_unreachable() {
     let agent = common::agent();
     let created = a.post(&agent, "/v1/accounts", "{}").body;
     let full = a.get(&agent, "/v1/keymap", &[]);
-    assert_eq!(full.etag.as_deref(), Some("\"1\""));
+    let version = full.body["version"].as_u64().expect("version");
+    let etag = full.etag.clone().expect("etag");
+    let since_version = format!("/v1/keymap?since={version}");
     // The database goes away: its connections end, and no new one is let in.
     let mut admin = db.admin();
     admin
@@ -610,7 +644,7 @@ fn a_replica_keeps_serving_unchanged_maps_while_the_database_is_unreachable() {
         .expect("end its connections");
     // Unchanged polls and the full map are answered from memory…
     for _ in 0..3 {
-        let unchanged = a.get(&agent, "/v1/keymap?since=1", &[("if-none-match", "\"1\"")]);
+        let unchanged = a.get(&agent, &since_version, &[("if-none-match", &etag)]);
         assert_eq!(unchanged.status, 304);
         assert_eq!(a.get(&agent, "/v1/keymap", &[]).text, full.text);
     }
@@ -636,7 +670,95 @@ fn a_replica_keeps_serving_unchanged_maps_while_the_database_is_unreachable() {
         .expect("open the database");
     let b = Replica::start(&db.url);
     b.post(&agent, &format!("/v1/keys/{key}/roll"), "{}");
-    let took = a.wait_for_version(&agent, 2, REFRESH * 2);
+    let took = a.wait_for_version(&agent, version + 1, REFRESH * 2);
     eprintln!("database back: replica A serves B's change after {took:?}");
     assert!(a.log().contains("internal error"), "{}", a.log());
+}
+
+/// The sync token's digest lives in the database: the first replica sets it up from its
+/// file, the others need none, and a rotation reaches every replica. Without any, a
+/// replica says where to put it.
+#[test]
+fn replicas_share_the_sync_token_through_the_database() {
+    let Some(db) = TestDb::create() else { return };
+    let log = match Replica::try_start_with(&db.url, ADMIN_TOKEN, "127.0.0.1:0", None) {
+        Ok(_) => panic!("a replica started with no sync token anywhere"),
+        Err(log) => log,
+    };
+    assert!(log.contains("--sync-token-file"), "{log}");
+    let a = Replica::start(&db.url);
+    let b = Replica::try_start_with(&db.url, ADMIN_TOKEN, "127.0.0.1:0", None).expect("b");
+    let agent = common::agent();
+    for replica in [&a, &b] {
+        assert_eq!(replica.get(&agent, "/v1/keymap", &[]).status, 200);
+        let without = send(
+            &agent,
+            "GET",
+            &format!("{}/v1/keymap", replica.base),
+            None,
+            None,
+            &[],
+        );
+        assert_eq!(without.status, 401);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("sync-token");
+    let rotated = run(keygatectl(&db.url)
+        .args(["sync-token", "rotate", "--sync-token-file"])
+        .arg(&file));
+    assert!(rotated.status.success(), "{rotated:?}");
+    let token = std::fs::read_to_string(&file)
+        .expect("token")
+        .trim()
+        .to_string();
+    for replica in [&a, &b] {
+        let start = Instant::now();
+        loop {
+            let url = format!("{}/v1/keymap", replica.base);
+            if send(&agent, "GET", &url, Some(&token), None, &[]).status == 200 {
+                break;
+            }
+            assert!(
+                start.elapsed() < REFRESH * 2,
+                "the new sync token is not taken"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(replica.get(&agent, "/v1/keymap", &[]).status, 401);
+    }
+}
+
+/// `keymap new-lineage` on the database: every replica serves the new store id at once.
+#[test]
+fn a_new_lineage_reaches_every_replica() {
+    let Some(db) = TestDb::create() else { return };
+    let replicas = [Replica::start(&db.url), Replica::start(&db.url)];
+    let agent = common::agent();
+    replicas[0].post(&agent, "/v1/accounts", "{}");
+    let old = replicas[0]
+        .get(&agent, "/v1/keymap", &[])
+        .store
+        .expect("store");
+    let started = run(keygatectl(&db.url).args(["--json", "keymap", "new-lineage"]));
+    assert!(started.status.success(), "{started:?}");
+    let lineage: Value = serde_json::from_slice(&started.stdout).expect("json");
+    let store = lineage["store"].as_str().expect("store").to_string();
+    assert_ne!(store, old);
+    for replica in &replicas {
+        let start = Instant::now();
+        loop {
+            let answer = replica.get(&agent, "/v1/keymap", &[]);
+            if answer.store.as_deref() == Some(store.as_str()) {
+                assert_eq!(answer.body["version"], lineage["version"]);
+                assert_eq!(answer.body["keys"].as_array().map(Vec::len), Some(4));
+                break;
+            }
+            assert!(
+                start.elapsed() < REFRESH,
+                "{} kept the old lineage",
+                replica.base
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }

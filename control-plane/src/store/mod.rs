@@ -8,6 +8,7 @@
 //! caller (so tests control the clock) and answers a typed `StoreError`.
 
 pub mod customers;
+pub mod lineage;
 pub mod postgres;
 mod postgres_customers;
 pub mod rules;
@@ -24,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use customers::CustomerStore;
+pub use lineage::{StoreId, VersionClock};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -39,6 +41,22 @@ pub fn open(database: &Path) -> StoreResult<Arc<dyn Store>> {
 /// How many key-map versions of changes are kept for deltas; older `since` values get a full
 /// map instead.
 pub const DEFAULT_CHANGE_LOG_LIMIT: u64 = 10_000;
+
+/// How a store is opened: how long its change log is, and the clock versions follow.
+#[derive(Clone)]
+pub struct StoreOptions {
+    pub change_log_limit: u64,
+    pub clock: VersionClock,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            change_log_limit: DEFAULT_CHANGE_LOG_LIMIT,
+            clock: lineage::system_clock(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -188,11 +206,33 @@ pub struct Rolled {
 }
 
 /// What the key-map server keeps in memory so that an unchanged map costs no query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyMapStatus {
+    /// The store the version belongs to.
+    pub store: StoreId,
     pub version: u64,
     /// The earliest expiry among keys still in the map: at that time the map must change.
     pub next_expiry: Option<u64>,
+}
+
+/// A key-map message and the store it comes from, read from one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKeyMap {
+    pub store: StoreId,
+    pub message: KeyMapMessage,
+}
+
+/// What the store says to a poll's `since`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaLookup {
+    /// `since` is a version this store issued and its change log still reaches back to.
+    Delta(StoredKeyMap),
+    /// `since` is not one of this store's versions (another lineage, or older than the
+    /// change log): only the full map answers it.
+    NotIssued,
+    /// `since` is newer than this store's current version: the database was restored from
+    /// an older copy, or the poller is not one of ours.
+    Ahead { store: StoreId, version: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +265,14 @@ pub enum StoreError {
     SchemaTooNew { found: u32, supported: u32 },
     #[error("the database holds data this keygatectl cannot read: {0}")]
     Corrupt(String),
+    /// The version counter cannot rise any more (a rogue value near the integer limit).
+    #[error(
+        "the key map's version {current} has reached the largest a database integer holds; \
+         start a new lineage with `keygatectl keymap new-lineage`"
+    )]
+    VersionExhausted { current: u64 },
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
     #[error("database error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -266,13 +314,34 @@ pub trait Store: CustomerStore + Send + Sync {
 
     /// Takes keys whose expiry has passed out of the map (one new version if any).
     fn purge_expired(&self, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>>;
-    /// The key map after purging expired keys: a delta since `since` when the change log
-    /// reaches back that far, else the full map.
-    fn key_map(&self, since: Option<u64>, now: u64) -> StoreResult<KeyMapMessage>;
+    /// The key map after purging expired keys (a write only when one is due): a delta since
+    /// `since` when that is a version this store issued and its change log still holds,
+    /// else the full map.
+    fn read_key_map(&self, since: Option<u64>, now: u64) -> StoreResult<StoredKeyMap>;
+    /// The delta since `since`, if this store can answer one; never builds the full map.
+    fn key_map_delta(&self, since: u64, now: u64) -> StoreResult<DeltaLookup>;
     fn key_map_status(&self) -> StoreResult<KeyMapStatus>;
+    /// Records an empty change when `store` is this store and its version is below `seen`
+    /// (a version a poller holds, or the server had read before): the database went back
+    /// to an older copy. The new version is the usual next one, never `seen` or anything a
+    /// poller chose. Answers the new version, or `None` when nothing was behind.
+    fn record_restore(&self, store: &StoreId, seen: u64) -> StoreResult<Option<u64>>;
+    /// Starts a new lineage: a new store id, the version set to now, the change log
+    /// emptied. For a version that cannot rise any more; filters take the next full map as
+    /// a new lineage.
+    fn new_lineage(&self) -> StoreResult<KeyMapStatus>;
+
+    /// The message alone, as `read_key_map` answers it.
+    fn key_map(&self, since: Option<u64>, now: u64) -> StoreResult<KeyMapMessage> {
+        self.read_key_map(since, now).map(|stored| stored.message)
+    }
 
     fn admin_token_digest(&self) -> StoreResult<Option<Digest>>;
     fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()>;
+    /// The sync token's digest: in the database, so replicas share it and a rotation
+    /// reaches every running server.
+    fn sync_token_digest(&self) -> StoreResult<Option<Digest>>;
+    fn set_sync_token_digest(&self, digest: &Digest) -> StoreResult<()>;
 
     /// For backends that announce changes (PostgreSQL's LISTEN/NOTIFY): calls `on_change`
     /// from a background thread soon after any process (another replica, the CLI) commits a

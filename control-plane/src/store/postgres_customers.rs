@@ -176,7 +176,7 @@ impl CustomerStore for PostgresStore {
                 .iter()
                 .map(|k| (&k.digest, ChangeOp::Upsert))
                 .collect();
-            let version = self.bump_version(c, &changes)?;
+            let version = self.issue_version(c, &changes)?;
             Ok(Ok(Versioned {
                 value: Verified {
                     user: load_user(c, &user.id)?,

@@ -4,24 +4,32 @@
 //!
 //! Invariant: a key is in the key map exactly while `removed_at IS NULL` and its expiry (if
 //! any) has not passed; purging sets `removed_at` when that expiry passes.
+//!
+//! Versions: every change gets `max(previous + 1, now in ms)` (`lineage::next_version`) and
+//! is recorded in `keymap_versions`, so a delta is answered only from a version this database
+//! issued. A file replaced under a running server (a restore by rename) is noticed at the
+//! next status read and reopened.
 
+use super::lineage::{lineage_start, next_version, StoreId, VersionClock};
 use super::rules::{corrupt, disable_changes, ensure_keys_of, plan_roll, ChangeOp};
 use super::{
-    Account, AccountWithKeys, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled, Store,
-    StoreError, StoreResult, Versioned, DEFAULT_CHANGE_LOG_LIMIT,
+    Account, AccountWithKeys, DeltaLookup, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled,
+    Store, StoreError, StoreOptions, StoreResult, StoredKeyMap, Versioned,
 };
+use crate::log::log_event;
 use keygate_core::digest::Digest;
 use keygate_core::key::{Environment, KeyKind, KeyType};
 use keygate_sync_core::message::KeyMapMessage;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Schema migrations, in order; migration `i` takes the schema from version `i` to `i + 1`
 /// (files under `migrations/sqlite/`, one per version).
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_initial.sql"),
+    include_str!("migrations/sqlite/0002_lineage.sql"),
     include_str!("migrations/sqlite/0003_customers.sql"),
 ];
 
@@ -29,6 +37,8 @@ const KEY_COLUMNS: &str = "id, account_id, digest, hint, type, environment, orig
      disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at";
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
+const SYNC_TOKEN_SETTING: &str = "sync_token_digest";
+const STORE_ID_SETTING: &str = "store_id";
 
 /// How long a call waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,40 +50,155 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    path: PathBuf,
+    /// `None` after a failed reopen: the next call tries again.
+    db: Mutex<Option<OpenDb>>,
+    /// A second connection for full-map reads (opened on first use): a million-key read
+    /// takes seconds, and WAL lets it run beside the main connection, so deltas, status
+    /// reads and changes are not held up meanwhile. Lock `db` first when taking both.
+    reader: Mutex<Option<Connection>>,
     change_log_limit: u64,
+    clock: VersionClock,
+}
+
+/// The connection, and which file it opened (to notice the path now names another).
+struct OpenDb {
+    conn: Connection,
+    file: Option<FileId>,
+}
+
+/// A file's device and inode.
+type FileId = (u64, u64);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Opens the database file (creating it on first use) and brings its schema up to date.
+fn open_connection(path: &Path) -> StoreResult<OpenDb> {
+    create_private_file(path)?;
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode = switch_to_wal(&conn)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(
+            format!("could not switch the database to WAL mode (got {mode})").into(),
+        ));
+    }
+    conn.pragma_update(None, "foreign_keys", true)?;
+    // FULL: a key shown to its owner must survive a power cut.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    migrate(&mut conn)?;
+    Ok(OpenDb {
+        conn,
+        file: file_id(path),
+    })
 }
 
 impl SqliteStore {
     /// Opens (creating on first use) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
-        SqliteStore::open_with_change_log_limit(path, DEFAULT_CHANGE_LOG_LIMIT)
+        SqliteStore::open_with(path, StoreOptions::default())
     }
 
-    pub fn open_with_change_log_limit(path: &Path, limit: u64) -> StoreResult<SqliteStore> {
-        create_private_file(path)?;
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode = switch_to_wal(&conn)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Backend(
-                format!("could not switch the database to WAL mode (got {mode})").into(),
-            ));
-        }
-        conn.pragma_update(None, "foreign_keys", true)?;
-        // FULL: a key shown to its owner must survive a power cut.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        migrate(&mut conn)?;
+    pub fn open_with(path: &Path, options: StoreOptions) -> StoreResult<SqliteStore> {
+        let db = open_connection(path)?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
-            change_log_limit: limit.max(1),
+            path: path.to_path_buf(),
+            db: Mutex::new(Some(db)),
+            reader: Mutex::new(None),
+            change_log_limit: options.change_log_limit.max(1),
+            clock: options.clock,
         })
     }
 
-    fn lock(&self) -> StoreResult<MutexGuard<'_, Connection>> {
-        self.conn
+    /// Runs `f` on the connection, opening it again first if it was closed.
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let mut db = self
+            .db
             .lock()
-            .map_err(|_| StoreError::Backend("the database connection lock is poisoned".into()))
+            .map_err(|_| StoreError::Backend("the database connection lock is poisoned".into()))?;
+        let open = match db.take() {
+            Some(open) => open,
+            None => open_connection(&self.path)?,
+        };
+        let open = db.insert(open);
+        f(&mut open.conn)
+    }
+
+    /// Runs `f` in a read transaction on the reader connection.
+    fn read_beside<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
+        let mut reader = self
+            .reader
+            .lock()
+            .map_err(|_| StoreError::Backend("the reader connection lock is poisoned".into()))?;
+        let conn = match reader.take() {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open(&self.path)?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                conn
+            }
+        };
+        let conn = reader.insert(conn);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Reopens the database when its path names another file than the one open: a restore
+    /// that replaced the file (by rename) under a running server. SQLite leaves the old
+    /// file's write-ahead log and shared-memory index under the path's names when the file
+    /// has moved; read as the new file's they would mix old pages into it, so they are
+    /// removed after the old connection is closed and before the new file is opened.
+    /// (`sqlite3 DB ".restore BACKUP"` restores in place and needs none of this.)
+    fn follow_replaced_file(&self) -> StoreResult<()> {
+        let mut db = self
+            .db
+            .lock()
+            .map_err(|_| StoreError::Backend("the database connection lock is poisoned".into()))?;
+        let now = file_id(&self.path);
+        let replaced = matches!((&*db, now), (Some(open), Some(id)) if open.file != Some(id));
+        if !replaced {
+            return Ok(());
+        }
+        log_event(&format!(
+            "the database file {} was replaced; reopening it",
+            self.path.display()
+        ));
+        let mut reader = self
+            .reader
+            .lock()
+            .map_err(|_| StoreError::Backend("the reader connection lock is poisoned".into()))?;
+        let old_reader = reader.take().map(|conn| conn.close().map_err(|(_, e)| e));
+        let old_main = db.take().map(|old| old.conn.close().map_err(|(_, e)| e));
+        for closed in [old_reader, old_main].into_iter().flatten() {
+            if let Err(e) = closed {
+                log_event(&format!("closing the replaced database file: {e}"));
+            }
+        }
+        for suffix in ["-wal", "-shm"] {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(suffix);
+            match std::fs::remove_file(PathBuf::from(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Backend(Box::new(e)));
+                }
+                _ => {}
+            }
+        }
+        *db = Some(open_connection(&self.path)?);
+        Ok(())
     }
 
     /// Runs `f` in a write transaction: IMMEDIATE takes the write lock up front, so two
@@ -82,32 +207,62 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Transaction) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        let mut conn = self.lock()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+        self.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
     }
 
     /// Runs `f` in a read transaction, so that its queries see one snapshot.
     pub(super) fn read<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
-        let mut conn = self.lock()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+        self.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
     }
 
-    /// Bumps the key-map version and records which digests changed in it.
-    pub(super) fn bump_version(
+    /// Runs `f` on one snapshot; when a key's grace period has ended, purges it first (a
+    /// version of its own) and runs `f` under the write lock instead. Reads write nothing
+    /// otherwise.
+    fn read_after_purge<T>(
+        &self,
+        now: u64,
+        f: impl Fn(&Transaction) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let answer = self.read(|tx| {
+            if purge_due(tx, now)? {
+                return Ok(None);
+            }
+            f(tx).map(Some)
+        })?;
+        match answer {
+            Some(value) => Ok(value),
+            None => self.write(|tx| {
+                purge_in(self, tx, now)?;
+                f(tx)
+            }),
+        }
+    }
+
+    /// Issues the next version, records it and which digests changed in it, and trims the
+    /// change log to the last `change_log_limit` versions.
+    pub(super) fn issue_version(
         &self,
         tx: &Transaction,
         changes: &[(&Digest, ChangeOp)],
     ) -> StoreResult<u64> {
-        let version: u64 = tx.query_row(
-            "UPDATE keymap_state SET version = version + 1 WHERE id = 1 RETURNING version",
-            [],
-            |r| r.get(0),
+        let version = next_version(current_version(tx)?, (self.clock)())?;
+        tx.execute(
+            "UPDATE keymap_state SET version = ?1 WHERE id = 1",
+            [version],
+        )?;
+        tx.execute(
+            "INSERT INTO keymap_versions (version) VALUES (?1)",
+            [version],
         )?;
         for (digest, op) in changes {
             tx.execute(
@@ -116,15 +271,21 @@ impl SqliteStore {
                 params![version, digest.to_hex(), op.as_str()],
             )?;
         }
-        if version > self.change_log_limit {
-            let drop_through = version - self.change_log_limit;
+        // The oldest version a delta is still answered from: the change log keeps
+        // everything after it.
+        let oldest: Option<u64> = tx
+            .query_row(
+                "SELECT version FROM keymap_versions ORDER BY version DESC LIMIT 1 OFFSET ?1",
+                [self.change_log_limit],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(oldest) = oldest {
+            tx.execute("DELETE FROM keymap_versions WHERE version < ?1", [oldest])?;
+            tx.execute("DELETE FROM keymap_changes WHERE version <= ?1", [oldest])?;
             tx.execute(
-                "DELETE FROM keymap_changes WHERE version <= ?1",
-                [drop_through],
-            )?;
-            tx.execute(
-                "UPDATE keymap_state SET log_start = MAX(log_start, ?1) WHERE id = 1",
-                [drop_through],
+                "UPDATE keymap_state SET log_start = ?1 WHERE id = 1",
+                [oldest],
             )?;
         }
         Ok(version)
@@ -187,11 +348,118 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 }
 
 fn current_version(tx: &Transaction) -> StoreResult<u64> {
-    Ok(
-        tx.query_row("SELECT version FROM keymap_state WHERE id = 1", [], |r| {
+    let version: i64 = tx.query_row("SELECT version FROM keymap_state WHERE id = 1", [], |r| {
+        r.get(0)
+    })?;
+    u64::try_from(version).map_err(|_| corrupt("key map version", &version.to_string()))
+}
+
+fn setting(tx: &Transaction, name: &str) -> StoreResult<Option<String>> {
+    Ok(tx
+        .query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| {
             r.get(0)
-        })?,
-    )
+        })
+        .optional()?)
+}
+
+fn set_setting(tx: &Transaction, name: &str, value: &str) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO settings (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        params![name, value],
+    )?;
+    Ok(())
+}
+
+fn digest_setting(tx: &Transaction, name: &str) -> StoreResult<Option<Digest>> {
+    setting(tx, name)?
+        .map(|h| Digest::from_hex(&h).map_err(|_| corrupt(name, &h)))
+        .transpose()
+}
+
+fn store_id(tx: &Transaction) -> StoreResult<StoreId> {
+    let text = setting(tx, STORE_ID_SETTING)?.unwrap_or_default();
+    StoreId::parse(&text).ok_or_else(|| corrupt("store id", &text))
+}
+
+fn status_in(tx: &Transaction) -> StoreResult<KeyMapStatus> {
+    let next_expiry: Option<u64> = tx.query_row(
+        "SELECT MIN(expires_at) FROM keys WHERE removed_at IS NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(KeyMapStatus {
+        store: store_id(tx)?,
+        version: current_version(tx)?,
+        next_expiry,
+    })
+}
+
+/// True while a key whose expiry has passed is still in the map (a purge is due).
+fn purge_due(tx: &Transaction, now: u64) -> StoreResult<bool> {
+    Ok(tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM keys WHERE removed_at IS NULL AND expires_at <= ?1)",
+        [now],
+        |r| r.get(0),
+    )?)
+}
+
+/// The delta since `since`, if `since` is a version this database issued and still has the
+/// changes after.
+fn delta_in(tx: &Transaction, since: u64, now: u64) -> StoreResult<DeltaLookup> {
+    let store = store_id(tx)?;
+    let version = current_version(tx)?;
+    if since > version {
+        return Ok(DeltaLookup::Ahead { store, version });
+    }
+    let issued: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM keymap_versions WHERE version = ?1)",
+        [since],
+        |r| r.get(0),
+    )?;
+    if !issued {
+        return Ok(DeltaLookup::NotIssued);
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT DISTINCT digest FROM keymap_changes WHERE version > ?1 ORDER BY digest",
+    )?;
+    let digests = stmt
+        .query_map([since], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut upserts = Vec::new();
+    let mut removes = Vec::new();
+    // Each changed digest is answered with its state now, whatever happened to it in
+    // between.
+    for digest in digests {
+        match query_keys(tx, "WHERE digest = ?1", [&digest])?.pop() {
+            Some(key) if key.in_key_map(now) => upserts.push(key.to_raw_key()),
+            _ => removes.push(digest),
+        }
+    }
+    Ok(DeltaLookup::Delta(StoredKeyMap {
+        store,
+        message: KeyMapMessage::Delta {
+            version,
+            since,
+            upserts,
+            removes,
+        },
+    }))
+}
+
+/// The whole key map as the transaction sees it.
+fn full_in(tx: &Transaction, now: u64) -> StoreResult<StoredKeyMap> {
+    let store = store_id(tx)?;
+    let version = current_version(tx)?;
+    let keys = query_keys(tx, "WHERE removed_at IS NULL ORDER BY digest", [])?
+        .into_iter()
+        .filter(|k| k.in_key_map(now))
+        .map(|k| k.to_raw_key())
+        .collect();
+    Ok(StoredKeyMap {
+        store,
+        message: KeyMapMessage::Full { version, keys },
+    })
 }
 
 fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
@@ -332,7 +600,7 @@ fn purge_in(
         .iter()
         .map(|k| (&k.digest, ChangeOp::Remove))
         .collect();
-    let version = store.bump_version(tx, &changes)?;
+    let version = store.issue_version(tx, &changes)?;
     let purged = expired
         .iter()
         .map(|k| load_key(tx, &k.key_id))
@@ -371,7 +639,7 @@ impl Store for SqliteStore {
                 .iter()
                 .map(|k| (&k.digest, ChangeOp::Upsert))
                 .collect();
-            let version = self.bump_version(tx, &changes)?;
+            let version = self.issue_version(tx, &changes)?;
             Ok(Versioned {
                 value: AccountWithKeys {
                     account: load_account(tx, &account.id)?,
@@ -402,7 +670,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             load_account(tx, &key.account_id)?;
             let record = insert_key(tx, key, now)?;
-            let version = self.bump_version(tx, &[(&record.digest, ChangeOp::Upsert)])?;
+            let version = self.issue_version(tx, &[(&record.digest, ChangeOp::Upsert)])?;
             Ok(Versioned {
                 value: record,
                 version,
@@ -446,7 +714,7 @@ impl Store for SqliteStore {
                 params![plan.expires_at, now, new.key_id, removed_at, old.key_id],
             )?;
             let old_op = plan.old_op;
-            let version = self.bump_version(
+            let version = self.issue_version(
                 tx,
                 &[(&new.digest, ChangeOp::Upsert), (&old.digest, old_op)],
             )?;
@@ -475,7 +743,7 @@ impl Store for SqliteStore {
                  WHERE id = ?2",
                 params![now, key_id],
             )?;
-            let version = self.bump_version(tx, &[(&key.digest, ChangeOp::Remove)])?;
+            let version = self.issue_version(tx, &[(&key.digest, ChangeOp::Remove)])?;
             Ok(Versioned {
                 value: load_key(tx, key_id)?,
                 version,
@@ -502,7 +770,7 @@ impl Store for SqliteStore {
                 "UPDATE keys SET disabled_at = ?1 WHERE id = ?2",
                 params![disabled_at, key_id],
             )?;
-            let version = self.bump_version(tx, &[(&key.digest, ChangeOp::Upsert)])?;
+            let version = self.issue_version(tx, &[(&key.digest, ChangeOp::Upsert)])?;
             Ok(Versioned {
                 value: load_key(tx, key_id)?,
                 version,
@@ -511,90 +779,99 @@ impl Store for SqliteStore {
     }
 
     fn purge_expired(&self, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>> {
-        self.write(|tx| purge_in(self, tx, now))
+        // The purge timer lands here every few seconds; usually nothing is due: no write.
+        let idle = self.read(|tx| {
+            Ok(if purge_due(tx, now)? {
+                None
+            } else {
+                Some(current_version(tx)?)
+            })
+        })?;
+        match idle {
+            Some(version) => Ok(Versioned {
+                value: Vec::new(),
+                version,
+            }),
+            None => self.write(|tx| purge_in(self, tx, now)),
+        }
     }
 
-    fn key_map(&self, since: Option<u64>, now: u64) -> StoreResult<KeyMapMessage> {
-        self.write(|tx| {
-            let version = purge_in(self, tx, now)?.version;
-            let log_start: u64 =
-                tx.query_row("SELECT log_start FROM keymap_state WHERE id = 1", [], |r| {
-                    r.get(0)
-                })?;
-            match since {
-                Some(since) if (log_start..=version).contains(&since) => {
-                    let mut stmt = tx.prepare(
-                        "SELECT DISTINCT digest FROM keymap_changes WHERE version > ?1 \
-                         ORDER BY digest",
-                    )?;
-                    let digests = stmt
-                        .query_map([since], |r| r.get::<_, String>(0))?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let mut upserts = Vec::new();
-                    let mut removes = Vec::new();
-                    // Each changed digest is answered with its state now, whatever happened
-                    // to it in between.
-                    for digest in digests {
-                        match query_keys(tx, "WHERE digest = ?1", [&digest])?.pop() {
-                            Some(key) if key.in_key_map(now) => upserts.push(key.to_raw_key()),
-                            _ => removes.push(digest),
-                        }
-                    }
-                    Ok(KeyMapMessage::Delta {
-                        version,
-                        since,
-                        upserts,
-                        removes,
-                    })
+    fn read_key_map(&self, since: Option<u64>, now: u64) -> StoreResult<StoredKeyMap> {
+        // The full map (what the server builds): beside the main connection.
+        if since.is_none() {
+            let full = self.read_beside(|tx| {
+                if purge_due(tx, now)? {
+                    return Ok(None);
                 }
-                _ => {
-                    let keys = query_keys(tx, "WHERE removed_at IS NULL ORDER BY digest", [])?
-                        .into_iter()
-                        .filter(|k| k.in_key_map(now))
-                        .map(|k| k.to_raw_key())
-                        .collect();
-                    Ok(KeyMapMessage::Full { version, keys })
+                full_in(tx, now).map(Some)
+            })?;
+            if let Some(full) = full {
+                return Ok(full);
+            }
+        }
+        self.read_after_purge(now, |tx| {
+            if let Some(since) = since {
+                if let DeltaLookup::Delta(delta) = delta_in(tx, since, now)? {
+                    return Ok(delta);
                 }
             }
+            full_in(tx, now)
         })
     }
 
+    fn key_map_delta(&self, since: u64, now: u64) -> StoreResult<DeltaLookup> {
+        self.read_after_purge(now, |tx| delta_in(tx, since, now))
+    }
+
+    /// Reopens the file first if it was replaced: this is what the server reads every
+    /// second.
     fn key_map_status(&self) -> StoreResult<KeyMapStatus> {
-        self.read(|tx| {
-            let next_expiry: Option<u64> = tx.query_row(
-                "SELECT MIN(expires_at) FROM keys WHERE removed_at IS NULL",
-                [],
-                |r| r.get(0),
+        self.follow_replaced_file()?;
+        self.read(status_in)
+    }
+
+    fn record_restore(&self, store: &StoreId, seen: u64) -> StoreResult<Option<u64>> {
+        self.write(|tx| {
+            if store_id(tx)? != *store || current_version(tx)? >= seen {
+                return Ok(None);
+            }
+            self.issue_version(tx, &[]).map(Some)
+        })
+    }
+
+    fn new_lineage(&self) -> StoreResult<KeyMapStatus> {
+        let store = StoreId::random()?;
+        let version = lineage_start((self.clock)());
+        // Nothing here reads the old version: it may be the rogue value being replaced.
+        self.write(|tx| {
+            tx.execute("DELETE FROM keymap_changes", [])?;
+            tx.execute("DELETE FROM keymap_versions", [])?;
+            tx.execute(
+                "INSERT INTO keymap_versions (version) VALUES (?1)",
+                [version],
             )?;
-            Ok(KeyMapStatus {
-                version: current_version(tx)?,
-                next_expiry,
-            })
+            tx.execute(
+                "UPDATE keymap_state SET version = ?1, log_start = ?1 WHERE id = 1",
+                [version],
+            )?;
+            set_setting(tx, STORE_ID_SETTING, store.as_str())?;
+            status_in(tx)
         })
     }
 
     fn admin_token_digest(&self) -> StoreResult<Option<Digest>> {
-        self.read(|tx| {
-            let hex: Option<String> = tx
-                .query_row(
-                    "SELECT value FROM settings WHERE name = ?1",
-                    [ADMIN_TOKEN_SETTING],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            hex.map(|h| Digest::from_hex(&h).map_err(|_| corrupt("admin token digest", &h)))
-                .transpose()
-        })
+        self.read(|tx| digest_setting(tx, ADMIN_TOKEN_SETTING))
     }
 
     fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO settings (name, value) VALUES (?1, ?2) \
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                params![ADMIN_TOKEN_SETTING, digest.to_hex()],
-            )?;
-            Ok(())
-        })
+        self.write(|tx| set_setting(tx, ADMIN_TOKEN_SETTING, &digest.to_hex()))
+    }
+
+    fn sync_token_digest(&self) -> StoreResult<Option<Digest>> {
+        self.read(|tx| digest_setting(tx, SYNC_TOKEN_SETTING))
+    }
+
+    fn set_sync_token_digest(&self, digest: &Digest) -> StoreResult<()> {
+        self.write(|tx| set_setting(tx, SYNC_TOKEN_SETTING, &digest.to_hex()))
     }
 }

@@ -157,7 +157,7 @@ impl CustomerStore for SqliteStore {
                 .iter()
                 .map(|k| (&k.digest, ChangeOp::Upsert))
                 .collect();
-            let version = self.bump_version(tx, &changes)?;
+            let version = self.issue_version(tx, &changes)?;
             Ok(Ok(Versioned {
                 value: Verified {
                     user: load_user(tx, &user.id)?,

@@ -8,24 +8,63 @@ use super::*;
 use keygate_core::key::{Environment, KeyType};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+
+/// A version clock the test sets. Most tests keep it at 0, so that versions count 1, 2, 3…
+/// (a change takes the larger of the previous version + 1 and the clock) and can be named.
+#[derive(Clone, Default)]
+struct TestClock(Arc<AtomicU64>);
+
+impl TestClock {
+    fn at(ms: u64) -> TestClock {
+        let clock = TestClock::default();
+        clock.set(ms);
+        clock
+    }
+
+    fn set(&self, ms: u64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+
+    fn options(&self, change_log_limit: u64) -> StoreOptions {
+        let now = Arc::clone(&self.0);
+        StoreOptions {
+            change_log_limit,
+            clock: Arc::new(move || now.load(Ordering::SeqCst)),
+        }
+    }
+}
 
 /// One backend's new, empty database. Every `open` is another connection to the same data:
 /// another process's, or another replica's.
 trait TestDb: Sync {
-    fn try_open(&self, change_log_limit: u64) -> StoreResult<Box<dyn Store>>;
+    fn try_open_with(&self, options: StoreOptions) -> StoreResult<Box<dyn Store>>;
+    fn try_open(&self, change_log_limit: u64) -> StoreResult<Box<dyn Store>> {
+        self.try_open_with(TestClock::default().options(change_log_limit))
+    }
     fn open(&self) -> Box<dyn Store> {
         self.try_open(DEFAULT_CHANGE_LOG_LIMIT).expect("open")
     }
     fn open_with_change_log_limit(&self, limit: u64) -> Box<dyn Store> {
         self.try_open(limit).expect("open")
     }
+    fn open_with_clock(&self, clock: &TestClock) -> Box<dyn Store> {
+        self.try_open_with(clock.options(DEFAULT_CHANGE_LOG_LIMIT))
+            .expect("open")
+    }
+    /// Runs SQL on the database directly, as an operator's tool would.
+    fn execute(&self, sql: &str);
+    /// A copy of the database as it is now, and a way to put it back (a backup and its
+    /// restore), for the restore tests.
+    fn backup(&self) -> Box<dyn Fn() + '_>;
     /// The schema version the database records.
     fn schema_version(&self) -> u32;
     /// Records another schema version, as a newer keygatectl would.
     fn set_schema_version(&self, version: u32);
+    /// Sets the database up as keygatectl before store ids (schema version 1) left it.
+    fn create_v1_schema(&self);
 }
 
 struct SqliteDb {
@@ -39,14 +78,43 @@ impl SqliteDb {
         let path = dir.path().join("keygate.db");
         SqliteDb { _dir: dir, path }
     }
+
+    /// A consistent copy of the database as it is now (`VACUUM INTO`), beside it.
+    fn backup_file(&self) -> PathBuf {
+        let copy = self.path.with_extension("backup");
+        let _ = std::fs::remove_file(&copy);
+        let conn = rusqlite::Connection::open(&self.path).expect("raw open");
+        conn.execute("VACUUM INTO ?1", [copy.to_str().expect("utf-8 path")])
+            .expect("backup");
+        copy
+    }
 }
 
 impl TestDb for SqliteDb {
-    fn try_open(&self, change_log_limit: u64) -> StoreResult<Box<dyn Store>> {
-        Ok(Box::new(SqliteStore::open_with_change_log_limit(
-            &self.path,
-            change_log_limit,
-        )?))
+    fn try_open_with(&self, options: StoreOptions) -> StoreResult<Box<dyn Store>> {
+        Ok(Box::new(SqliteStore::open_with(&self.path, options)?))
+    }
+
+    fn execute(&self, sql: &str) {
+        let conn = rusqlite::Connection::open(&self.path).expect("raw open");
+        conn.execute_batch(sql).expect("execute");
+    }
+
+    /// A consistent copy in a file beside; the restore writes it back into the live
+    /// database with SQLite's backup API, as `sqlite3 keygate.db ".restore BACKUP"` does.
+    fn backup(&self) -> Box<dyn Fn() + '_> {
+        let copy = self.backup_file();
+        Box::new(move || {
+            let mut live = rusqlite::Connection::open(&self.path).expect("raw open");
+            live.busy_timeout(Duration::from_secs(10))
+                .expect("busy timeout");
+            live.restore(
+                rusqlite::MAIN_DB,
+                &copy,
+                None::<fn(rusqlite::backup::Progress)>,
+            )
+            .expect("restore");
+        })
     }
 
     fn schema_version(&self) -> u32 {
@@ -63,6 +131,14 @@ impl TestDb for SqliteDb {
         let conn = rusqlite::Connection::open(&self.path).expect("raw open");
         conn.pragma_update(None, "user_version", version)
             .expect("set user_version");
+    }
+
+    fn create_v1_schema(&self) {
+        let conn = rusqlite::Connection::open(&self.path).expect("raw open");
+        conn.execute_batch(include_str!("migrations/sqlite/0001_initial.sql"))
+            .expect("schema 1");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("user_version");
     }
 }
 
@@ -156,11 +232,44 @@ impl Drop for PostgresDb {
 }
 
 impl TestDb for PostgresDb {
-    fn try_open(&self, change_log_limit: u64) -> StoreResult<Box<dyn Store>> {
-        Ok(Box::new(PostgresStore::open(
-            self.config.clone(),
-            change_log_limit,
-        )?))
+    fn try_open_with(&self, options: StoreOptions) -> StoreResult<Box<dyn Store>> {
+        Ok(Box::new(PostgresStore::open(self.config.clone(), options)?))
+    }
+
+    fn execute(&self, sql: &str) {
+        self.client().batch_execute(sql).expect("execute");
+    }
+
+    /// The key map's tables as they are now; the restore writes them back in place (what
+    /// pg_restore of a dump of them does).
+    fn backup(&self) -> Box<dyn Fn() + '_> {
+        let backup = format!("backup_{}", self.name);
+        self.client()
+            .batch_execute(&format!(
+                "CREATE SCHEMA {backup}; \
+                 CREATE TABLE {backup}.keymap_state AS SELECT * FROM keymap_state; \
+                 CREATE TABLE {backup}.keymap_versions AS SELECT * FROM keymap_versions; \
+                 CREATE TABLE {backup}.keymap_changes AS SELECT * FROM keymap_changes; \
+                 CREATE TABLE {backup}.keys AS SELECT * FROM keys; \
+                 CREATE TABLE {backup}.settings AS SELECT * FROM settings"
+            ))
+            .expect("backup");
+        Box::new(move || {
+            self.client()
+                .batch_execute(&format!(
+                    "BEGIN; \
+                     DELETE FROM keymap_changes; DELETE FROM keymap_versions; \
+                     UPDATE keys SET replaced_by = NULL; DELETE FROM keys; \
+                     INSERT INTO keys OVERRIDING SYSTEM VALUE SELECT * FROM {backup}.keys; \
+                     INSERT INTO keymap_versions SELECT * FROM {backup}.keymap_versions; \
+                     INSERT INTO keymap_changes SELECT * FROM {backup}.keymap_changes; \
+                     UPDATE keymap_state SET version = b.version, log_start = b.log_start \
+                       FROM {backup}.keymap_state b WHERE keymap_state.id = b.id; \
+                     DELETE FROM settings; INSERT INTO settings SELECT * FROM {backup}.settings; \
+                     COMMIT"
+                ))
+                .expect("restore");
+        })
     }
 
     fn schema_version(&self) -> u32 {
@@ -176,6 +285,20 @@ impl TestDb for PostgresDb {
                 &[&(version as i32)],
             )
             .expect("set schema version");
+    }
+
+    fn create_v1_schema(&self) {
+        let mut client = self.client();
+        client
+            .batch_execute(include_str!("migrations/postgres/0001_initial.sql"))
+            .expect("schema 1");
+        client
+            .batch_execute(
+                "CREATE TABLE keygate_schema_migrations (version INTEGER PRIMARY KEY, \
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); \
+                 INSERT INTO keygate_schema_migrations (version) VALUES (1)",
+            )
+            .expect("schema 1 recorded");
     }
 }
 
@@ -229,6 +352,14 @@ on_both_backends!(
     several_processes_opening_a_new_database_migrate_it_once,
     two_stores_over_one_database_answer_the_same_map_for_the_same_version,
     listings_keep_creation_order,
+    versions_follow_the_clock_and_never_repeat,
+    deltas_are_answered_only_from_versions_this_store_issued,
+    the_change_log_keeps_the_last_versions_by_count,
+    the_store_id_is_made_once_kept_on_reopening_and_shared_by_connections,
+    a_restored_database_moves_past_every_version_it_handed_out,
+    a_rogue_version_refuses_changes_until_a_new_lineage,
+    a_schema_1_database_gets_an_id_and_keeps_its_counter_and_deltas,
+    the_sync_token_digest_is_kept_and_shared,
 );
 
 // Users, sign-ups, resets and sessions, on both backends too.
@@ -652,13 +783,13 @@ fn the_schema_is_versioned_and_data_survives_reopening(db: &dyn TestDb) {
         Some(Digest::of_key("token"))
     );
     drop(store);
-    assert_eq!(db.schema_version(), 2);
+    assert_eq!(db.schema_version(), 3);
     db.set_schema_version(99);
     assert!(matches!(
         db.try_open(DEFAULT_CHANGE_LOG_LIMIT),
         Err(StoreError::SchemaTooNew {
             found: 99,
-            supported: 2
+            supported: 3
         })
     ));
 }
@@ -722,19 +853,21 @@ fn concurrent_rolls_and_reads_keep_the_store_consistent(db: &dyn TestDb) {
     assert_eq!(replayed, map);
 }
 
-/// Replicas starting together over a new database: one migrates, the others find it done.
+/// Replicas starting together over a new database: one migrates (making the one store id),
+/// the others find it done.
 fn several_processes_opening_a_new_database_migrate_it_once(db: &dyn TestDb) {
-    let versions: Vec<u64> = std::thread::scope(|scope| {
+    let statuses: Vec<KeyMapStatus> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| db.open().key_map_status().expect("status").version))
+            .map(|_| scope.spawn(|| db.open().key_map_status().expect("status")))
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("thread"))
             .collect()
     });
-    assert_eq!(versions, vec![0; 4]);
-    assert_eq!(db.schema_version(), 2);
+    assert!(statuses.iter().all(|s| s.version == 0));
+    assert!(statuses.iter().all(|s| s.store == statuses[0].store));
+    assert_eq!(db.schema_version(), 3);
     let store = db.open();
     assert_eq!(create(&*store, "a", 1).version, 1);
 }
@@ -863,6 +996,39 @@ fn listings_keep_creation_order(db: &dyn TestDb) {
 
 // Backend-specific: announcing changes to other replicas.
 
+/// A restore that renames a backup over the database file under a running store: the store
+/// reopens the new file at its next status read, without the old file's write-ahead log.
+#[test]
+fn sqlite_follows_a_database_file_replaced_under_it() {
+    let db = SqliteDb::new();
+    let clock = TestClock::at(T);
+    let store = db.open_with_clock(&clock);
+    create(&*store, "a", 1);
+    let backup = db.backup_file();
+    let backed_up = status(&*store);
+    clock.set(T + 10_000);
+    create(&*store, "b", 2);
+    assert_eq!(full(&*store, 2).1.len(), 8);
+    let staged = db.path.with_extension("restoring");
+    std::fs::copy(&backup, &staged).expect("copy the backup");
+    std::fs::rename(&staged, &db.path).expect("replace the file");
+    assert_eq!(status(&*store), backed_up);
+    assert_eq!(
+        full(&*store, 3).1.len(),
+        4,
+        "the backup's keys, none of the old file's"
+    );
+    clock.set(T + 20_000);
+    assert_eq!(create(&*store, "c", 3).version, T + 20_000);
+    // Another process sees the same: nothing of the old file's log came along.
+    let other = db.open();
+    assert_eq!(full(&*other, 3).1.len(), 8);
+    assert!(matches!(
+        other.account("b"),
+        Err(StoreError::AccountNotFound(_))
+    ));
+}
+
 #[test]
 fn sqlite_does_not_announce_changes() {
     let db = SqliteDb::new();
@@ -966,4 +1132,324 @@ fn postgres_replaces_connections_the_server_closed() {
     heard
         .recv_timeout(Duration::from_secs(2))
         .expect("announced after reconnecting");
+}
+
+/// A moment in unix milliseconds (2023-11-14T22:13:20Z).
+const T: u64 = 1_700_000_000_000;
+
+fn status(store: &dyn Store) -> KeyMapStatus {
+    store.key_map_status().expect("status")
+}
+
+fn versions_follow_the_clock_and_never_repeat(db: &dyn TestDb) {
+    let clock = TestClock::at(T);
+    let store = db.open_with_clock(&clock);
+    assert_eq!(create(&*store, "a", 1).version, T);
+    // Several changes in one millisecond, or a clock set back: one more each time.
+    assert_eq!(create(&*store, "b", 1).version, T + 1);
+    clock.set(T - 60_000);
+    assert_eq!(
+        store.revoke_key("key_a-0", 2).expect("revoke").version,
+        T + 2
+    );
+    // The clock again ahead: its time.
+    clock.set(T + 5_000);
+    assert_eq!(
+        store.revoke_key("key_a-1", 3).expect("revoke").version,
+        T + 5_000
+    );
+    assert_eq!(status(&*store).version, T + 5_000);
+}
+
+fn deltas_are_answered_only_from_versions_this_store_issued(db: &dyn TestDb) {
+    let clock = TestClock::at(T);
+    let store = db.open_with_clock(&clock);
+    let first = create(&*store, "a", 1).version;
+    clock.set(T + 1_000);
+    let second = create(&*store, "b", 2).version;
+    let current = status(&*store);
+    assert_eq!((first, second, current.version), (T, T + 1_000, T + 1_000));
+    // Issued: a delta, naming the store.
+    match store.key_map_delta(first, 2).expect("delta") {
+        DeltaLookup::Delta(StoredKeyMap { store: id, message }) => {
+            assert_eq!(id, current.store);
+            let KeyMapMessage::Delta {
+                since,
+                version,
+                upserts,
+                ..
+            } = message
+            else {
+                panic!("expected a delta");
+            };
+            assert_eq!((since, version, upserts.len()), (first, second, 4));
+        }
+        other => panic!("expected a delta, got {other:?}"),
+    }
+    // Between two issued versions, before the first, or 0 (never issued here): not a
+    // version of this store, whatever the range.
+    for since in [T + 500, T - 1, 1] {
+        assert_eq!(
+            store.key_map_delta(since, 2).expect("lookup"),
+            DeltaLookup::NotIssued,
+            "since {since}"
+        );
+        assert!(matches!(
+            store.key_map(Some(since), 2),
+            Ok(KeyMapMessage::Full { version, .. }) if version == second
+        ));
+    }
+    // Newer than the store: ahead.
+    assert_eq!(
+        store.key_map_delta(second + 1, 2).expect("lookup"),
+        DeltaLookup::Ahead {
+            store: current.store.clone(),
+            version: second
+        }
+    );
+    // An empty change (a restore's) is a version of its own, and deltas start from it.
+    clock.set(T + 2_000);
+    let bumped = store
+        .record_restore(&current.store, u64::MAX)
+        .expect("record")
+        .expect("behind");
+    assert_eq!(bumped, T + 2_000);
+    match store.key_map_delta(bumped, 3).expect("delta") {
+        DeltaLookup::Delta(delta) => assert_eq!(
+            delta.message,
+            KeyMapMessage::Delta {
+                version: bumped,
+                since: bumped,
+                upserts: vec![],
+                removes: vec![]
+            }
+        ),
+        other => panic!("expected a delta, got {other:?}"),
+    }
+    assert!(matches!(
+        store.key_map_delta(second, 3).expect("delta"),
+        DeltaLookup::Delta(StoredKeyMap { message: KeyMapMessage::Delta { version, .. }, .. })
+            if version == bumped
+    ));
+}
+
+fn the_change_log_keeps_the_last_versions_by_count(db: &dyn TestDb) {
+    let clock = TestClock::at(T);
+    let store = db
+        .try_open_with(clock.options(3))
+        .expect("open with a short log");
+    let mut versions = Vec::new();
+    for i in 0..6u64 {
+        clock.set(T + i * 1_000);
+        versions.push(create(&*store, &format!("acct_{i}"), i).version);
+    }
+    // The last three versions and the one before them (the base of the oldest delta).
+    for (i, &version) in versions.iter().enumerate() {
+        let lookup = store.key_map_delta(version, 6).expect("lookup");
+        if i >= 2 {
+            assert!(matches!(lookup, DeltaLookup::Delta(_)), "version {version}");
+        } else {
+            assert_eq!(lookup, DeltaLookup::NotIssued, "version {version}");
+        }
+    }
+}
+
+fn the_store_id_is_made_once_kept_on_reopening_and_shared_by_connections(db: &dyn TestDb) {
+    let first = db.open();
+    let second = db.open();
+    let id = status(&*first).store;
+    assert_eq!(id.as_str().len(), 32);
+    assert_eq!(status(&*second).store, id);
+    create(&*first, "a", 1);
+    assert_eq!(
+        second.read_key_map(None, 1).expect("map").store,
+        id,
+        "answers name the store"
+    );
+    drop((first, second));
+    assert_eq!(status(&*db.open()).store, id);
+    // Another database has another id.
+    let other = SqliteDb::new();
+    assert_ne!(status(&*other.open()).store, id);
+}
+
+fn a_restored_database_moves_past_every_version_it_handed_out(db: &dyn TestDb) {
+    let clock = TestClock::at(T);
+    let store = db.open_with_clock(&clock);
+    create(&*store, "a", 1);
+    let restore = db.backup();
+    let backed_up = status(&*store);
+    clock.set(T + 10_000);
+    create(&*store, "b", 2);
+    clock.set(T + 20_000);
+    store.revoke_key("key_a-0", 3).expect("revoke");
+    let handed_out = status(&*store).version;
+    assert_eq!(handed_out, T + 20_000);
+    restore();
+    // The store reads the restored state (SQLite: the replaced file is reopened).
+    let restored = status(&*store);
+    assert_eq!(restored.store, backed_up.store, "a backup keeps the id");
+    assert_eq!(restored.version, backed_up.version);
+    // A filter holding the lost version is ahead of the store.
+    assert_eq!(
+        store.key_map_delta(handed_out, 4).expect("lookup"),
+        DeltaLookup::Ahead {
+            store: restored.store.clone(),
+            version: restored.version
+        }
+    );
+    // Nothing is recorded for another store, or when the store is not behind.
+    let other = StoreId::random().expect("random");
+    assert_eq!(
+        store.record_restore(&other, handed_out).expect("record"),
+        None
+    );
+    assert_eq!(
+        store
+            .record_restore(&restored.store, restored.version)
+            .expect("record"),
+        None
+    );
+    // The empty change takes the clock, not the poller's number.
+    clock.set(T + 30_000);
+    let bumped = store
+        .record_restore(&restored.store, handed_out)
+        .expect("record")
+        .expect("behind");
+    assert_eq!(bumped, T + 30_000);
+    assert!(bumped > handed_out);
+    let rogue = store
+        .record_restore(&restored.store, u64::MAX)
+        .expect("record")
+        .expect("behind");
+    assert_eq!(rogue, T + 30_001, "never a value the poller chose");
+    // The full map is the backup's, at the new version; the lost version is unknown.
+    let (version, map) = full(&*store, 5);
+    assert_eq!(version, rogue);
+    assert_eq!(map.len(), 4);
+    assert!(map.contains_key(&hex("a-0")));
+    assert_eq!(
+        store.key_map_delta(handed_out, 5).expect("lookup"),
+        DeltaLookup::NotIssued
+    );
+}
+
+fn a_rogue_version_refuses_changes_until_a_new_lineage(db: &dyn TestDb) {
+    let clock = TestClock::at(T);
+    let store = db.open_with_clock(&clock);
+    create(&*store, "a", 1);
+    let before = status(&*store);
+    db.execute(&format!(
+        "UPDATE keymap_state SET version = {} WHERE id = 1",
+        lineage::MAX_VERSION
+    ));
+    // Reads still work; changes are refused with a way out, and leave nothing behind.
+    assert_eq!(status(&*store).version, lineage::MAX_VERSION);
+    assert!(matches!(full(&*store, 2), (v, m) if v == lineage::MAX_VERSION && m.len() == 4));
+    let refused = store.revoke_key("key_a-0", 2);
+    assert!(
+        matches!(refused, Err(StoreError::VersionExhausted { current }) if current == lineage::MAX_VERSION)
+    );
+    assert!(refused
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
+        .contains("keygatectl keymap new-lineage"));
+    assert_eq!(store.key("key_a-0").expect("key").revoked_at, None);
+    // A new lineage: a new id, the version now, no deltas from the old lineage.
+    clock.set(T + 1_000);
+    let fresh = store.new_lineage().expect("new lineage");
+    assert_ne!(fresh.store, before.store);
+    assert_eq!(fresh.version, T + 1_000);
+    assert_eq!(status(&*store), fresh);
+    assert_eq!(
+        store.key_map_delta(before.version, 3).expect("lookup"),
+        DeltaLookup::NotIssued
+    );
+    assert_eq!(full(&*store, 3).1.len(), 4, "the keys stay");
+    assert_eq!(
+        store.revoke_key("key_a-0", 3).expect("revoke").version,
+        T + 1_001
+    );
+    assert!(matches!(
+        store.key_map_delta(fresh.version, 3).expect("delta"),
+        DeltaLookup::Delta(_)
+    ));
+    // Another connection (a replica, a reopened server) sees the same lineage.
+    assert_eq!(status(&*db.open()).store, fresh.store);
+}
+
+fn a_schema_1_database_gets_an_id_and_keeps_its_counter_and_deltas(db: &dyn TestDb) {
+    db.create_v1_schema();
+    // What keygatectl before store ids left: versions 1..=57, changes kept from 50 on.
+    let mut sql = String::from(
+        "INSERT INTO accounts (id, created_at) VALUES ('a', 1); \
+         UPDATE keymap_state SET version = 57, log_start = 50 WHERE id = 1;",
+    );
+    for v in 51..=57 {
+        let name = format!("old-{v}");
+        sql.push_str(&format!(
+            "INSERT INTO keys (id, account_id, digest, hint, type, environment, origin, \
+             created_at) VALUES ('key_{name}', 'a', '{}', 'sk_test_…{v}', 'secret', 'test', \
+             'issued', 1); \
+             INSERT INTO keymap_changes (version, digest, op) VALUES ({v}, '{}', 'upsert');",
+            hex(&name),
+            hex(&name)
+        ));
+    }
+    db.execute(&sql);
+    let clock = TestClock::at(T);
+    let store = db.open_with_clock(&clock);
+    assert_eq!(db.schema_version(), 3);
+    let migrated = status(&*store);
+    assert_eq!(migrated.version, 57, "the counter carries on");
+    for since in 50..=57 {
+        assert!(
+            matches!(
+                store.key_map_delta(since, 2).expect("lookup"),
+                DeltaLookup::Delta(_)
+            ),
+            "since {since}"
+        );
+    }
+    match store.key_map_delta(53, 2).expect("delta") {
+        DeltaLookup::Delta(delta) => {
+            let KeyMapMessage::Delta { upserts, .. } = delta.message else {
+                panic!("expected a delta");
+            };
+            assert_eq!(upserts.len(), 4);
+        }
+        other => panic!("expected a delta, got {other:?}"),
+    }
+    assert_eq!(
+        store.key_map_delta(49, 2).expect("lookup"),
+        DeltaLookup::NotIssued
+    );
+    // The next change jumps to the clock.
+    assert_eq!(
+        store.revoke_key("key_old-51", 2).expect("revoke").version,
+        T
+    );
+    assert_eq!(status(&*db.open()).store, migrated.store);
+}
+
+fn the_sync_token_digest_is_kept_and_shared(db: &dyn TestDb) {
+    let store = db.open();
+    assert_eq!(store.sync_token_digest().expect("none"), None);
+    store
+        .set_sync_token_digest(&Digest::of_key("sync-token-one"))
+        .expect("set");
+    assert_eq!(
+        db.open().sync_token_digest().expect("shared"),
+        Some(Digest::of_key("sync-token-one"))
+    );
+    store
+        .set_sync_token_digest(&Digest::of_key("sync-token-two"))
+        .expect("replace");
+    assert_eq!(
+        db.open().sync_token_digest().expect("replaced"),
+        Some(Digest::of_key("sync-token-two"))
+    );
+    // The admin token is another setting.
+    assert_eq!(store.admin_token_digest().expect("admin"), None);
 }

@@ -22,7 +22,7 @@ pub(crate) mod html;
 pub(crate) mod pages;
 pub(crate) mod session;
 pub mod signin;
-mod throttle;
+pub(crate) mod throttle;
 mod views;
 
 use crate::api::AppState;

@@ -23,6 +23,12 @@ pub fn delay_after(failures: u32) -> Duration {
     FIRST_DELAY.saturating_mul(1u32 << doublings).min(MAX_DELAY)
 }
 
+/// A wait as whole seconds for `Retry-After`: rounded up, at least 1.
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    seconds.max(1)
+}
+
 /// The bucket an address counts in.
 pub fn bucket(ip: IpAddr) -> IpAddr {
     match ip {
@@ -122,6 +128,14 @@ mod tests {
         assert_eq!(delay_after(6), Duration::from_secs(16));
         assert_eq!(delay_after(7), MAX_DELAY);
         assert_eq!(delay_after(u32::MAX), MAX_DELAY);
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(500)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_seconds(Duration::from_secs(30)), 30);
     }
 
     #[test]

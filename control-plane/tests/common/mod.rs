@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The sync token test servers are started with (in `sync-token` beside the database).
+pub const SYNC_TOKEN: &str = "test-sync-token-0123456789";
 pub const BIN: &str = env!("CARGO_BIN_EXE_keygatectl");
 
 /// A `keygatectl` command with the test's environment only (no inherited KEYGATE_*).
@@ -85,6 +87,9 @@ pub struct Server {
 
 pub struct StartOptions<'a> {
     pub admin_token: Option<&'a str>,
+    /// Written to `sync-token` in the directory and given with `--sync-token-file`; `None`
+    /// leaves the server to its default (a token generated beside the database).
+    pub sync_token: Option<&'a str>,
     pub extra_args: Vec<String>,
     /// Reuse this directory's database instead of a new one.
     pub dir: Option<tempfile::TempDir>,
@@ -94,6 +99,7 @@ impl Default for StartOptions<'_> {
     fn default() -> Self {
         StartOptions {
             admin_token: Some(ADMIN_TOKEN),
+            sync_token: Some(SYNC_TOKEN),
             extra_args: Vec::new(),
             dir: None,
         }
@@ -115,6 +121,11 @@ impl Server {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--purge-interval", "1s"])
             .args(&options.extra_args);
+        if let Some(token) = options.sync_token {
+            let file = dir.path().join("sync-token");
+            std::fs::write(&file, format!("{token}\n")).expect("write the sync token");
+            command.arg("--sync-token-file").arg(file);
+        }
         if let Some(token) = options.admin_token {
             command.env("KEYGATE_ADMIN_TOKEN", token);
         }
@@ -164,6 +175,9 @@ impl Drop for Server {
 pub struct Answer {
     pub status: u16,
     pub etag: Option<String>,
+    /// `keygate-store`: the store a key-map answer comes from.
+    pub store: Option<String>,
+    pub retry_after: Option<String>,
     pub cache_control: Option<String>,
     pub body: Value,
     pub text: String,
@@ -209,6 +223,8 @@ pub fn send(
             .map(String::from)
     };
     let etag = header("etag");
+    let store = header("keygate-store");
+    let retry_after = header("retry-after");
     let cache_control = header("cache-control");
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().unwrap_or_default();
@@ -216,6 +232,8 @@ pub fn send(
     Answer {
         status,
         etag,
+        store,
+        retry_after,
         cache_control,
         body,
         text,
@@ -227,6 +245,8 @@ pub struct Api<'s> {
     pub server: &'s Server,
     pub agent: ureq::Agent,
     pub token: Option<String>,
+    /// What key-map polls send.
+    pub sync_token: Option<String>,
 }
 
 impl<'s> Api<'s> {
@@ -235,6 +255,7 @@ impl<'s> Api<'s> {
             server,
             agent: agent(),
             token: Some(ADMIN_TOKEN.into()),
+            sync_token: Some(SYNC_TOKEN.into()),
         }
     }
 
@@ -260,10 +281,16 @@ impl<'s> Api<'s> {
         )
     }
 
-    /// `GET /v1/keymap`, optionally `?since=` and `If-None-Match`.
+    /// `GET /v1/keymap`, optionally `?since=` and `If-None-Match`, with the sync token.
     pub fn key_map(&self, since: Option<u64>, if_none_match: Option<&str>) -> Answer {
-        let path = match since {
-            Some(since) => format!("/v1/keymap?since={since}"),
+        let query = since.map(|since| format!("since={since}"));
+        self.key_map_query(query.as_deref(), if_none_match)
+    }
+
+    /// `GET /v1/keymap?<query>` with the sync token.
+    pub fn key_map_query(&self, query: Option<&str>, if_none_match: Option<&str>) -> Answer {
+        let path = match query {
+            Some(query) => format!("/v1/keymap?{query}"),
             None => "/v1/keymap".into(),
         };
         let headers: Vec<(&str, &str)> = if_none_match
@@ -273,7 +300,7 @@ impl<'s> Api<'s> {
             &self.agent,
             "GET",
             &self.server.url(&path),
-            None,
+            self.sync_token.as_deref(),
             None,
             &headers,
         )

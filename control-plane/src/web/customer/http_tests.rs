@@ -44,7 +44,7 @@ fn site_with(public_url: &str) -> Site {
     let app = Arc::new(AppState::new(
         Service::new(Arc::clone(&store)),
         Some(Digest::of_key("admin-token-0123456789")),
-        None,
+        crate::api::KeyMapAccess::Open,
         keymap,
     ));
     let mailer = Mailer::start(

@@ -1,0 +1,583 @@
+//! `GET /v1/keymap[?since=<version>&store=<store id>]`: the key map the filters poll.
+//!
+//! Every answer (200 full, 200 delta, 304) names the store it comes from in the
+//! `keygate-store` header and in its ETag, `"<store>:<version>"`. A delta is answered only
+//! when `since` is a version this store issued and still has the changes after (and `store`,
+//! if given, is this store); anything else gets the full map, served from memory: full maps
+//! are built one at a time and shared by every poll that waits for one, so polls with an
+//! unknown `since` cost a lookup, not a build. A `since` newer than the store's version means
+//! the database went back to an older copy: the store records an empty change (at most once
+//! a second) so its version passes the poller's, and the poller gets the full map.
+
+use crate::api::{ApiError, AppState};
+use crate::clock::now_unix;
+use crate::keymap::{etag, if_none_match_matches, Encoding};
+use crate::log::log_event;
+use crate::slotted_body::SlottedBody;
+use crate::store::{DeltaLookup, StoreId, StoredKeyMap};
+use crate::web::ClientIp;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keygate_core::config::build_key_map;
+use keygate_sync_core::binary::{encode_binary_full, BINARY_CONTENT_TYPE};
+use keygate_sync_core::message::KeyMapMessage;
+use serde::Deserialize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The response header naming the store an answer comes from.
+pub const STORE_HEADER: HeaderName = HeaderName::from_static("keygate-store");
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyMapQuery {
+    since: Option<u64>,
+    store: Option<String>,
+}
+
+/// What a poll asked for, checked.
+struct Poll {
+    since: Option<u64>,
+    store: Option<StoreId>,
+}
+
+fn parse_poll(query: Result<Query<KeyMapQuery>, QueryRejection>) -> Result<Poll, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("query: {e}")))?;
+    let store = match query.store.as_deref() {
+        None => None,
+        Some(text) => Some(StoreId::parse(text).ok_or_else(|| {
+            ApiError::invalid("store must be a store id: 32 lowercase hex characters")
+        })?),
+    };
+    Ok(Poll {
+        since: query.since,
+        store,
+    })
+}
+
+pub(crate) async fn key_map(
+    State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    query: Result<Query<KeyMapQuery>, QueryRejection>,
+) -> Response {
+    if let Err(refused) = state.authorize_key_map(&headers, ip).await {
+        return refused;
+    }
+    let poll = match parse_poll(query) {
+        Ok(poll) => poll,
+        Err(e) => return e.into_response(),
+    };
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    let encoding = wanted_encoding(&headers);
+    let now = now_unix();
+    let cached_store = state.keymap.status().store;
+    let same_store = is_store(poll.store.as_ref(), &cached_store);
+    // An unchanged map is answered from memory.
+    if let Some((store, version)) = state.keymap.fresh(now) {
+        if if_none_match.is_some_and(|tags| if_none_match_matches(tags, &store, version)) {
+            return not_modified(&store, version);
+        }
+        if same_store && poll.since == Some(version) {
+            return empty_delta(&store, version);
+        }
+    }
+    if let (Some(since), true) = (poll.since, same_store) {
+        let stale = state.keymap.fresh(now).is_none();
+        match delta(&state, since, poll.store.as_ref(), stale).await {
+            Ok(Some(answer)) => return answer,
+            Ok(None) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
+    full(&state, encoding, if_none_match).await
+}
+
+/// True when a poll's `store` names `store`, or names none: a poll without one means this
+/// store (filters before store ids).
+fn is_store(given: Option<&StoreId>, store: &StoreId) -> bool {
+    given.map_or(true, |given| given == store)
+}
+
+/// Runs store work on the blocking pool.
+async fn blocking<T, F>(state: &Arc<AppState>, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+{
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || work(&state))
+        .await
+        .map_err(|e| ApiError::internal(&format!("a store task failed: {e}")))?
+}
+
+/// The delta since `since`, or `None` when the full map must answer. `stale`: the cached
+/// status had a grace period end, which the lookup purges; the status is read again after.
+async fn delta(
+    state: &Arc<AppState>,
+    since: u64,
+    wanted_store: Option<&StoreId>,
+    stale: bool,
+) -> Result<Option<Response>, ApiError> {
+    let lookup = blocking(state, move |state| {
+        let lookup = state
+            .service()
+            .store()
+            .key_map_delta(since, now_unix())
+            .map_err(|e| ApiError::internal(&e.to_string()));
+        if stale {
+            state.refresh_key_map_status();
+        }
+        lookup
+    })
+    .await?;
+    match lookup {
+        // The store may have changed lineage since the cache was read.
+        DeltaLookup::Delta(stored) if is_store(wanted_store, &stored.store) => {
+            let body = encode_json(&stored.message)?;
+            Ok(Some(answer(
+                &stored.store,
+                stored.message.version(),
+                body,
+                Encoding::Json,
+            )))
+        }
+        DeltaLookup::Ahead { store, version } if is_store(wanted_store, &store) => {
+            blocking(state, move |state| {
+                if state.record_restore(&store, since) {
+                    log_event(&format!(
+                        "a poll held key map version {since}, newer than store {store}'s \
+                         {version}: the database was restored from an older copy (or the \
+                         poller is not one of its filters)"
+                    ));
+                    state.refresh_key_map_status();
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The full map, from memory when current, else built (one build at a time), written
+/// in one of a few send slots.
+async fn full(state: &Arc<AppState>, encoding: Encoding, if_none_match: Option<&str>) -> Response {
+    let slot = match Arc::clone(&state.full_sends).acquire_owned().await {
+        Ok(slot) => slot,
+        Err(e) => return ApiError::internal(&format!("no send slot: {e}")).into_response(),
+    };
+    let (store, version, body) = match full_map(state, encoding).await {
+        Ok(full) => full,
+        Err(e) => return e.into_response(),
+    };
+    if if_none_match.is_some_and(|tags| if_none_match_matches(tags, &store, version)) {
+        return not_modified(&store, version);
+    }
+    let body = Body::new(SlottedBody::new(body, slot));
+    answer(&store, version, body, encoding)
+}
+
+/// The current full map in `encoding`. Polls that find none cached queue for the one
+/// build; each then finds the map the build before it cached.
+async fn full_map(
+    state: &Arc<AppState>,
+    encoding: Encoding,
+) -> Result<(StoreId, u64, Bytes), ApiError> {
+    if let Some(cached) = state.keymap.cached_full(now_unix(), encoding) {
+        return Ok(cached);
+    }
+    let _building = state.full_build.lock().await;
+    if let Some(cached) = state.keymap.cached_full(now_unix(), encoding) {
+        return Ok(cached);
+    }
+    let built = blocking(state, move |state| build_full(state, encoding)).await?;
+    state
+        .keymap
+        .remember_full(&built.0, built.1, built.2.clone(), encoding);
+    Ok(built)
+}
+
+/// Reads and encodes the full map (blocking). The cached status is refreshed first (a
+/// database that went back gets its empty change before its map is built, not after) and
+/// again after, so that the map just built is the current one.
+fn build_full(state: &AppState, encoding: Encoding) -> Result<(StoreId, u64, Bytes), ApiError> {
+    let started = Instant::now();
+    state.refresh_key_map_status();
+    let StoredKeyMap { store, message } = state
+        .service()
+        .store()
+        .read_key_map(None, now_unix())
+        .map_err(|e| ApiError::internal(&e.to_string()))?;
+    let version = message.version();
+    let (count, body) = match &message {
+        KeyMapMessage::Full { keys, .. } => (keys.len(), encode_full(&message, encoding)?),
+        KeyMapMessage::Delta { .. } => {
+            return Err(ApiError::internal(
+                "the store answered a delta for the full map",
+            ))
+        }
+    };
+    state.refresh_key_map_status();
+    let builds = state.full_builds.fetch_add(1, Ordering::Relaxed) + 1;
+    log_event(&format!(
+        "built the full key map: store {store}, version {version}, {count} keys, {} bytes \
+         ({encoding:?}) in {} ms (build {builds})",
+        body.len(),
+        started.elapsed().as_millis()
+    ));
+    Ok((store, version, body))
+}
+
+fn encode_full(message: &KeyMapMessage, encoding: Encoding) -> Result<Bytes, ApiError> {
+    match (encoding, message) {
+        // keygate's binary form (what the fetcher asks for: ~75 bytes a key instead of
+        // ~190, and no JSON parse in the VM). Deltas stay JSON: they are small.
+        (Encoding::Binary, KeyMapMessage::Full { version, keys }) => {
+            let map = build_key_map(keys, "keys")
+                .map_err(|e| ApiError::internal(&format!("cannot encode the key map: {e}")))?;
+            Ok(Bytes::from(encode_binary_full(*version, &map)))
+        }
+        _ => encode_json(message),
+    }
+}
+
+fn encode_json(message: &KeyMapMessage) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(message)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(&format!("cannot encode the key map: {e}")))
+}
+
+/// The encoding a poller asked for with `Accept`.
+fn wanted_encoding(headers: &HeaderMap) -> Encoding {
+    let binary = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().starts_with(BINARY_CONTENT_TYPE))
+        });
+    if binary {
+        Encoding::Binary
+    } else {
+        Encoding::Json
+    }
+}
+
+/// A poll from a filter that is up to date: nothing changed, and memory knows it.
+fn empty_delta(store: &StoreId, version: u64) -> Response {
+    let message = KeyMapMessage::Delta {
+        version,
+        since: version,
+        upserts: Vec::new(),
+        removes: Vec::new(),
+    };
+    match encode_json(&message) {
+        Ok(body) => answer(store, version, body, Encoding::Json),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn not_modified(store: &StoreId, version: u64) -> Response {
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
+    name_the_version(&mut response, store, version);
+    response
+}
+
+fn answer(store: &StoreId, version: u64, body: impl Into<Body>, encoding: Encoding) -> Response {
+    let content_type = match encoding {
+        Encoding::Json => "application/json",
+        Encoding::Binary => BINARY_CONTENT_TYPE,
+    };
+    let mut response = (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body.into(),
+    )
+        .into_response();
+    name_the_version(&mut response, store, version);
+    response
+}
+
+/// `keygate-store` and `ETag` on every key-map answer.
+fn name_the_version(response: &mut Response, store: &StoreId, version: u64) {
+    // A store id is hex and a version decimal: always valid header values.
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(store.as_str()) {
+        headers.insert(STORE_HEADER, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&etag(store, version)) {
+        headers.insert(header::ETAG, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{router, KeyMapAccess};
+    use crate::keymap::KeyMapCache;
+    use crate::service::Service;
+    use crate::store::customers::{
+        NewUser, PasswordReset, SessionOwner, Signup, TokenRefusal, User, Verified,
+    };
+    use crate::store::{
+        Account, AccountWithKeys, KeyMapStatus, KeyRecord, NewKey, Rolled, SqliteStore, Store,
+        StoreResult, Versioned,
+    };
+    use keygate_core::digest::Digest;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    /// A store whose full-map reads take a while and are counted: polls that arrive while
+    /// one runs must wait for it, not start their own.
+    struct SlowFullMaps {
+        inner: SqliteStore,
+        full_reads: AtomicU64,
+    }
+
+    impl crate::store::CustomerStore for SlowFullMaps {
+        fn add_signup(&self, token: &Digest, signup: &Signup) -> StoreResult<()> {
+            self.inner.add_signup(token, signup)
+        }
+        fn signup(&self, token: &Digest) -> StoreResult<Option<Signup>> {
+            self.inner.signup(token)
+        }
+        fn complete_signup(
+            &self,
+            token: &Digest,
+            user: &NewUser,
+            account: &Account,
+            keys: &[NewKey],
+            now: u64,
+        ) -> StoreResult<Result<Versioned<Verified>, TokenRefusal>> {
+            self.inner.complete_signup(token, user, account, keys, now)
+        }
+        fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+            self.inner.user_by_email(email)
+        }
+        fn users(&self, account_id: Option<&str>) -> StoreResult<Vec<User>> {
+            self.inner.users(account_id)
+        }
+        fn set_user_disabled(&self, user_id: &str, disabled: bool, now: u64) -> StoreResult<User> {
+            self.inner.set_user_disabled(user_id, disabled, now)
+        }
+        fn set_account_disabled(
+            &self,
+            account_id: &str,
+            disabled: bool,
+            now: u64,
+        ) -> StoreResult<Account> {
+            self.inner.set_account_disabled(account_id, disabled, now)
+        }
+        fn set_password_hash(&self, user_id: &str, password_hash: &str) -> StoreResult<()> {
+            self.inner.set_password_hash(user_id, password_hash)
+        }
+        fn add_password_reset(
+            &self,
+            token: &Digest,
+            user_id: &str,
+            now: u64,
+            expires_at: u64,
+        ) -> StoreResult<()> {
+            self.inner
+                .add_password_reset(token, user_id, now, expires_at)
+        }
+        fn password_reset(&self, token: &Digest) -> StoreResult<Option<PasswordReset>> {
+            self.inner.password_reset(token)
+        }
+        fn complete_password_reset(
+            &self,
+            token: &Digest,
+            password_hash: &str,
+            now: u64,
+        ) -> StoreResult<Result<User, TokenRefusal>> {
+            self.inner
+                .complete_password_reset(token, password_hash, now)
+        }
+        fn add_session(
+            &self,
+            id: &Digest,
+            user_id: &str,
+            now: u64,
+            expires_at: u64,
+        ) -> StoreResult<()> {
+            self.inner.add_session(id, user_id, now, expires_at)
+        }
+        fn session(&self, id: &Digest, now: u64) -> StoreResult<Option<SessionOwner>> {
+            self.inner.session(id, now)
+        }
+        fn delete_session(&self, id: &Digest) -> StoreResult<()> {
+            self.inner.delete_session(id)
+        }
+        fn delete_user_sessions(&self, user_id: &str) -> StoreResult<u64> {
+            self.inner.delete_user_sessions(user_id)
+        }
+    }
+
+    impl Store for SlowFullMaps {
+        fn create_account(
+            &self,
+            account: &Account,
+            keys: &[NewKey],
+        ) -> StoreResult<Versioned<AccountWithKeys>> {
+            self.inner.create_account(account, keys)
+        }
+        fn accounts(&self) -> StoreResult<Vec<Account>> {
+            self.inner.accounts()
+        }
+        fn account(&self, account_id: &str) -> StoreResult<Account> {
+            self.inner.account(account_id)
+        }
+        fn add_key(&self, key: &NewKey, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+            self.inner.add_key(key, now)
+        }
+        fn keys(&self, account_id: Option<&str>) -> StoreResult<Vec<KeyRecord>> {
+            self.inner.keys(account_id)
+        }
+        fn key(&self, key_id: &str) -> StoreResult<KeyRecord> {
+            self.inner.key(key_id)
+        }
+        fn roll_key(
+            &self,
+            key_id: &str,
+            replacement: &NewKey,
+            grace_seconds: u64,
+            now: u64,
+        ) -> StoreResult<Versioned<Rolled>> {
+            self.inner.roll_key(key_id, replacement, grace_seconds, now)
+        }
+        fn revoke_key(&self, key_id: &str, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+            self.inner.revoke_key(key_id, now)
+        }
+        fn set_key_disabled(
+            &self,
+            key_id: &str,
+            disabled: bool,
+            now: u64,
+        ) -> StoreResult<Versioned<KeyRecord>> {
+            self.inner.set_key_disabled(key_id, disabled, now)
+        }
+        fn purge_expired(&self, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>> {
+            self.inner.purge_expired(now)
+        }
+        fn read_key_map(&self, since: Option<u64>, now: u64) -> StoreResult<StoredKeyMap> {
+            let answer = self.inner.read_key_map(since, now)?;
+            if matches!(answer.message, KeyMapMessage::Full { .. }) {
+                self.full_reads.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Ok(answer)
+        }
+        fn key_map_delta(&self, since: u64, now: u64) -> StoreResult<DeltaLookup> {
+            self.inner.key_map_delta(since, now)
+        }
+        fn key_map_status(&self) -> StoreResult<KeyMapStatus> {
+            self.inner.key_map_status()
+        }
+        fn record_restore(&self, store: &StoreId, seen: u64) -> StoreResult<Option<u64>> {
+            self.inner.record_restore(store, seen)
+        }
+        fn new_lineage(&self) -> StoreResult<KeyMapStatus> {
+            self.inner.new_lineage()
+        }
+        fn admin_token_digest(&self) -> StoreResult<Option<Digest>> {
+            self.inner.admin_token_digest()
+        }
+        fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()> {
+            self.inner.set_admin_token_digest(digest)
+        }
+        fn sync_token_digest(&self) -> StoreResult<Option<Digest>> {
+            self.inner.sync_token_digest()
+        }
+        fn set_sync_token_digest(&self, digest: &Digest) -> StoreResult<()> {
+            self.inner.set_sync_token_digest(digest)
+        }
+    }
+
+    /// Many polls with a `since` the store never issued (JSON and binary), all at once: one
+    /// full-map build per encoding, shared by all; the next ones come from memory.
+    #[test]
+    fn concurrent_unknown_since_polls_build_the_map_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inner = SqliteStore::open(&dir.path().join("keygate.db")).expect("open");
+        let service = Service::new(Arc::new(inner));
+        service.create_account(Some("acme"), 1).expect("account");
+        let store = Arc::new(SlowFullMaps {
+            inner: SqliteStore::open(&dir.path().join("keygate.db")).expect("open"),
+            full_reads: AtomicU64::new(0),
+        });
+        let status = store.key_map_status().expect("status");
+        let state = Arc::new(AppState::new(
+            Service::new(Arc::clone(&store) as Arc<dyn Store>),
+            None,
+            KeyMapAccess::Open,
+            KeyMapCache::new(status),
+        ));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = router(Arc::clone(&state));
+        runtime.spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+        });
+        let poll = |binary: bool| {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .proxy(None)
+                .build()
+                .into();
+            let mut request = agent.get(format!("http://{address}/v1/keymap?since=12345"));
+            if binary {
+                request = request.header("accept", BINARY_CONTENT_TYPE);
+            }
+            let mut answer = request.call().expect("poll");
+            assert_eq!(answer.status(), 200);
+            answer.body_mut().read_to_vec().expect("body")
+        };
+        let bodies: Vec<(bool, Vec<u8>)> = std::thread::scope(|scope| {
+            let polls: Vec<_> = (0..16)
+                .map(|i| scope.spawn(move || (i % 2 == 1, poll(i % 2 == 1))))
+                .collect();
+            polls.into_iter().map(|p| p.join().expect("poll")).collect()
+        });
+        for (binary, body) in &bodies {
+            let same = bodies
+                .iter()
+                .find(|(b, _)| b == binary)
+                .expect("one")
+                .1
+                .clone();
+            assert_eq!(*body, same, "every poll got the one map");
+        }
+        assert!(bodies
+            .iter()
+            .any(|(b, body)| !b && body.starts_with(b"{\"kind\":\"full\"")));
+        assert_eq!(
+            store.full_reads.load(Ordering::SeqCst),
+            2,
+            "one build per encoding"
+        );
+        assert_eq!(state.full_builds.load(Ordering::SeqCst), 2);
+        // Later ones come from memory.
+        poll(false);
+        poll(true);
+        assert_eq!(store.full_reads.load(Ordering::SeqCst), 2);
+    }
+}
