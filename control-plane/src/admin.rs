@@ -1,15 +1,16 @@
 //! What the CLI's account and key commands act on: the database file directly, or a running
-//! server through its admin API. Both answer the same views.
+//! server through its admin API. Both answer the same views. Changes on the database are
+//! audited as the CLI's (with the OS user), changes through the server as the admin token's.
 
 use crate::client::Client;
 use crate::clock::now_unix;
 use crate::error::CliError;
 use crate::model::{
-    AccountDetailView, AccountView, CreatedAccountView, ImportKeyRequest, IssuedKeyView, KeyView,
-    RolledView,
+    AccountDetailView, AccountView, AuditListView, BulkImportRequest, BulkImportView,
+    CreatedAccountView, ImportKeyRequest, IssuedKeyView, KeyView, RolledView,
 };
-use crate::service::{KeyChange, Service};
-use keygate_core::key::KeyKind;
+use crate::service::{KeyChange, KeySpec, Service};
+use crate::store::{Actor, AuditQuery};
 use keygate_sync_core::message::KeyMapMessage;
 
 pub enum Admin {
@@ -20,7 +21,7 @@ pub enum Admin {
 impl Admin {
     pub fn create_account(&self, name: Option<&str>) -> Result<CreatedAccountView, CliError> {
         match self {
-            Admin::Local(s) => Ok(s.create_account(name, now_unix())?.value),
+            Admin::Local(s) => Ok(s.create_account(name, now_unix(), &Actor::cli())?.value),
             Admin::Remote(c) => Ok(c.create_account(name)?),
         }
     }
@@ -46,31 +47,61 @@ impl Admin {
         }
     }
 
-    pub fn create_key(&self, account_id: &str, kind: KeyKind) -> Result<IssuedKeyView, CliError> {
+    pub fn create_key(&self, account_id: &str, spec: &KeySpec) -> Result<IssuedKeyView, CliError> {
         match self {
-            Admin::Local(s) => Ok(s.create_key(account_id, kind, now_unix())?.value),
-            Admin::Remote(c) => Ok(c.create_key(account_id, kind)?),
+            Admin::Local(s) => Ok(s
+                .create_key(account_id, spec, now_unix(), &Actor::cli())?
+                .value),
+            Admin::Remote(c) => Ok(c.create_key(account_id, spec)?),
         }
     }
 
     pub fn import_key(&self, request: &ImportKeyRequest) -> Result<KeyView, CliError> {
         match self {
-            Admin::Local(s) => Ok(s.import_key(request, now_unix())?.value),
+            Admin::Local(s) => Ok(s.import_key(request, now_unix(), &Actor::cli())?.value),
             Admin::Remote(c) => Ok(c.import_key(request)?),
         }
     }
 
-    pub fn roll_key(&self, key_id: &str, grace_seconds: u64) -> Result<RolledView, CliError> {
+    pub fn import_keys(&self, request: &BulkImportRequest) -> Result<BulkImportView, CliError> {
         match self {
-            Admin::Local(s) => Ok(s.roll_key(key_id, grace_seconds, now_unix())?.value),
-            Admin::Remote(c) => Ok(c.roll_key(key_id, grace_seconds)?),
+            Admin::Local(s) => Ok(s.import_keys(request, now_unix(), &Actor::cli())?),
+            Admin::Remote(c) => Ok(c.import_keys(request)?),
+        }
+    }
+
+    pub fn roll_key(
+        &self,
+        key_id: &str,
+        grace_seconds: u64,
+        name: Option<&str>,
+    ) -> Result<RolledView, CliError> {
+        match self {
+            Admin::Local(s) => Ok(s
+                .roll_key(key_id, grace_seconds, name, now_unix(), &Actor::cli())?
+                .value),
+            Admin::Remote(c) => Ok(c.roll_key(key_id, grace_seconds, name)?),
         }
     }
 
     pub fn change_key(&self, key_id: &str, change: KeyChange) -> Result<KeyView, CliError> {
         match self {
-            Admin::Local(s) => Ok(s.change_key(key_id, change, now_unix())?.value),
+            Admin::Local(s) => Ok(s.change_key(key_id, change, now_unix(), &Actor::cli())?.value),
             Admin::Remote(c) => Ok(c.change_key(key_id, change)?),
+        }
+    }
+
+    pub fn rename_key(&self, key_id: &str, name: Option<&str>) -> Result<KeyView, CliError> {
+        match self {
+            Admin::Local(s) => Ok(s.rename_key(key_id, name, now_unix(), &Actor::cli())?),
+            Admin::Remote(c) => Ok(c.rename_key(key_id, name)?),
+        }
+    }
+
+    pub fn audit(&self, query: &AuditQuery) -> Result<AuditListView, CliError> {
+        match self {
+            Admin::Local(s) => Ok(s.audit(query)?),
+            Admin::Remote(c) => Ok(c.audit(query)?),
         }
     }
 

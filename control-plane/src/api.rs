@@ -8,16 +8,17 @@ use crate::keymap::{KeyMapCache, Observed};
 use crate::keymap_endpoint::key_map;
 use crate::log::log_event;
 use crate::model::{
-    AccountListView, CreateAccountRequest, CreateKeyRequest, ErrorBody, ErrorDetail,
-    ImportKeyRequest, KeyListView, RollKeyRequest,
+    AccountListView, BulkImportRequest, CreateAccountRequest, CreateKeyRequest, ErrorBody,
+    ErrorDetail, ImportKeyRequest, KeyListView, RenameKeyRequest, RollKeyRequest,
 };
-use crate::service::{KeyChange, Service, ServiceError, ServiceResult};
-use crate::store::{StoreError, StoreId};
+use crate::service::{KeyChange, KeySpec, Service, ServiceError, ServiceResult};
+use crate::store::{Actor, AuditQuery, StoreError, StoreId};
+use crate::usage_endpoint::{report_usage, UsageSettings};
 use crate::web::throttle::{retry_after_seconds, LoginThrottle};
 use crate::web::ClientIp;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +39,11 @@ const RESTORE_BUMP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Full key maps written at once (see `slotted_body.rs`); more wait their turn.
 const FULL_MAP_SENDS: usize = 4;
+
+/// The largest bulk import body (about a million keys by digest).
+const MAX_IMPORT_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// Audit events a listing answers unless `limit` says otherwise.
+const DEFAULT_AUDIT_LIMIT: usize = 100;
 
 /// Who may read the key map.
 pub enum KeyMapAccess {
@@ -70,6 +76,8 @@ pub struct AppState {
     /// token works there too), per address. Apart from the admin API's, so that a filter
     /// still sending a rotated-out sync token does not lock its host's operators out.
     key_map_throttle: LoginThrottle,
+    /// How long the filters' usage reports are kept (`serve --usage-retention`).
+    pub(crate) usage: UsageSettings,
 }
 
 impl AppState {
@@ -93,6 +101,7 @@ impl AppState {
             last_restore_bump: Mutex::new(None),
             admin_throttle: LoginThrottle::default(),
             key_map_throttle: LoginThrottle::default(),
+            usage: UsageSettings::default(),
         }
     }
 
@@ -279,6 +288,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keys/{key_id}/revoke", post(revoke_key))
         .route("/v1/keys/{key_id}/disable", post(disable_key))
         .route("/v1/keys/{key_id}/enable", post(enable_key))
+        .route("/v1/keys/{key_id}/rename", post(rename_key))
+        .route(
+            "/v1/keys/bulk-import",
+            post(bulk_import).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY_BYTES)),
+        )
+        .route("/v1/accounts/{account_id}/usage", get(account_usage))
+        .route("/v1/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_admin,
@@ -286,6 +302,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(admin)
         .route("/v1/keymap", get(key_map))
+        .route("/v1/usage", post(report_usage))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -313,6 +330,10 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
 
+    pub(crate) fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
     /// Details go to the log only; the answer says nothing about the store.
     pub(crate) fn internal(detail: &str) -> ApiError {
         log_event(&format!("internal error: {detail}"));
@@ -329,6 +350,9 @@ impl From<ServiceError> for ApiError {
         let message = e.to_string();
         match e {
             ServiceError::Invalid(_) => ApiError::invalid(message),
+            ServiceError::ImportRefused(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "import_refused", message)
+            }
             ServiceError::Store(StoreError::AccountNotFound(_)) => {
                 ApiError::new(StatusCode::NOT_FOUND, "account_not_found", message)
             }
@@ -466,11 +490,12 @@ fn with_secret<T: Serialize>(status: StatusCode, body: &T) -> Response {
 
 async fn create_account(
     State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: CreateAccountRequest = parse_body(&body, Some(Default::default()))?;
     let created = run_blocking(&state, move |service, now| {
-        service.create_account(request.name.as_deref(), now)
+        service.create_account(request.name.as_deref(), now, &Actor::admin_token(ip))
     })
     .await?;
     let hints: Vec<&str> = created
@@ -525,11 +550,40 @@ async fn list_keys(
     Ok(Json(KeyListView { keys }).into_response())
 }
 
-async fn create_key(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+async fn create_key(
+    State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: CreateKeyRequest = parse_body(&body, None)?;
     let kind = KeyKind::new(request.key_type, request.environment);
     let created = run_blocking(&state, move |service, now| {
-        service.create_key(&request.account_id, kind, now)
+        let expires_at = match (request.expires_in_seconds, request.expires_at) {
+            (Some(_), Some(_)) => {
+                return Err(ServiceError::Invalid(
+                    "give expires_in_seconds or expires_at, not both".into(),
+                ))
+            }
+            (Some(0), None) => {
+                return Err(ServiceError::Invalid(
+                    "expires_in_seconds must be at least 1".into(),
+                ))
+            }
+            (Some(seconds), None) if seconds > crate::duration::MAX_SECONDS => {
+                return Err(ServiceError::Invalid(format!(
+                    "expires_in_seconds must be at most {} (366 days); give expires_at for later",
+                    crate::duration::MAX_SECONDS
+                )))
+            }
+            (Some(seconds), None) => Some(now + seconds),
+            (None, at) => at,
+        };
+        let spec = KeySpec {
+            kind,
+            name: request.name.clone(),
+            expires_at,
+        };
+        service.create_key(&request.account_id, &spec, now, &Actor::admin_token(ip))
     })
     .await?;
     let key = &created.value.record;
@@ -540,10 +594,14 @@ async fn create_key(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     Ok(with_secret(StatusCode::CREATED, &created.value))
 }
 
-async fn import_key(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+async fn import_key(
+    State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: ImportKeyRequest = parse_body(&body, None)?;
     let imported = run_blocking(&state, move |service, now| {
-        service.import_key(&request, now)
+        service.import_key(&request, now, &Actor::admin_token(ip))
     })
     .await?;
     let key = &imported.value;
@@ -556,6 +614,7 @@ async fn import_key(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
 
 async fn roll_key(
     State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -563,7 +622,8 @@ async fn roll_key(
     let request: RollKeyRequest = parse_body(&body, Some(Default::default()))?;
     let grace = request.expires_in_seconds.unwrap_or(0);
     let rolled = run_blocking(&state, move |service, now| {
-        service.roll_key(&key_id, grace, now)
+        let name = request.name.as_deref();
+        service.roll_key(&key_id, grace, name, now, &Actor::admin_token(ip))
     })
     .await?;
     let (old, new) = (&rolled.value.old_key, &rolled.value.new_key.record);
@@ -581,12 +641,13 @@ async fn roll_key(
 
 async fn change_key(
     state: Arc<AppState>,
+    ip: IpAddr,
     path: Result<Path<String>, PathRejection>,
     change: KeyChange,
 ) -> Result<Response, ApiError> {
     let key_id = path_param(path)?;
     let changed = run_blocking(&state, move |service, now| {
-        service.change_key(&key_id, change, now)
+        service.change_key(&key_id, change, now, &Actor::admin_token(ip))
     })
     .await?;
     let verb = change.past_tense();
@@ -600,21 +661,107 @@ async fn change_key(
 
 async fn revoke_key(
     State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    change_key(state, path, KeyChange::Revoke).await
+    change_key(state, ip, path, KeyChange::Revoke).await
 }
 
 async fn disable_key(
     State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    change_key(state, path, KeyChange::Disable).await
+    change_key(state, ip, path, KeyChange::Disable).await
 }
 
 async fn enable_key(
     State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    change_key(state, path, KeyChange::Enable).await
+    change_key(state, ip, path, KeyChange::Enable).await
+}
+
+async fn rename_key(
+    State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key_id = path_param(path)?;
+    let request: RenameKeyRequest = parse_body(&body, None)?;
+    let renamed = run_blocking(&state, move |service, now| {
+        service.rename_key(&key_id, request.name.as_deref(), now, &Actor::admin_token(ip))
+    })
+    .await?;
+    // The name stays out of the log: names are for pages and the API only.
+    log_event(&format!("key {} ({}) renamed", renamed.key_id, renamed.hint));
+    Ok(Json(&renamed).into_response())
+}
+
+async fn bulk_import(
+    State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: BulkImportRequest = parse_body(&body, None)?;
+    let imported = run_blocking(&state, move |service, now| {
+        service.import_keys(&request, now, &Actor::admin_token(ip))
+    })
+    .await?;
+    if !imported.dry_run && !imported.added.is_empty() {
+        log_event(&format!(
+            "{} keys imported by digest, {} already stored (key map version {})",
+            imported.added.len(),
+            imported.unchanged.len(),
+            imported.version
+        ));
+    }
+    Ok(Json(&imported).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    days: Option<u64>,
+}
+
+async fn account_usage(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<UsageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let account_id = path_param(path)?;
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("query: {e}")))?;
+    let days = query.days.unwrap_or(30);
+    let usage = run_blocking(&state, move |service, now| {
+        service.account_usage(&account_id, days, now)
+    })
+    .await?;
+    Ok(Json(usage).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    account_id: Option<String>,
+    since: Option<u64>,
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::invalid(format!("query: {e}")))?;
+    let query = AuditQuery {
+        account_id: params.account_id.filter(|id| !id.is_empty()),
+        since: params.since,
+        before: params.before,
+        limit: params.limit.unwrap_or(DEFAULT_AUDIT_LIMIT),
+    };
+    let events = run_blocking(&state, move |service, _| service.audit(&query)).await?;
+    Ok(Json(events).into_response())
 }

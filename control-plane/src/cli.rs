@@ -66,6 +66,22 @@ pub enum Command {
     /// Inspect the key map's store and version, or start a new lineage.
     #[command(subcommand)]
     Keymap(KeymapCommand),
+    /// The audit trail: who changed what, when and from where (newest last).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this account's events.
+    #[arg(long, value_name = "ACCOUNT_ID")]
+    pub account: Option<String>,
+    /// Only events since then: an RFC 3339 time (2026-05-01T00:00:00Z) or a duration ago
+    /// (24h, 7d).
+    #[arg(long, value_name = "TIME|DURATION")]
+    pub since: Option<String>,
+    /// At most this many events (the newest).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +110,10 @@ pub struct ServeArgs {
     /// How often expired keys are purged from the key map (e.g. 10s, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub purge_interval: u64,
+    /// How long the filters' usage reports are kept (per-day counts and report ids; at
+    /// least 1d). Last-used times are kept for good.
+    #[arg(long, default_value = "90d", value_parser = parse_duration, value_name = "DURATION")]
+    pub usage_retention: u64,
     #[command(flatten)]
     pub customers: CustomerArgs,
 }
@@ -186,6 +206,15 @@ pub enum KeyCommand {
         key_type: KeyTypeArg,
         #[arg(long, visible_alias = "env")]
         environment: EnvironmentArg,
+        /// A name for people ("iOS app 2.3"); never in the key map or logs.
+        #[arg(long)]
+        name: Option<String>,
+        /// The key stops working this long after it is made (e.g. 30d, 12h; at most 366d).
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION", conflicts_with = "expires_at")]
+        expires_in: Option<u64>,
+        /// The key stops working at this time (RFC 3339, e.g. 2026-12-31T23:59:59Z).
+        #[arg(long, value_name = "TIME")]
+        expires_at: Option<String>,
     },
     /// List keys (hints and digests, never plaintext).
     List {
@@ -198,6 +227,19 @@ pub enum KeyCommand {
         /// Keep the old key working this long (e.g. 90s, 30m, 24h, 7d).
         #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
         expires_in: Option<u64>,
+        /// The new key's name (default: the old key's).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Name a key, or remove its name with --clear.
+    Rename {
+        key_id: String,
+        /// The new name.
+        #[arg(required_unless_present = "clear")]
+        name: Option<String>,
+        /// Remove the key's name.
+        #[arg(long, conflicts_with = "name")]
+        clear: bool,
     },
     /// Take a key out of service for good.
     Revoke { key_id: String },
@@ -206,10 +248,23 @@ pub enum KeyCommand {
     /// Accept a disabled key again.
     Enable { key_id: String },
     /// Store a key issued elsewhere by its digest: the plaintext is read from standard input
-    /// and never stored, or give --digest.
+    /// and never stored, or give --digest. With --file, many keys from a JSONL file, checked
+    /// whole and imported in one transaction.
     Import {
-        #[arg(long, value_name = "ACCOUNT_ID")]
-        account: String,
+        /// The account (not with --file: each line names its own).
+        #[arg(long, value_name = "ACCOUNT_ID", required_unless_present = "file")]
+        account: Option<String>,
+        /// A JSONL file, one key a line: {"key": PLAINTEXT} or {"digest": HEX}, "type",
+        /// "environment", "account", optional "name" and "expires_at" (RFC 3339 or unix
+        /// seconds). Keys already stored as given are left unchanged.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["account", "digest", "key_type", "environment"])]
+        file: Option<PathBuf>,
+        /// With --file: check everything and report what would change, writing nothing.
+        #[arg(long, requires = "file")]
+        dry_run: bool,
+        /// A name for the key (not with --file).
+        #[arg(long, conflicts_with = "file")]
+        name: Option<String>,
         /// Required with --digest; else taken from the key's prefix.
         #[arg(long = "type", value_name = "TYPE")]
         key_type: Option<KeyTypeArg>,

@@ -2,11 +2,12 @@
 //! the admin API.
 
 use crate::model::{
-    AccountDetailView, AccountListView, CreateAccountRequest, CreateKeyRequest, CreatedAccountView,
-    ErrorBody, ImportKeyRequest, IssuedKeyView, KeyListView, KeyView, RollKeyRequest, RolledView,
+    AccountDetailView, AccountListView, AuditListView, BulkImportRequest, BulkImportView,
+    CreateAccountRequest, CreateKeyRequest, CreatedAccountView, ErrorBody, ImportKeyRequest,
+    IssuedKeyView, KeyListView, KeyView, RenameKeyRequest, RollKeyRequest, RolledView,
 };
-use crate::service::KeyChange;
-use keygate_core::key::KeyKind;
+use crate::service::{KeyChange, KeySpec};
+use crate::store::AuditQuery;
 use keygate_sync_core::message::KeyMapMessage;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -107,15 +108,14 @@ impl Client {
         }
     }
 
-    pub fn create_key(
-        &self,
-        account_id: &str,
-        kind: KeyKind,
-    ) -> Result<IssuedKeyView, ClientError> {
+    pub fn create_key(&self, account_id: &str, spec: &KeySpec) -> Result<IssuedKeyView, ClientError> {
         let request = CreateKeyRequest {
             account_id: account_id.to_string(),
-            key_type: kind.key_type,
-            environment: kind.environment,
+            key_type: spec.kind.key_type,
+            environment: spec.kind.environment,
+            name: spec.name.clone(),
+            expires_in_seconds: None,
+            expires_at: spec.expires_at,
         };
         self.post("/v1/keys", &request)
     }
@@ -124,9 +124,43 @@ impl Client {
         self.post("/v1/keys/import", request)
     }
 
-    pub fn roll_key(&self, key_id: &str, grace_seconds: u64) -> Result<RolledView, ClientError> {
+    pub fn import_keys(&self, request: &BulkImportRequest) -> Result<BulkImportView, ClientError> {
+        self.post("/v1/keys/bulk-import", request)
+    }
+
+    pub fn rename_key(&self, key_id: &str, name: Option<&str>) -> Result<KeyView, ClientError> {
+        let request = RenameKeyRequest {
+            name: name.map(String::from),
+        };
+        self.post(
+            &format!("/v1/keys/{}/rename", encode_component(key_id)),
+            &request,
+        )
+    }
+
+    pub fn audit(&self, query: &AuditQuery) -> Result<AuditListView, ClientError> {
+        let mut params = vec![format!("limit={}", query.limit)];
+        if let Some(account) = &query.account_id {
+            params.push(format!("account_id={}", encode_component(account)));
+        }
+        if let Some(since) = query.since {
+            params.push(format!("since={since}"));
+        }
+        if let Some(before) = query.before {
+            params.push(format!("before={before}"));
+        }
+        self.get(&format!("/v1/audit?{}", params.join("&")))
+    }
+
+    pub fn roll_key(
+        &self,
+        key_id: &str,
+        grace_seconds: u64,
+        name: Option<&str>,
+    ) -> Result<RolledView, ClientError> {
         let request = RollKeyRequest {
             expires_in_seconds: Some(grace_seconds),
+            name: name.map(String::from),
         };
         self.post(
             &format!("/v1/keys/{}/roll", encode_component(key_id)),

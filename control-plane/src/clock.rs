@@ -29,6 +29,19 @@ pub fn format_utc(unix: u64) -> String {
     )
 }
 
+/// A day number (days since 1970-01-01) as `YYYY-MM-DD`.
+pub fn format_day(day: u64) -> String {
+    format_utc(day.saturating_mul(86_400))[..10].to_string()
+}
+
+/// An RFC 3339 time (`2026-05-01T00:00:00Z`, `2026-05-01T02:00:00+02:00`) as unix seconds;
+/// the error says what is wrong without repeating the text.
+pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
+    let parsed = time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .map_err(|_| "not an RFC 3339 time such as 2026-05-01T00:00:00Z".to_string())?;
+    u64::try_from(parsed.unix_timestamp()).map_err(|_| "a time before 1970".to_string())
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -52,5 +65,15 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(format_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(format_day(19_675), "2023-11-14");
+    }
+
+    #[test]
+    fn parses_rfc3339_with_offsets() {
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Ok(1_700_000_000));
+        assert_eq!(parse_rfc3339(" 2023-11-15T00:13:20+02:00 "), Ok(1_700_000_000));
+        assert!(parse_rfc3339("2023-11-14").is_err());
+        assert!(parse_rfc3339("1969-12-31T23:59:59Z").is_err());
+        assert!(parse_rfc3339("sk_test_x").is_err_and(|e| !e.contains("sk_")));
     }
 }

@@ -3,11 +3,11 @@
 use crate::admin::Admin;
 use crate::auth::{admin_token_from, read_token_file};
 use crate::cli::{
-    AccountCommand, AdminTokenCommand, Cli, Command, ExportArgs, ExportFormat, KeyCommand,
-    KeymapCommand, ServeArgs, SyncTokenCommand,
+    AccountCommand, AdminTokenCommand, AuditArgs, Cli, Command, ExportArgs, ExportFormat,
+    KeyCommand, KeymapCommand, ServeArgs, SyncTokenCommand,
 };
 use crate::client::{server_base, Client};
-use crate::clock::now_unix;
+use crate::clock::{now_unix, parse_rfc3339};
 use crate::error::CliError;
 use crate::export::{extension_config, parse_base, plugin_config, write_atomically};
 use crate::hosts::AllowedHosts;
@@ -16,8 +16,8 @@ use crate::output;
 use crate::random::new_admin_token;
 use crate::secret_file::replace_private;
 use crate::serve::{serve, ServeOptions, SyncTokenSetting};
-use crate::service::{parse_digest, KeyChange, Service};
-use crate::store::Store;
+use crate::service::{parse_digest, KeyChange, KeySpec, Service};
+use crate::store::{Actor, AuditQuery, Store};
 use crate::sync_token::{self, SyncTokenError};
 use keygate_core::digest::Digest;
 use keygate_core::key::{check_key, key_hint, Environment, KeyKind, KeyType};
@@ -37,6 +37,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Account(command) => account(&connect(&cli)?, command, cli.json),
         Command::Key(command) => key(&connect(&cli)?, command, cli.json),
         Command::Export(args) => export(&connect(&cli)?, args),
+        Command::Audit(args) => audit(&connect(&cli)?, args, cli.json),
     }
 }
 
@@ -124,9 +125,26 @@ fn key(admin: &Admin, command: &KeyCommand, json: bool) -> Result<(), CliError> 
             account,
             key_type,
             environment,
+            name,
+            expires_in,
+            expires_at,
         } => {
-            let kind = KeyKind::new((*key_type).into(), (*environment).into());
-            let issued = admin.create_key(account, kind)?;
+            let expires_at = match (expires_in, expires_at) {
+                (Some(0), _) => {
+                    return Err(CliError::Input("--expires-in must be at least 1s".into()))
+                }
+                (Some(seconds), _) => Some(now_unix() + seconds),
+                (None, Some(at)) => Some(
+                    parse_rfc3339(at).map_err(|e| CliError::Input(format!("--expires-at: {e}")))?,
+                ),
+                (None, None) => None,
+            };
+            let spec = KeySpec {
+                kind: KeyKind::new((*key_type).into(), (*environment).into()),
+                name: name.clone(),
+                expires_at,
+            };
+            let issued = admin.create_key(account, &spec)?;
             print(json, &issued, || output::issued_key(&issued))
         }
         KeyCommand::List { account } => {
@@ -135,25 +153,44 @@ fn key(admin: &Admin, command: &KeyCommand, json: bool) -> Result<(), CliError> 
             };
             print(json, &keys, || output::keys(&keys.keys))
         }
-        KeyCommand::Roll { key_id, expires_in } => {
-            let rolled = admin.roll_key(key_id, expires_in.unwrap_or(0))?;
+        KeyCommand::Roll {
+            key_id,
+            expires_in,
+            name,
+        } => {
+            let rolled = admin.roll_key(key_id, expires_in.unwrap_or(0), name.as_deref())?;
             print(json, &rolled, || output::rolled(&rolled, now_unix()))
+        }
+        KeyCommand::Rename { key_id, name, .. } => {
+            let renamed = admin.rename_key(key_id, name.as_deref())?;
+            print(json, &renamed, || output::key_changed(&renamed, "renamed"))
         }
         KeyCommand::Revoke { key_id } => change(admin, key_id, KeyChange::Revoke, json),
         KeyCommand::Disable { key_id } => change(admin, key_id, KeyChange::Disable, json),
         KeyCommand::Enable { key_id } => change(admin, key_id, KeyChange::Enable, json),
         KeyCommand::Import {
+            file: Some(path),
+            dry_run,
+            ..
+        } => import_file(admin, path, *dry_run, json),
+        KeyCommand::Import {
             account,
             key_type,
             environment,
             digest,
+            name,
+            ..
         } => {
-            let request = import_request(
+            let Some(account) = account else {
+                return Err(CliError::Input("give --account, or --file".into()));
+            };
+            let mut request = import_request(
                 account,
                 key_type.map(KeyType::from),
                 environment.map(Environment::from),
                 digest.as_deref(),
             )?;
+            request.name = name.clone();
             let imported = admin.import_key(&request)?;
             print(json, &imported, || {
                 output::key_changed(&imported, "imported")
@@ -189,6 +226,8 @@ fn import_request(
             environment,
             digest: parse_digest(digest)?.to_hex(),
             hint: None,
+            name: None,
+            expires_at: None,
         });
     }
     let key = read_key_from_stdin()?;
@@ -220,7 +259,61 @@ fn import_request(
         environment: kind.environment,
         digest: Digest::of_key(&key).to_hex(),
         hint: Some(key_hint(&key)),
+        name: None,
+        expires_at: None,
     })
+}
+
+/// `key import --file`: the file is checked whole here (plaintext keys are hashed and go no
+/// further), then by the store; any problem refuses the whole import.
+fn import_file(
+    admin: &Admin,
+    path: &std::path::Path,
+    dry_run: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let keys = crate::import::parse_jsonl(&text, now_unix())
+        .map_err(|problems| CliError::Service(crate::service::ServiceError::ImportRefused(problems)))?;
+    let request = crate::model::BulkImportRequest { dry_run, keys };
+    let imported = admin.import_keys(&request)?;
+    print(json, &imported, || output::imported(&imported))
+}
+
+/// `--since`: an RFC 3339 time, or a duration before now.
+fn since_time(text: &str, now: u64) -> Result<u64, CliError> {
+    if let Ok(seconds) = crate::duration::parse_duration(text) {
+        return Ok(now.saturating_sub(seconds));
+    }
+    parse_rfc3339(text).map_err(|e| {
+        CliError::Input(format!(
+            "--since: {e}, or a duration ago such as 24h or 7d"
+        ))
+    })
+}
+
+fn audit(admin: &Admin, args: &AuditArgs, json: bool) -> Result<(), CliError> {
+    if args.limit == 0 || args.limit > crate::store::audit::MAX_AUDIT_LIMIT {
+        return Err(CliError::Input(format!(
+            "--limit must be 1 to {}",
+            crate::store::audit::MAX_AUDIT_LIMIT
+        )));
+    }
+    let query = AuditQuery {
+        account_id: args.account.clone(),
+        since: args
+            .since
+            .as_deref()
+            .map(|s| since_time(s, now_unix()))
+            .transpose()?,
+        before: None,
+        limit: args.limit,
+    };
+    let events = admin.audit(&query)?;
+    print(json, &events, || output::audit(&events.events))
 }
 
 /// One key from standard input, without its trailing newline. At a terminal, one line.
@@ -282,6 +375,11 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     };
     let allowed_hosts = AllowedHosts::new(args.allowed_hosts.iter().cloned())
         .map_err(|e| CliError::Input(e.to_string()))?;
+    if args.usage_retention < 86_400 {
+        return Err(CliError::Input(
+            "--usage-retention must be at least 1d".into(),
+        ));
+    }
     let store = open_store(cli)?;
     serve(
         store,
@@ -292,6 +390,7 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             allowed_hosts,
             purge_interval: Duration::from_secs(args.purge_interval),
             customers: customer_setup(&args.customers),
+            usage_retention_days: args.usage_retention / 86_400,
         },
     )?;
     Ok(())
@@ -318,7 +417,11 @@ fn sync_token_command(cli: &Cli, command: &SyncTokenCommand) -> Result<(), CliEr
             ..
         } => {
             let token = read_token_file(path, "sync token")?;
-            open_store(cli)?.set_sync_token_digest(&Digest::of_key(&token))?;
+            open_store(cli)?.set_sync_token_digest(
+                &Digest::of_key(&token),
+                now_unix(),
+                &Actor::cli(),
+            )?;
             eprintln!(
                 "keygatectl: sync token replaced with the one in {}. Running servers accept \
                  only it within a second: update every filter's bearer_token, and give serve \
@@ -332,7 +435,7 @@ fn sync_token_command(cli: &Cli, command: &SyncTokenCommand) -> Result<(), CliEr
         } => {
             let path = sync_token::file_for(sync_token_file.as_deref(), &cli.database)?;
             let store = open_store(cli)?;
-            sync_token::rotate(store.as_ref(), &path)?;
+            sync_token::rotate(store.as_ref(), &path, &Actor::cli())?;
             eprintln!(
                 "keygatectl: sync token replaced; the new one is in {} (readable by its owner \
                  only). Running servers accept only it within a second: update every filter's \
@@ -352,7 +455,7 @@ fn sync_token_command(cli: &Cli, command: &SyncTokenCommand) -> Result<(), CliEr
                 source,
             })?;
             let store = open_store(cli)?;
-            sync_token::ensure(store.as_ref(), Some(&path))?;
+            sync_token::ensure(store.as_ref(), Some(&path), &Actor::cli())?;
             let token = read_token_file(&path, "sync token")?;
             let rendered = sync_token::render(&text, template, &token)?;
             match output {
@@ -404,7 +507,7 @@ fn admin_token(cli: &Cli, command: &AdminTokenCommand) -> Result<(), CliError> {
     match new_token_file {
         Some(path) => {
             let token = read_token_file(path, "admin token")?;
-            store.set_admin_token_digest(&Digest::of_key(&token))?;
+            store.set_admin_token_digest(&Digest::of_key(&token), now_unix(), &Actor::cli())?;
             eprintln!(
                 "keygatectl: admin token replaced with the one in {}",
                 path.display()
@@ -413,7 +516,7 @@ fn admin_token(cli: &Cli, command: &AdminTokenCommand) -> Result<(), CliError> {
         }
         None => {
             let token = new_admin_token()?;
-            store.set_admin_token_digest(&Digest::of_key(&token))?;
+            store.set_admin_token_digest(&Digest::of_key(&token), now_unix(), &Actor::cli())?;
             eprintln!("keygatectl: admin token replaced; the new one is shown this once:");
             emit(&format!("{token}\n"))
         }

@@ -327,10 +327,13 @@ mod tests {
     use crate::store::customers::{
         NewUser, PasswordReset, SessionOwner, Signup, TokenRefusal, User, Verified,
     };
+    use crate::store::import::{ImportItem, ImportReport};
+    use crate::store::usage::{DailyUsage, UsageReport, UsageStore, UsageStored};
     use crate::store::{
-        Account, AccountWithKeys, KeyMapStatus, KeyRecord, NewKey, Rolled, SqliteStore, Store,
-        StoreResult, Versioned,
+        Account, AccountWithKeys, Actor, AuditEvent, AuditQuery, KeyMapStatus, KeyRecord, NewKey,
+        Rolled, SqliteStore, Store, StoreResult, Versioned,
     };
+    use std::collections::HashMap;
     use keygate_core::digest::Digest;
     use std::sync::atomic::AtomicU64;
     use std::time::Duration;
@@ -356,8 +359,10 @@ mod tests {
             account: &Account,
             keys: &[NewKey],
             now: u64,
+            actor: &Actor,
         ) -> StoreResult<Result<Versioned<Verified>, TokenRefusal>> {
-            self.inner.complete_signup(token, user, account, keys, now)
+            self.inner
+                .complete_signup(token, user, account, keys, now, actor)
         }
         fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
             self.inner.user_by_email(email)
@@ -365,16 +370,24 @@ mod tests {
         fn users(&self, account_id: Option<&str>) -> StoreResult<Vec<User>> {
             self.inner.users(account_id)
         }
-        fn set_user_disabled(&self, user_id: &str, disabled: bool, now: u64) -> StoreResult<User> {
-            self.inner.set_user_disabled(user_id, disabled, now)
+        fn set_user_disabled(
+            &self,
+            user_id: &str,
+            disabled: bool,
+            now: u64,
+            actor: &Actor,
+        ) -> StoreResult<User> {
+            self.inner.set_user_disabled(user_id, disabled, now, actor)
         }
         fn set_account_disabled(
             &self,
             account_id: &str,
             disabled: bool,
             now: u64,
+            actor: &Actor,
         ) -> StoreResult<Account> {
-            self.inner.set_account_disabled(account_id, disabled, now)
+            self.inner
+                .set_account_disabled(account_id, disabled, now, actor)
         }
         fn set_password_hash(&self, user_id: &str, password_hash: &str) -> StoreResult<()> {
             self.inner.set_password_hash(user_id, password_hash)
@@ -397,9 +410,10 @@ mod tests {
             token: &Digest,
             password_hash: &str,
             now: u64,
+            actor: &Actor,
         ) -> StoreResult<Result<User, TokenRefusal>> {
             self.inner
-                .complete_password_reset(token, password_hash, now)
+                .complete_password_reset(token, password_hash, now, actor)
         }
         fn add_session(
             &self,
@@ -407,17 +421,36 @@ mod tests {
             user_id: &str,
             now: u64,
             expires_at: u64,
+            actor: &Actor,
         ) -> StoreResult<()> {
-            self.inner.add_session(id, user_id, now, expires_at)
+            self.inner.add_session(id, user_id, now, expires_at, actor)
         }
         fn session(&self, id: &Digest, now: u64) -> StoreResult<Option<SessionOwner>> {
             self.inner.session(id, now)
         }
-        fn delete_session(&self, id: &Digest) -> StoreResult<()> {
-            self.inner.delete_session(id)
+        fn delete_session(&self, id: &Digest, now: u64, actor: &Actor) -> StoreResult<()> {
+            self.inner.delete_session(id, now, actor)
         }
-        fn delete_user_sessions(&self, user_id: &str) -> StoreResult<u64> {
-            self.inner.delete_user_sessions(user_id)
+        fn delete_user_sessions(&self, user_id: &str, now: u64, actor: &Actor) -> StoreResult<u64> {
+            self.inner.delete_user_sessions(user_id, now, actor)
+        }
+    }
+
+    impl UsageStore for SlowFullMaps {
+        fn record_usage(&self, report: &UsageReport, now: u64) -> StoreResult<UsageStored> {
+            self.inner.record_usage(report, now)
+        }
+        fn prune_usage(&self, before_day: u64, reports_before: u64) -> StoreResult<u64> {
+            self.inner.prune_usage(before_day, reports_before)
+        }
+        fn last_used(&self, account_id: Option<&str>) -> StoreResult<HashMap<String, u64>> {
+            self.inner.last_used(account_id)
+        }
+        fn daily_usage(&self, account_id: &str, from_day: u64) -> StoreResult<Vec<DailyUsage>> {
+            self.inner.daily_usage(account_id, from_day)
+        }
+        fn last_report_at(&self) -> StoreResult<Option<u64>> {
+            self.inner.last_report_at()
         }
     }
 
@@ -426,8 +459,9 @@ mod tests {
             &self,
             account: &Account,
             keys: &[NewKey],
+            actor: &Actor,
         ) -> StoreResult<Versioned<AccountWithKeys>> {
-            self.inner.create_account(account, keys)
+            self.inner.create_account(account, keys, actor)
         }
         fn accounts(&self) -> StoreResult<Vec<Account>> {
             self.inner.accounts()
@@ -435,8 +469,13 @@ mod tests {
         fn account(&self, account_id: &str) -> StoreResult<Account> {
             self.inner.account(account_id)
         }
-        fn add_key(&self, key: &NewKey, now: u64) -> StoreResult<Versioned<KeyRecord>> {
-            self.inner.add_key(key, now)
+        fn add_key(
+            &self,
+            key: &NewKey,
+            now: u64,
+            actor: &Actor,
+        ) -> StoreResult<Versioned<KeyRecord>> {
+            self.inner.add_key(key, now, actor)
         }
         fn keys(&self, account_id: Option<&str>) -> StoreResult<Vec<KeyRecord>> {
             self.inner.keys(account_id)
@@ -450,19 +489,48 @@ mod tests {
             replacement: &NewKey,
             grace_seconds: u64,
             now: u64,
+            actor: &Actor,
         ) -> StoreResult<Versioned<Rolled>> {
-            self.inner.roll_key(key_id, replacement, grace_seconds, now)
+            self.inner
+                .roll_key(key_id, replacement, grace_seconds, now, actor)
         }
-        fn revoke_key(&self, key_id: &str, now: u64) -> StoreResult<Versioned<KeyRecord>> {
-            self.inner.revoke_key(key_id, now)
+        fn revoke_key(
+            &self,
+            key_id: &str,
+            now: u64,
+            actor: &Actor,
+        ) -> StoreResult<Versioned<KeyRecord>> {
+            self.inner.revoke_key(key_id, now, actor)
         }
         fn set_key_disabled(
             &self,
             key_id: &str,
             disabled: bool,
             now: u64,
+            actor: &Actor,
         ) -> StoreResult<Versioned<KeyRecord>> {
-            self.inner.set_key_disabled(key_id, disabled, now)
+            self.inner.set_key_disabled(key_id, disabled, now, actor)
+        }
+        fn rename_key(
+            &self,
+            key_id: &str,
+            name: Option<&str>,
+            now: u64,
+            actor: &Actor,
+        ) -> StoreResult<KeyRecord> {
+            self.inner.rename_key(key_id, name, now, actor)
+        }
+        fn import_keys(
+            &self,
+            items: &[ImportItem],
+            now: u64,
+            actor: &Actor,
+            apply: bool,
+        ) -> StoreResult<ImportReport> {
+            self.inner.import_keys(items, now, actor, apply)
+        }
+        fn audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>> {
+            self.inner.audit_events(query)
         }
         fn purge_expired(&self, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>> {
             self.inner.purge_expired(now)
@@ -490,14 +558,24 @@ mod tests {
         fn admin_token_digest(&self) -> StoreResult<Option<Digest>> {
             self.inner.admin_token_digest()
         }
-        fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()> {
-            self.inner.set_admin_token_digest(digest)
+        fn set_admin_token_digest(
+            &self,
+            digest: &Digest,
+            now: u64,
+            actor: &Actor,
+        ) -> StoreResult<()> {
+            self.inner.set_admin_token_digest(digest, now, actor)
         }
         fn sync_token_digest(&self) -> StoreResult<Option<Digest>> {
             self.inner.sync_token_digest()
         }
-        fn set_sync_token_digest(&self, digest: &Digest) -> StoreResult<()> {
-            self.inner.set_sync_token_digest(digest)
+        fn set_sync_token_digest(
+            &self,
+            digest: &Digest,
+            now: u64,
+            actor: &Actor,
+        ) -> StoreResult<()> {
+            self.inner.set_sync_token_digest(digest, now, actor)
         }
     }
 
@@ -508,7 +586,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let inner = SqliteStore::open(&dir.path().join("keygate.db")).expect("open");
         let service = Service::new(Arc::new(inner));
-        service.create_account(Some("acme"), 1).expect("account");
+        service
+            .create_account(Some("acme"), 1, &Actor::cli())
+            .expect("account");
         let store = Arc::new(SlowFullMaps {
             inner: SqliteStore::open(&dir.path().join("keygate.db")).expect("open"),
             full_reads: AtomicU64::new(0),

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod activity;
 mod admin;
 mod api;
 mod auth;
@@ -15,6 +16,7 @@ mod duration;
 mod error;
 mod export;
 mod hosts;
+mod import;
 mod keymap;
 mod keymap_endpoint;
 mod log;
@@ -28,6 +30,7 @@ mod service;
 mod slotted_body;
 mod store;
 mod sync_token;
+mod usage_endpoint;
 mod web;
 
 use clap::Parser;

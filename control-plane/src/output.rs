@@ -1,11 +1,13 @@
 //! Human-readable output: aligned tables and short sentences. (`--json` prints the API's
 //! JSON shapes instead.) Every function returns the text; the caller writes it.
 
-use crate::clock::format_utc;
+use crate::clock::{format_utc, now_unix};
 use crate::duration::format_duration;
 use crate::model::{
-    AccountDetailView, AccountView, CreatedAccountView, IssuedKeyView, KeyView, RolledView,
+    AccountDetailView, AccountView, AuditEventView, BulkImportView, CreatedAccountView,
+    IssuedKeyView, KeyView, RolledView,
 };
+use crate::web::html::used_ago;
 
 const SHOWN_ONCE: &str =
     "Store the plaintext now: it is shown this once, and keygatectl keeps only its digest.";
@@ -58,6 +60,10 @@ pub fn accounts(accounts: &[AccountView]) -> String {
 }
 
 pub fn keys(keys: &[KeyView]) -> String {
+    keys_at(keys, now_unix())
+}
+
+fn keys_at(keys: &[KeyView], now: u64) -> String {
     if keys.is_empty() {
         return "No keys.\n".into();
     }
@@ -69,18 +75,80 @@ pub fn keys(keys: &[KeyView]) -> String {
                 k.account_id.clone(),
                 kind(k),
                 k.hint.clone(),
+                k.name.clone().unwrap_or_else(|| "-".into()),
                 k.status.clone(),
                 time(k.expires_at),
+                k.last_used_at
+                    .map_or_else(|| "never".into(), |at| used_ago(at, now)),
                 format_utc(k.created_at),
             ]
         })
         .collect();
     table(
         &[
-            "KEY ID", "ACCOUNT", "KIND", "HINT", "STATUS", "EXPIRES", "CREATED",
+            "KEY ID",
+            "ACCOUNT",
+            "KIND",
+            "HINT",
+            "NAME",
+            "STATUS",
+            "EXPIRES",
+            "LAST USED",
+            "CREATED",
         ],
         &rows,
     )
+}
+
+/// The audit trail, oldest first (the events come newest first).
+pub fn audit(events: &[AuditEventView]) -> String {
+    if events.is_empty() {
+        return "No events.\n".into();
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .rev()
+        .map(|e| {
+            let who = match &e.actor.id {
+                Some(id) => format!("{} {id}", e.actor.kind),
+                None => e.actor.kind.clone(),
+            };
+            let ids: Vec<&str> = e.key_ids.iter().map(String::as_str).take(3).collect();
+            let mut keys = ids.join(" ");
+            if e.key_ids.len() > 3 {
+                keys.push_str(&format!(" (+{} more)", e.key_ids.len() - 3));
+            }
+            vec![
+                format_utc(e.at),
+                who,
+                e.actor.client.clone().unwrap_or_else(|| "-".into()),
+                e.action.clone(),
+                e.account_id.clone().unwrap_or_else(|| "-".into()),
+                if keys.is_empty() { "-".into() } else { keys },
+                e.detail.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["WHEN", "WHO", "FROM", "WHAT", "ACCOUNT", "KEYS", "DETAIL"],
+        &rows,
+    )
+}
+
+pub fn imported(imported: &BulkImportView) -> String {
+    let (added, unchanged) = (imported.added.len(), imported.unchanged.len());
+    if imported.dry_run {
+        format!(
+            "Dry run: {added} keys would be added, {unchanged} are already stored and would \
+             stay as they are. Nothing was written.\n"
+        )
+    } else {
+        format!(
+            "Imported {added} keys ({unchanged} already stored, left as they are); key map \
+             version {}.\n",
+            imported.version
+        )
+    }
 }
 
 fn account_heading(account: &AccountView) -> String {

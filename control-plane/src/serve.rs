@@ -10,7 +10,7 @@ use crate::log::log_event;
 use crate::mail::{MailError, MailRoute, Mailer};
 use crate::random::{new_admin_token, RandomError};
 use crate::service::Service;
-use crate::store::{Store, StoreError};
+use crate::store::{Actor, Store, StoreError};
 use crate::sync_token::{self, SyncTokenError};
 use crate::web::{secure_cookies_from_env, CustomerOptions};
 use axum::middleware;
@@ -33,6 +33,8 @@ pub struct ServeOptions {
     pub allowed_hosts: AllowedHosts,
     pub purge_interval: Duration,
     pub customers: CustomerSetup,
+    /// How long usage reports are kept, in days.
+    pub usage_retention_days: u64,
 }
 
 /// The customer pages' mail and links, as given.
@@ -95,7 +97,11 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
         .transpose()?;
     let key_map_access = match &options.sync_token {
         SyncTokenSetting::Required { file } => {
-            KeyMapAccess::Token(sync_token::ensure(store.as_ref(), file.as_deref())?)
+            KeyMapAccess::Token(sync_token::ensure(
+                store.as_ref(),
+                file.as_deref(),
+                &Actor::server(),
+            )?)
         }
         SyncTokenSetting::Off => {
             log_event(
@@ -118,6 +124,7 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
         key_map_access,
         keymap,
     ));
+    state.usage.set_retention_days(options.usage_retention_days);
     // Replicas over one PostgreSQL: another replica's change (or the CLI's) is announced,
     // and reaches this one's key map at once rather than at the next one-second re-read.
     let watcher = Arc::clone(&state);
@@ -222,14 +229,14 @@ fn ensure_admin_token(store: &dyn Store, given: Option<&str>) -> Result<Digest, 
         (Some(stored), None) => Ok(stored),
         (None, Some(token)) => {
             let digest = Digest::of_key(token);
-            store.set_admin_token_digest(&digest)?;
+            store.set_admin_token_digest(&digest, now_unix(), &Actor::server())?;
             log_event("admin token set from the one given (only its digest is stored)");
             Ok(digest)
         }
         (None, None) => {
             let token = new_admin_token()?;
             let digest = Digest::of_key(&token);
-            store.set_admin_token_digest(&digest)?;
+            store.set_admin_token_digest(&digest, now_unix(), &Actor::server())?;
             eprintln!(
                 "keygatectl: no admin token was given, so one was generated. It is shown this \
                  once; only its digest is stored:\nkeygatectl: admin token: {token}"

@@ -9,20 +9,28 @@ use crate::model::{
     RolledView,
 };
 use crate::random::{new_account_id, new_api_key, new_key_id, RandomError};
-use crate::store::{Account, KeyOrigin, NewKey, Store, StoreError, Versioned};
+use crate::store::import::ImportProblem;
+use crate::store::{Account, Actor, KeyOrigin, NewKey, Store, StoreError, Versioned};
 use keygate_core::digest::Digest;
 use keygate_core::key::{is_issued_key, key_hint, KeyKind};
 use keygate_sync_core::message::KeyMapMessage;
 use std::sync::Arc;
 
-/// The longest account name accepted.
+/// The longest account or key name accepted.
 pub const MAX_NAME_CHARS: usize = 100;
+/// The latest expiry a key may be given: the end of year 9999 (what RFC 3339 can write).
+pub const MAX_EXPIRES_AT: u64 = 253_402_300_799;
+/// Problems an import's refusal lists at most in its message (all are in the error).
+const PROBLEMS_SHOWN: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The request itself is wrong (400): the message says what to fix.
     #[error("{0}")]
     Invalid(String),
+    /// An import with problems: nothing was written. Each names its line and field.
+    #[error("{}", describe_problems(.0))]
+    ImportRefused(Vec<ImportProblem>),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -61,6 +69,40 @@ impl KeyChange {
     }
 }
 
+/// The import's problems as one message: how many, then the first few, one a line.
+pub fn describe_problems(problems: &[ImportProblem]) -> String {
+    let mut text = format!(
+        "the import was refused, nothing was written: {} {}",
+        problems.len(),
+        if problems.len() == 1 { "problem" } else { "problems" }
+    );
+    for problem in problems.iter().take(PROBLEMS_SHOWN) {
+        text.push_str(&format!("\n  {problem}"));
+    }
+    if problems.len() > PROBLEMS_SHOWN {
+        text.push_str(&format!("\n  … and {} more", problems.len() - PROBLEMS_SHOWN));
+    }
+    text
+}
+
+/// What a new key is to be: its kind, and optionally a name and an expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    pub kind: KeyKind,
+    pub name: Option<String>,
+    pub expires_at: Option<u64>,
+}
+
+impl KeySpec {
+    pub fn of(kind: KeyKind) -> KeySpec {
+        KeySpec {
+            kind,
+            name: None,
+            expires_at: None,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Service {
     store: Arc<dyn Store>,
@@ -80,6 +122,7 @@ impl Service {
         &self,
         name: Option<&str>,
         now: u64,
+        actor: &Actor,
     ) -> ServiceResult<Changed<CreatedAccountView>> {
         let account = Account {
             id: new_account_id()?,
@@ -92,7 +135,7 @@ impl Service {
             .map(|&kind| issue(&account.id, kind))
             .collect::<ServiceResult<Vec<_>>>()?;
         let new_keys: Vec<NewKey> = issued.iter().map(|(k, _)| k.clone()).collect();
-        let created = self.store.create_account(&account, &new_keys)?;
+        let created = self.store.create_account(&account, &new_keys, actor)?;
         let keys = created
             .value
             .keys
@@ -130,23 +173,28 @@ impl Service {
         })
     }
 
+    /// Keys with their names and when each was last used.
     pub fn keys(&self, account_id: Option<&str>, now: u64) -> ServiceResult<Vec<KeyView>> {
-        Ok(self
-            .store
-            .keys(account_id)?
+        let keys = self.store.keys(account_id)?;
+        let last_used = self.store.last_used(account_id)?;
+        Ok(keys
             .iter()
-            .map(|k| KeyView::new(k, now))
+            .map(|k| KeyView::new(k, now).used_at(last_used.get(&k.key_id).copied()))
             .collect())
     }
 
+    /// Issues a key; its plaintext is in the answer only.
     pub fn create_key(
         &self,
         account_id: &str,
-        kind: KeyKind,
+        spec: &KeySpec,
         now: u64,
+        actor: &Actor,
     ) -> ServiceResult<Changed<IssuedKeyView>> {
-        let (new_key, plaintext) = issue(account_id, kind)?;
-        let added = self.store.add_key(&new_key, now)?;
+        let (mut new_key, plaintext) = issue(account_id, spec.kind)?;
+        new_key.name = spec.name.as_deref().map(validate_key_name).transpose()?;
+        new_key.expires_at = spec.expires_at.map(|at| validate_expiry(at, now)).transpose()?;
+        let added = self.store.add_key(&new_key, now, actor)?;
         Ok(Versioned {
             value: IssuedKeyView {
                 record: KeyView::new(&added.value, now),
@@ -161,6 +209,7 @@ impl Service {
         &self,
         request: &ImportKeyRequest,
         now: u64,
+        actor: &Actor,
     ) -> ServiceResult<Changed<KeyView>> {
         let kind = KeyKind::new(request.key_type, request.environment);
         let digest = parse_digest(&request.digest)?;
@@ -175,8 +224,13 @@ impl Service {
             digest,
             hint,
             origin: KeyOrigin::Imported,
+            name: request.name.as_deref().map(validate_key_name).transpose()?,
+            expires_at: request
+                .expires_at
+                .map(|at| validate_expiry(at, now))
+                .transpose()?,
         };
-        let added = self.store.add_key(&new_key, now)?;
+        let added = self.store.add_key(&new_key, now, actor)?;
         Ok(Versioned {
             value: KeyView::new(&added.value, now),
             version: added.version,
@@ -184,20 +238,26 @@ impl Service {
     }
 
     /// Issues a new key of the same kind; the old one stops working after `grace_seconds`,
-    /// at least and less than a second more (at once for 0).
+    /// at least and less than a second more (at once for 0). The new key takes `name`, or
+    /// the old key's name when none is given, and any expiry the old key was created with.
     pub fn roll_key(
         &self,
         key_id: &str,
         grace_seconds: u64,
+        name: Option<&str>,
         now: u64,
+        actor: &Actor,
     ) -> ServiceResult<Changed<RolledView>> {
         if grace_seconds > MAX_SECONDS {
             return Err(ServiceError::Invalid(format!(
                 "expires_in_seconds must be at most {MAX_SECONDS} (366 days)"
             )));
         }
+        let name = name.map(validate_key_name).transpose()?;
         let old = self.store.key(key_id)?;
-        let (replacement, plaintext) = issue(&old.account_id, old.kind)?;
+        let (mut replacement, plaintext) = issue(&old.account_id, old.kind)?;
+        replacement.name = name.or_else(|| old.name.clone());
+        replacement.expires_at = old.expires_at;
         // Expiries are whole unix seconds and `now` is truncated, so `now + grace` could end
         // the old key up to a second early (a 1 s grace could last 10 ms): one more second
         // makes the grace at least what was asked.
@@ -206,7 +266,9 @@ impl Service {
         } else {
             grace_seconds + 1
         };
-        let rolled = self.store.roll_key(key_id, &replacement, grace, now)?;
+        let rolled = self
+            .store
+            .roll_key(key_id, &replacement, grace, now, actor)?;
         Ok(Versioned {
             value: RolledView {
                 new_key: IssuedKeyView {
@@ -226,13 +288,33 @@ impl Service {
         key_id: &str,
         change: KeyChange,
         now: u64,
+        actor: &Actor,
     ) -> ServiceResult<Changed<KeyView>> {
+        let store = &self.store;
         let changed = match change {
-            KeyChange::Revoke => self.store.revoke_key(key_id, now)?,
-            KeyChange::Disable => self.store.set_key_disabled(key_id, true, now)?,
-            KeyChange::Enable => self.store.set_key_disabled(key_id, false, now)?,
+            KeyChange::Revoke => store.revoke_key(key_id, now, actor)?,
+            KeyChange::Disable => store.set_key_disabled(key_id, true, now, actor)?,
+            KeyChange::Enable => store.set_key_disabled(key_id, false, now, actor)?,
         };
         Ok(view_of(changed, now))
+    }
+
+    /// Names a key, or removes its name (`None`, or only spaces).
+    pub fn rename_key(
+        &self,
+        key_id: &str,
+        name: Option<&str>,
+        now: u64,
+        actor: &Actor,
+    ) -> ServiceResult<KeyView> {
+        let name = name
+            .filter(|n| !n.trim().is_empty())
+            .map(validate_key_name)
+            .transpose()?;
+        let renamed = self
+            .store
+            .rename_key(key_id, name.as_deref(), now, actor)?;
+        Ok(KeyView::new(&renamed, now))
     }
 
     pub fn key_map(&self, since: Option<u64>, now: u64) -> ServiceResult<KeyMapMessage> {
@@ -248,6 +330,7 @@ fn view_of(changed: Versioned<crate::store::KeyRecord>, now: u64) -> Changed<Key
 }
 
 /// A fresh key of `kind` for `account_id`: what the store keeps, and the plaintext to show.
+/// No name, no expiry.
 pub(crate) fn issue(account_id: &str, kind: KeyKind) -> ServiceResult<(NewKey, String)> {
     let plaintext = new_api_key(kind)?;
     let new_key = NewKey {
@@ -257,31 +340,54 @@ pub(crate) fn issue(account_id: &str, kind: KeyKind) -> ServiceResult<(NewKey, S
         digest: Digest::of_key(&plaintext),
         hint: key_hint(&plaintext),
         origin: KeyOrigin::Issued,
+        name: None,
+        expires_at: None,
     };
     Ok((new_key, plaintext))
 }
 
 fn validate_account_name(name: &str) -> ServiceResult<String> {
+    check_name(name, "the account name").map_err(ServiceError::Invalid)
+}
+
+/// A key's name: trimmed, 1 to 100 characters, no control characters, not a key.
+pub fn validate_key_name(name: &str) -> ServiceResult<String> {
+    check_name(name, "the key name").map_err(ServiceError::Invalid)
+}
+
+/// A name for people, or what is wrong with it (never quoting it: it may be a pasted key).
+pub fn check_name(name: &str, what: &str) -> Result<String, String> {
     let trimmed = name.trim();
     if trimmed.is_empty() {
-        return Err(ServiceError::Invalid("the account name is empty".into()));
+        return Err(format!("{what} is empty"));
     }
     if trimmed.chars().count() > MAX_NAME_CHARS {
-        return Err(ServiceError::Invalid(format!(
-            "the account name is longer than {MAX_NAME_CHARS} characters"
-        )));
+        return Err(format!("{what} is longer than {MAX_NAME_CHARS} characters"));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(ServiceError::Invalid(
-            "the account name has a control character".into(),
-        ));
+        return Err(format!("{what} has a control character"));
     }
-    if is_issued_key(trimmed) {
-        return Err(ServiceError::Invalid(
-            "the account name looks like an API key; keys are never stored in plaintext".into(),
+    if is_issued_key(trimmed) || trimmed.split_whitespace().any(is_issued_key) {
+        return Err(format!(
+            "{what} looks like an API key; keys are never stored in plaintext"
         ));
     }
     Ok(trimmed.to_string())
+}
+
+/// An expiry must be in the future (a key created expired would never work).
+pub fn validate_expiry(expires_at: u64, now: u64) -> ServiceResult<u64> {
+    check_expiry(expires_at, now).map_err(ServiceError::Invalid)
+}
+
+pub fn check_expiry(expires_at: u64, now: u64) -> Result<u64, String> {
+    if expires_at <= now {
+        return Err("the expiry is not in the future".into());
+    }
+    if expires_at > MAX_EXPIRES_AT {
+        return Err("the expiry is after the year 9999".into());
+    }
+    Ok(expires_at)
 }
 
 /// Parses a digest, refusing a plaintext key pasted in its place.
@@ -316,6 +422,7 @@ fn validate_hint(hint: &str, kind: KeyKind) -> ServiceResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::audit::who;
     use crate::store::SqliteStore;
     use keygate_core::key::{check_key, Environment, KeyType};
 
@@ -328,7 +435,7 @@ mod tests {
     #[test]
     fn an_account_comes_with_four_keys_shown_once() {
         let (_dir, service) = service();
-        let created = service.create_account(Some(" Acme "), 100).expect("create");
+        let created = service.create_account(Some(" Acme "), 100, &who()).expect("create");
         assert_eq!(created.value.account.name.as_deref(), Some("Acme"));
         let kinds: Vec<KeyKind> = created.value.keys.iter().map(|k| k.record.kind()).collect();
         assert_eq!(kinds, KeyKind::ALL.to_vec());
@@ -352,14 +459,14 @@ mod tests {
         let (_dir, service) = service();
         for name in ["", "   ", "a\u{7}b", &"x".repeat(101)] {
             assert!(matches!(
-                service.create_account(Some(name), 1),
+                service.create_account(Some(name), 1, &who()),
                 Err(ServiceError::Invalid(_))
             ));
         }
-        let account = service.create_account(None, 1).expect("create").value;
+        let account = service.create_account(None, 1, &who()).expect("create").value;
         let key = &account.keys[0].plaintext;
         assert!(matches!(
-            service.create_account(Some(key), 1),
+            service.create_account(Some(key), 1, &who()),
             Err(ServiceError::Invalid(_))
         ));
         let import = |digest: &str, hint: Option<&str>| ImportKeyRequest {
@@ -368,22 +475,24 @@ mod tests {
             environment: Environment::Test,
             digest: digest.into(),
             hint: hint.map(String::from),
+            name: None,
+            expires_at: None,
         };
         assert!(matches!(
-            service.import_key(&import(key, None), 1),
+            service.import_key(&import(key, None), 1, &who()),
             Err(ServiceError::Invalid(_))
         ));
         assert!(matches!(
-            service.import_key(&import("abc", None), 1),
+            service.import_key(&import("abc", None), 1, &who()),
             Err(ServiceError::Invalid(_))
         ));
         let digest = Digest::of_key("sk_test_legacy1234").to_hex();
         assert!(matches!(
-            service.import_key(&import(&digest, Some("sk_test_…legacy1234")), 1),
+            service.import_key(&import(&digest, Some("sk_test_…legacy1234")), 1, &who()),
             Err(ServiceError::Invalid(_))
         ));
         assert!(matches!(
-            service.roll_key(&account.keys[0].record.key_id, MAX_SECONDS + 1, 1),
+            service.roll_key(&account.keys[0].record.key_id, MAX_SECONDS + 1, None, 1, &who()),
             Err(ServiceError::Invalid(_))
         ));
     }
@@ -392,7 +501,7 @@ mod tests {
     fn imported_keys_join_the_map_by_digest() {
         let (_dir, service) = service();
         let account = service
-            .create_account(None, 1)
+            .create_account(None, 1, &who())
             .expect("create")
             .value
             .account;
@@ -403,8 +512,10 @@ mod tests {
             environment: Environment::Test,
             digest: Digest::of_key(legacy).to_hex(),
             hint: Some(key_hint(legacy)),
+            name: None,
+            expires_at: None,
         };
-        let imported = service.import_key(&request, 2).expect("import").value;
+        let imported = service.import_key(&request, 2, &who()).expect("import").value;
         assert_eq!(imported.origin, "imported");
         assert_eq!(imported.hint, "sk_test_…9b8c");
         let KeyMapMessage::Full { keys, .. } = service.key_map(None, 2).expect("map") else {
@@ -413,7 +524,7 @@ mod tests {
         assert!(keys.iter().any(|k| k.digest == request.digest));
         // The same digest twice is a conflict, not a second key.
         assert!(matches!(
-            service.import_key(&request, 3),
+            service.import_key(&request, 3, &who()),
             Err(ServiceError::Store(StoreError::DuplicateDigest(_)))
         ));
     }

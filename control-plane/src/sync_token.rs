@@ -8,7 +8,8 @@ use crate::auth::{read_token_file, TokenError};
 use crate::log::log_event;
 use crate::random::{new_sync_token, RandomError};
 use crate::secret_file::{create_private, replace_private};
-use crate::store::{postgres::is_postgres_url, Store, StoreError};
+use crate::clock::now_unix;
+use crate::store::{postgres::is_postgres_url, Actor, Store, StoreError};
 use keygate_core::digest::Digest;
 use std::path::{Path, PathBuf};
 
@@ -74,7 +75,11 @@ pub fn file_for(given: Option<&Path>, database: &Path) -> Result<PathBuf, SyncTo
 /// The sync token's digest for a server: from `file` when it exists (set up in the database
 /// on first use, and checked against it after), else the database's; when neither has one,
 /// a new token written to `file` (0600). Several processes starting at once agree on one.
-pub fn ensure(store: &dyn Store, file: Option<&Path>) -> Result<Digest, SyncTokenError> {
+pub fn ensure(
+    store: &dyn Store,
+    file: Option<&Path>,
+    actor: &Actor,
+) -> Result<Digest, SyncTokenError> {
     let stored = store.sync_token_digest()?;
     let Some(path) = file else {
         return stored.ok_or(SyncTokenError::NeedsFile);
@@ -101,7 +106,7 @@ pub fn ensure(store: &dyn Store, file: Option<&Path>) -> Result<Digest, SyncToke
             path: path.to_path_buf(),
         }),
         None => {
-            store.set_sync_token_digest(&digest)?;
+            store.set_sync_token_digest(&digest, now_unix(), actor)?;
             log_event(&format!(
                 "sync token set up from {} (the database keeps its digest); give it to the \
                  filters as bearer_token",
@@ -143,7 +148,7 @@ fn create(path: &Path) -> Result<String, SyncTokenError> {
 
 /// Replaces the sync token: a new one in `path` (0600), its digest in the database.
 /// Running servers take it within a second; filters still sending the old one get 401.
-pub fn rotate(store: &dyn Store, path: &Path) -> Result<(), SyncTokenError> {
+pub fn rotate(store: &dyn Store, path: &Path, actor: &Actor) -> Result<(), SyncTokenError> {
     let token = new_sync_token()?;
     replace_private(path, format!("{token}\n").as_bytes()).map_err(|source| {
         SyncTokenError::Write {
@@ -151,7 +156,7 @@ pub fn rotate(store: &dyn Store, path: &Path) -> Result<(), SyncTokenError> {
             source,
         }
     })?;
-    store.set_sync_token_digest(&Digest::of_key(&token))?;
+    store.set_sync_token_digest(&Digest::of_key(&token), now_unix(), actor)?;
     Ok(())
 }
 
@@ -192,33 +197,33 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("keygate.db")).expect("open");
         let file = dir.path().join("sync-token");
-        let digest = ensure(&store, Some(&file)).expect("created");
+        let digest = ensure(&store, Some(&file), &Actor::server()).expect("created");
         let token = read_token_file(&file, "t").expect("written");
         assert!(token.starts_with("kgsync_"));
         assert_eq!(Digest::of_key(&token), digest);
         assert_eq!(store.sync_token_digest().expect("digest"), Some(digest));
         // Again: the same token.
-        assert_eq!(ensure(&store, Some(&file)).expect("again"), digest);
+        assert_eq!(ensure(&store, Some(&file), &Actor::server()).expect("again"), digest);
         // Without the file the database still knows it (another replica's file).
         std::fs::remove_file(&file).expect("rm");
-        assert_eq!(ensure(&store, Some(&file)).expect("stored"), digest);
+        assert_eq!(ensure(&store, Some(&file), &Actor::server()).expect("stored"), digest);
         assert!(!file.exists());
-        assert_eq!(ensure(&store, None).expect("stored"), digest);
+        assert_eq!(ensure(&store, None, &Actor::server()).expect("stored"), digest);
         // Another token in the file is refused, not taken.
         std::fs::write(&file, "someone-elses-token-0123456789").expect("write");
         assert!(matches!(
-            ensure(&store, Some(&file)),
+            ensure(&store, Some(&file), &Actor::server()),
             Err(SyncTokenError::Mismatch { .. })
         ));
         // A rotation writes a new one and the database follows.
-        rotate(&store, &file).expect("rotate");
+        rotate(&store, &file, &Actor::cli()).expect("rotate");
         let rotated = read_token_file(&file, "t").expect("rotated");
         assert_eq!(
             store.sync_token_digest().expect("digest"),
             Some(Digest::of_key(&rotated))
         );
         assert_eq!(
-            ensure(&store, Some(&file)).expect("matches"),
+            ensure(&store, Some(&file), &Actor::server()).expect("matches"),
             Digest::of_key(&rotated)
         );
     }
@@ -229,12 +234,13 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("keygate.db")).expect("open");
         let file = dir.path().join("given");
         std::fs::write(&file, "given-sync-token-0123456789\n").expect("write");
-        let digest = ensure(&store, Some(&file)).expect("set up");
+        let digest = ensure(&store, Some(&file), &Actor::server()).expect("set up");
         assert_eq!(digest, Digest::of_key("given-sync-token-0123456789"));
         assert!(matches!(
             ensure(
                 &SqliteStore::open(&dir.path().join("other.db")).expect("open"),
-                None
+                None,
+                &Actor::server(),
             ),
             Err(SyncTokenError::NeedsFile)
         ));

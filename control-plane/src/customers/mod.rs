@@ -14,7 +14,7 @@ use crate::model::{AccountView, IssuedKeyView, KeyView};
 use crate::random::{new_account_id, new_user_id, random_bytes, RandomError};
 use crate::service::{issue, Changed, Service, ServiceResult};
 use crate::store::customers::{NewUser, Signup, TokenRefusal, User};
-use crate::store::{Account, Versioned};
+use crate::store::{Account, Actor, Versioned};
 use keygate_core::digest::Digest;
 use keygate_core::key::KeyKind;
 use std::fmt::Write as _;
@@ -84,10 +84,12 @@ pub struct Welcomed {
 }
 
 /// Spends a sign-up link: creates the user, its account and the account's four keys.
+/// `client` is the address the link's form came from (for the audit trail).
 pub fn complete_signup(
     service: &Service,
     token: &Digest,
     now: u64,
+    client: std::net::IpAddr,
 ) -> ServiceResult<Result<Changed<Welcomed>, TokenRefusal>> {
     let account = Account {
         id: new_account_id()?,
@@ -106,7 +108,14 @@ pub fn complete_signup(
     let new_keys: Vec<_> = issued.iter().map(|(k, _)| k.clone()).collect();
     let done = service
         .store()
-        .complete_signup(token, &user, &account, &new_keys, now)?;
+        .complete_signup(
+            token,
+            &user,
+            &account,
+            &new_keys,
+            now,
+            &Actor::customer(&user.id, client),
+        )?;
     let verified = match done {
         Ok(verified) => verified,
         Err(refused) => return Ok(Err(refused)),

@@ -4,7 +4,8 @@
 //!
 //! Both backends implement `CustomerStore`; each call is one transaction, like `Store`'s.
 
-use super::{Account, AccountWithKeys, NewKey, StoreResult, Versioned};
+use super::audit::{AuditAction, NewAuditEvent};
+use super::{Account, AccountWithKeys, Actor, KeyRecord, NewKey, StoreResult, Versioned};
 use keygate_core::digest::Digest;
 
 /// A person who signs in to one account.
@@ -103,6 +104,51 @@ pub enum TokenRefusal {
 /// they are pruned.
 pub const TOKEN_KEEP_SECONDS: u64 = 7 * 86_400;
 
+// The audit events of customers' changes, alike on both backends.
+
+pub(super) fn user_event(action: AuditAction, user: &User) -> NewAuditEvent {
+    NewAuditEvent::new(action)
+        .account(&user.account_id)
+        .user(&user.id)
+}
+
+pub(super) fn signed_up(user: &User, keys: &[KeyRecord]) -> NewAuditEvent {
+    user_event(AuditAction::UserSignedUp, user)
+        .keys(keys.iter().map(|k| k.key_id.as_str()))
+        .detail(format!("{} keys", keys.len()))
+}
+
+pub(super) fn user_switched(user: &User, disabled: bool) -> NewAuditEvent {
+    let action = if disabled {
+        AuditAction::UserDisabled
+    } else {
+        AuditAction::UserEnabled
+    };
+    user_event(action, user)
+}
+
+pub(super) fn account_switched(account_id: &str, disabled: bool) -> NewAuditEvent {
+    let action = if disabled {
+        AuditAction::AccountDisabled
+    } else {
+        AuditAction::AccountEnabled
+    };
+    NewAuditEvent::new(action).account(account_id)
+}
+
+pub(super) fn password_reset(user: &User, sessions: u64) -> NewAuditEvent {
+    user_event(AuditAction::UserPasswordReset, user).detail(sessions_ended(sessions))
+}
+
+pub(super) fn sessions_ended(count: u64) -> String {
+    match count {
+        1 => "1 session ended".to_string(),
+        n => format!("{n} sessions ended"),
+    }
+}
+
+/// Changes made for a person take the `Actor` and write their audit event in the same
+/// transaction (sign-ups waiting for their link and reset links are not changes yet).
 pub trait CustomerStore {
     /// Records a sign-up waiting for the link with token digest `token`; prunes sign-ups
     /// expired more than `TOKEN_KEEP_SECONDS` ago.
@@ -117,19 +163,27 @@ pub trait CustomerStore {
         account: &Account,
         keys: &[NewKey],
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Result<Versioned<Verified>, TokenRefusal>>;
 
     fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
     /// All users, or one account's, oldest first.
     fn users(&self, account_id: Option<&str>) -> StoreResult<Vec<User>>;
     /// Disabling also ends the user's sessions.
-    fn set_user_disabled(&self, user_id: &str, disabled: bool, now: u64) -> StoreResult<User>;
+    fn set_user_disabled(
+        &self,
+        user_id: &str,
+        disabled: bool,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<User>;
     /// Disabling also ends the sessions of every user of the account.
     fn set_account_disabled(
         &self,
         account_id: &str,
         disabled: bool,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Account>;
     /// Replaces a password hash (same password, stronger parameters).
     fn set_password_hash(&self, user_id: &str, password_hash: &str) -> StoreResult<()>;
@@ -149,13 +203,22 @@ pub trait CustomerStore {
         token: &Digest,
         password_hash: &str,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Result<User, TokenRefusal>>;
 
-    fn add_session(&self, id: &Digest, user_id: &str, now: u64, expires_at: u64)
-        -> StoreResult<()>;
+    /// A sign-in: opens a session for the user.
+    fn add_session(
+        &self,
+        id: &Digest,
+        user_id: &str,
+        now: u64,
+        expires_at: u64,
+        actor: &Actor,
+    ) -> StoreResult<()>;
     /// The session's owner while the session, its user and its account are live.
     fn session(&self, id: &Digest, now: u64) -> StoreResult<Option<SessionOwner>>;
-    fn delete_session(&self, id: &Digest) -> StoreResult<()>;
+    /// A sign-out: ends the session (audited when there was one).
+    fn delete_session(&self, id: &Digest, now: u64, actor: &Actor) -> StoreResult<()>;
     /// Ends every session of a user; answers how many there were.
-    fn delete_user_sessions(&self, user_id: &str) -> StoreResult<u64>;
+    fn delete_user_sessions(&self, user_id: &str, now: u64, actor: &Actor) -> StoreResult<u64>;
 }

@@ -7,15 +7,24 @@
 //! transaction that either happens whole or not at all, takes the current time from the
 //! caller (so tests control the clock) and answers a typed `StoreError`.
 
+pub mod audit;
 pub mod customers;
+pub mod import;
 pub mod lineage;
 pub mod postgres;
+mod postgres_audit;
 mod postgres_customers;
+mod postgres_import;
+mod postgres_usage;
 pub mod rules;
 pub mod sqlite;
+mod sqlite_audit;
 mod sqlite_customers;
+mod sqlite_import;
+mod sqlite_usage;
 #[cfg(test)]
 mod tests;
+pub mod usage;
 
 use keygate_core::config::RawKey;
 use keygate_core::digest::Digest;
@@ -24,10 +33,13 @@ use keygate_sync_core::message::KeyMapMessage;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use audit::{Actor, AuditEvent, AuditQuery};
 pub use customers::CustomerStore;
+pub use import::{ImportItem, ImportReport};
 pub use lineage::{StoreId, VersionClock};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use usage::UsageStore;
 
 /// Opens the store `--database` names: a `postgres://` or `postgresql://` URL selects
 /// PostgreSQL, anything else is a SQLite file (created on first use).
@@ -100,6 +112,10 @@ pub struct NewKey {
     pub digest: Digest,
     pub hint: String,
     pub origin: KeyOrigin,
+    /// A name for people ("iOS app 2.3"); never in the key map.
+    pub name: Option<String>,
+    /// When the key stops working, if it was created to expire.
+    pub expires_at: Option<u64>,
 }
 
 /// A stored key and its history. Times are unix seconds.
@@ -111,9 +127,11 @@ pub struct KeyRecord {
     pub digest: Digest,
     pub hint: String,
     pub origin: KeyOrigin,
+    /// A name for people; never in the key map.
+    pub name: Option<String>,
     pub created_at: u64,
     pub disabled_at: Option<u64>,
-    /// When the key stops working (set by a roll).
+    /// When the key stops working (set at creation, or by a roll).
     pub expires_at: Option<u64>,
     pub rolled_at: Option<u64>,
     /// The key that replaced this one in a roll.
@@ -279,19 +297,21 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The operations keygatectl needs from a backend. Each call is one transaction.
-pub trait Store: CustomerStore + Send + Sync {
+/// The operations keygatectl needs from a backend. Each call is one transaction; each change
+/// made for someone (`actor`) writes its audit event in that same transaction.
+pub trait Store: CustomerStore + UsageStore + Send + Sync {
     /// Creates an account with its keys; the account id and key ids are the caller's. The
     /// keys are answered in the order given.
     fn create_account(
         &self,
         account: &Account,
         keys: &[NewKey],
+        actor: &Actor,
     ) -> StoreResult<Versioned<AccountWithKeys>>;
     fn accounts(&self) -> StoreResult<Vec<Account>>;
     fn account(&self, account_id: &str) -> StoreResult<Account>;
 
-    fn add_key(&self, key: &NewKey, now: u64) -> StoreResult<Versioned<KeyRecord>>;
+    fn add_key(&self, key: &NewKey, now: u64, actor: &Actor) -> StoreResult<Versioned<KeyRecord>>;
     /// All keys, or one account's (an unknown account is an error, not an empty list).
     fn keys(&self, account_id: Option<&str>) -> StoreResult<Vec<KeyRecord>>;
     fn key(&self, key_id: &str) -> StoreResult<KeyRecord>;
@@ -303,14 +323,37 @@ pub trait Store: CustomerStore + Send + Sync {
         replacement: &NewKey,
         grace_seconds: u64,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Versioned<Rolled>>;
-    fn revoke_key(&self, key_id: &str, now: u64) -> StoreResult<Versioned<KeyRecord>>;
+    fn revoke_key(&self, key_id: &str, now: u64, actor: &Actor)
+        -> StoreResult<Versioned<KeyRecord>>;
     fn set_key_disabled(
         &self,
         key_id: &str,
         disabled: bool,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Versioned<KeyRecord>>;
+    /// Names a key (`None`: no name). The key map does not change: names are not in it.
+    fn rename_key(
+        &self,
+        key_id: &str,
+        name: Option<&str>,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<KeyRecord>;
+    /// Imports keys by digest: checked whole against the store, then written in one
+    /// transaction and one version, unless there is a problem or `apply` is false (a dry
+    /// run). Keys already stored for the same account and kind are left unchanged.
+    fn import_keys(
+        &self,
+        items: &[ImportItem],
+        now: u64,
+        actor: &Actor,
+        apply: bool,
+    ) -> StoreResult<ImportReport>;
+    /// The audit trail, newest first.
+    fn audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>>;
 
     /// Takes keys whose expiry has passed out of the map (one new version if any).
     fn purge_expired(&self, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>>;
@@ -337,11 +380,13 @@ pub trait Store: CustomerStore + Send + Sync {
     }
 
     fn admin_token_digest(&self) -> StoreResult<Option<Digest>>;
-    fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()>;
+    /// Sets the admin token's digest (audited as set up the first time, else rotated).
+    fn set_admin_token_digest(&self, digest: &Digest, now: u64, actor: &Actor)
+        -> StoreResult<()>;
     /// The sync token's digest: in the database, so replicas share it and a rotation
     /// reaches every running server.
     fn sync_token_digest(&self) -> StoreResult<Option<Digest>>;
-    fn set_sync_token_digest(&self, digest: &Digest) -> StoreResult<()>;
+    fn set_sync_token_digest(&self, digest: &Digest, now: u64, actor: &Actor) -> StoreResult<()>;
 
     /// For backends that announce changes (PostgreSQL's LISTEN/NOTIFY): calls `on_change`
     /// from a background thread soon after any process (another replica, the CLI) commits a

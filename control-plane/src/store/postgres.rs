@@ -20,8 +20,13 @@
 //! blocking threads at once); one that the server closed while idle is replaced on its next
 //! use. Invariants are SQLite's (see `sqlite.rs`).
 
+use super::audit::{Actor, AuditAction, AuditEvent, AuditQuery, NewAuditEvent};
+use super::import::{ImportItem, ImportReport};
 use super::lineage::{lineage_start, next_version, StoreId, VersionClock};
-use super::rules::{corrupt, disable_changes, ensure_keys_of, plan_roll, ChangeOp};
+use super::postgres_audit::record;
+use super::rules::{
+    corrupt, disable_changes, ensure_keys_of, name_changes, plan_roll, token_action, ChangeOp,
+};
 use super::{
     Account, AccountWithKeys, DeltaLookup, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled,
     Store, StoreError, StoreOptions, StoreResult, StoredKeyMap, Versioned,
@@ -43,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_initial.sql"),
     include_str!("migrations/postgres/0002_lineage.sql"),
     include_str!("migrations/postgres/0003_customers.sql"),
+    include_str!("migrations/postgres/0004_names_audit_usage.sql"),
 ];
 
 /// The channel every change is announced on (payload: the new version, `admin_token` or
@@ -52,8 +58,8 @@ pub const CHANGE_CHANNEL: &str = "keygate_changes";
 /// The advisory lock migrations hold (any fixed number; "keygate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
 
-const KEY_COLUMNS: &str = "id, account_id, digest, hint, type, environment, origin, created_at, \
-     disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at";
+pub(super) const KEY_COLUMNS: &str = "id, account_id, digest, hint, type, environment, origin, created_at, \
+     disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at, name";
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
 const SYNC_TOKEN_SETTING: &str = "sync_token_digest";
@@ -290,13 +296,18 @@ impl PostgresStore {
             "INSERT INTO keymap_versions (version) VALUES ($1)",
             &[&signed_version],
         )?;
+        // One statement for all (an import changes thousands of keys); a digest named twice
+        // keeps its last change, as one row can be written once per statement.
+        let mut last_op: HashMap<String, &str> = HashMap::with_capacity(changes.len());
         for (digest, op) in changes {
-            c.execute(
-                "INSERT INTO keymap_changes (version, digest, op) VALUES ($1, $2, $3) \
-                 ON CONFLICT (version, digest) DO UPDATE SET op = excluded.op",
-                &[&signed_version, &digest.to_hex(), &op.as_str()],
-            )?;
+            last_op.insert(digest.to_hex(), op.as_str());
         }
+        let (digests, ops): (Vec<String>, Vec<&str>) = last_op.into_iter().unzip();
+        c.execute(
+            "INSERT INTO keymap_changes (version, digest, op) \
+             SELECT $1, d, o FROM UNNEST($2::text[], $3::text[]) AS t(d, o)",
+            &[&signed_version, &digests, &ops],
+        )?;
         // The oldest version a delta is still answered from: the change log keeps
         // everything after it.
         let oldest: Option<i64> = c
@@ -453,14 +464,14 @@ pub(super) fn unsigned_opt(value: Option<i64>) -> StoreResult<Option<u64>> {
     value.map(unsigned).transpose()
 }
 
-fn current_version(c: &mut Client) -> StoreResult<u64> {
+pub(super) fn current_version(c: &mut Client) -> StoreResult<u64> {
     unsigned(
         c.query_one("SELECT version FROM keymap_state WHERE id = 1", &[])?
             .try_get(0)?,
     )
 }
 
-fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
+pub(super) fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
     let digest: String = row.try_get(2)?;
     let key_type: String = row.try_get(4)?;
     let environment: String = row.try_get(5)?;
@@ -489,11 +500,12 @@ fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
         replaced_by: row.try_get(11)?,
         revoked_at: unsigned_opt(row.try_get(12)?)?,
         removed_at: unsigned_opt(row.try_get(13)?)?,
+        name: row.try_get(14)?,
     })
 }
 
 /// Runs a key query and reads every row.
-fn query_keys(
+pub(super) fn query_keys(
     c: &mut Client,
     sql_after_from: &str,
     args: &[&(dyn ToSql + Sync)],
@@ -542,8 +554,8 @@ pub(super) fn insert_key(c: &mut Client, key: &NewKey, now: u64) -> StoreResult<
         return Err(StoreError::DuplicateId(key.key_id.clone()));
     }
     c.execute(
-        "INSERT INTO keys (id, account_id, digest, hint, type, environment, origin, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO keys (id, account_id, digest, hint, type, environment, origin, created_at, \
+         name, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[
             &key.key_id,
             &key.account_id,
@@ -553,6 +565,8 @@ pub(super) fn insert_key(c: &mut Client, key: &NewKey, now: u64) -> StoreResult<
             &key.kind.environment.as_str(),
             &key.origin.as_str(),
             &signed(now)?,
+            &key.name,
+            &key.expires_at.map(signed).transpose()?,
         ],
     )?;
     load_key(c, &key.key_id)
@@ -582,6 +596,20 @@ fn set_setting(c: &mut Client, name: &str, value: &str) -> StoreResult<()> {
         &[&name, &value],
     )?;
     Ok(())
+}
+
+/// A token's digest, its row locked until the transaction ends (two rotations at once each
+/// see the other's result, so each is audited as what it replaced).
+fn locked_digest_setting(c: &mut Client, name: &str) -> StoreResult<Option<Digest>> {
+    c.query_opt(
+        "SELECT value FROM settings WHERE name = $1 FOR UPDATE",
+        &[&name],
+    )?
+    .map(|row| {
+        let hex: String = row.try_get(0)?;
+        Digest::from_hex(&hex).map_err(|_| corrupt(name, &hex))
+    })
+    .transpose()
 }
 
 fn digest_setting(c: &mut Client, name: &str) -> StoreResult<Option<Digest>> {
@@ -685,6 +713,7 @@ impl Store for PostgresStore {
         &self,
         account: &Account,
         keys: &[NewKey],
+        actor: &Actor,
     ) -> StoreResult<Versioned<AccountWithKeys>> {
         self.write(|c| {
             if c.query_opt("SELECT 1 FROM accounts WHERE id = $1", &[&account.id])?
@@ -706,6 +735,12 @@ impl Store for PostgresStore {
                 .map(|k| (&k.digest, ChangeOp::Upsert))
                 .collect();
             let version = self.issue_version(c, &changes)?;
+            record(
+                c,
+                account.created_at,
+                actor,
+                super::audit::account_created(account, &records),
+            )?;
             Ok(Versioned {
                 value: AccountWithKeys {
                     account: load_account(c, &account.id)?,
@@ -732,13 +767,14 @@ impl Store for PostgresStore {
         self.read(|c| load_account(c, account_id))
     }
 
-    fn add_key(&self, key: &NewKey, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+    fn add_key(&self, key: &NewKey, now: u64, actor: &Actor) -> StoreResult<Versioned<KeyRecord>> {
         self.write(|c| {
             load_account(c, &key.account_id)?;
-            let record = insert_key(c, key, now)?;
-            let version = self.issue_version(c, &[(&record.digest, ChangeOp::Upsert)])?;
+            let created = insert_key(c, key, now)?;
+            let version = self.issue_version(c, &[(&created.digest, ChangeOp::Upsert)])?;
+            record(c, now, actor, super::audit::key_created(&created))?;
             Ok(Versioned {
-                value: record,
+                value: created,
                 version,
             })
         })
@@ -768,6 +804,7 @@ impl Store for PostgresStore {
         replacement: &NewKey,
         grace_seconds: u64,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Versioned<Rolled>> {
         self.write(|c| {
             let old = load_key(c, key_id)?;
@@ -791,17 +828,24 @@ impl Store for PostgresStore {
             let old_op = plan.old_op;
             let version =
                 self.issue_version(c, &[(&new.digest, ChangeOp::Upsert), (&old.digest, old_op)])?;
+            let rolled = Rolled {
+                old: load_key(c, key_id)?,
+                new,
+            };
+            record(c, now, actor, super::audit::key_rolled(&rolled, now))?;
             Ok(Versioned {
-                value: Rolled {
-                    old: load_key(c, key_id)?,
-                    new,
-                },
+                value: rolled,
                 version,
             })
         })
     }
 
-    fn revoke_key(&self, key_id: &str, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+    fn revoke_key(
+        &self,
+        key_id: &str,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<Versioned<KeyRecord>> {
         self.write(|c| {
             let key = load_key(c, key_id)?;
             if key.revoked_at.is_some() {
@@ -817,6 +861,12 @@ impl Store for PostgresStore {
                 &[&signed(now)?, &key_id],
             )?;
             let version = self.issue_version(c, &[(&key.digest, ChangeOp::Remove)])?;
+            record(
+                c,
+                now,
+                actor,
+                super::audit::key_event(AuditAction::KeyRevoked, &key),
+            )?;
             Ok(Versioned {
                 value: load_key(c, key_id)?,
                 version,
@@ -829,6 +879,7 @@ impl Store for PostgresStore {
         key_id: &str,
         disabled: bool,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Versioned<KeyRecord>> {
         self.write(|c| {
             let key = load_key(c, key_id)?;
@@ -844,11 +895,54 @@ impl Store for PostgresStore {
                 &[&disabled_at, &key_id],
             )?;
             let version = self.issue_version(c, &[(&key.digest, ChangeOp::Upsert)])?;
+            let action = if disabled {
+                AuditAction::KeyDisabled
+            } else {
+                AuditAction::KeyEnabled
+            };
+            record(c, now, actor, super::audit::key_event(action, &key))?;
             Ok(Versioned {
                 value: load_key(c, key_id)?,
                 version,
             })
         })
+    }
+
+    fn rename_key(
+        &self,
+        key_id: &str,
+        name: Option<&str>,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<KeyRecord> {
+        // Not a key-map change: no version, no key map lock; the key's row lock orders
+        // renames of one key.
+        self.transaction(WRITE_BEGIN, |c| {
+            let key = query_keys(c, "WHERE id = $1 FOR UPDATE", &[&key_id])?
+                .pop()
+                .ok_or_else(|| StoreError::KeyNotFound(key_id.to_string()))?;
+            if !name_changes(&key, name) {
+                return Ok(key);
+            }
+            c.execute("UPDATE keys SET name = $1 WHERE id = $2", &[&name, &key_id])?;
+            let renamed = load_key(c, key_id)?;
+            record(c, now, actor, super::audit::key_renamed(&renamed))?;
+            Ok(renamed)
+        })
+    }
+
+    fn import_keys(
+        &self,
+        items: &[ImportItem],
+        now: u64,
+        actor: &Actor,
+        apply: bool,
+    ) -> StoreResult<ImportReport> {
+        self.import_in(items, now, actor, apply)
+    }
+
+    fn audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>> {
+        self.query_audit(query)
     }
 
     fn purge_expired(&self, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>> {
@@ -924,9 +1018,13 @@ impl Store for PostgresStore {
         self.read(|c| digest_setting(c, ADMIN_TOKEN_SETTING))
     }
 
-    fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()> {
+    fn set_admin_token_digest(&self, digest: &Digest, now: u64, actor: &Actor) -> StoreResult<()> {
         self.transaction(WRITE_BEGIN, |c| {
+            let previous = locked_digest_setting(c, ADMIN_TOKEN_SETTING)?;
             set_setting(c, ADMIN_TOKEN_SETTING, &digest.to_hex())?;
+            if let Some(action) = token_action(previous.as_ref(), digest, true) {
+                record(c, now, actor, NewAuditEvent::new(action))?;
+            }
             // Running replicas take the new token at once.
             c.execute("SELECT pg_notify($1, 'admin_token')", &[&CHANGE_CHANNEL])?;
             Ok(())
@@ -937,9 +1035,13 @@ impl Store for PostgresStore {
         self.read(|c| digest_setting(c, SYNC_TOKEN_SETTING))
     }
 
-    fn set_sync_token_digest(&self, digest: &Digest) -> StoreResult<()> {
+    fn set_sync_token_digest(&self, digest: &Digest, now: u64, actor: &Actor) -> StoreResult<()> {
         self.transaction(WRITE_BEGIN, |c| {
+            let previous = locked_digest_setting(c, SYNC_TOKEN_SETTING)?;
             set_setting(c, SYNC_TOKEN_SETTING, &digest.to_hex())?;
+            if let Some(action) = token_action(previous.as_ref(), digest, false) {
+                record(c, now, actor, NewAuditEvent::new(action))?;
+            }
             c.execute("SELECT pg_notify($1, 'sync_token')", &[&CHANGE_CHANNEL])?;
             Ok(())
         })

@@ -10,6 +10,9 @@ use super::customers::{
 use super::postgres::{
     account_from_row, insert_key, load_account, signed, unsigned, unsigned_opt, WRITE_BEGIN,
 };
+use super::audit::{Actor, AuditAction};
+use super::customers::{account_switched, password_reset, sessions_ended, user_event, user_switched};
+use super::postgres_audit::record;
 use super::rules::{ensure_keys_of, ChangeOp};
 use super::{Account, AccountWithKeys, NewKey, PostgresStore, StoreError, StoreResult, Versioned};
 use keygate_core::digest::Digest;
@@ -130,6 +133,7 @@ impl CustomerStore for PostgresStore {
         account: &Account,
         keys: &[NewKey],
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Result<Versioned<Verified>, TokenRefusal>> {
         self.write(|c| {
             let found = signup_in(c, token, true)?;
@@ -177,9 +181,11 @@ impl CustomerStore for PostgresStore {
                 .map(|k| (&k.digest, ChangeOp::Upsert))
                 .collect();
             let version = self.issue_version(c, &changes)?;
+            let user = load_user(c, &user.id)?;
+            record(c, now, actor, super::customers::signed_up(&user, &records))?;
             Ok(Ok(Versioned {
                 value: Verified {
-                    user: load_user(c, &user.id)?,
+                    user,
                     account: AccountWithKeys {
                         account: load_account(c, &account.id)?,
                         keys: records,
@@ -223,15 +229,24 @@ impl CustomerStore for PostgresStore {
         })
     }
 
-    fn set_user_disabled(&self, user_id: &str, disabled: bool, now: u64) -> StoreResult<User> {
+    fn set_user_disabled(
+        &self,
+        user_id: &str,
+        disabled: bool,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<User> {
         self.change(|c| {
             let user = load_user(c, user_id)?;
-            if user.disabled_at.is_some() != disabled {
-                let at = disabled.then_some(signed(now)?);
-                c.execute(
-                    "UPDATE users SET disabled_at = $1 WHERE id = $2",
-                    &[&at, &user_id],
-                )?;
+            let at = disabled.then_some(signed(now)?);
+            // Only a change is recorded, also when two replicas switch at once.
+            let switched = c.execute(
+                "UPDATE users SET disabled_at = $1 WHERE id = $2 \
+                 AND (disabled_at IS NOT NULL) <> $3",
+                &[&at, &user_id, &disabled],
+            )?;
+            if switched > 0 {
+                record(c, now, actor, user_switched(&user, disabled))?;
             }
             if disabled {
                 c.execute("DELETE FROM user_sessions WHERE user_id = $1", &[&user_id])?;
@@ -245,15 +260,18 @@ impl CustomerStore for PostgresStore {
         account_id: &str,
         disabled: bool,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Account> {
         self.change(|c| {
-            let account = load_account(c, account_id)?;
-            if account.disabled_at.is_some() != disabled {
-                let at = disabled.then_some(signed(now)?);
-                c.execute(
-                    "UPDATE accounts SET disabled_at = $1 WHERE id = $2",
-                    &[&at, &account_id],
-                )?;
+            load_account(c, account_id)?;
+            let at = disabled.then_some(signed(now)?);
+            let switched = c.execute(
+                "UPDATE accounts SET disabled_at = $1 WHERE id = $2 \
+                 AND (disabled_at IS NOT NULL) <> $3",
+                &[&at, &account_id, &disabled],
+            )?;
+            if switched > 0 {
+                record(c, now, actor, account_switched(account_id, disabled))?;
             }
             if disabled {
                 c.execute(
@@ -315,6 +333,7 @@ impl CustomerStore for PostgresStore {
         token: &Digest,
         password_hash: &str,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Result<User, TokenRefusal>> {
         self.change(|c| {
             let found = reset_in(c, token, true)?;
@@ -335,11 +354,13 @@ impl CustomerStore for PostgresStore {
                 "UPDATE password_resets SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL",
                 &[&at, &reset.user_id],
             )?;
-            c.execute(
+            let ended = c.execute(
                 "DELETE FROM user_sessions WHERE user_id = $1",
                 &[&reset.user_id],
             )?;
-            Ok(Ok(load_user(c, &reset.user_id)?))
+            let user = load_user(c, &reset.user_id)?;
+            record(c, now, actor, password_reset(&user, ended))?;
+            Ok(Ok(user))
         })
     }
 
@@ -349,9 +370,10 @@ impl CustomerStore for PostgresStore {
         user_id: &str,
         now: u64,
         expires_at: u64,
+        actor: &Actor,
     ) -> StoreResult<()> {
         self.change(|c| {
-            load_user(c, user_id)?;
+            let user = load_user(c, user_id)?;
             c.execute(
                 "DELETE FROM user_sessions WHERE expires_at <= $1",
                 &[&signed(now)?],
@@ -361,6 +383,7 @@ impl CustomerStore for PostgresStore {
                  VALUES ($1, $2, $3, $4)",
                 &[&id.to_hex(), &user_id, &signed(now)?, &signed(expires_at)?],
             )?;
+            record(c, now, actor, user_event(AuditAction::UserSignedIn, &user))?;
             Ok(())
         })
     }
@@ -395,17 +418,28 @@ impl CustomerStore for PostgresStore {
         })
     }
 
-    fn delete_session(&self, id: &Digest) -> StoreResult<()> {
+    fn delete_session(&self, id: &Digest, now: u64, actor: &Actor) -> StoreResult<()> {
         self.change(|c| {
-            c.execute(
-                "DELETE FROM user_sessions WHERE id_digest = $1",
+            let owner = c.query_opt(
+                "DELETE FROM user_sessions WHERE id_digest = $1 RETURNING user_id",
                 &[&id.to_hex()],
             )?;
+            if let Some(row) = owner {
+                let user = load_user(c, row.try_get(0)?)?;
+                record(c, now, actor, user_event(AuditAction::UserSignedOut, &user))?;
+            }
             Ok(())
         })
     }
 
-    fn delete_user_sessions(&self, user_id: &str) -> StoreResult<u64> {
-        self.change(|c| Ok(c.execute("DELETE FROM user_sessions WHERE user_id = $1", &[&user_id])?))
+    fn delete_user_sessions(&self, user_id: &str, now: u64, actor: &Actor) -> StoreResult<u64> {
+        self.change(|c| {
+            let user = load_user(c, user_id)?;
+            let ended = c.execute("DELETE FROM user_sessions WHERE user_id = $1", &[&user_id])?;
+            let event = user_event(AuditAction::UserSignedOutEverywhere, &user)
+                .detail(sessions_ended(ended));
+            record(c, now, actor, event)?;
+            Ok(ended)
+        })
     }
 }

@@ -1,7 +1,9 @@
 //! What a change to a key may do, whatever the database: both backends ask these rules and
 //! then write what they decided, so the two cannot drift apart.
 
+use super::audit::AuditAction;
 use super::{Account, KeyRecord, NewKey, StoreError, StoreResult};
+use keygate_core::digest::Digest;
 
 /// What a change does to a key's entry in the key map (recorded in the change log).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,4 +96,22 @@ pub fn plan_roll(
 pub fn disable_changes(key: &KeyRecord, disabled: bool, now: u64) -> StoreResult<bool> {
     ensure_changeable(key, if disabled { "disabled" } else { "enabled" }, now)?;
     Ok(key.disabled_at.is_some() != disabled)
+}
+
+/// Whether naming `key` `name` changes anything (names are kept even on revoked keys: they
+/// help read the history).
+pub fn name_changes(key: &KeyRecord, name: Option<&str>) -> bool {
+    key.name.as_deref() != name
+}
+
+/// The audit action of setting a token's digest: set up the first time, rotated after, and
+/// nothing when it is the same token again.
+pub fn token_action(previous: Option<&Digest>, new: &Digest, admin: bool) -> Option<AuditAction> {
+    match (previous, admin) {
+        (Some(previous), _) if previous == new => None,
+        (None, true) => Some(AuditAction::AdminTokenSet),
+        (Some(_), true) => Some(AuditAction::AdminTokenRotated),
+        (None, false) => Some(AuditAction::SyncTokenSet),
+        (Some(_), false) => Some(AuditAction::SyncTokenRotated),
+    }
 }

@@ -10,8 +10,13 @@
 //! issued. A file replaced under a running server (a restore by rename) is noticed at the
 //! next status read and reopened.
 
+use super::audit::{Actor, AuditAction, AuditEvent, AuditQuery, NewAuditEvent};
+use super::import::{ImportItem, ImportReport};
 use super::lineage::{lineage_start, next_version, StoreId, VersionClock};
-use super::rules::{corrupt, disable_changes, ensure_keys_of, plan_roll, ChangeOp};
+use super::rules::{
+    corrupt, disable_changes, ensure_keys_of, name_changes, plan_roll, token_action, ChangeOp,
+};
+use super::sqlite_audit::record;
 use super::{
     Account, AccountWithKeys, DeltaLookup, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled,
     Store, StoreError, StoreOptions, StoreResult, StoredKeyMap, Versioned,
@@ -31,10 +36,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_initial.sql"),
     include_str!("migrations/sqlite/0002_lineage.sql"),
     include_str!("migrations/sqlite/0003_customers.sql"),
+    include_str!("migrations/sqlite/0004_names_audit_usage.sql"),
 ];
 
-const KEY_COLUMNS: &str = "id, account_id, digest, hint, type, environment, origin, created_at, \
-     disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at";
+pub(super) const KEY_COLUMNS: &str = "id, account_id, digest, hint, type, environment, origin, created_at, \
+     disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at, name";
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
 const SYNC_TOKEN_SETTING: &str = "sync_token_digest";
@@ -264,13 +270,15 @@ impl SqliteStore {
             "INSERT INTO keymap_versions (version) VALUES (?1)",
             [version],
         )?;
+        // Cached: an import records a change for each of its keys.
+        let mut record_change = tx.prepare_cached(
+            "INSERT INTO keymap_changes (version, digest, op) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (version, digest) DO UPDATE SET op = excluded.op",
+        )?;
         for (digest, op) in changes {
-            tx.execute(
-                "INSERT INTO keymap_changes (version, digest, op) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (version, digest) DO UPDATE SET op = excluded.op",
-                params![version, digest.to_hex(), op.as_str()],
-            )?;
+            record_change.execute(params![version, digest.to_hex(), op.as_str()])?;
         }
+        drop(record_change);
         // The oldest version a delta is still answered from: the change log keeps
         // everything after it.
         let oldest: Option<u64> = tx
@@ -347,7 +355,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     Ok(())
 }
 
-fn current_version(tx: &Transaction) -> StoreResult<u64> {
+pub(super) fn current_version(tx: &Transaction) -> StoreResult<u64> {
     let version: i64 = tx.query_row("SELECT version FROM keymap_state WHERE id = 1", [], |r| {
         r.get(0)
     })?;
@@ -462,7 +470,7 @@ fn full_in(tx: &Transaction, now: u64) -> StoreResult<StoredKeyMap> {
     })
 }
 
-fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
+pub(super) fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
     let digest: String = row.get(2)?;
     let key_type: String = row.get(4)?;
     let environment: String = row.get(5)?;
@@ -491,6 +499,7 @@ fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
         replaced_by: row.get(11)?,
         revoked_at: row.get(12)?,
         removed_at: row.get(13)?,
+        name: row.get(14)?,
     })
 }
 
@@ -510,7 +519,7 @@ fn query_keys(
     Ok(keys)
 }
 
-fn load_key(tx: &Transaction, key_id: &str) -> StoreResult<KeyRecord> {
+pub(super) fn load_key(tx: &Transaction, key_id: &str) -> StoreResult<KeyRecord> {
     query_keys(tx, "WHERE id = ?1", [key_id])?
         .pop()
         .ok_or_else(|| StoreError::KeyNotFound(key_id.to_string()))
@@ -556,21 +565,29 @@ pub(super) fn insert_key(tx: &Transaction, key: &NewKey, now: u64) -> StoreResul
     if id_taken {
         return Err(StoreError::DuplicateId(key.key_id.clone()));
     }
-    tx.execute(
-        "INSERT INTO keys (id, account_id, digest, hint, type, environment, origin, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            key.key_id,
-            key.account_id,
-            digest_hex,
-            key.hint,
-            key.kind.key_type.as_str(),
-            key.kind.environment.as_str(),
-            key.origin.as_str(),
-            now
-        ],
-    )?;
+    write_key(tx, key, now)?;
     load_key(tx, &key.key_id)
+}
+
+/// Inserts a key's row (its id and digest checked free by the caller).
+pub(super) fn write_key(tx: &Transaction, key: &NewKey, now: u64) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO keys (id, account_id, digest, hint, type, environment, origin, created_at, \
+         name, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        key.key_id,
+        key.account_id,
+        key.digest.to_hex(),
+        key.hint,
+        key.kind.key_type.as_str(),
+        key.kind.environment.as_str(),
+        key.origin.as_str(),
+        now,
+        key.name,
+        key.expires_at,
+    ])?;
+    Ok(())
 }
 
 /// Marks keys whose expiry has passed as removed, in one new version.
@@ -616,6 +633,7 @@ impl Store for SqliteStore {
         &self,
         account: &Account,
         keys: &[NewKey],
+        actor: &Actor,
     ) -> StoreResult<Versioned<AccountWithKeys>> {
         self.write(|tx| {
             let taken: bool = tx.query_row(
@@ -640,6 +658,12 @@ impl Store for SqliteStore {
                 .map(|k| (&k.digest, ChangeOp::Upsert))
                 .collect();
             let version = self.issue_version(tx, &changes)?;
+            record(
+                tx,
+                account.created_at,
+                actor,
+                super::audit::account_created(account, &records),
+            )?;
             Ok(Versioned {
                 value: AccountWithKeys {
                     account: load_account(tx, &account.id)?,
@@ -666,13 +690,14 @@ impl Store for SqliteStore {
         self.read(|tx| load_account(tx, account_id))
     }
 
-    fn add_key(&self, key: &NewKey, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+    fn add_key(&self, key: &NewKey, now: u64, actor: &Actor) -> StoreResult<Versioned<KeyRecord>> {
         self.write(|tx| {
             load_account(tx, &key.account_id)?;
-            let record = insert_key(tx, key, now)?;
-            let version = self.issue_version(tx, &[(&record.digest, ChangeOp::Upsert)])?;
+            let created = insert_key(tx, key, now)?;
+            let version = self.issue_version(tx, &[(&created.digest, ChangeOp::Upsert)])?;
+            record(tx, now, actor, super::audit::key_created(&created))?;
             Ok(Versioned {
-                value: record,
+                value: created,
                 version,
             })
         })
@@ -702,6 +727,7 @@ impl Store for SqliteStore {
         replacement: &NewKey,
         grace_seconds: u64,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Versioned<Rolled>> {
         self.write(|tx| {
             let old = load_key(tx, key_id)?;
@@ -718,17 +744,24 @@ impl Store for SqliteStore {
                 tx,
                 &[(&new.digest, ChangeOp::Upsert), (&old.digest, old_op)],
             )?;
+            let rolled = Rolled {
+                old: load_key(tx, key_id)?,
+                new,
+            };
+            record(tx, now, actor, super::audit::key_rolled(&rolled, now))?;
             Ok(Versioned {
-                value: Rolled {
-                    old: load_key(tx, key_id)?,
-                    new,
-                },
+                value: rolled,
                 version,
             })
         })
     }
 
-    fn revoke_key(&self, key_id: &str, now: u64) -> StoreResult<Versioned<KeyRecord>> {
+    fn revoke_key(
+        &self,
+        key_id: &str,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<Versioned<KeyRecord>> {
         self.write(|tx| {
             let key = load_key(tx, key_id)?;
             if key.revoked_at.is_some() {
@@ -744,6 +777,12 @@ impl Store for SqliteStore {
                 params![now, key_id],
             )?;
             let version = self.issue_version(tx, &[(&key.digest, ChangeOp::Remove)])?;
+            record(
+                tx,
+                now,
+                actor,
+                super::audit::key_event(AuditAction::KeyRevoked, &key),
+            )?;
             Ok(Versioned {
                 value: load_key(tx, key_id)?,
                 version,
@@ -756,6 +795,7 @@ impl Store for SqliteStore {
         key_id: &str,
         disabled: bool,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Versioned<KeyRecord>> {
         self.write(|tx| {
             let key = load_key(tx, key_id)?;
@@ -771,11 +811,53 @@ impl Store for SqliteStore {
                 params![disabled_at, key_id],
             )?;
             let version = self.issue_version(tx, &[(&key.digest, ChangeOp::Upsert)])?;
+            let action = if disabled {
+                AuditAction::KeyDisabled
+            } else {
+                AuditAction::KeyEnabled
+            };
+            record(tx, now, actor, super::audit::key_event(action, &key))?;
             Ok(Versioned {
                 value: load_key(tx, key_id)?,
                 version,
             })
         })
+    }
+
+    fn rename_key(
+        &self,
+        key_id: &str,
+        name: Option<&str>,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<KeyRecord> {
+        self.write(|tx| {
+            let key = load_key(tx, key_id)?;
+            if !name_changes(&key, name) {
+                return Ok(key);
+            }
+            tx.execute(
+                "UPDATE keys SET name = ?1 WHERE id = ?2",
+                params![name, key_id],
+            )?;
+            let renamed = load_key(tx, key_id)?;
+            record(tx, now, actor, super::audit::key_renamed(&renamed))?;
+            Ok(renamed)
+        })
+    }
+
+    fn import_keys(
+        &self,
+        items: &[ImportItem],
+        now: u64,
+        actor: &Actor,
+        apply: bool,
+    ) -> StoreResult<ImportReport> {
+        self.import_in(items, now, actor, apply)
+    }
+
+    fn audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>> {
+        self.query_audit(query)
     }
 
     fn purge_expired(&self, now: u64) -> StoreResult<Versioned<Vec<KeyRecord>>> {
@@ -863,15 +945,29 @@ impl Store for SqliteStore {
         self.read(|tx| digest_setting(tx, ADMIN_TOKEN_SETTING))
     }
 
-    fn set_admin_token_digest(&self, digest: &Digest) -> StoreResult<()> {
-        self.write(|tx| set_setting(tx, ADMIN_TOKEN_SETTING, &digest.to_hex()))
+    fn set_admin_token_digest(&self, digest: &Digest, now: u64, actor: &Actor) -> StoreResult<()> {
+        self.write(|tx| {
+            let previous = digest_setting(tx, ADMIN_TOKEN_SETTING)?;
+            set_setting(tx, ADMIN_TOKEN_SETTING, &digest.to_hex())?;
+            if let Some(action) = token_action(previous.as_ref(), digest, true) {
+                record(tx, now, actor, NewAuditEvent::new(action))?;
+            }
+            Ok(())
+        })
     }
 
     fn sync_token_digest(&self) -> StoreResult<Option<Digest>> {
         self.read(|tx| digest_setting(tx, SYNC_TOKEN_SETTING))
     }
 
-    fn set_sync_token_digest(&self, digest: &Digest) -> StoreResult<()> {
-        self.write(|tx| set_setting(tx, SYNC_TOKEN_SETTING, &digest.to_hex()))
+    fn set_sync_token_digest(&self, digest: &Digest, now: u64, actor: &Actor) -> StoreResult<()> {
+        self.write(|tx| {
+            let previous = digest_setting(tx, SYNC_TOKEN_SETTING)?;
+            set_setting(tx, SYNC_TOKEN_SETTING, &digest.to_hex())?;
+            if let Some(action) = token_action(previous.as_ref(), digest, false) {
+                record(tx, now, actor, NewAuditEvent::new(action))?;
+            }
+            Ok(())
+        })
     }
 }

@@ -4,8 +4,11 @@ use super::customers::{
     CustomerStore, NewUser, PasswordReset, SessionOwner, Signup, TokenRefusal, TokenState, User,
     Verified, TOKEN_KEEP_SECONDS,
 };
+use super::audit::{Actor, AuditAction};
+use super::customers::{account_switched, password_reset, sessions_ended, user_event, user_switched};
 use super::rules::{ensure_keys_of, ChangeOp};
 use super::sqlite::{account_from_row, insert_key, load_account};
+use super::sqlite_audit::record;
 use super::{Account, AccountWithKeys, NewKey, SqliteStore, StoreError, StoreResult, Versioned};
 use keygate_core::digest::Digest;
 use rusqlite::{params, OptionalExtension, Row, Transaction};
@@ -115,6 +118,7 @@ impl CustomerStore for SqliteStore {
         account: &Account,
         keys: &[NewKey],
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Result<Versioned<Verified>, TokenRefusal>> {
         self.write(|tx| {
             let state = TokenState::of(signup_in(tx, token)?, |s| s.used_at, |s| s.expires_at, now);
@@ -158,9 +162,11 @@ impl CustomerStore for SqliteStore {
                 .map(|k| (&k.digest, ChangeOp::Upsert))
                 .collect();
             let version = self.issue_version(tx, &changes)?;
+            let user = load_user(tx, &user.id)?;
+            record(tx, now, actor, super::customers::signed_up(&user, &records))?;
             Ok(Ok(Versioned {
                 value: Verified {
-                    user: load_user(tx, &user.id)?,
+                    user,
                     account: AccountWithKeys {
                         account: load_account(tx, &account.id)?,
                         keys: records,
@@ -200,7 +206,13 @@ impl CustomerStore for SqliteStore {
         })
     }
 
-    fn set_user_disabled(&self, user_id: &str, disabled: bool, now: u64) -> StoreResult<User> {
+    fn set_user_disabled(
+        &self,
+        user_id: &str,
+        disabled: bool,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<User> {
         self.write(|tx| {
             let user = load_user(tx, user_id)?;
             if user.disabled_at.is_some() != disabled {
@@ -208,6 +220,7 @@ impl CustomerStore for SqliteStore {
                     "UPDATE users SET disabled_at = ?1 WHERE id = ?2",
                     params![disabled.then_some(now), user_id],
                 )?;
+                record(tx, now, actor, user_switched(&user, disabled))?;
             }
             if disabled {
                 tx.execute("DELETE FROM user_sessions WHERE user_id = ?1", [user_id])?;
@@ -221,6 +234,7 @@ impl CustomerStore for SqliteStore {
         account_id: &str,
         disabled: bool,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Account> {
         self.write(|tx| {
             let account = load_account(tx, account_id)?;
@@ -229,6 +243,7 @@ impl CustomerStore for SqliteStore {
                     "UPDATE accounts SET disabled_at = ?1 WHERE id = ?2",
                     params![disabled.then_some(now), account_id],
                 )?;
+                record(tx, now, actor, account_switched(account_id, disabled))?;
             }
             if disabled {
                 tx.execute(
@@ -285,6 +300,7 @@ impl CustomerStore for SqliteStore {
         token: &Digest,
         password_hash: &str,
         now: u64,
+        actor: &Actor,
     ) -> StoreResult<Result<User, TokenRefusal>> {
         self.write(|tx| {
             let state = TokenState::of(reset_in(tx, token)?, |r| r.used_at, |r| r.expires_at, now);
@@ -303,11 +319,13 @@ impl CustomerStore for SqliteStore {
                 "UPDATE password_resets SET used_at = ?1 WHERE user_id = ?2 AND used_at IS NULL",
                 params![now, reset.user_id],
             )?;
-            tx.execute(
+            let ended = tx.execute(
                 "DELETE FROM user_sessions WHERE user_id = ?1",
                 [&reset.user_id],
             )?;
-            Ok(Ok(load_user(tx, &reset.user_id)?))
+            let user = load_user(tx, &reset.user_id)?;
+            record(tx, now, actor, password_reset(&user, ended as u64))?;
+            Ok(Ok(user))
         })
     }
 
@@ -317,15 +335,17 @@ impl CustomerStore for SqliteStore {
         user_id: &str,
         now: u64,
         expires_at: u64,
+        actor: &Actor,
     ) -> StoreResult<()> {
         self.write(|tx| {
-            load_user(tx, user_id)?;
+            let user = load_user(tx, user_id)?;
             tx.execute("DELETE FROM user_sessions WHERE expires_at <= ?1", [now])?;
             tx.execute(
                 "INSERT INTO user_sessions (id_digest, user_id, created_at, expires_at) \
                  VALUES (?1, ?2, ?3, ?4)",
                 params![id.to_hex(), user_id, now, expires_at],
             )?;
+            record(tx, now, actor, user_event(AuditAction::UserSignedIn, &user))?;
             Ok(())
         })
     }
@@ -361,19 +381,30 @@ impl CustomerStore for SqliteStore {
         })
     }
 
-    fn delete_session(&self, id: &Digest) -> StoreResult<()> {
+    fn delete_session(&self, id: &Digest, now: u64, actor: &Actor) -> StoreResult<()> {
         self.write(|tx| {
-            tx.execute(
-                "DELETE FROM user_sessions WHERE id_digest = ?1",
-                [id.to_hex()],
-            )?;
+            let owner: Option<String> = tx
+                .query_row(
+                    "DELETE FROM user_sessions WHERE id_digest = ?1 RETURNING user_id",
+                    [id.to_hex()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(user_id) = owner {
+                let user = load_user(tx, &user_id)?;
+                record(tx, now, actor, user_event(AuditAction::UserSignedOut, &user))?;
+            }
             Ok(())
         })
     }
 
-    fn delete_user_sessions(&self, user_id: &str) -> StoreResult<u64> {
+    fn delete_user_sessions(&self, user_id: &str, now: u64, actor: &Actor) -> StoreResult<u64> {
         self.write(|tx| {
+            let user = load_user(tx, user_id)?;
             let ended = tx.execute("DELETE FROM user_sessions WHERE user_id = ?1", [user_id])?;
+            let event = user_event(AuditAction::UserSignedOutEverywhere, &user)
+                .detail(sessions_ended(ended as u64));
+            record(tx, now, actor, event)?;
             Ok(ended as u64)
         })
     }

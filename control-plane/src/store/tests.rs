@@ -5,6 +5,7 @@
 //! variable is unset; a server that is set but unreachable fails them.
 
 use super::*;
+use crate::store::audit::who;
 use keygate_core::key::{Environment, KeyType};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -373,6 +374,8 @@ fn new_key(account_id: &str, kind: KeyKind, name: &str) -> NewKey {
         digest: Digest::of_key(name),
         hint: format!("{}…{name}", kind.prefix()),
         origin: KeyOrigin::Issued,
+        name: None,
+        expires_at: None,
     }
 }
 
@@ -393,7 +396,7 @@ fn create(store: &dyn Store, id: &str, now: u64) -> Versioned<AccountWithKeys> {
         .map(|(i, &kind)| new_key(id, kind, &format!("{id}-{i}")))
         .collect();
     store
-        .create_account(&account(id, now), &keys)
+        .create_account(&account(id, now), &keys, &who())
         .expect("create account")
 }
 
@@ -476,11 +479,11 @@ fn unknown_accounts_and_keys_are_not_found(db: &dyn TestDb) {
     ));
     let orphan = new_key("acct_x", KeyKind::ALL[0], "orphan");
     assert!(matches!(
-        store.add_key(&orphan, 1),
+        store.add_key(&orphan, 1, &who()),
         Err(StoreError::AccountNotFound(_))
     ));
     assert!(matches!(
-        store.revoke_key("key_x", 1),
+        store.revoke_key("key_x", 1, &who()),
         Err(StoreError::KeyNotFound(_))
     ));
     assert_eq!(store.key_map_status().expect("status").version, 0);
@@ -491,7 +494,7 @@ fn rolling_without_grace_stops_the_old_key_at_once(db: &dyn TestDb) {
     create(&*store, "a", 100);
     let replacement = new_key("a", KeyKind::ALL[0], "a-0-next");
     let rolled = store
-        .roll_key("key_a-0", &replacement, 0, 200)
+        .roll_key("key_a-0", &replacement, 0, 200, &who())
         .expect("roll");
     assert_eq!(rolled.version, 2);
     let old = &rolled.value.old;
@@ -522,7 +525,7 @@ fn rolling_with_grace_keeps_the_old_key_until_its_expiry_then_purges_it(db: &dyn
     create(&*store, "a", 100);
     let replacement = new_key("a", KeyKind::ALL[1], "a-1-next");
     let rolled = store
-        .roll_key("key_a-1", &replacement, 3600, 200)
+        .roll_key("key_a-1", &replacement, 3600, 200, &who())
         .expect("roll");
     let old = &rolled.value.old;
     assert_eq!(old.status(200), KeyStatus::Expiring);
@@ -557,7 +560,7 @@ fn reading_the_map_after_an_expiry_purges_it(db: &dyn TestDb) {
     let store = db.open();
     create(&*store, "a", 100);
     store
-        .roll_key("key_a-2", &new_key("a", KeyKind::ALL[2], "next"), 60, 100)
+        .roll_key("key_a-2", &new_key("a", KeyKind::ALL[2], "next"), 60, 100, &who())
         .expect("roll");
     let (version, map) = full(&*store, 160);
     assert_eq!(version, 3, "the read purged, in a version of its own");
@@ -569,15 +572,15 @@ fn a_key_cannot_be_rolled_twice_or_after_it_left_the_map(db: &dyn TestDb) {
     let store = db.open();
     create(&*store, "a", 100);
     store
-        .roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "n1"), 600, 100)
+        .roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "n1"), 600, 100, &who())
         .expect("roll");
-    let again = store.roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "n2"), 0, 101);
+    let again = store.roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "n2"), 0, 101, &who());
     assert!(matches!(again, Err(StoreError::KeyState { .. })));
-    store.revoke_key("key_a-1", 102).expect("revoke");
-    let revoked = store.roll_key("key_a-1", &new_key("a", KeyKind::ALL[1], "n3"), 0, 103);
+    store.revoke_key("key_a-1", 102, &who()).expect("revoke");
+    let revoked = store.roll_key("key_a-1", &new_key("a", KeyKind::ALL[1], "n3"), 0, 103, &who());
     assert!(matches!(revoked, Err(StoreError::KeyState { .. })));
     // A replacement of another kind is a caller's bug, refused.
-    let mismatch = store.roll_key("key_a-2", &new_key("a", KeyKind::ALL[0], "n4"), 0, 104);
+    let mismatch = store.roll_key("key_a-2", &new_key("a", KeyKind::ALL[0], "n4"), 0, 104, &who());
     assert!(matches!(mismatch, Err(StoreError::KeyMismatch(_))));
     assert_eq!(store.key_map_status().expect("status").version, 3);
 }
@@ -585,17 +588,17 @@ fn a_key_cannot_be_rolled_twice_or_after_it_left_the_map(db: &dyn TestDb) {
 fn revoking_removes_the_key_and_records_when(db: &dyn TestDb) {
     let store = db.open();
     create(&*store, "a", 100);
-    let revoked = store.revoke_key("key_a-3", 150).expect("revoke");
+    let revoked = store.revoke_key("key_a-3", 150, &who()).expect("revoke");
     assert_eq!(revoked.version, 2);
     assert_eq!(revoked.value.revoked_at, Some(150));
     assert_eq!(revoked.value.status(150), KeyStatus::Revoked);
     assert!(!full(&*store, 150).1.contains_key(&hex("a-3")));
     // Again: nothing changes, the first time stays.
-    let again = store.revoke_key("key_a-3", 999).expect("revoke again");
+    let again = store.revoke_key("key_a-3", 999, &who()).expect("revoke again");
     assert_eq!((again.version, again.value.revoked_at), (2, Some(150)));
     // A revoked key cannot come back.
     assert!(matches!(
-        store.set_key_disabled("key_a-3", false, 200),
+        store.set_key_disabled("key_a-3", false, 200, &who()),
         Err(StoreError::KeyState { .. })
     ));
 }
@@ -604,7 +607,7 @@ fn disabled_keys_stay_in_the_map_marked_disabled(db: &dyn TestDb) {
     let store = db.open();
     create(&*store, "a", 100);
     let disabled = store
-        .set_key_disabled("key_a-0", true, 110)
+        .set_key_disabled("key_a-0", true, 110, &who())
         .expect("disable");
     assert_eq!(disabled.version, 2);
     assert_eq!(disabled.value.status(110), KeyStatus::Disabled);
@@ -612,13 +615,13 @@ fn disabled_keys_stay_in_the_map_marked_disabled(db: &dyn TestDb) {
     // Disabling twice is no change.
     assert_eq!(
         store
-            .set_key_disabled("key_a-0", true, 111)
+            .set_key_disabled("key_a-0", true, 111, &who())
             .expect("again")
             .version,
         2
     );
     let enabled = store
-        .set_key_disabled("key_a-0", false, 120)
+        .set_key_disabled("key_a-0", false, 120, &who())
         .expect("enable");
     assert_eq!((enabled.version, enabled.value.disabled_at), (3, None));
     assert!(!full(&*store, 120).1[&hex("a-0")].disabled);
@@ -629,23 +632,23 @@ fn versions_strictly_rise_with_every_change(db: &dyn TestDb) {
     let mut versions = vec![create(&*store, "a", 1).version];
     versions.push(
         store
-            .add_key(&new_key("a", KeyKind::ALL[0], "extra"), 2)
+            .add_key(&new_key("a", KeyKind::ALL[0], "extra"), 2, &who())
             .expect("add")
             .version,
     );
     versions.push(
         store
-            .set_key_disabled("key_extra", true, 3)
+            .set_key_disabled("key_extra", true, 3, &who())
             .expect("disable")
             .version,
     );
     versions.push(
         store
-            .roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "r"), 5, 4)
+            .roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "r"), 5, 4, &who())
             .expect("roll")
             .version,
     );
-    versions.push(store.revoke_key("key_a-1", 5).expect("revoke").version);
+    versions.push(store.revoke_key("key_a-1", 5, &who()).expect("revoke").version);
     versions.push(store.purge_expired(10).expect("purge").version);
     versions.push(create(&*store, "b", 11).version);
     assert_eq!(versions, (1..=7).collect::<Vec<u64>>());
@@ -659,12 +662,12 @@ fn a_delta_since_any_version_holds_exactly_the_changes_after_it(db: &dyn TestDb)
     create(&*store, "b", 2);
     snapshots.push(full(&*store, 2));
     store
-        .roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "a-0-r"), 0, 3)
+        .roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "a-0-r"), 0, 3, &who())
         .expect("roll");
     snapshots.push(full(&*store, 3));
-    store.set_key_disabled("key_b-1", true, 4).expect("disable");
+    store.set_key_disabled("key_b-1", true, 4, &who()).expect("disable");
     snapshots.push(full(&*store, 4));
-    store.revoke_key("key_b-2", 5).expect("revoke");
+    store.revoke_key("key_b-2", 5, &who()).expect("revoke");
     let (current, expected) = full(&*store, 5);
     assert_eq!(current, 5);
     // Since 2: exactly the roll (one in, one out), the disable and the revoke.
@@ -736,7 +739,7 @@ fn a_failing_change_leaves_nothing_half_written(db: &dyn TestDb) {
         .map(|(i, &kind)| new_key("b", kind, &format!("b-{i}")))
         .collect();
     keys[2].digest = Digest::of_key("a-2");
-    let failed = store.create_account(&account("b", 2), &keys);
+    let failed = store.create_account(&account("b", 2), &keys, &who());
     assert!(matches!(failed, Err(StoreError::DuplicateDigest(ref holder)) if holder == "key_a-2"));
     assert!(matches!(
         store.account("b"),
@@ -750,7 +753,7 @@ fn a_failing_change_leaves_nothing_half_written(db: &dyn TestDb) {
     let before = store.key("key_a-0").expect("key");
     let mut replacement = new_key("a", KeyKind::ALL[0], "r");
     replacement.digest = Digest::of_key("a-1");
-    assert!(store.roll_key("key_a-0", &replacement, 0, 3).is_err());
+    assert!(store.roll_key("key_a-0", &replacement, 0, 3, &who()).is_err());
     assert_eq!(store.key("key_a-0").expect("key"), before);
     assert!(matches!(
         store.key("key_r"),
@@ -773,7 +776,7 @@ fn the_schema_is_versioned_and_data_survives_reopening(db: &dyn TestDb) {
     let store = db.open();
     create(&*store, "a", 1);
     store
-        .set_admin_token_digest(&Digest::of_key("token"))
+        .set_admin_token_digest(&Digest::of_key("token"), 1, &who())
         .expect("set token");
     drop(store);
     let store = db.open();
@@ -783,13 +786,13 @@ fn the_schema_is_versioned_and_data_survives_reopening(db: &dyn TestDb) {
         Some(Digest::of_key("token"))
     );
     drop(store);
-    assert_eq!(db.schema_version(), 3);
+    assert_eq!(db.schema_version(), 4);
     db.set_schema_version(99);
     assert!(matches!(
         db.try_open(DEFAULT_CHANGE_LOG_LIMIT),
         Err(StoreError::SchemaTooNew {
             found: 99,
-            supported: 3
+            supported: 4
         })
     ));
 }
@@ -813,7 +816,7 @@ fn concurrent_rolls_and_reads_keep_the_store_consistent(db: &dyn TestDb) {
                     for r in 0..ROLLS {
                         let name = format!("t{t}-roll{r}");
                         let replacement = new_key(&format!("t{t}"), KeyKind::ALL[0], &name);
-                        let rolled = store.roll_key(&current, &replacement, 0, 2).expect("roll");
+                        let rolled = store.roll_key(&current, &replacement, 0, 2, &who()).expect("roll");
                         versions.push(rolled.version);
                         current = rolled.value.new.key_id;
                         let read = store.key_map(None, 2).expect("read").version();
@@ -867,7 +870,7 @@ fn several_processes_opening_a_new_database_migrate_it_once(db: &dyn TestDb) {
     });
     assert!(statuses.iter().all(|s| s.version == 0));
     assert!(statuses.iter().all(|s| s.store == statuses[0].store));
-    assert_eq!(db.schema_version(), 3);
+    assert_eq!(db.schema_version(), 4);
     let store = db.open();
     assert_eq!(create(&*store, "a", 1).version, 1);
 }
@@ -924,12 +927,12 @@ fn two_stores_over_one_database_answer_the_same_map_for_the_same_version(db: &dy
                     for c in 0..CHANGES {
                         if c % 3 == 2 {
                             let key = format!("key_w{w}-1");
-                            store.set_key_disabled(&key, c % 2 == 0, 2).expect("toggle");
+                            store.set_key_disabled(&key, c % 2 == 0, 2, &who()).expect("toggle");
                         } else {
                             let name = format!("w{w}-roll{c}");
                             let replacement = new_key(&account, KeyKind::ALL[0], &name);
                             let rolled =
-                                store.roll_key(&current, &replacement, 0, 2).expect("roll");
+                                store.roll_key(&current, &replacement, 0, 2, &who()).expect("roll");
                             current = rolled.value.new.key_id;
                         }
                     }
@@ -977,7 +980,7 @@ fn listings_keep_creation_order(db: &dyn TestDb) {
         .collect();
     assert_eq!(ids, ["c", "a", "b"]);
     store
-        .add_key(&new_key("b", KeyKind::ALL[3], "b-extra"), 5)
+        .add_key(&new_key("b", KeyKind::ALL[3], "b-extra"), 5, &who())
         .expect("add");
     let keys: Vec<String> = store
         .keys(Some("b"))
@@ -1085,14 +1088,14 @@ fn postgres_announces_each_change_to_the_other_replicas_at_once() {
     );
     assert!(latencies[latencies.len() - 1] < Duration::from_millis(500));
     // The admin token too.
-    a.set_admin_token_digest(&Digest::of_key("rotated"))
+    a.set_admin_token_digest(&Digest::of_key("rotated"), 1, &who())
         .expect("rotate");
     heard
         .recv_timeout(Duration::from_secs(2))
         .expect("the rotation is announced");
     // A burst: at least one call, and after the last the other store has the last version.
     for i in 0..10 {
-        a.set_key_disabled("key_acct_0-0", i % 2 == 0, 2)
+        a.set_key_disabled("key_acct_0-0", i % 2 == 0, 2, &who())
             .expect("toggle");
     }
     assert!(drain(&heard, Duration::from_millis(300)) >= 1);
@@ -1102,9 +1105,9 @@ fn postgres_announces_each_change_to_the_other_replicas_at_once() {
     );
     // Reads and no-op changes announce nothing.
     a.key_map(None, 2).expect("read");
-    a.revoke_key("key_acct_1-0", 2).expect("revoke");
+    a.revoke_key("key_acct_1-0", 2, &who()).expect("revoke");
     drain(&heard, Duration::from_millis(300));
-    a.revoke_key("key_acct_1-0", 3)
+    a.revoke_key("key_acct_1-0", 3, &who())
         .expect("revoke again: no change");
     assert!(heard.recv_timeout(Duration::from_millis(300)).is_err());
 }
@@ -1128,7 +1131,7 @@ fn postgres_replaces_connections_the_server_closed() {
         .recv_timeout(Duration::from_secs(5))
         .expect("the listener reconnects");
     drain(&heard, Duration::from_millis(300));
-    store.revoke_key("key_a-0", 3).expect("revoke");
+    store.revoke_key("key_a-0", 3, &who()).expect("revoke");
     heard
         .recv_timeout(Duration::from_secs(2))
         .expect("announced after reconnecting");
@@ -1149,13 +1152,13 @@ fn versions_follow_the_clock_and_never_repeat(db: &dyn TestDb) {
     assert_eq!(create(&*store, "b", 1).version, T + 1);
     clock.set(T - 60_000);
     assert_eq!(
-        store.revoke_key("key_a-0", 2).expect("revoke").version,
+        store.revoke_key("key_a-0", 2, &who()).expect("revoke").version,
         T + 2
     );
     // The clock again ahead: its time.
     clock.set(T + 5_000);
     assert_eq!(
-        store.revoke_key("key_a-1", 3).expect("revoke").version,
+        store.revoke_key("key_a-1", 3, &who()).expect("revoke").version,
         T + 5_000
     );
     assert_eq!(status(&*store).version, T + 5_000);
@@ -1282,7 +1285,7 @@ fn a_restored_database_moves_past_every_version_it_handed_out(db: &dyn TestDb) {
     clock.set(T + 10_000);
     create(&*store, "b", 2);
     clock.set(T + 20_000);
-    store.revoke_key("key_a-0", 3).expect("revoke");
+    store.revoke_key("key_a-0", 3, &who()).expect("revoke");
     let handed_out = status(&*store).version;
     assert_eq!(handed_out, T + 20_000);
     restore();
@@ -1346,7 +1349,7 @@ fn a_rogue_version_refuses_changes_until_a_new_lineage(db: &dyn TestDb) {
     // Reads still work; changes are refused with a way out, and leave nothing behind.
     assert_eq!(status(&*store).version, lineage::MAX_VERSION);
     assert!(matches!(full(&*store, 2), (v, m) if v == lineage::MAX_VERSION && m.len() == 4));
-    let refused = store.revoke_key("key_a-0", 2);
+    let refused = store.revoke_key("key_a-0", 2, &who());
     assert!(
         matches!(refused, Err(StoreError::VersionExhausted { current }) if current == lineage::MAX_VERSION)
     );
@@ -1368,7 +1371,7 @@ fn a_rogue_version_refuses_changes_until_a_new_lineage(db: &dyn TestDb) {
     );
     assert_eq!(full(&*store, 3).1.len(), 4, "the keys stay");
     assert_eq!(
-        store.revoke_key("key_a-0", 3).expect("revoke").version,
+        store.revoke_key("key_a-0", 3, &who()).expect("revoke").version,
         T + 1_001
     );
     assert!(matches!(
@@ -1400,7 +1403,7 @@ fn a_schema_1_database_gets_an_id_and_keeps_its_counter_and_deltas(db: &dyn Test
     db.execute(&sql);
     let clock = TestClock::at(T);
     let store = db.open_with_clock(&clock);
-    assert_eq!(db.schema_version(), 3);
+    assert_eq!(db.schema_version(), 4);
     let migrated = status(&*store);
     assert_eq!(migrated.version, 57, "the counter carries on");
     for since in 50..=57 {
@@ -1427,7 +1430,7 @@ fn a_schema_1_database_gets_an_id_and_keeps_its_counter_and_deltas(db: &dyn Test
     );
     // The next change jumps to the clock.
     assert_eq!(
-        store.revoke_key("key_old-51", 2).expect("revoke").version,
+        store.revoke_key("key_old-51", 2, &who()).expect("revoke").version,
         T
     );
     assert_eq!(status(&*db.open()).store, migrated.store);
@@ -1437,14 +1440,14 @@ fn the_sync_token_digest_is_kept_and_shared(db: &dyn TestDb) {
     let store = db.open();
     assert_eq!(store.sync_token_digest().expect("none"), None);
     store
-        .set_sync_token_digest(&Digest::of_key("sync-token-one"))
+        .set_sync_token_digest(&Digest::of_key("sync-token-one"), 1, &who())
         .expect("set");
     assert_eq!(
         db.open().sync_token_digest().expect("shared"),
         Some(Digest::of_key("sync-token-one"))
     );
     store
-        .set_sync_token_digest(&Digest::of_key("sync-token-two"))
+        .set_sync_token_digest(&Digest::of_key("sync-token-two"), 1, &who())
         .expect("replace");
     assert_eq!(
         db.open().sync_token_digest().expect("replaced"),

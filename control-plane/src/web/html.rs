@@ -55,6 +55,16 @@ pub fn relative(unix: u64, now: u64) -> String {
     }
 }
 
+/// When a key was last used, for people: `just now`, `3 min ago`, `2 d 4 h ago`. Times are
+/// minute precision, so under a minute is "just now".
+pub fn used_ago(last_used_at: u64, now: u64) -> String {
+    if now < last_used_at.saturating_add(60) {
+        "just now".to_string()
+    } else {
+        relative(last_used_at, now)
+    }
+}
+
 /// `Secret test key`, as HyperTrack names them.
 pub fn kind_label(kind: KeyKind) -> String {
     format!(
@@ -106,5 +116,8 @@ mod tests {
         assert_eq!(relative(1_000 + 7 * 86_400, 1_000), "in 7 d");
         assert_eq!(relative(1_000 + 3_599, 1_000), "in 59 min");
         assert_eq!(relative(1_000, 1_030), "30 s ago");
+        assert_eq!(used_ago(1_020, 1_030), "just now");
+        assert_eq!(used_ago(1_200, 1_030), "just now");
+        assert_eq!(used_ago(1_000, 1_000 + 185), "3 min ago");
     }
 }

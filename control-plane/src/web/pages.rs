@@ -17,7 +17,7 @@ use crate::clock::now_unix;
 use crate::log::log_event;
 use crate::model::{AccountView, KeyView};
 use crate::service::{KeyChange, Service, ServiceError, ServiceResult};
-use crate::store::StoreError;
+use crate::store::{Actor, StoreError};
 use askama::Template;
 use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use keygate_core::key::{Environment, KeyType};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The grace periods offered when rolling a key: (seconds, label).
@@ -54,7 +55,7 @@ struct Failed {
 impl From<ServiceError> for Failed {
     fn from(e: ServiceError) -> Failed {
         let status = match &e {
-            ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ServiceError::Invalid(_) | ServiceError::ImportRefused(_) => StatusCode::BAD_REQUEST,
             ServiceError::Store(
                 StoreError::AccountNotFound(_)
                 | StoreError::KeyNotFound(_)
@@ -556,6 +557,7 @@ pub async fn accounts_page(
 
 pub async fn create_account(
     State(web): WebState,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     form: Result<Form<OperatorForm>, FormRejection>,
 ) -> Response {
@@ -564,8 +566,9 @@ pub async fn create_account(
         Err(response) => return response,
     };
     let name = Some(form.name.trim().to_string()).filter(|n| !n.is_empty());
+    let actor = Actor::operator(&session.tag(), ip);
     let created = run(&web, true, move |service, now| {
-        service.create_account(name.as_deref(), now)
+        service.create_account(name.as_deref(), now, &actor)
     })
     .await;
     let created = match created {
@@ -752,20 +755,22 @@ pub async fn account_page(
 /// `POST /ui/accounts/{account_id}/{disable|enable}` and `/ui/users/{user_id}/{…}`.
 pub async fn account_action(
     State(web): WebState,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     form: Result<Form<OperatorForm>, FormRejection>,
 ) -> Response {
-    sign_in_switch(web, headers, path, form, Target::Account).await
+    sign_in_switch(web, ip, headers, path, form, Target::Account).await
 }
 
 pub async fn user_action(
     State(web): WebState,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     form: Result<Form<OperatorForm>, FormRejection>,
 ) -> Response {
-    sign_in_switch(web, headers, path, form, Target::User).await
+    sign_in_switch(web, ip, headers, path, form, Target::User).await
 }
 
 #[derive(Clone, Copy)]
@@ -776,6 +781,7 @@ enum Target {
 
 async fn sign_in_switch(
     web: Arc<Web>,
+    ip: IpAddr,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     form: Result<Form<OperatorForm>, FormRejection>,
@@ -803,18 +809,19 @@ async fn sign_in_switch(
             )
         }
     };
+    let actor = Actor::operator(&session.tag(), ip);
     let outcome = run(&web, false, move |service, now| {
         let store = service.store();
         Ok(match target {
             Target::Account => {
-                let account = store.set_account_disabled(&id, disabled, now)?;
+                let account = store.set_account_disabled(&id, disabled, now, &actor)?;
                 (
                     account.id.clone(),
                     format!("The account {}", account.name.unwrap_or(account.id)),
                 )
             }
             Target::User => {
-                let user = store.set_user_disabled(&id, disabled, now)?;
+                let user = store.set_user_disabled(&id, disabled, now, &actor)?;
                 (user.account_id, user.email)
             }
         })
@@ -849,6 +856,7 @@ async fn sign_in_switch(
 
 pub async fn key_action(
     State(web): WebState,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     form: Result<Form<OperatorForm>, FormRejection>,
@@ -893,13 +901,14 @@ pub async fn key_action(
         0
     };
     let id = key_id.clone();
+    let actor = Actor::operator(&session.tag(), ip);
     let outcome = run(&web, true, move |service, now| {
         let result = match change {
             None => service
-                .roll_key(&id, grace, now)
+                .roll_key(&id, grace, None, now, &actor)
                 .map(|r| Outcome::Rolled(Box::new(r))),
             Some(change) => service
-                .change_key(&id, change, now)
+                .change_key(&id, change, now, &actor)
                 .map(|c| Outcome::Changed(change, Box::new(c))),
         };
         match result {
@@ -1020,6 +1029,8 @@ mod tests {
             replaced_by: None,
             revoked_at: Some(1_700_000_100),
             removed_at: None,
+            name: None,
+            last_used_at: None,
         }
     }
 

@@ -95,6 +95,14 @@ pub struct SessionInfo {
     pub remaining: Duration,
 }
 
+impl SessionInfo {
+    /// A short tag naming the session in the audit trail: the start of its id's digest
+    /// (which cannot be turned back into the id).
+    pub fn tag(&self) -> String {
+        format!("session {}", &self.id.to_hex()[..8])
+    }
+}
+
 /// A new session: the id for the cookie (never stored) and what the server keeps.
 pub struct Opened {
     pub cookie_value: String,

@@ -3,6 +3,7 @@
 
 use super::super::customers::{NewUser, Signup, TokenRefusal, Verified};
 use super::super::*;
+use crate::store::audit::who;
 use super::{account, full, new_key, skipped, PostgresDb, SqliteDb, TestDb};
 use keygate_core::key::KeyKind;
 
@@ -47,7 +48,7 @@ fn verify(
         account_id: id.into(),
     };
     store
-        .complete_signup(&token(name), &user, &account(id, now), &keys, now)
+        .complete_signup(&token(name), &user, &account(id, now), &keys, now, &who())
         .expect("complete")
 }
 
@@ -158,11 +159,11 @@ fn a_password_reset_is_spent_once_expires_and_ends_every_session(db: &dyn TestDb
     let other = verified_user(&*store, "s", 100);
     for name in ["one", "two"] {
         store
-            .add_session(&token(name), &user.id, 110, 10_000)
+            .add_session(&token(name), &user.id, 110, 10_000, &who())
             .expect("session");
     }
     store
-        .add_session(&token("other"), &other.id, 110, 10_000)
+        .add_session(&token("other"), &other.id, 110, 10_000, &who())
         .expect("session");
     store
         .add_password_reset(&token("reset"), &user.id, 120, 120 + 3600)
@@ -183,13 +184,13 @@ fn a_password_reset_is_spent_once_expires_and_ends_every_session(db: &dyn TestDb
     );
     assert_eq!(
         store
-            .complete_password_reset(&token("late"), "new-hash", 130)
+            .complete_password_reset(&token("late"), "new-hash", 130, &who())
             .expect("reset"),
         Err(TokenRefusal::Expired)
     );
     assert_eq!(
         store
-            .complete_password_reset(&token("nope"), "new-hash", 125)
+            .complete_password_reset(&token("nope"), "new-hash", 125, &who())
             .expect("reset"),
         Err(TokenRefusal::Unknown)
     );
@@ -202,7 +203,7 @@ fn a_password_reset_is_spent_once_expires_and_ends_every_session(db: &dyn TestDb
         HASH
     );
     let changed = store
-        .complete_password_reset(&token("reset"), "new-hash", 125)
+        .complete_password_reset(&token("reset"), "new-hash", 125, &who())
         .expect("reset")
         .expect("done");
     assert_eq!(changed.password_hash, "new-hash");
@@ -215,7 +216,7 @@ fn a_password_reset_is_spent_once_expires_and_ends_every_session(db: &dyn TestDb
     for name in ["reset", "reset2"] {
         assert_eq!(
             store
-                .complete_password_reset(&token(name), "third-hash", 127)
+                .complete_password_reset(&token(name), "third-hash", 127, &who())
                 .expect("reset"),
             Err(TokenRefusal::Used)
         );
@@ -238,7 +239,7 @@ fn sessions_end_at_expiry_sign_out_and_when_the_user_or_account_is_disabled(db: 
     let store = db.open();
     let user = verified_user(&*store, "u", 100);
     store
-        .add_session(&token("s1"), &user.id, 100, 200)
+        .add_session(&token("s1"), &user.id, 100, 200, &who())
         .expect("session");
     let live = store
         .session(&token("s1"), 199)
@@ -255,36 +256,36 @@ fn sessions_end_at_expiry_sign_out_and_when_the_user_or_account_is_disabled(db: 
     assert_eq!(store.session(&token("unknown"), 150).expect("read"), None);
 
     store
-        .add_session(&token("s2"), &user.id, 150, 1000)
+        .add_session(&token("s2"), &user.id, 150, 1000, &who())
         .expect("session");
-    store.delete_session(&token("s2")).expect("sign out");
+    store.delete_session(&token("s2"), 1, &who()).expect("sign out");
     assert_eq!(store.session(&token("s2"), 151).expect("read"), None);
 
     // Added after s1 expired: s1 is pruned, and only these two remain.
     for name in ["s3", "s4"] {
         store
-            .add_session(&token(name), &user.id, 200, 1000)
+            .add_session(&token(name), &user.id, 200, 1000, &who())
             .expect("session");
     }
-    assert_eq!(store.delete_user_sessions(&user.id).expect("everywhere"), 2);
+    assert_eq!(store.delete_user_sessions(&user.id, 1, &who()).expect("everywhere"), 2);
     assert_eq!(store.session(&token("s3"), 151).expect("read"), None);
 
     // A disabled user: sessions end, and new ones are not live while disabled.
     store
-        .add_session(&token("s5"), &user.id, 150, 1000)
+        .add_session(&token("s5"), &user.id, 150, 1000, &who())
         .expect("session");
     let disabled = store
-        .set_user_disabled(&user.id, true, 160)
+        .set_user_disabled(&user.id, true, 160, &who())
         .expect("disable");
     assert_eq!(disabled.disabled_at, Some(160));
     assert_eq!(store.session(&token("s5"), 161).expect("read"), None);
     store
-        .add_session(&token("s6"), &user.id, 162, 1000)
+        .add_session(&token("s6"), &user.id, 162, 1000, &who())
         .expect("session");
     assert_eq!(store.session(&token("s6"), 163).expect("read"), None);
     assert_eq!(
         store
-            .set_user_disabled(&user.id, false, 170)
+            .set_user_disabled(&user.id, false, 170, &who())
             .expect("enable")
             .disabled_at,
         None
@@ -293,23 +294,23 @@ fn sessions_end_at_expiry_sign_out_and_when_the_user_or_account_is_disabled(db: 
 
     // A disabled account: the same for every user of it; its keys are untouched.
     let version = store.key_map_status().expect("status").version;
-    let account = store.set_account_disabled("u", true, 180).expect("disable");
+    let account = store.set_account_disabled("u", true, 180, &who()).expect("disable");
     assert_eq!(account.disabled_at, Some(180));
     assert_eq!(store.account("u").expect("account").disabled_at, Some(180));
     assert_eq!(store.session(&token("s6"), 181).expect("read"), None);
     store
-        .add_session(&token("s7"), &user.id, 182, 1000)
+        .add_session(&token("s7"), &user.id, 182, 1000, &who())
         .expect("session");
     assert_eq!(store.session(&token("s7"), 183).expect("read"), None);
-    store.set_account_disabled("u", false, 190).expect("enable");
+    store.set_account_disabled("u", false, 190, &who()).expect("enable");
     assert!(store.session(&token("s7"), 191).expect("read").is_some());
     assert_eq!(store.key_map_status().expect("status").version, version);
     assert!(matches!(
-        store.set_account_disabled("nope", true, 1),
+        store.set_account_disabled("nope", true, 1, &who()),
         Err(StoreError::AccountNotFound(_))
     ));
     assert!(matches!(
-        store.set_user_disabled("usr_nope", true, 1),
+        store.set_user_disabled("usr_nope", true, 1, &who()),
         Err(StoreError::UserNotFound(_))
     ));
     store

@@ -4,6 +4,7 @@
 //! browser, with real SMTP and Envoy, is in tests/browser/.
 
 use super::CustomerOptions;
+use crate::store::audit::who;
 use crate::api::AppState;
 use crate::keymap::KeyMapCache;
 use crate::mail::{MailRoute, Mailer};
@@ -1025,7 +1026,7 @@ async fn a_disabled_user_or_account_cannot_sign_in() {
         .expect("read")
         .expect("ann");
     site.store
-        .set_user_disabled(&user.id, true, crate::clock::now_unix())
+        .set_user_disabled(&user.id, true, crate::clock::now_unix(), &who())
         .expect("disable");
     assert_eq!(
         ann.get("/settings/account").await.location.as_deref(),
@@ -1035,17 +1036,17 @@ async fn a_disabled_user_or_account_cannot_sign_in() {
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(refused.body.contains("disabled by the operator"));
     site.store
-        .set_user_disabled(&user.id, false, crate::clock::now_unix())
+        .set_user_disabled(&user.id, false, crate::clock::now_unix(), &who())
         .expect("enable");
     site.store
-        .set_account_disabled(&user.account_id, true, crate::clock::now_unix())
+        .set_account_disabled(&user.account_id, true, crate::clock::now_unix(), &who())
         .expect("disable");
     assert_eq!(
         ann.sign_in("ann@example.com", PASSWORD).await.status,
         StatusCode::FORBIDDEN
     );
     site.store
-        .set_account_disabled(&user.account_id, false, crate::clock::now_unix())
+        .set_account_disabled(&user.account_id, false, crate::clock::now_unix(), &who())
         .expect("enable");
     assert_eq!(
         ann.sign_in("ann@example.com", PASSWORD).await.status,

@@ -11,6 +11,7 @@ use crate::customers::{parse_token, password_changed_mail, reset_mail, start_res
 use crate::log::log_event;
 use crate::store::customers::{PasswordReset, TokenRefusal, TokenState};
 use crate::web::signin::{seconds_text, session_csrf_ok, with_retry_after};
+use crate::store::Actor;
 use crate::web::{same_origin, see_other, ClientIp};
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Query, State};
@@ -206,7 +207,7 @@ pub async fn login(
                 .await;
         }
     }
-    let (cookie, _) = match web.open_session(&headers, user.id.clone()).await {
+    let (cookie, _) = match web.open_session(&headers, user.id.clone(), ip).await {
         Ok(opened) => opened,
         Err(response) => return response,
     };
@@ -258,6 +259,7 @@ fn csrf_of(form: Result<Form<CsrfForm>, FormRejection>) -> String {
 
 pub async fn logout(
     State(web): WebState,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
@@ -266,9 +268,10 @@ pub async fn logout(
         Err(response) => return response,
     };
     let id = signed.id;
+    let actor = Actor::customer(&signed.owner.user.id, ip);
     if let Err(response) = web
-        .run(false, move |service, _| {
-            Ok(service.store().delete_session(&id)?)
+        .run(false, move |service, now| {
+            Ok(service.store().delete_session(&id, now, &actor)?)
         })
         .await
     {
@@ -284,6 +287,7 @@ pub async fn logout(
 
 pub async fn logout_everywhere(
     State(web): WebState,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
@@ -292,9 +296,12 @@ pub async fn logout_everywhere(
         Err(response) => return response,
     };
     let user_id = signed.owner.user.id.clone();
+    let actor = Actor::customer(&user_id, ip);
     let ended = match web
-        .run(false, move |service, _| {
-            Ok(service.store().delete_user_sessions(&user_id)?)
+        .run(false, move |service, now| {
+            Ok(service
+                .store()
+                .delete_user_sessions(&user_id, now, &actor)?)
         })
         .await
     {
@@ -445,6 +452,7 @@ pub async fn reset_page(
 
 pub async fn reset(
     State(web): WebState,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     form: Result<Form<ResetForm>, FormRejection>,
 ) -> Response {
@@ -468,11 +476,12 @@ pub async fn reset(
     let Some(digest) = parse_token(&form.token) else {
         return malformed_link();
     };
+    let actor = Actor::customer(&reset.user_id, ip);
     let done = web
         .run(false, move |service, now| {
             Ok(service
                 .store()
-                .complete_password_reset(&digest, &hash, now)?)
+                .complete_password_reset(&digest, &hash, now, &actor)?)
         })
         .await;
     let user = match done {

@@ -28,6 +28,7 @@ use crate::log::log_event;
 use crate::mail::{Mail, Mailer};
 use crate::service::{Service, ServiceError, ServiceResult};
 use crate::store::customers::SessionOwner;
+use crate::store::Actor;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -163,17 +164,24 @@ impl CustomerWeb {
     }
 
     /// Opens a session for `user_id`: the cookie to set, and the session's digest.
+    /// A sign-in: audited as the user, from `client`.
     async fn open_session(
         self: &Arc<Self>,
         headers: &HeaderMap,
         user_id: String,
+        client: std::net::IpAddr,
     ) -> Result<(axum::http::HeaderValue, Digest), Response> {
         let value = super::random_token().map_err(|e| internal_text(&e.to_string()))?;
         let id = Digest::of_key(&value);
         self.run(false, move |service, now| {
-            Ok(service
-                .store()
-                .add_session(&id, &user_id, now, now + SESSION_TTL_SECONDS)?)
+            let actor = Actor::customer(&user_id, client);
+            Ok(service.store().add_session(
+                &id,
+                &user_id,
+                now,
+                now + SESSION_TTL_SECONDS,
+                &actor,
+            )?)
         })
         .await?;
         let cookie = cookie_header(

@@ -12,7 +12,8 @@ use crate::service::ServiceError;
 use crate::store::StoreError;
 use crate::web::pages::GRACE_CHOICES;
 use crate::web::session::{NewKeys, Notice, ShownKey};
-use crate::web::url_segment;
+use crate::store::Actor;
+use crate::web::{url_segment, ClientIp};
 use crate::web::views::{render, shown_keys, Chrome, KeyRow, NoticeView, ShownKeyView, Stamp};
 use askama::Template;
 use axum::extract::rejection::{FormRejection, PathRejection};
@@ -138,6 +139,7 @@ fn not_yours() -> Response {
 
 pub async fn roll_key(
     State(web): WebState,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     form: Result<Form<RollForm>, FormRejection>,
@@ -165,6 +167,7 @@ pub async fn roll_key(
     };
     let account_id = signed.owner.account.id.clone();
     let id = key_id.clone();
+    let actor = Actor::customer(&signed.owner.user.id, ip);
     let rolled = web
         .run(true, move |service, now| {
             // Only the signed-in account's keys: any other id is "not found".
@@ -173,7 +176,7 @@ pub async fn roll_key(
                 Ok(_) | Err(StoreError::KeyNotFound(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
-            match service.roll_key(&id, grace, now) {
+            match service.roll_key(&id, grace, None, now, &actor) {
                 Ok(rolled) => Ok(Some(Ok(rolled))),
                 Err(ServiceError::Store(e @ StoreError::KeyState { .. })) => {
                     Ok(Some(Err(e.to_string())))

@@ -412,7 +412,7 @@ pub async fn verify(
     };
     let done = web
         .run(true, move |service, now| {
-            complete_signup(service, &digest, now)
+            complete_signup(service, &digest, now, ip)
         })
         .await;
     let welcomed = match done {
@@ -436,7 +436,7 @@ pub async fn verify(
         hints.join(", "),
         welcomed.version
     ));
-    let (cookie, session) = match web.open_session(&headers, user.id.clone()).await {
+    let (cookie, session) = match web.open_session(&headers, user.id.clone(), ip).await {
         Ok(opened) => opened,
         Err(response) => return response,
     };
