@@ -365,6 +365,8 @@ on_both_backends!(
 
 // Users, sign-ups, resets and sessions, on both backends too.
 mod customers;
+// Names, expiries, the audit trail, bulk import and usage.
+mod activity;
 
 fn new_key(account_id: &str, kind: KeyKind, name: &str) -> NewKey {
     NewKey {
