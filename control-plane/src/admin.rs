@@ -86,7 +86,9 @@ impl Admin {
 
     pub fn change_key(&self, key_id: &str, change: KeyChange) -> Result<KeyView, CliError> {
         match self {
-            Admin::Local(s) => Ok(s.change_key(key_id, change, now_unix(), &Actor::cli())?.value),
+            Admin::Local(s) => Ok(s
+                .change_key(key_id, change, now_unix(), &Actor::cli())?
+                .value),
             Admin::Remote(c) => Ok(c.change_key(key_id, change)?),
         }
     }

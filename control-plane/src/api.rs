@@ -692,11 +692,19 @@ async fn rename_key(
     let key_id = path_param(path)?;
     let request: RenameKeyRequest = parse_body(&body, None)?;
     let renamed = run_blocking(&state, move |service, now| {
-        service.rename_key(&key_id, request.name.as_deref(), now, &Actor::admin_token(ip))
+        service.rename_key(
+            &key_id,
+            request.name.as_deref(),
+            now,
+            &Actor::admin_token(ip),
+        )
     })
     .await?;
     // The name stays out of the log: names are for pages and the API only.
-    log_event(&format!("key {} ({}) renamed", renamed.key_id, renamed.hint));
+    log_event(&format!(
+        "key {} ({}) renamed",
+        renamed.key_id, renamed.hint
+    ));
     Ok(Json(&renamed).into_response())
 }
 

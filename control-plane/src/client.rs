@@ -108,7 +108,11 @@ impl Client {
         }
     }
 
-    pub fn create_key(&self, account_id: &str, spec: &KeySpec) -> Result<IssuedKeyView, ClientError> {
+    pub fn create_key(
+        &self,
+        account_id: &str,
+        spec: &KeySpec,
+    ) -> Result<IssuedKeyView, ClientError> {
         let request = CreateKeyRequest {
             account_id: account_id.to_string(),
             key_type: spec.kind.key_type,

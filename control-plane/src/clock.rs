@@ -37,8 +37,9 @@ pub fn format_day(day: u64) -> String {
 /// An RFC 3339 time (`2026-05-01T00:00:00Z`, `2026-05-01T02:00:00+02:00`) as unix seconds;
 /// the error says what is wrong without repeating the text.
 pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
-    let parsed = time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
-        .map_err(|_| "not an RFC 3339 time such as 2026-05-01T00:00:00Z".to_string())?;
+    let parsed =
+        time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+            .map_err(|_| "not an RFC 3339 time such as 2026-05-01T00:00:00Z".to_string())?;
     u64::try_from(parsed.unix_timestamp()).map_err(|_| "a time before 1970".to_string())
 }
 
@@ -71,7 +72,10 @@ mod tests {
     #[test]
     fn parses_rfc3339_with_offsets() {
         assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Ok(1_700_000_000));
-        assert_eq!(parse_rfc3339(" 2023-11-15T00:13:20+02:00 "), Ok(1_700_000_000));
+        assert_eq!(
+            parse_rfc3339(" 2023-11-15T00:13:20+02:00 "),
+            Ok(1_700_000_000)
+        );
         assert!(parse_rfc3339("2023-11-14").is_err());
         assert!(parse_rfc3339("1969-12-31T23:59:59Z").is_err());
         assert!(parse_rfc3339("sk_test_x").is_err_and(|e| !e.contains("sk_")));

@@ -276,8 +276,9 @@ fn import_file(
         path: path.to_path_buf(),
         source,
     })?;
-    let keys = crate::import::parse_jsonl(&text, now_unix())
-        .map_err(|problems| CliError::Service(crate::service::ServiceError::ImportRefused(problems)))?;
+    let keys = crate::import::parse_jsonl(&text, now_unix()).map_err(|problems| {
+        CliError::Service(crate::service::ServiceError::ImportRefused(problems))
+    })?;
     let request = crate::model::BulkImportRequest { dry_run, keys };
     let imported = admin.import_keys(&request)?;
     print(json, &imported, || output::imported(&imported))
@@ -288,11 +289,8 @@ fn since_time(text: &str, now: u64) -> Result<u64, CliError> {
     if let Ok(seconds) = crate::duration::parse_duration(text) {
         return Ok(now.saturating_sub(seconds));
     }
-    parse_rfc3339(text).map_err(|e| {
-        CliError::Input(format!(
-            "--since: {e}, or a duration ago such as 24h or 7d"
-        ))
-    })
+    parse_rfc3339(text)
+        .map_err(|e| CliError::Input(format!("--since: {e}, or a duration ago such as 24h or 7d")))
 }
 
 fn audit(admin: &Admin, args: &AuditArgs, json: bool) -> Result<(), CliError> {

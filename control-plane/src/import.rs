@@ -83,12 +83,20 @@ fn parse_line(raw: &str, line: u64, now: u64) -> Result<BulkImportKey, Vec<Impor
     for field in object.keys() {
         let known = matches!(
             field.as_str(),
-            "key" | "digest" | "type" | "environment" | "account" | "account_id" | "name"
+            "key"
+                | "digest"
+                | "type"
+                | "environment"
+                | "account"
+                | "account_id"
+                | "name"
                 | "expires_at"
         );
         if !known {
             // A field's name is shown only when it cannot be a key pasted as one.
-            let shown = if field.len() <= 32 && field.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            let shown = if field.len() <= 32
+                && field.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            {
                 field.as_str()
             } else {
                 "(a field)"
@@ -126,14 +134,25 @@ fn parse_line(raw: &str, line: u64, now: u64) -> Result<BulkImportKey, Vec<Impor
             None
         }
     });
-    let account = match (text("account", &mut problems), text("account_id", &mut problems)) {
+    let account = match (
+        text("account", &mut problems),
+        text("account_id", &mut problems),
+    ) {
         (Some(a), None) | (None, Some(a)) if !a.trim().is_empty() => Some(a.trim().to_string()),
         (Some(_), Some(_)) => {
-            problems.push(problem(line, "account", "give account or account_id, not both"));
+            problems.push(problem(
+                line,
+                "account",
+                "give account or account_id, not both",
+            ));
             None
         }
         _ => {
-            problems.push(problem(line, "account", "missing: the account id the key belongs to"));
+            problems.push(problem(
+                line,
+                "account",
+                "missing: the account id the key belongs to",
+            ));
             None
         }
     };
@@ -170,9 +189,17 @@ fn parse_line(raw: &str, line: u64, now: u64) -> Result<BulkImportKey, Vec<Impor
             None
         }
         (Some(key), None) => match check_key(&key) {
-            Ok(kind) => Some((Digest::of_key(&key).to_hex(), Some(key_hint(&key)), Some(kind))),
+            Ok(kind) => Some((
+                Digest::of_key(&key).to_hex(),
+                Some(key_hint(&key)),
+                Some(kind),
+            )),
             Err(e) => {
-                problems.push(problem(line, "key", format!("the filter would refuse this key: {e}")));
+                problems.push(problem(
+                    line,
+                    "key",
+                    format!("the filter would refuse this key: {e}"),
+                ));
                 None
             }
         },
@@ -184,7 +211,11 @@ fn parse_line(raw: &str, line: u64, now: u64) -> Result<BulkImportKey, Vec<Impor
             }
         },
         (None, None) => {
-            problems.push(problem(line, "key", "missing: give key (the plaintext) or digest"));
+            problems.push(problem(
+                line,
+                "key",
+                "missing: give key (the plaintext) or digest",
+            ));
             None
         }
     };
@@ -192,10 +223,26 @@ fn parse_line(raw: &str, line: u64, now: u64) -> Result<BulkImportKey, Vec<Impor
     let kind = match &secret {
         Some((_, _, Some(kind))) => {
             if key_type.is_some_and(|t| t != kind.key_type) {
-                problems.push(problem(line, "type", format!("the key's prefix {} says {}", kind.prefix(), kind.key_type.as_str())));
+                problems.push(problem(
+                    line,
+                    "type",
+                    format!(
+                        "the key's prefix {} says {}",
+                        kind.prefix(),
+                        kind.key_type.as_str()
+                    ),
+                ));
             }
             if environment.is_some_and(|e| e != kind.environment) {
-                problems.push(problem(line, "environment", format!("the key's prefix {} says {}", kind.prefix(), kind.environment.as_str())));
+                problems.push(problem(
+                    line,
+                    "environment",
+                    format!(
+                        "the key's prefix {} says {}",
+                        kind.prefix(),
+                        kind.environment.as_str()
+                    ),
+                ));
             }
             Some(*kind)
         }
@@ -204,14 +251,21 @@ fn parse_line(raw: &str, line: u64, now: u64) -> Result<BulkImportKey, Vec<Impor
                 problems.push(problem(line, "type", "missing: required with a digest"));
             }
             if environment.is_none() && !problems.iter().any(|p| p.field == "environment") {
-                problems.push(problem(line, "environment", "missing: required with a digest"));
+                problems.push(problem(
+                    line,
+                    "environment",
+                    "missing: required with a digest",
+                ));
             }
             key_type.zip(environment).map(|(t, e)| KeyKind::new(t, e))
         }
         None => {
             // A bad digest: still say what else the line lacks.
             if object.contains_key("digest") && !object.contains_key("key") {
-                for (field, given) in [("type", key_type.is_some()), ("environment", environment.is_some())] {
+                for (field, given) in [
+                    ("type", key_type.is_some()),
+                    ("environment", environment.is_some()),
+                ] {
                     if !given && !problems.iter().any(|p| p.field == field) {
                         problems.push(problem(line, field, "missing: required with a digest"));
                     }
@@ -301,7 +355,10 @@ fn item_of(key: &BulkImportKey, line: u64, now: u64) -> Result<ImportItem, Vec<I
             problems.push(problem(
                 line,
                 "hint",
-                format!("must be the prefix {}, '…' and at most the last 4 characters", kind.prefix()),
+                format!(
+                    "must be the prefix {}, '…' and at most the last 4 characters",
+                    kind.prefix()
+                ),
             ));
             String::new()
         }
@@ -380,7 +437,10 @@ mod tests {
         assert_eq!(keys[1].key_type, KeyType::Publishable);
         assert_eq!(keys[1].expires_at, Some(1_893_456_000));
         let json = serde_json::to_string(&keys).expect("json");
-        assert!(!json.contains(&plaintext), "the plaintext never leaves the parser");
+        assert!(
+            !json.contains(&plaintext),
+            "the plaintext never leaves the parser"
+        );
     }
 
     #[test]
@@ -419,7 +479,10 @@ mod tests {
 
     #[test]
     fn an_empty_file_or_a_past_expiry_is_refused() {
-        assert_eq!(parse_jsonl("\n  \n", NOW).expect_err("empty")[0].field, "file");
+        assert_eq!(
+            parse_jsonl("\n  \n", NOW).expect_err("empty")[0].field,
+            "file"
+        );
         let text = format!(
             "{{\"key\":\"{}\",\"account\":\"a\",\"expires_at\":{}}}",
             key(3),

@@ -333,8 +333,8 @@ mod tests {
         Account, AccountWithKeys, Actor, AuditEvent, AuditQuery, KeyMapStatus, KeyRecord, NewKey,
         Rolled, SqliteStore, Store, StoreResult, Versioned,
     };
-    use std::collections::HashMap;
     use keygate_core::digest::Digest;
+    use std::collections::HashMap;
     use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 

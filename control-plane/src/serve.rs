@@ -96,13 +96,11 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
         .map(|route| Mailer::start(route, &options.customers.mail_from))
         .transpose()?;
     let key_map_access = match &options.sync_token {
-        SyncTokenSetting::Required { file } => {
-            KeyMapAccess::Token(sync_token::ensure(
-                store.as_ref(),
-                file.as_deref(),
-                &Actor::server(),
-            )?)
-        }
+        SyncTokenSetting::Required { file } => KeyMapAccess::Token(sync_token::ensure(
+            store.as_ref(),
+            file.as_deref(),
+            &Actor::server(),
+        )?),
         SyncTokenSetting::Off => {
             log_event(
                 "warning: --no-sync-token: the key map (every key digest, account id and key \

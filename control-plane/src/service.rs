@@ -74,13 +74,20 @@ pub fn describe_problems(problems: &[ImportProblem]) -> String {
     let mut text = format!(
         "the import was refused, nothing was written: {} {}",
         problems.len(),
-        if problems.len() == 1 { "problem" } else { "problems" }
+        if problems.len() == 1 {
+            "problem"
+        } else {
+            "problems"
+        }
     );
     for problem in problems.iter().take(PROBLEMS_SHOWN) {
         text.push_str(&format!("\n  {problem}"));
     }
     if problems.len() > PROBLEMS_SHOWN {
-        text.push_str(&format!("\n  … and {} more", problems.len() - PROBLEMS_SHOWN));
+        text.push_str(&format!(
+            "\n  … and {} more",
+            problems.len() - PROBLEMS_SHOWN
+        ));
     }
     text
 }
@@ -193,7 +200,10 @@ impl Service {
     ) -> ServiceResult<Changed<IssuedKeyView>> {
         let (mut new_key, plaintext) = issue(account_id, spec.kind)?;
         new_key.name = spec.name.as_deref().map(validate_key_name).transpose()?;
-        new_key.expires_at = spec.expires_at.map(|at| validate_expiry(at, now)).transpose()?;
+        new_key.expires_at = spec
+            .expires_at
+            .map(|at| validate_expiry(at, now))
+            .transpose()?;
         let added = self.store.add_key(&new_key, now, actor)?;
         Ok(Versioned {
             value: IssuedKeyView {
@@ -311,9 +321,7 @@ impl Service {
             .filter(|n| !n.trim().is_empty())
             .map(validate_key_name)
             .transpose()?;
-        let renamed = self
-            .store
-            .rename_key(key_id, name.as_deref(), now, actor)?;
+        let renamed = self.store.rename_key(key_id, name.as_deref(), now, actor)?;
         Ok(KeyView::new(&renamed, now))
     }
 
@@ -435,7 +443,9 @@ mod tests {
     #[test]
     fn an_account_comes_with_four_keys_shown_once() {
         let (_dir, service) = service();
-        let created = service.create_account(Some(" Acme "), 100, &who()).expect("create");
+        let created = service
+            .create_account(Some(" Acme "), 100, &who())
+            .expect("create");
         assert_eq!(created.value.account.name.as_deref(), Some("Acme"));
         let kinds: Vec<KeyKind> = created.value.keys.iter().map(|k| k.record.kind()).collect();
         assert_eq!(kinds, KeyKind::ALL.to_vec());
@@ -463,7 +473,10 @@ mod tests {
                 Err(ServiceError::Invalid(_))
             ));
         }
-        let account = service.create_account(None, 1, &who()).expect("create").value;
+        let account = service
+            .create_account(None, 1, &who())
+            .expect("create")
+            .value;
         let key = &account.keys[0].plaintext;
         assert!(matches!(
             service.create_account(Some(key), 1, &who()),
@@ -492,7 +505,13 @@ mod tests {
             Err(ServiceError::Invalid(_))
         ));
         assert!(matches!(
-            service.roll_key(&account.keys[0].record.key_id, MAX_SECONDS + 1, None, 1, &who()),
+            service.roll_key(
+                &account.keys[0].record.key_id,
+                MAX_SECONDS + 1,
+                None,
+                1,
+                &who()
+            ),
             Err(ServiceError::Invalid(_))
         ));
     }
@@ -515,7 +534,10 @@ mod tests {
             name: None,
             expires_at: None,
         };
-        let imported = service.import_key(&request, 2, &who()).expect("import").value;
+        let imported = service
+            .import_key(&request, 2, &who())
+            .expect("import")
+            .value;
         assert_eq!(imported.origin, "imported");
         assert_eq!(imported.hint, "sk_test_…9b8c");
         let KeyMapMessage::Full { keys, .. } = service.key_map(None, 2).expect("map") else {

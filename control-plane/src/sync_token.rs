@@ -5,10 +5,10 @@
 //! and a rotation reaches every running server within a second.
 
 use crate::auth::{read_token_file, TokenError};
+use crate::clock::now_unix;
 use crate::log::log_event;
 use crate::random::{new_sync_token, RandomError};
 use crate::secret_file::{create_private, replace_private};
-use crate::clock::now_unix;
 use crate::store::{postgres::is_postgres_url, Actor, Store, StoreError};
 use keygate_core::digest::Digest;
 use std::path::{Path, PathBuf};
@@ -203,12 +203,21 @@ mod tests {
         assert_eq!(Digest::of_key(&token), digest);
         assert_eq!(store.sync_token_digest().expect("digest"), Some(digest));
         // Again: the same token.
-        assert_eq!(ensure(&store, Some(&file), &Actor::server()).expect("again"), digest);
+        assert_eq!(
+            ensure(&store, Some(&file), &Actor::server()).expect("again"),
+            digest
+        );
         // Without the file the database still knows it (another replica's file).
         std::fs::remove_file(&file).expect("rm");
-        assert_eq!(ensure(&store, Some(&file), &Actor::server()).expect("stored"), digest);
+        assert_eq!(
+            ensure(&store, Some(&file), &Actor::server()).expect("stored"),
+            digest
+        );
         assert!(!file.exists());
-        assert_eq!(ensure(&store, None, &Actor::server()).expect("stored"), digest);
+        assert_eq!(
+            ensure(&store, None, &Actor::server()).expect("stored"),
+            digest
+        );
         // Another token in the file is refused, not taken.
         std::fs::write(&file, "someone-elses-token-0123456789").expect("write");
         assert!(matches!(

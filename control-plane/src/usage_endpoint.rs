@@ -245,9 +245,11 @@ pub async fn report_usage(
     .await;
     match stored {
         Ok(Ok(UsageStored::Stored { .. })) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Ok(UsageStored::Duplicate)) => {
-            (StatusCode::OK, Json(serde_json::json!({ "duplicate": true }))).into_response()
-        }
+        Ok(Ok(UsageStored::Duplicate)) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "duplicate": true })),
+        )
+            .into_response(),
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(e) => ApiError::internal(&format!("a store task failed: {e}")).into_response(),
     }
@@ -258,7 +260,11 @@ fn prune(state: &AppState, now: u64) {
     let days = state.usage.retention_days();
     let before_day = day_of(now).saturating_sub(days);
     let reports_before = now.saturating_sub(days.saturating_mul(SECONDS_PER_DAY));
-    match state.service().store().prune_usage(before_day, reports_before) {
+    match state
+        .service()
+        .store()
+        .prune_usage(before_day, reports_before)
+    {
         Ok(0) => {}
         Ok(rows) => log_event(&format!(
             "usage older than {days} days pruned ({rows} rows)"

@@ -106,16 +106,14 @@ pub fn complete_signup(
         .map(|&kind| issue(&account.id, kind))
         .collect::<ServiceResult<Vec<_>>>()?;
     let new_keys: Vec<_> = issued.iter().map(|(k, _)| k.clone()).collect();
-    let done = service
-        .store()
-        .complete_signup(
-            token,
-            &user,
-            &account,
-            &new_keys,
-            now,
-            &Actor::customer(&user.id, client),
-        )?;
+    let done = service.store().complete_signup(
+        token,
+        &user,
+        &account,
+        &new_keys,
+        now,
+        &Actor::customer(&user.id, client),
+    )?;
     let verified = match done {
         Ok(verified) => verified,
         Err(refused) => return Ok(Err(refused)),

@@ -71,14 +71,15 @@ pub fn plan_import(
         }
         first_line.insert(digest.clone(), item.line);
         if !accounts.contains(&key.account_id) {
-            report.problems.push(problem(
-                "account",
-                format!("no account {}", key.account_id),
-            ));
+            report
+                .problems
+                .push(problem("account", format!("no account {}", key.account_id)));
             continue;
         }
         match stored.get(&digest) {
-            Some(existing) if existing.account_id == key.account_id && existing.kind == key.kind => {
+            Some(existing)
+                if existing.account_id == key.account_id && existing.kind == key.kind =>
+            {
                 report.unchanged.push((item.line, existing.key_id.clone()));
             }
             Some(existing) => report.problems.push(problem(

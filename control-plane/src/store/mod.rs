@@ -325,8 +325,12 @@ pub trait Store: CustomerStore + UsageStore + Send + Sync {
         now: u64,
         actor: &Actor,
     ) -> StoreResult<Versioned<Rolled>>;
-    fn revoke_key(&self, key_id: &str, now: u64, actor: &Actor)
-        -> StoreResult<Versioned<KeyRecord>>;
+    fn revoke_key(
+        &self,
+        key_id: &str,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<Versioned<KeyRecord>>;
     fn set_key_disabled(
         &self,
         key_id: &str,
@@ -381,8 +385,7 @@ pub trait Store: CustomerStore + UsageStore + Send + Sync {
 
     fn admin_token_digest(&self) -> StoreResult<Option<Digest>>;
     /// Sets the admin token's digest (audited as set up the first time, else rotated).
-    fn set_admin_token_digest(&self, digest: &Digest, now: u64, actor: &Actor)
-        -> StoreResult<()>;
+    fn set_admin_token_digest(&self, digest: &Digest, now: u64, actor: &Actor) -> StoreResult<()>;
     /// The sync token's digest: in the database, so replicas share it and a rotation
     /// reaches every running server.
     fn sync_token_digest(&self) -> StoreResult<Option<Digest>>;

@@ -58,7 +58,8 @@ pub const CHANGE_CHANNEL: &str = "keygate_changes";
 /// The advisory lock migrations hold (any fixed number; "keygate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
 
-pub(super) const KEY_COLUMNS: &str = "id, account_id, digest, hint, type, environment, origin, created_at, \
+pub(super) const KEY_COLUMNS: &str =
+    "id, account_id, digest, hint, type, environment, origin, created_at, \
      disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at, name";
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";

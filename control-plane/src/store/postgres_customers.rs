@@ -3,6 +3,10 @@
 //! rest takes row locks of its own (`FOR UPDATE` on the token it spends), so two replicas
 //! never spend one token twice.
 
+use super::audit::{Actor, AuditAction};
+use super::customers::{
+    account_switched, password_reset, sessions_ended, user_event, user_switched,
+};
 use super::customers::{
     CustomerStore, NewUser, PasswordReset, SessionOwner, Signup, TokenRefusal, TokenState, User,
     Verified, TOKEN_KEEP_SECONDS,
@@ -10,8 +14,6 @@ use super::customers::{
 use super::postgres::{
     account_from_row, insert_key, load_account, signed, unsigned, unsigned_opt, WRITE_BEGIN,
 };
-use super::audit::{Actor, AuditAction};
-use super::customers::{account_switched, password_reset, sessions_ended, user_event, user_switched};
 use super::postgres_audit::record;
 use super::rules::{ensure_keys_of, ChangeOp};
 use super::{Account, AccountWithKeys, NewKey, PostgresStore, StoreError, StoreResult, Versioned};

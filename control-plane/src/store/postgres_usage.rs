@@ -43,10 +43,7 @@ impl UsageStore for PostgresStore {
                 return Ok(UsageStored::Duplicate);
             }
             let known: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM keys WHERE id = ANY($1)",
-                    &[&all_ids],
-                )?
+                .query_one("SELECT count(*) FROM keys WHERE id = ANY($1)", &[&all_ids])?
                 .try_get(0)?;
             // Unknown ids fall out in the join; the sums saturate at BIGINT's largest.
             c.execute(

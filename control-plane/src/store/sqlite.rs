@@ -39,7 +39,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0004_names_audit_usage.sql"),
 ];
 
-pub(super) const KEY_COLUMNS: &str = "id, account_id, digest, hint, type, environment, origin, created_at, \
+pub(super) const KEY_COLUMNS: &str =
+    "id, account_id, digest, hint, type, environment, origin, created_at, \
      disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at, name";
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";

@@ -5,7 +5,7 @@ use super::audit::{
     NewAuditEvent, MAX_AUDIT_LIMIT,
 };
 use super::rules::corrupt;
-use super::{StoreResult, SqliteStore};
+use super::{SqliteStore, StoreResult};
 use rusqlite::{params, Row, Transaction};
 
 /// Writes one event in `tx`, the transaction of the change it records.

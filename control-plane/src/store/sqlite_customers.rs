@@ -1,11 +1,13 @@
 //! `CustomerStore` on SQLite: users, sign-ups, password resets and sessions.
 
+use super::audit::{Actor, AuditAction};
+use super::customers::{
+    account_switched, password_reset, sessions_ended, user_event, user_switched,
+};
 use super::customers::{
     CustomerStore, NewUser, PasswordReset, SessionOwner, Signup, TokenRefusal, TokenState, User,
     Verified, TOKEN_KEEP_SECONDS,
 };
-use super::audit::{Actor, AuditAction};
-use super::customers::{account_switched, password_reset, sessions_ended, user_event, user_switched};
 use super::rules::{ensure_keys_of, ChangeOp};
 use super::sqlite::{account_from_row, insert_key, load_account};
 use super::sqlite_audit::record;
@@ -392,7 +394,12 @@ impl CustomerStore for SqliteStore {
                 .optional()?;
             if let Some(user_id) = owner {
                 let user = load_user(tx, &user_id)?;
-                record(tx, now, actor, user_event(AuditAction::UserSignedOut, &user))?;
+                record(
+                    tx,
+                    now,
+                    actor,
+                    user_event(AuditAction::UserSignedOut, &user),
+                )?;
             }
             Ok(())
         })

@@ -66,7 +66,8 @@ fn accounts_of(tx: &Transaction, items: &[ImportItem]) -> StoreResult<HashSet<St
 
 /// The keys already stored under the lines' digests, by digest.
 fn stored_of(tx: &Transaction, items: &[ImportItem]) -> StoreResult<HashMap<String, KeyRecord>> {
-    let mut stmt = tx.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?1"))?;
+    let mut stmt =
+        tx.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?1"))?;
     let mut stored = HashMap::new();
     for item in items {
         let digest = item.key.digest.to_hex();

@@ -36,7 +36,11 @@ impl UsageStore for SqliteStore {
             )?;
             let mut keys = 0;
             for row in &rows {
-                if known.query_row([&row.key_id], |_| Ok(())).optional()?.is_none() {
+                if known
+                    .query_row([&row.key_id], |_| Ok(()))
+                    .optional()?
+                    .is_none()
+                {
                     continue;
                 }
                 keys += 1;
@@ -104,9 +108,11 @@ impl UsageStore for SqliteStore {
 
     fn last_report_at(&self) -> StoreResult<Option<u64>> {
         self.read(|tx| {
-            Ok(tx.query_row("SELECT MAX(received_at) FROM usage_reports", [], |r| {
-                r.get(0)
-            })?)
+            Ok(
+                tx.query_row("SELECT MAX(received_at) FROM usage_reports", [], |r| {
+                    r.get(0)
+                })?,
+            )
         })
     }
 }

@@ -562,7 +562,13 @@ fn reading_the_map_after_an_expiry_purges_it(db: &dyn TestDb) {
     let store = db.open();
     create(&*store, "a", 100);
     store
-        .roll_key("key_a-2", &new_key("a", KeyKind::ALL[2], "next"), 60, 100, &who())
+        .roll_key(
+            "key_a-2",
+            &new_key("a", KeyKind::ALL[2], "next"),
+            60,
+            100,
+            &who(),
+        )
         .expect("roll");
     let (version, map) = full(&*store, 160);
     assert_eq!(version, 3, "the read purged, in a version of its own");
@@ -574,15 +580,39 @@ fn a_key_cannot_be_rolled_twice_or_after_it_left_the_map(db: &dyn TestDb) {
     let store = db.open();
     create(&*store, "a", 100);
     store
-        .roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "n1"), 600, 100, &who())
+        .roll_key(
+            "key_a-0",
+            &new_key("a", KeyKind::ALL[0], "n1"),
+            600,
+            100,
+            &who(),
+        )
         .expect("roll");
-    let again = store.roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "n2"), 0, 101, &who());
+    let again = store.roll_key(
+        "key_a-0",
+        &new_key("a", KeyKind::ALL[0], "n2"),
+        0,
+        101,
+        &who(),
+    );
     assert!(matches!(again, Err(StoreError::KeyState { .. })));
     store.revoke_key("key_a-1", 102, &who()).expect("revoke");
-    let revoked = store.roll_key("key_a-1", &new_key("a", KeyKind::ALL[1], "n3"), 0, 103, &who());
+    let revoked = store.roll_key(
+        "key_a-1",
+        &new_key("a", KeyKind::ALL[1], "n3"),
+        0,
+        103,
+        &who(),
+    );
     assert!(matches!(revoked, Err(StoreError::KeyState { .. })));
     // A replacement of another kind is a caller's bug, refused.
-    let mismatch = store.roll_key("key_a-2", &new_key("a", KeyKind::ALL[0], "n4"), 0, 104, &who());
+    let mismatch = store.roll_key(
+        "key_a-2",
+        &new_key("a", KeyKind::ALL[0], "n4"),
+        0,
+        104,
+        &who(),
+    );
     assert!(matches!(mismatch, Err(StoreError::KeyMismatch(_))));
     assert_eq!(store.key_map_status().expect("status").version, 3);
 }
@@ -596,7 +626,9 @@ fn revoking_removes_the_key_and_records_when(db: &dyn TestDb) {
     assert_eq!(revoked.value.status(150), KeyStatus::Revoked);
     assert!(!full(&*store, 150).1.contains_key(&hex("a-3")));
     // Again: nothing changes, the first time stays.
-    let again = store.revoke_key("key_a-3", 999, &who()).expect("revoke again");
+    let again = store
+        .revoke_key("key_a-3", 999, &who())
+        .expect("revoke again");
     assert_eq!((again.version, again.value.revoked_at), (2, Some(150)));
     // A revoked key cannot come back.
     assert!(matches!(
@@ -650,7 +682,12 @@ fn versions_strictly_rise_with_every_change(db: &dyn TestDb) {
             .expect("roll")
             .version,
     );
-    versions.push(store.revoke_key("key_a-1", 5, &who()).expect("revoke").version);
+    versions.push(
+        store
+            .revoke_key("key_a-1", 5, &who())
+            .expect("revoke")
+            .version,
+    );
     versions.push(store.purge_expired(10).expect("purge").version);
     versions.push(create(&*store, "b", 11).version);
     assert_eq!(versions, (1..=7).collect::<Vec<u64>>());
@@ -664,10 +701,18 @@ fn a_delta_since_any_version_holds_exactly_the_changes_after_it(db: &dyn TestDb)
     create(&*store, "b", 2);
     snapshots.push(full(&*store, 2));
     store
-        .roll_key("key_a-0", &new_key("a", KeyKind::ALL[0], "a-0-r"), 0, 3, &who())
+        .roll_key(
+            "key_a-0",
+            &new_key("a", KeyKind::ALL[0], "a-0-r"),
+            0,
+            3,
+            &who(),
+        )
         .expect("roll");
     snapshots.push(full(&*store, 3));
-    store.set_key_disabled("key_b-1", true, 4, &who()).expect("disable");
+    store
+        .set_key_disabled("key_b-1", true, 4, &who())
+        .expect("disable");
     snapshots.push(full(&*store, 4));
     store.revoke_key("key_b-2", 5, &who()).expect("revoke");
     let (current, expected) = full(&*store, 5);
@@ -755,7 +800,9 @@ fn a_failing_change_leaves_nothing_half_written(db: &dyn TestDb) {
     let before = store.key("key_a-0").expect("key");
     let mut replacement = new_key("a", KeyKind::ALL[0], "r");
     replacement.digest = Digest::of_key("a-1");
-    assert!(store.roll_key("key_a-0", &replacement, 0, 3, &who()).is_err());
+    assert!(store
+        .roll_key("key_a-0", &replacement, 0, 3, &who())
+        .is_err());
     assert_eq!(store.key("key_a-0").expect("key"), before);
     assert!(matches!(
         store.key("key_r"),
@@ -818,7 +865,9 @@ fn concurrent_rolls_and_reads_keep_the_store_consistent(db: &dyn TestDb) {
                     for r in 0..ROLLS {
                         let name = format!("t{t}-roll{r}");
                         let replacement = new_key(&format!("t{t}"), KeyKind::ALL[0], &name);
-                        let rolled = store.roll_key(&current, &replacement, 0, 2, &who()).expect("roll");
+                        let rolled = store
+                            .roll_key(&current, &replacement, 0, 2, &who())
+                            .expect("roll");
                         versions.push(rolled.version);
                         current = rolled.value.new.key_id;
                         let read = store.key_map(None, 2).expect("read").version();
@@ -929,12 +978,15 @@ fn two_stores_over_one_database_answer_the_same_map_for_the_same_version(db: &dy
                     for c in 0..CHANGES {
                         if c % 3 == 2 {
                             let key = format!("key_w{w}-1");
-                            store.set_key_disabled(&key, c % 2 == 0, 2, &who()).expect("toggle");
+                            store
+                                .set_key_disabled(&key, c % 2 == 0, 2, &who())
+                                .expect("toggle");
                         } else {
                             let name = format!("w{w}-roll{c}");
                             let replacement = new_key(&account, KeyKind::ALL[0], &name);
-                            let rolled =
-                                store.roll_key(&current, &replacement, 0, 2, &who()).expect("roll");
+                            let rolled = store
+                                .roll_key(&current, &replacement, 0, 2, &who())
+                                .expect("roll");
                             current = rolled.value.new.key_id;
                         }
                     }
@@ -1154,13 +1206,19 @@ fn versions_follow_the_clock_and_never_repeat(db: &dyn TestDb) {
     assert_eq!(create(&*store, "b", 1).version, T + 1);
     clock.set(T - 60_000);
     assert_eq!(
-        store.revoke_key("key_a-0", 2, &who()).expect("revoke").version,
+        store
+            .revoke_key("key_a-0", 2, &who())
+            .expect("revoke")
+            .version,
         T + 2
     );
     // The clock again ahead: its time.
     clock.set(T + 5_000);
     assert_eq!(
-        store.revoke_key("key_a-1", 3, &who()).expect("revoke").version,
+        store
+            .revoke_key("key_a-1", 3, &who())
+            .expect("revoke")
+            .version,
         T + 5_000
     );
     assert_eq!(status(&*store).version, T + 5_000);
@@ -1373,7 +1431,10 @@ fn a_rogue_version_refuses_changes_until_a_new_lineage(db: &dyn TestDb) {
     );
     assert_eq!(full(&*store, 3).1.len(), 4, "the keys stay");
     assert_eq!(
-        store.revoke_key("key_a-0", 3, &who()).expect("revoke").version,
+        store
+            .revoke_key("key_a-0", 3, &who())
+            .expect("revoke")
+            .version,
         T + 1_001
     );
     assert!(matches!(
@@ -1432,7 +1493,10 @@ fn a_schema_1_database_gets_an_id_and_keeps_its_counter_and_deltas(db: &dyn Test
     );
     // The next change jumps to the clock.
     assert_eq!(
-        store.revoke_key("key_old-51", 2, &who()).expect("revoke").version,
+        store
+            .revoke_key("key_old-51", 2, &who())
+            .expect("revoke")
+            .version,
         T
     );
     assert_eq!(status(&*db.open()).store, migrated.store);

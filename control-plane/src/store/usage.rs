@@ -68,10 +68,16 @@ pub fn day_of(unix: u64) -> u64 {
     unix / SECONDS_PER_DAY
 }
 
+/// How far back a report's last use may date its counts: a report that arrives late (a
+/// retry across midnight) still counts on the day of its requests; older or missing times
+/// (a reporter's wrong clock) count on the day the report arrives.
+pub const LATE_REPORT_SECONDS: u64 = 2 * SECONDS_PER_DAY;
+
 /// Turns a report into one row per key: entries for the same key are merged (counts added,
 /// the latest use kept), a use in the future (a reporter's clock ahead of ours) counts as
-/// now, and the counts go to the day of the last use, or of `now` when none was given.
-/// Rows are sorted by key id, so that concurrent writers lock rows in the same order.
+/// now, and the counts go to the day of the last use when it is recent
+/// (`LATE_REPORT_SECONDS`), else of `now`. Rows are sorted by key id, so that concurrent
+/// writers lock rows in the same order.
 pub fn plan(report: &UsageReport, now: u64) -> Vec<UsageRow> {
     let mut merged: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
     for entry in &report.entries {
@@ -84,9 +90,10 @@ pub fn plan(report: &UsageReport, now: u64) -> Vec<UsageRow> {
         .into_iter()
         .map(|(key_id, (allowed, refused, last_used))| {
             let used = (last_used > 0).then_some(last_used);
+            let dated = used.filter(|&t| t.saturating_add(LATE_REPORT_SECONDS) >= now);
             UsageRow {
                 key_id: key_id.to_string(),
-                day: day_of(used.unwrap_or(now)),
+                day: day_of(dated.unwrap_or(now)),
                 allowed,
                 refused,
                 last_used_minute: used.map(|t| t - t % 60),
@@ -170,6 +177,21 @@ mod tests {
         assert_eq!(rows[0].day, 3);
         assert_eq!(rows[1].last_used_minute, None);
         assert_eq!(rows[1].day, 3);
+    }
+
+    #[test]
+    fn counts_of_an_old_or_wrong_last_use_go_to_today() {
+        let now = 30 * SECONDS_PER_DAY + 5;
+        let report = UsageReport {
+            report_id: "r".repeat(16),
+            entries: vec![
+                entry("key_a", 1, 0, 1),
+                entry("key_b", 1, 0, now - 3 * SECONDS_PER_DAY),
+            ],
+        };
+        let rows = plan(&report, now);
+        assert_eq!((rows[0].day, rows[1].day), (30, 30));
+        assert_eq!(rows[0].last_used_minute, Some(0), "the time itself is kept");
     }
 
     #[test]

@@ -51,7 +51,11 @@ fn names_and_expiries_are_kept_and_never_in_the_key_map(db: &dyn TestDb) {
     create(&*store, "a", 100);
     let kind = KeyKind::ALL[0];
     let added = store
-        .add_key(&named(kind, "ios", "a", "iOS app 2.3", Some(5000)), 100, &who())
+        .add_key(
+            &named(kind, "ios", "a", "iOS app 2.3", Some(5000)),
+            100,
+            &who(),
+        )
         .expect("add");
     assert_eq!(added.value.name.as_deref(), Some("iOS app 2.3"));
     assert_eq!(added.value.expires_at, Some(5000));
@@ -68,7 +72,9 @@ fn names_and_expiries_are_kept_and_never_in_the_key_map(db: &dyn TestDb) {
         .expect("rename");
     assert_eq!(renamed.name.as_deref(), Some("iOS app 2.4"));
     assert_eq!(store.key_map_status().expect("status").version, version);
-    store.rename_key("key_ios", None, 102, &who()).expect("unname");
+    store
+        .rename_key("key_ios", None, 102, &who())
+        .expect("unname");
     assert_eq!(store.key("key_ios").expect("key").name, None);
     assert!(matches!(
         store.rename_key("key_nope", Some("x"), 103, &who()),
@@ -225,7 +231,8 @@ fn every_change_is_audited_with_its_actor_and_nothing_else_is(db: &dyn TestDb) {
         .collect();
     use ActorKind::{AdminToken, Cli, Customer, Operator, Server};
     let (a, c) = (Some("a"), Some("c"));
-    let (admin_ip, operator_ip, customer_ip) = (Some("127.0.0.1"), Some("127.0.0.2"), Some("127.0.0.3"));
+    let (admin_ip, operator_ip, customer_ip) =
+        (Some("127.0.0.1"), Some("127.0.0.2"), Some("127.0.0.3"));
     assert_eq!(
         seen,
         vec![
@@ -267,7 +274,10 @@ fn every_change_is_audited_with_its_actor_and_nothing_else_is(db: &dyn TestDb) {
     assert_eq!(ids("user.signed_up"), ["key_c-0"]);
     let by = |action: AuditAction| events.iter().find(|e| e.action == action).cloned();
     let renamed = by(AuditAction::KeyRenamed).expect("renamed");
-    assert!(renamed.detail.as_deref().is_some_and(|d| d.contains("billing v2")));
+    assert!(renamed
+        .detail
+        .as_deref()
+        .is_some_and(|d| d.contains("billing v2")));
     let imported = by(AuditAction::KeysImported).expect("imported");
     assert_eq!(imported.key_ids.len(), 1);
     assert_eq!(imported.detail.as_deref(), Some("1 key imported by digest"));
@@ -299,9 +309,7 @@ fn a_failed_change_leaves_no_audit_event(db: &dyn TestDb) {
     assert!(store
         .roll_key("key_a-1", &new_key("a", KeyKind::ALL[1], "x"), 0, 4, &who())
         .is_err());
-    assert!(store
-        .set_key_disabled("key_a-1", true, 5, &who())
-        .is_err());
+    assert!(store.set_key_disabled("key_a-1", true, 5, &who()).is_err());
     let events = trail(&*store);
     assert_eq!(events.len(), before + 1, "only the revoke");
     assert_eq!(events[before].action, AuditAction::KeyRevoked);
@@ -376,7 +384,14 @@ fn an_import_is_checked_whole_then_written_once_and_again_changes_nothing(db: &d
     let events = trail(&*store).len();
     let kind = KeyKind::ALL[1];
     let mut items: Vec<ImportItem> = (0..50)
-        .map(|i| item(i + 1, if i % 2 == 0 { "a" } else { "b" }, kind, &format!("imp-{i}")))
+        .map(|i| {
+            item(
+                i + 1,
+                if i % 2 == 0 { "a" } else { "b" },
+                kind,
+                &format!("imp-{i}"),
+            )
+        })
         .collect();
     // One line names an account that does not exist: nothing is written.
     items.push(item(51, "nope", kind, "imp-orphan"));
@@ -391,7 +406,9 @@ fn an_import_is_checked_whole_then_written_once_and_again_changes_nothing(db: &d
     items.pop();
 
     // A dry run says what would change, and changes nothing.
-    let dry = store.import_keys(&items, 2, &who(), false).expect("dry run");
+    let dry = store
+        .import_keys(&items, 2, &who(), false)
+        .expect("dry run");
     assert!(!dry.applied && dry.problems.is_empty());
     assert_eq!((dry.added.len(), dry.unchanged.len()), (50, 0));
     assert_eq!(dry.version, version);
@@ -533,7 +550,10 @@ fn a_usage_report_counts_once_and_last_used_never_goes_back(db: &dyn TestDb) {
     // Totals saturate rather than overflow.
     let huge = u64::MAX / 2;
     for i in 0..3 {
-        let big = report(&format!("report-big-000000{i}"), &[("key_a-3", huge, 0, now)]);
+        let big = report(
+            &format!("report-big-000000{i}"),
+            &[("key_a-3", huge, 0, now)],
+        );
         store.record_usage(&big, now).expect("record");
     }
     let total = store
@@ -594,7 +614,9 @@ fn concurrent_reports_from_many_replicas_add_up_exactly(db: &dyn TestDb) {
                             .map(|(k, key)| (*key, 1 + k as u64, 1, now - n as u64))
                             .rev()
                             .collect();
-                        store.record_usage(&report(&id, &entries), now).expect("record");
+                        store
+                            .record_usage(&report(&id, &entries), now)
+                            .expect("record");
                     }
                 }
             });
@@ -609,5 +631,8 @@ fn concurrent_reports_from_many_replicas_add_up_exactly(db: &dyn TestDb) {
         assert_eq!(day.allowed, reports * (1 + k as u64), "{}", day.key_id);
         assert_eq!(day.refused, reports);
     }
-    assert_eq!(store.last_used(Some("a")).expect("last")["key_a-0"], now - now % 60);
+    assert_eq!(
+        store.last_used(Some("a")).expect("last")["key_a-0"],
+        now - now % 60
+    );
 }

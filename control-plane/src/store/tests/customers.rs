@@ -3,8 +3,8 @@
 
 use super::super::customers::{NewUser, Signup, TokenRefusal, Verified};
 use super::super::*;
-use crate::store::audit::who;
 use super::{account, full, new_key, skipped, PostgresDb, SqliteDb, TestDb};
+use crate::store::audit::who;
 use keygate_core::key::KeyKind;
 
 on_both_backends!(
@@ -258,7 +258,9 @@ fn sessions_end_at_expiry_sign_out_and_when_the_user_or_account_is_disabled(db: 
     store
         .add_session(&token("s2"), &user.id, 150, 1000, &who())
         .expect("session");
-    store.delete_session(&token("s2"), 1, &who()).expect("sign out");
+    store
+        .delete_session(&token("s2"), 1, &who())
+        .expect("sign out");
     assert_eq!(store.session(&token("s2"), 151).expect("read"), None);
 
     // Added after s1 expired: s1 is pruned, and only these two remain.
@@ -267,7 +269,12 @@ fn sessions_end_at_expiry_sign_out_and_when_the_user_or_account_is_disabled(db: 
             .add_session(&token(name), &user.id, 200, 1000, &who())
             .expect("session");
     }
-    assert_eq!(store.delete_user_sessions(&user.id, 1, &who()).expect("everywhere"), 2);
+    assert_eq!(
+        store
+            .delete_user_sessions(&user.id, 1, &who())
+            .expect("everywhere"),
+        2
+    );
     assert_eq!(store.session(&token("s3"), 151).expect("read"), None);
 
     // A disabled user: sessions end, and new ones are not live while disabled.
@@ -294,7 +301,9 @@ fn sessions_end_at_expiry_sign_out_and_when_the_user_or_account_is_disabled(db: 
 
     // A disabled account: the same for every user of it; its keys are untouched.
     let version = store.key_map_status().expect("status").version;
-    let account = store.set_account_disabled("u", true, 180, &who()).expect("disable");
+    let account = store
+        .set_account_disabled("u", true, 180, &who())
+        .expect("disable");
     assert_eq!(account.disabled_at, Some(180));
     assert_eq!(store.account("u").expect("account").disabled_at, Some(180));
     assert_eq!(store.session(&token("s6"), 181).expect("read"), None);
@@ -302,7 +311,9 @@ fn sessions_end_at_expiry_sign_out_and_when_the_user_or_account_is_disabled(db: 
         .add_session(&token("s7"), &user.id, 182, 1000, &who())
         .expect("session");
     assert_eq!(store.session(&token("s7"), 183).expect("read"), None);
-    store.set_account_disabled("u", false, 190, &who()).expect("enable");
+    store
+        .set_account_disabled("u", false, 190, &who())
+        .expect("enable");
     assert!(store.session(&token("s7"), 191).expect("read").is_some());
     assert_eq!(store.key_map_status().expect("status").version, version);
     assert!(matches!(

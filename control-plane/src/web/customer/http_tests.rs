@@ -4,11 +4,11 @@
 //! browser, with real SMTP and Envoy, is in tests/browser/.
 
 use super::CustomerOptions;
-use crate::store::audit::who;
 use crate::api::AppState;
 use crate::keymap::KeyMapCache;
 use crate::mail::{MailRoute, Mailer};
 use crate::service::Service;
+use crate::store::audit::who;
 use crate::store::customers::Signup;
 use crate::store::{SqliteStore, Store};
 use axum::body::Body;
