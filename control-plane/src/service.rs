@@ -100,16 +100,6 @@ pub struct KeySpec {
     pub expires_at: Option<u64>,
 }
 
-impl KeySpec {
-    pub fn of(kind: KeyKind) -> KeySpec {
-        KeySpec {
-            kind,
-            name: None,
-            expires_at: None,
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct Service {
     store: Arc<dyn Store>,

@@ -23,6 +23,7 @@ pub(crate) mod pages;
 pub(crate) mod session;
 pub mod signin;
 pub(crate) mod throttle;
+pub(crate) mod usage_chart;
 mod views;
 
 use crate::api::AppState;
@@ -118,6 +119,8 @@ pub(crate) fn router_parts(
             get(pages::accounts_page).post(pages::create_account),
         )
         .route("/ui/accounts/{account_id}", get(pages::account_page))
+        .route("/ui/accounts/{account_id}/keys", post(pages::create_key))
+        .route("/ui/audit", get(pages::audit_page))
         .route("/ui/keys/{key_id}/{action}", post(pages::key_action))
         .route(
             "/ui/accounts/{account_id}/{action}",

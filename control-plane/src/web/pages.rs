@@ -7,6 +7,7 @@ use super::html::{APP_CSS, APP_JS};
 use super::session::{secrets_match, NewKeys, Notice, SessionInfo, ShownKey};
 use super::signin::{cookie_header, form_token_ok, seconds_text, with_retry_after};
 use super::throttle::Failure;
+use super::usage_chart::CHART_DAYS;
 use super::views::{render, shown_keys, Chrome, KeyRow, NoticeView, ShownKeyView, Stamp};
 use super::{
     html::kind_label, same_origin, see_other, url_segment, ClientIp, Web, LOGIN_COOKIE,
@@ -14,15 +15,17 @@ use super::{
 };
 use crate::auth::token_matches;
 use crate::clock::now_unix;
+use crate::clock::parse_rfc3339;
 use crate::log::log_event;
-use crate::model::{AccountView, KeyView};
-use crate::service::{KeyChange, Service, ServiceError, ServiceResult};
-use crate::store::{Actor, StoreError};
+use crate::model::{AccountView, KeyUsageView, KeyView};
+use crate::service::{KeyChange, KeySpec, Service, ServiceError, ServiceResult};
+use crate::store::{Actor, AuditQuery, StoreError};
 use askama::Template;
 use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use keygate_core::key::KeyKind;
 use keygate_core::key::{Environment, KeyType};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -36,6 +39,17 @@ pub const GRACE_CHOICES: [(u64, &str); 4] = [
     (86_400, "in 24 hours"),
     (7 * 86_400, "in 7 days"),
 ];
+/// The expiries offered for a new key: (seconds, label); 0 is none.
+pub const EXPIRY_CHOICES: [(u64, &str); 6] = [
+    (0, "never"),
+    (86_400, "in 1 day"),
+    (7 * 86_400, "in 7 days"),
+    (30 * 86_400, "in 30 days"),
+    (90 * 86_400, "in 90 days"),
+    (365 * 86_400, "in 365 days"),
+];
+/// Audit events on one page of the audit trail.
+const AUDIT_PAGE: usize = 100;
 /// Accounts listed at most on one page (search narrows it).
 const MAX_LISTED: usize = 200;
 const COOKIE_PATH: &str = "/ui";
@@ -143,13 +157,18 @@ fn notice_of(web: &Web, session: &SessionInfo) -> Option<NoticeView> {
     web.sessions.take_notice(&session.id).map(NoticeView::from)
 }
 
-/// A form that carries only its CSRF token (and maybe a grace period or a name).
+/// A form that carries its CSRF token and what the action needs: a grace period, a name, or
+/// a new key's kind and expiry.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct OperatorForm {
     csrf: String,
     grace: String,
     name: String,
+    key_type: String,
+    environment: String,
+    expires_in: String,
+    expires_at: String,
 }
 
 /// A state-changing form's checks: same-origin, a live session, a readable form, its CSRF
@@ -651,6 +670,7 @@ struct AccountPage {
     users: Vec<UserRow>,
     csrf: String,
     grace_choices: Vec<(u64, &'static str)>,
+    expiry_choices: Vec<(u64, &'static str)>,
 }
 
 pub async fn account_page(
@@ -671,10 +691,12 @@ pub async fn account_page(
     let detail = run(&web, false, move |service, now| {
         let detail = service.account(&account_id, now)?;
         let users = service.store().users(Some(&account_id))?;
-        Ok((detail, users, now))
+        let usage = service.account_usage(&account_id, CHART_DAYS, now)?;
+        let last_report = service.store().last_report_at()?;
+        Ok((detail, users, usage, last_report, now))
     })
     .await;
-    let (detail, users, now) = match detail {
+    let (detail, users, usage, last_report, now) = match detail {
         Ok(detail) => detail,
         Err(f) => return error_page(f.status, Some(&session), &f.message),
     };
@@ -688,7 +710,16 @@ pub async fn account_page(
         .iter()
         .filter_map(|k| Some((k.replaced_by.as_deref()?, k.rolled_at?)))
         .collect();
-    let row = |k: &&KeyView| KeyRow::new(k, last_rolled.get(k.key_id.as_str()).copied(), now);
+    let usage: HashMap<&str, &KeyUsageView> =
+        usage.keys.iter().map(|u| (u.key_id.as_str(), u)).collect();
+    let row = |k: &&KeyView| {
+        KeyRow::new(k, last_rolled.get(k.key_id.as_str()).copied(), now).with_usage(
+            k,
+            usage.get(k.key_id.as_str()).copied(),
+            last_report,
+            now,
+        )
+    };
     // Live keys by environment, secret first, newest first; then the history.
     let mut live: Vec<&KeyView> = detail.keys.iter().filter(|k| is_live(k)).collect();
     live.sort_by(|a, b| {
@@ -745,6 +776,250 @@ pub async fn account_page(
             .collect(),
         csrf: session.csrf.clone(),
         grace_choices: GRACE_CHOICES.to_vec(),
+        expiry_choices: EXPIRY_CHOICES.to_vec(),
+    };
+    render(StatusCode::OK, &page)
+}
+
+/// A new key's expiry from the form: one of the offered spans, or a time typed in the
+/// `datetime-local` field (read as UTC), not both.
+fn form_expiry(form: &OperatorForm, now: u64) -> Result<Option<u64>, String> {
+    let span = form
+        .expires_in
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|s| EXPIRY_CHOICES.iter().any(|(c, _)| c == s));
+    let Some(span) = span.or(form.expires_in.trim().is_empty().then_some(0)) else {
+        return Err("Choose when the key expires from the list.".into());
+    };
+    let typed = form.expires_at.trim();
+    match (span, typed.is_empty()) {
+        (0, true) => Ok(None),
+        (span, true) => Ok(Some(now + span)),
+        (0, false) => {
+            // `2026-05-01T12:30` (what browsers send), with or without seconds.
+            let text = match typed.len() {
+                16 => format!("{typed}:00Z"),
+                _ => format!("{typed}Z"),
+            };
+            parse_rfc3339(&text)
+                .map(Some)
+                .map_err(|_| "The expiry time is not a date and time.".to_string())
+        }
+        _ => Err("Choose an expiry from the list or type a time, not both.".into()),
+    }
+}
+
+/// `POST /ui/accounts/{account_id}/keys`: a new key, shown once on the account's page.
+pub async fn create_key(
+    State(web): WebState,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    form: Result<Form<OperatorForm>, FormRejection>,
+) -> Response {
+    let (session, form) = match check_post(&web, &headers, form) {
+        Ok(checked) => checked,
+        Err(response) => return response,
+    };
+    let Ok(Path(account_id)) = path else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            Some(&session),
+            "There is no such account.",
+        );
+    };
+    let back = format!("/ui/accounts/{}", url_segment(&account_id));
+    let key_type = match form.key_type.as_str() {
+        "secret" => KeyType::Secret,
+        "publishable" => KeyType::Publishable,
+        _ => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                Some(&session),
+                "Choose the key's type.",
+            )
+        }
+    };
+    let environment = match form.environment.as_str() {
+        "test" => Environment::Test,
+        "production" => Environment::Production,
+        _ => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                Some(&session),
+                "Choose the key's environment.",
+            )
+        }
+    };
+    let expires_at = match form_expiry(&form, now_unix()) {
+        Ok(at) => at,
+        Err(message) => {
+            web.sessions.set_notice(
+                &session.id,
+                Notice::Error(format!("The key was not added: {message}")),
+            );
+            return see_other(&back);
+        }
+    };
+    let spec = KeySpec {
+        kind: KeyKind::new(key_type, environment),
+        name: Some(form.name.trim().to_string()).filter(|n| !n.is_empty()),
+        expires_at,
+    };
+    let actor = Actor::operator(&session.tag(), ip);
+    let id = account_id.clone();
+    let created = run(&web, true, move |service, now| {
+        service.create_key(&id, &spec, now, &actor)
+    })
+    .await;
+    let created = match created {
+        Ok(created) => created,
+        Err(f) if f.status == StatusCode::NOT_FOUND => {
+            return error_page(f.status, Some(&session), &f.message)
+        }
+        Err(f) => {
+            web.sessions.set_notice(
+                &session.id,
+                Notice::Error(format!("The key was not added: {}", f.message)),
+            );
+            return see_other(&back);
+        }
+    };
+    let key = &created.value.record;
+    log_event(&format!(
+        "key {} ({}) created for account {} (web page; key map version {})",
+        key.key_id, key.hint, key.account_id, created.version
+    ));
+    web.sessions.set_new_keys(
+        &session.id,
+        NewKeys::new(
+            key.account_id.clone(),
+            vec![ShownKey {
+                key_id: key.key_id.clone(),
+                kind: key.kind(),
+                plaintext: created.value.plaintext.clone(),
+            }],
+        ),
+    );
+    let expiry = match key.expires_at {
+        Some(at) => format!(" It expires at {}.", crate::clock::format_utc(at)),
+        None => String::new(),
+    };
+    web.sessions.set_notice(
+        &session.id,
+        Notice::Info(format!(
+            "Added a {}.{expiry}",
+            kind_label(key.kind()).to_lowercase()
+        )),
+    );
+    see_other(&format!("{back}#{}", url_segment(&key.key_id)))
+}
+
+// ---------------------------------------------------------------------------------------
+// The audit trail
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct AuditPageQuery {
+    account: Option<String>,
+    before: Option<u64>,
+}
+
+pub struct AuditRow {
+    at: Stamp,
+    who: String,
+    client: String,
+    action: String,
+    account_id: Option<String>,
+    keys: String,
+    detail: String,
+}
+
+#[derive(Template)]
+#[template(path = "operator/audit.html")]
+struct AuditPage {
+    chrome: Chrome,
+    account: Option<String>,
+    rows: Vec<AuditRow>,
+    older: Option<String>,
+}
+
+/// `who` of an event in words: `operator (session 3f2a9c1b)`, `customer usr_…`, `cli (ann)`.
+pub fn actor_words(actor: &crate::model::ActorView) -> String {
+    match (&actor.kind[..], &actor.id) {
+        ("admin_token", _) => "admin token (API)".into(),
+        ("operator", Some(id)) => format!("operator ({id})"),
+        ("customer", Some(id)) => format!("customer {id}"),
+        ("cli", Some(user)) => format!("CLI on the database ({user})"),
+        ("cli", None) => "CLI on the database".into(),
+        ("server", _) => "keygatectl serve".into(),
+        (kind, _) => kind.to_string(),
+    }
+}
+
+/// Key ids of an event, at most a few of them.
+pub fn key_ids_words(ids: &[String]) -> String {
+    let shown: Vec<&str> = ids.iter().take(4).map(String::as_str).collect();
+    match ids.len() {
+        0 => String::new(),
+        n if n > 4 => format!("{} and {} more", shown.join(", "), n - 4),
+        _ => shown.join(", "),
+    }
+}
+
+pub async fn audit_page(
+    State(web): WebState,
+    headers: HeaderMap,
+    query: Result<Query<AuditPageQuery>, QueryRejection>,
+) -> Response {
+    let Some(session) = web.session(&headers) else {
+        return to_login("expired");
+    };
+    let Ok(Query(query)) = query else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            Some(&session),
+            "The page's address is not valid.",
+        );
+    };
+    let account = query
+        .account
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty());
+    let audit_query = AuditQuery {
+        account_id: account.clone(),
+        since: None,
+        before: query.before,
+        limit: AUDIT_PAGE,
+    };
+    let listed = run(&web, false, move |service, _| service.audit(&audit_query)).await;
+    let listed = match listed {
+        Ok(listed) => listed,
+        Err(f) => return error_page(f.status, Some(&session), &f.message),
+    };
+    let older = listed.next_before.map(|before| match &account {
+        Some(a) => format!("/ui/audit?account={}&before={before}", url_segment(a)),
+        None => format!("/ui/audit?before={before}"),
+    });
+    let page = AuditPage {
+        chrome: Chrome::operator("Audit trail", Some(&session.csrf)),
+        account,
+        rows: listed
+            .events
+            .iter()
+            .map(|e| AuditRow {
+                at: Stamp::new(e.at),
+                who: actor_words(&e.actor),
+                client: e.actor.client.clone().unwrap_or_else(|| "local".into()),
+                action: e.action.clone(),
+                account_id: e.account_id.clone(),
+                keys: key_ids_words(&e.key_ids),
+                detail: e.detail.clone().unwrap_or_default(),
+            })
+            .collect(),
+        older,
     };
     render(StatusCode::OK, &page)
 }
@@ -872,6 +1147,9 @@ pub async fn key_action(
             "There is no such page.",
         );
     };
+    if action == "rename" {
+        return rename_key(web, ip, session, key_id, form.name).await;
+    }
     let change = match action.as_str() {
         "roll" => None,
         "revoke" => Some(KeyChange::Revoke),
@@ -1003,6 +1281,63 @@ pub async fn key_action(
     }
 }
 
+/// `POST /ui/keys/{key_id}/rename`: an empty name removes it.
+async fn rename_key(
+    web: Arc<Web>,
+    ip: IpAddr,
+    session: SessionInfo,
+    key_id: String,
+    name: String,
+) -> Response {
+    let actor = Actor::operator(&session.tag(), ip);
+    let id = key_id.clone();
+    let renamed = run(&web, false, move |service, now| {
+        match service.rename_key(&id, Some(&name), now, &actor) {
+            Ok(key) => Ok(Ok(key)),
+            Err(e) => {
+                let account = service.store().key(&id).ok().map(|k| k.account_id);
+                Ok(Err((Failed::from(e), account)))
+            }
+        }
+    })
+    .await;
+    match renamed {
+        Ok(Ok(key)) => {
+            log_event(&format!(
+                "key {} ({}) renamed (web page)",
+                key.key_id, key.hint
+            ));
+            let said = match &key.name {
+                Some(name) => format!("is now named “{name}”"),
+                None => "has no name now".into(),
+            };
+            web.sessions.set_notice(
+                &session.id,
+                Notice::Info(format!(
+                    "The {} {} {said}.",
+                    kind_label(key.kind()).to_lowercase(),
+                    key.hint
+                )),
+            );
+            see_other(&format!(
+                "/ui/accounts/{}#{}",
+                url_segment(&key.account_id),
+                url_segment(&key.key_id)
+            ))
+        }
+        Ok(Err((failed, Some(account)))) => {
+            web.sessions.set_notice(
+                &session.id,
+                Notice::Error(format!("The name was not changed: {}", failed.message)),
+            );
+            see_other(&format!("/ui/accounts/{}", url_segment(&account)))
+        }
+        Ok(Err((failed, None))) | Err(failed) => {
+            error_page(failed.status, Some(&session), &failed.message)
+        }
+    }
+}
+
 enum Outcome {
     Rolled(Box<crate::service::Changed<crate::model::RolledView>>),
     Changed(KeyChange, Box<crate::service::Changed<KeyView>>),
@@ -1053,6 +1388,7 @@ mod tests {
             users: Vec::new(),
             csrf: "tok\"en".into(),
             grace_choices: GRACE_CHOICES.to_vec(),
+            expiry_choices: EXPIRY_CHOICES.to_vec(),
         }
         .render()
         .expect("render")

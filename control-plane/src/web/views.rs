@@ -4,7 +4,9 @@
 
 use super::html::{asset_version, kind_label, relative, type_label};
 use super::session::{NewKeys, Notice};
+use super::usage_chart::{chart, last_used_words, safe_to_revoke, UsageChart};
 use crate::clock::format_utc;
+use crate::model::KeyUsageView;
 use crate::model::KeyView;
 use askama::Template;
 use axum::http::StatusCode;
@@ -122,6 +124,17 @@ pub struct KeyRow {
     pub toggle: &'static str,
     pub toggle_label: &'static str,
     pub kind_label: String,
+    /// The key's name, if it has one (never in the key map or logs).
+    pub name: Option<String>,
+    /// `last used 3 min ago` or `never used`.
+    pub last_used: String,
+    pub last_used_at: Option<Stamp>,
+    /// Requests a day over the last 30 days (pages that show usage).
+    pub chart: Option<UsageChart>,
+    /// An old key in its grace period that nobody used since the roll.
+    pub safe_to_revoke: bool,
+    /// When its roll began (for the safe-to-revoke note).
+    pub rolled_stamp: Option<Stamp>,
 }
 
 impl KeyRow {
@@ -141,7 +154,7 @@ impl KeyRow {
         };
         let (rollable, no_roll_reason) = if key.replaced_by.is_some() {
             (false, "Rolled: its replacement is listed above.")
-        } else if matches!(key.status.as_str(), "active" | "disabled") {
+        } else if matches!(key.status.as_str(), "active" | "disabled" | "expiring") {
             (true, "")
         } else {
             (false, "No longer in use.")
@@ -172,7 +185,27 @@ impl KeyRow {
                 "Disable"
             },
             kind_label: kind_label(key.kind()),
+            name: key.name.clone(),
+            last_used: last_used_words(key, now),
+            last_used_at: key.last_used_at.map(Stamp::new),
+            chart: None,
+            safe_to_revoke: false,
+            rolled_stamp: key.rolled_at.map(Stamp::new),
         }
+    }
+
+    /// The row with the key's 30-day chart and, for an old key in its grace period, whether
+    /// it is safe to revoke early.
+    pub fn with_usage(
+        mut self,
+        key: &KeyView,
+        usage: Option<&KeyUsageView>,
+        last_report_at: Option<u64>,
+        now: u64,
+    ) -> KeyRow {
+        self.chart = Some(chart(usage, now));
+        self.safe_to_revoke = safe_to_revoke(key, last_report_at);
+        self
     }
 }
 

@@ -92,6 +92,14 @@ pub fn router(app: Arc<AppState>, options: CustomerOptions) -> (Router, Arc<Cust
             "/settings/account/keys/{key_id}/roll",
             post(settings::roll_key),
         )
+        .route(
+            "/settings/account/keys/{key_id}/rename",
+            post(settings::rename_key),
+        )
+        .route(
+            "/settings/account/keys/{key_id}/revoke",
+            post(settings::revoke_key),
+        )
         .with_state(Arc::clone(&web));
     (router, web)
 }

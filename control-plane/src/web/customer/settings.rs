@@ -1,18 +1,24 @@
 //! Settings → Account: the signed-in customer's four keys, masked (prefix and last four) with
-//! their created and last-rolled times, each rollable now or after a grace period. A key just
-//! made (at sign-up or by a roll) is shown once, in full, on the page the form leads to.
-//! Another account's key is "not found", whatever its id: nothing tells it exists.
+//! their names, created and last-rolled times, when each was last used and a 30-day chart of
+//! its requests; each rollable now or after a grace period, and nameable. An old key in its
+//! grace period can be ended at once (and says when nobody has used it since the roll). A
+//! key just made (at sign-up or by a roll) is shown once, in full, on the page the form
+//! leads to. The account's recent activity (the audit trail) closes the page. Another
+//! account's key is "not found", whatever its id: nothing tells it exists.
 
 use super::forms::{link, message_page, Note};
 use super::login::check_signed_in_post;
 use super::WebState;
 use crate::log::log_event;
-use crate::model::KeyView;
+use crate::model::{AccountUsageView, AuditEventView, KeyUsageView, KeyView};
+use crate::service::KeyChange;
 use crate::service::ServiceError;
 use crate::store::Actor;
+use crate::store::AuditQuery;
 use crate::store::StoreError;
 use crate::web::pages::GRACE_CHOICES;
 use crate::web::session::{NewKeys, Notice, ShownKey};
+use crate::web::usage_chart::CHART_DAYS;
 use crate::web::views::{render, shown_keys, Chrome, KeyRow, NoticeView, ShownKeyView, Stamp};
 use crate::web::{url_segment, ClientIp};
 use askama::Template;
@@ -43,14 +49,80 @@ pub struct SettingsAccount {
     pub groups: Vec<KeyGroup>,
     pub grace_choices: Vec<(u64, &'static str)>,
     pub session_ends: Stamp,
+    pub activity: Vec<ActivityRow>,
+}
+
+/// One event of the account's audit trail, as its customer reads it.
+pub struct ActivityRow {
+    pub at: Stamp,
+    pub what: String,
+    pub who: String,
+    pub from: String,
+    pub detail: String,
+}
+
+/// Events shown on the page.
+const ACTIVITY_SHOWN: usize = 20;
+
+fn what_happened(action: &str) -> &'static str {
+    match action {
+        "account.created" => "Account created",
+        "user.signed_up" => "Signed up: the account and its keys were created",
+        "key.created" => "Key created",
+        "key.rolled" => "Key rolled",
+        "key.revoked" => "Key revoked",
+        "key.disabled" => "Key disabled",
+        "key.enabled" => "Key enabled",
+        "key.renamed" => "Key renamed",
+        "key.imported" => "Keys imported",
+        "user.signed_in" => "Signed in",
+        "user.signed_out" => "Signed out",
+        "user.signed_out_everywhere" => "Signed out everywhere",
+        "user.password_reset" => "Password reset",
+        "user.disabled" => "Sign-in disabled",
+        "user.enabled" => "Sign-in enabled",
+        "account.disabled" => "Account's sign-in disabled",
+        "account.enabled" => "Account's sign-in enabled",
+        _ => "Changed",
+    }
+}
+
+/// Who, in the customer's words; the address only for their own actions (an operator's is
+/// not theirs to see).
+fn activity_row(event: &AuditEventView, user_id: &str) -> ActivityRow {
+    let own = event.actor.kind == "customer" && event.actor.id.as_deref() == Some(user_id);
+    let who = match event.actor.kind.as_str() {
+        "customer" if own => "you",
+        "customer" => "another person of the account",
+        "server" => "keygate",
+        _ => "the operator",
+    };
+    ActivityRow {
+        at: Stamp::new(event.at),
+        what: what_happened(&event.action).to_string(),
+        who: who.to_string(),
+        from: match (&event.actor.client, own) {
+            (Some(client), true) => client.clone(),
+            _ => String::new(),
+        },
+        detail: event.detail.clone().unwrap_or_default(),
+    }
 }
 
 pub async fn settings_root() -> Response {
     crate::web::see_other("/settings/account")
 }
 
-/// Keys in use (and old keys still in their grace period), by environment, secret first.
-fn groups(keys: &[KeyView], now: u64) -> Vec<KeyGroup> {
+/// Keys in use (and old keys still in their grace period), by environment, secret first,
+/// each with its use.
+fn groups(
+    keys: &[KeyView],
+    usage: &AccountUsageView,
+    last_report: Option<u64>,
+    now: u64,
+) -> Vec<KeyGroup> {
+    let usage: HashMap<&str, &KeyUsageView> =
+        usage.keys.iter().map(|u| (u.key_id.as_str(), u)).collect();
     let last_rolled: HashMap<&str, u64> = keys
         .iter()
         .filter_map(|k| Some((k.replaced_by.as_deref()?, k.rolled_at?)))
@@ -78,7 +150,14 @@ fn groups(keys: &[KeyView], now: u64) -> Vec<KeyGroup> {
         rows: live
             .iter()
             .filter(|k| k.environment == environment)
-            .map(|k| KeyRow::new(k, last_rolled.get(k.key_id.as_str()).copied(), now))
+            .map(|k| {
+                KeyRow::new(k, last_rolled.get(k.key_id.as_str()).copied(), now).with_usage(
+                    k,
+                    usage.get(k.key_id.as_str()).copied(),
+                    last_report,
+                    now,
+                )
+            })
             .collect(),
     })
     .collect()
@@ -93,10 +172,19 @@ pub async fn account_page(State(web): WebState, headers: HeaderMap) -> Response 
     let account_id = signed.owner.account.id.clone();
     let detail = web
         .run(false, move |service, now| {
-            Ok((service.keys(Some(&account_id), now)?, now))
+            let keys = service.keys(Some(&account_id), now)?;
+            let usage = service.account_usage(&account_id, CHART_DAYS, now)?;
+            let last_report = service.store().last_report_at()?;
+            let activity = service.audit(&AuditQuery {
+                account_id: Some(account_id.clone()),
+                since: None,
+                before: None,
+                limit: ACTIVITY_SHOWN,
+            })?;
+            Ok((keys, usage, last_report, activity, now))
         })
         .await;
-    let (keys, now) = match detail {
+    let (keys, usage, last_report, activity, now) = match detail {
         Ok(detail) => detail,
         Err(response) => return response,
     };
@@ -111,9 +199,14 @@ pub async fn account_page(State(web): WebState, headers: HeaderMap) -> Response 
         csrf: signed.csrf.clone(),
         notice: notice.map(NoticeView::from),
         new_keys: shown_keys(new_keys),
-        groups: groups(&keys, now),
+        groups: groups(&keys, &usage, last_report, now),
         grace_choices: GRACE_CHOICES.to_vec(),
         session_ends: Stamp::new(signed.owner.expires_at),
+        activity: activity
+            .events
+            .iter()
+            .map(|e| activity_row(e, &signed.owner.user.id))
+            .collect(),
     };
     render(StatusCode::OK, &page)
 }
@@ -123,6 +216,7 @@ pub async fn account_page(State(web): WebState, headers: HeaderMap) -> Response 
 pub struct RollForm {
     csrf: String,
     grace: String,
+    name: String,
 }
 
 fn not_yours() -> Response {
@@ -246,4 +340,123 @@ pub async fn roll_key(
         "/settings/account#{}",
         url_segment(&new.record.key_id)
     ))
+}
+
+/// What a key form does besides rolling.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyEdit {
+    Rename,
+    /// End an old key in its roll's grace period now.
+    EndGrace,
+}
+
+/// `POST /settings/account/keys/{key_id}/rename` (`name`; empty removes it).
+pub async fn rename_key(
+    state: State<std::sync::Arc<super::CustomerWeb>>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    form: Result<Form<RollForm>, FormRejection>,
+) -> Response {
+    edit_key(state, ip, headers, path, form, KeyEdit::Rename).await
+}
+
+/// `POST /settings/account/keys/{key_id}/revoke`: only an old key still in its grace period
+/// (the customer's other keys are ended by rolling them).
+pub async fn revoke_key(
+    state: State<std::sync::Arc<super::CustomerWeb>>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    form: Result<Form<RollForm>, FormRejection>,
+) -> Response {
+    edit_key(state, ip, headers, path, form, KeyEdit::EndGrace).await
+}
+
+async fn edit_key(
+    State(web): WebState,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    form: Result<Form<RollForm>, FormRejection>,
+    edit: KeyEdit,
+) -> Response {
+    let form = form.map(|Form(f)| f).unwrap_or_default();
+    let signed = match check_signed_in_post(&web, &headers, &form.csrf).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let Ok(Path(key_id)) = path else {
+        return not_yours();
+    };
+    let account_id = signed.owner.account.id.clone();
+    let actor = Actor::customer(&signed.owner.user.id, ip);
+    let id = key_id.clone();
+    let name = form.name;
+    let done = web
+        .run(false, move |service, now| {
+            let key = match service.store().key(&id) {
+                Ok(key) if key.account_id == account_id => key,
+                Ok(_) | Err(StoreError::KeyNotFound(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let result = match edit {
+                KeyEdit::Rename => service.rename_key(&id, Some(&name), now, &actor),
+                KeyEdit::EndGrace if key.replaced_by.is_none() || !key.in_key_map(now) => {
+                    return Ok(Some(Err(
+                        "only an old key still in its grace period can be ended here; roll a key to replace it"
+                            .to_string(),
+                    )))
+                }
+                KeyEdit::EndGrace => service
+                    .change_key(&id, KeyChange::Revoke, now, &actor)
+                    .map(|changed| changed.value),
+            };
+            match result {
+                Ok(key) => Ok(Some(Ok(key))),
+                Err(ServiceError::Invalid(message)) => Ok(Some(Err(message))),
+                Err(ServiceError::Store(e @ StoreError::KeyState { .. })) => {
+                    Ok(Some(Err(e.to_string())))
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+    let key = match done {
+        Ok(Some(Ok(key))) => key,
+        Ok(Some(Err(message))) => {
+            web.flash.notice(
+                &signed.id,
+                Notice::Error(format!("Nothing was changed: {message}.")),
+            );
+            return crate::web::see_other("/settings/account");
+        }
+        Ok(None) => return not_yours(),
+        Err(response) => return response,
+    };
+    if edit == KeyEdit::EndGrace {
+        web.app.refresh_key_map_status();
+    }
+    let label = crate::web::html::kind_label(key.kind()).to_lowercase();
+    let said = match edit {
+        KeyEdit::Rename => {
+            log_event(&format!(
+                "key {} ({}) renamed by {}",
+                key.key_id, key.hint, signed.owner.user.id
+            ));
+            match &key.name {
+                Some(name) => format!("The {label} {} is now named “{name}”.", key.hint),
+                None => format!("The {label} {} has no name now.", key.hint),
+            }
+        }
+        KeyEdit::EndGrace => {
+            log_event(&format!(
+                "old key {} ({}) ended by {}",
+                key.key_id, key.hint, signed.owner.user.id
+            ));
+            format!("The old {label} {} stopped working.", key.hint)
+        }
+    };
+    web.flash.notice(&signed.id, Notice::Info(said));
+    crate::web::see_other(&format!("/settings/account#{}", url_segment(&key.key_id)))
 }
