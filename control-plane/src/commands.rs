@@ -163,7 +163,7 @@ fn key(admin: &Admin, command: &KeyCommand, json: bool) -> Result<(), CliError> 
         }
         KeyCommand::Rename { key_id, name, .. } => {
             let renamed = admin.rename_key(key_id, name.as_deref())?;
-            print(json, &renamed, || output::key_changed(&renamed, "renamed"))
+            print(json, &renamed, || output::renamed(&renamed))
         }
         KeyCommand::Revoke { key_id } => change(admin, key_id, KeyChange::Revoke, json),
         KeyCommand::Disable { key_id } => change(admin, key_id, KeyChange::Disable, json),

@@ -48,7 +48,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Input(_)
-            | CliError::Service(ServiceError::Invalid(_))
+            | CliError::Service(ServiceError::Invalid(_) | ServiceError::ImportRefused(_))
             | CliError::Token(_)
             | CliError::SyncToken(
                 SyncTokenError::NeedsFile | SyncTokenError::NoPlaceholder { .. },

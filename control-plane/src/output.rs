@@ -217,6 +217,13 @@ pub fn rolled(rolled: &RolledView, now: u64) -> String {
     )
 }
 
+pub fn renamed(key: &KeyView) -> String {
+    match &key.name {
+        Some(name) => format!("Key {} ({}) is now named “{name}”.\n", key.key_id, key.hint),
+        None => format!("Key {} ({}) has no name now.\n", key.key_id, key.hint),
+    }
+}
+
 pub fn key_changed(key: &KeyView, verb: &str) -> String {
     format!(
         "Key {} ({}) {verb}; status: {}.\n",
