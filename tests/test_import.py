@@ -28,11 +28,10 @@ def stack(request, upstream):
     return ctl, envoy
 
 
-def import_file(ctl, path, *extra):
-    return subprocess.run(
-        [str(CTL), "--database", str(ctl.db), *extra, "key", "import", "--file", str(path)],
-        capture_output=True, text=True, timeout=120,
-    )
+def import_file(ctl, path, json_out=False, dry_run=False):
+    argv = [str(CTL), "--database", str(ctl.db)] + (["--json"] if json_out else [])
+    argv += ["key", "import", "--file", str(path)] + (["--dry-run"] if dry_run else [])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
 def jsonl_line(key, account, index):
@@ -79,12 +78,12 @@ def test_ten_thousand_keys_refused_whole_for_bad_lines_then_imported_reach_envoy
 
     good_file = tmp_path / "keys.jsonl"
     good_file.write_text("\n".join(lines) + "\n")
-    dry = import_file(ctl, good_file, "--json", "--dry-run")
+    dry = import_file(ctl, good_file, json_out=True, dry_run=True)
     assert dry.returncode == 0, dry.stderr
     assert len(json.loads(dry.stdout)["added"]) == COUNT
     assert ctl.store_status()["version"] == before
 
-    done = import_file(ctl, good_file, "--json")
+    done = import_file(ctl, good_file, json_out=True)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert len(report["added"]) == COUNT and report["unchanged"] == []
@@ -108,7 +107,7 @@ def test_ten_thousand_keys_refused_whole_for_bad_lines_then_imported_reach_envoy
     assert "expires_at" not in entries[keylib.digest(plaintexts[0])]
 
     # Again: every key is already stored as asked; nothing changes.
-    again = import_file(ctl, good_file, "--json")
+    again = import_file(ctl, good_file, json_out=True)
     assert again.returncode == 0, again.stderr
     rerun = json.loads(again.stdout)
     assert rerun["added"] == [] and len(rerun["unchanged"]) == COUNT
