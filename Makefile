@@ -105,10 +105,11 @@ soak: build venv
 	$(VENV)/bin/python tests/soak.py --seconds $(SOAK_SECONDS)
 
 # Throughput, latency and CPU against Envoy's native filter, Lua and a floor wasm filter;
-# a million keys; sync cost; delta polls while unknown-since polls hammer keygatectl.
+# a million keys; sync cost; delta polls while unknown-since polls hammer keygatectl; a bulk
+# import of 100,000 keys reaching syncing Envoys.
 # Writes BENCHMARKS.md. Needs a quiet machine (~12 min).
 bench:
-	bash bench/run.sh --instructions --million --sync-cost --unknown-since $(BENCH_ARGS)
+	bash bench/run.sh --instructions --million --sync-cost --unknown-since --bulk-import $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

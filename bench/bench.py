@@ -19,6 +19,9 @@ Sections:
                 a real `keygatectl serve` with 1,000,000 keys: a filter's delta poll while
                 50 clients hammer `?since=<a version it never issued>` (answered from the
                 cached full map, which is built once)
+  --bulk-import a real `keygatectl serve` with two syncing Envoys (wasm filter, native
+                module): `keygatectl key import --file` of 100,000 keys, and how soon both
+                Envoys accept them
 
 Only 127.0.0.1. Results are printed and written into BENCHMARKS.md (between the
 `bench:results` markers) unless --no-write.
@@ -1500,6 +1503,115 @@ def sync_cost_tables(args, s):
 
 
 # ---------------------------------------------------------------------------------------
+# The bulk-import section: `keygatectl key import --file` with many keys, and how soon a
+# syncing Envoy (the wasm filter and the native module) accepts them.
+
+def import_lines(rng, account_id, n):
+    """`n` JSONL lines, half plaintext keys (hashed by the CLI), half digests; and the
+    plaintexts, for requests through Envoy."""
+    kinds = [("secret", "test"), ("secret", "production"), ("publishable", "test")]
+    lines, keys = [], []
+    for i in range(n):
+        key_type, environment = kinds[i % len(kinds)]
+        key = make_key(rng, key_type, environment)
+        keys.append(key)
+        if i % 2 == 0:
+            lines.append(f'{{"key":"{key}","account":"{account_id}","name":"legacy {i}"}}')
+        else:
+            lines.append(f'{{"digest":"{digest(key)}","type":"{key_type}",'
+                         f'"environment":"{environment}","account":"{account_id}"}}')
+    return lines, keys
+
+
+def run_import(ctl, path, *extra):
+    """Seconds a `key import --file` on the database took (the server keeps running)."""
+    t0 = time.monotonic()
+    out = subprocess.run([str(CTL), "--database", str(ctl.db), "--json", "key", "import",
+                          "--file", str(path), *extra], capture_output=True, text=True)
+    elapsed = time.monotonic() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"key import failed: {out.stderr[:500]}")
+    return elapsed, json.loads(out.stdout)
+
+
+def bulk_import(args, workdir):
+    out = {"keys": args.import_keys}
+    ctl = Keygatectl(workdir, args.envoy_core)
+    envoys = []
+    try:
+        account = ctl.admin("POST", "/v1/accounts", {"name": "bench-import"})
+        account_id = account["account"]["id"]
+        sk = next(k for k in account["keys"] if k["type"] == "secret" and k["environment"] == "test")
+        # Envoy in sync mode against the real keygatectl: the wasm filter and the native
+        # module, two workers each, both with the account's first map.
+        services, block, cluster = keygate_sync_parts(ctl.port, ctl.sync_token)
+        admin, wasm_port = free_port(), free_port()
+        envoys.append(("wasm filter", wasm_port, Envoy(
+            base_config(admin, wasm_port, [block], clusters=[cluster], bootstrap_extensions=services),
+            "import-wasm", workdir, args.envoy_core, concurrency=2).start()))
+        admin, native_port = free_port(), free_port()
+        envoys.append(("native module", native_port, Envoy(
+            synced_config(admin, native_port, ctl.port, None, native=True, bearer_token=ctl.sync_token),
+            "import-native", workdir, args.envoy_core, concurrency=2).start()))
+        for _, port, _ in envoys:
+            wait_status(port, {"Authorization": f"Bearer {sk['key']}"}, 200, timeout=60)
+        lines, keys = import_lines(random.Random(21), account_id, args.import_keys)
+        path = Path(workdir) / "import.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        out["file_bytes"] = path.stat().st_size
+        log(f"importing {args.import_keys:,} keys with `keygatectl key import --file`")
+        out["dry_run_s"], _ = run_import(ctl, path, "--dry-run")
+        import_started = time.monotonic()
+        out["import_s"], report = run_import(ctl, path)
+        imported_at = time.monotonic()
+        assert len(report["added"]) == args.import_keys, "every key added"
+        # The last key of the file (the last one written) on each Envoy: seconds after the
+        # import ended, and after it started.
+        probes = [keys[-1], keys[-2], keys[0]]
+        pending = {name: port for name, port, _ in envoys}
+        out["reach_s"] = {}
+        deadline = imported_at + 120
+        while pending and time.monotonic() < deadline:
+            for name, port in list(pending.items()):
+                if all(get(port, PATH, {"Authorization": f"Bearer {k}"}, timeout=5)[0] in (200, 403)
+                       for k in probes):
+                    now = time.monotonic()
+                    out["reach_s"][name] = (now - imported_at, now - import_started)
+                    del pending[name]
+            time.sleep(0.02)
+        if pending:
+            raise RuntimeError(f"the imported keys never reached {', '.join(pending)}")
+        out["again_s"], again = run_import(ctl, path)
+        assert again["added"] == [] and len(again["unchanged"]) == args.import_keys
+        status, _, body, _, _ = ctl.key_map()
+        out["map_bytes"] = len(body)
+    finally:
+        for _, _, envoy in envoys:
+            envoy.stop()
+        ctl.stop()
+    return out
+
+
+def bulk_import_tables(args, b):
+    n = fmt_num(b["keys"])
+    rows = [
+        ["keys in the file (half plaintext, hashed by the CLI; half digests)",
+         f"{n} ({fmt_num(b['file_bytes'])} B)"],
+        ["`key import --file --dry-run` (checks everything, writes nothing)", f"{b['dry_run_s']:.2f} s"],
+        [f"`key import --file`: {n} keys checked and written in one transaction (SQLite, `serve` running)",
+         f"{b['import_s']:.2f} s"],
+    ]
+    for name, (after_end, after_start) in b["reach_s"].items():
+        rows.append([f"import done → every probed key accepted by a syncing Envoy ({name}, 2 workers, poll interval 1 s)",
+                     f"{after_end:.2f} s ({after_start:.2f} s from the import's start)"])
+    rows += [
+        ["the same file again (every key already stored: nothing written)", f"{b['again_s']:.2f} s"],
+        ["full key map afterwards (JSON body)", f"{fmt_num(b['map_bytes'])} B"],
+    ]
+    return table(["measure", "value"], rows)
+
+
+# ---------------------------------------------------------------------------------------
 # The unknown-since section: polls keygatectl never issued cost a lookup, not a build.
 
 def fill_keygatectl_database(db, n):
@@ -1743,6 +1855,9 @@ def parse_args(argv=None):
     p.add_argument("--unknown-since-keys", type=int, default=1_000_000)
     p.add_argument("--unknown-since-clients", type=int, default=50)
     p.add_argument("--unknown-since-seconds", type=int, default=12)
+    p.add_argument("--bulk-import", action="store_true",
+                   help="also run the bulk-import section (real keygatectl, 2 Envoys)")
+    p.add_argument("--import-keys", type=int, default=100_000, help="keys in the imported file")
     p.add_argument("--roll-samples", type=int, default=40,
                    help="rolls timed until the old key is refused on every worker")
     p.add_argument("--instructions", action="store_true",
@@ -1772,8 +1887,10 @@ def preflight(args):
         need.append((KEYGATE_NATIVE, "run `make native`"))
     if any(c.startswith("dynamic-") for c in args.configs):
         need.append((DYNAMIC_FLOOR, "run `cargo build --release` in bench/dynamic-floor"))
-    if args.sync_cost or args.unknown_since:
+    if args.sync_cost or args.unknown_since or args.bulk_import:
         need.append((CTL, "run `cargo build --release -p keygatectl`"))
+    if args.bulk_import:
+        need.append((KEYGATE_NATIVE, "run `make native`"))
     for path, fix in need:
         if not path.exists():
             missing.append(f"{path} is missing: {fix}")
@@ -1830,6 +1947,11 @@ def main(argv=None):
             sections.append(("Sync cost (real keygatectl)", sync_cost_tables(args, s)))
             raw["sync_cost"] = {k: v for k, v in s.items() if k != "polls"}
             raw["sync_cost"]["polls"] = [r.as_dict() for r in s["polls"]]
+        if args.bulk_import:
+            b = bulk_import(args, workdir)
+            sections.append((f"Bulk import of {args.import_keys:,} keys (real keygatectl)",
+                             bulk_import_tables(args, b)))
+            raw["bulk_import"] = b
         if args.unknown_since:
             u = unknown_since(args, workdir)
             sections.append((f"Unknown-since polls against {u['keys']:,} keys (real keygatectl)",

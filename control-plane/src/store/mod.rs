@@ -246,7 +246,8 @@ pub enum DeltaLookup {
     /// `since` is a version this store issued and its change log still reaches back to.
     Delta(StoredKeyMap),
     /// `since` is not one of this store's versions (another lineage, or older than the
-    /// change log): only the full map answers it.
+    /// change log), or so many keys changed since (an import) that the full map is the
+    /// smaller answer (`rules::full_map_answers`): only the full map answers it.
     NotIssued,
     /// `since` is newer than this store's current version: the database was restored from
     /// an older copy, or the poller is not one of ours.

@@ -25,7 +25,8 @@ use super::import::{ImportItem, ImportReport};
 use super::lineage::{lineage_start, next_version, StoreId, VersionClock};
 use super::postgres_audit::record;
 use super::rules::{
-    corrupt, disable_changes, ensure_keys_of, name_changes, plan_roll, token_action, ChangeOp,
+    corrupt, disable_changes, ensure_keys_of, full_map_answers, name_changes, plan_roll,
+    token_action, ChangeOp,
 };
 use super::{
     Account, AccountWithKeys, DeltaLookup, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled,
@@ -653,6 +654,21 @@ fn delta_in(c: &mut Client, since: u64, now: u64) -> StoreResult<DeltaLookup> {
         )?
         .try_get(0)?;
     if !issued {
+        return Ok(DeltaLookup::NotIssued);
+    }
+    let changed: i64 = c
+        .query_one(
+            "SELECT COUNT(DISTINCT digest) FROM keymap_changes WHERE version > $1",
+            &[&since_signed],
+        )?
+        .try_get(0)?;
+    let keys_in_map = || -> StoreResult<u64> {
+        let count: i64 = c
+            .query_one("SELECT COUNT(*) FROM keys WHERE removed_at IS NULL", &[])?
+            .try_get(0)?;
+        unsigned(count)
+    };
+    if full_map_answers(unsigned(changed)?, keys_in_map)? {
         return Ok(DeltaLookup::NotIssued);
     }
     let digests = c

@@ -115,3 +115,20 @@ pub fn token_action(previous: Option<&Digest>, new: &Digest, admin: bool) -> Opt
         (Some(_), false) => Some(AuditAction::SyncTokenRotated),
     }
 }
+
+/// A delta of more changed keys than this may be answered with the full map instead.
+pub const LARGE_DELTA: u64 = 10_000;
+
+/// True when the full map should answer a `since` instead of a delta of `changed` keys: a
+/// delta entry is about 190 bytes of JSON and a full map's about 75 bytes of binary, so past
+/// a third of the map the full map is smaller, and it is built once for every poller (an
+/// import of many keys) rather than a delta for each. `keys_in_map` is asked only then.
+pub fn full_map_answers(
+    changed: u64,
+    keys_in_map: impl FnOnce() -> StoreResult<u64>,
+) -> StoreResult<bool> {
+    if changed <= LARGE_DELTA {
+        return Ok(false);
+    }
+    Ok(changed.saturating_mul(3) >= keys_in_map()?)
+}

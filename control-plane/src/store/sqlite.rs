@@ -14,7 +14,8 @@ use super::audit::{Actor, AuditAction, AuditEvent, AuditQuery, NewAuditEvent};
 use super::import::{ImportItem, ImportReport};
 use super::lineage::{lineage_start, next_version, StoreId, VersionClock};
 use super::rules::{
-    corrupt, disable_changes, ensure_keys_of, name_changes, plan_roll, token_action, ChangeOp,
+    corrupt, disable_changes, ensure_keys_of, full_map_answers, name_changes, plan_roll,
+    token_action, ChangeOp,
 };
 use super::sqlite_audit::record;
 use super::{
@@ -104,6 +105,10 @@ fn open_connection(path: &Path) -> StoreResult<OpenDb> {
     conn.pragma_update(None, "foreign_keys", true)?;
     // FULL: a key shown to its owner must survive a power cut.
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Up to 64 MiB of page cache (taken only as pages are read): a bulk import of 100,000
+    // keys touches every index page many times, and the 2 MiB default spills them to the
+    // log and reads them back hundreds of thousands of times.
+    conn.pragma_update(None, "cache_size", -65_536)?;
     migrate(&mut conn)?;
     Ok(OpenDb {
         conn,
@@ -429,20 +434,41 @@ fn delta_in(tx: &Transaction, since: u64, now: u64) -> StoreResult<DeltaLookup> 
     if !issued {
         return Ok(DeltaLookup::NotIssued);
     }
-    let mut stmt = tx.prepare_cached(
-        "SELECT DISTINCT digest FROM keymap_changes WHERE version > ?1 ORDER BY digest",
+    let changed: u64 = tx.query_row(
+        "SELECT COUNT(DISTINCT digest) FROM keymap_changes WHERE version > ?1",
+        [since],
+        |r| r.get(0),
     )?;
-    let digests = stmt
-        .query_map([since], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys_in_map = || -> StoreResult<u64> {
+        Ok(tx.query_row(
+            "SELECT COUNT(*) FROM keys WHERE removed_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?)
+    };
+    if full_map_answers(changed, keys_in_map)? {
+        return Ok(DeltaLookup::NotIssued);
+    }
+    // Each changed digest is answered with its state now, whatever happened to it in
+    // between: one query, the key (if any) beside each digest.
+    let columns: Vec<String> = KEY_COLUMNS.split(", ").map(|c| format!("k.{c}")).collect();
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {}, c.digest FROM (SELECT DISTINCT digest FROM keymap_changes \
+         WHERE version > ?1) c LEFT JOIN keys k ON k.digest = c.digest ORDER BY c.digest",
+        columns.join(", ")
+    ))?;
+    let digest_column = columns.len();
+    let mut rows = stmt.query([since])?;
     let mut upserts = Vec::new();
     let mut removes = Vec::new();
-    // Each changed digest is answered with its state now, whatever happened to it in
-    // between.
-    for digest in digests {
-        match query_keys(tx, "WHERE digest = ?1", [&digest])?.pop() {
+    while let Some(row) = rows.next()? {
+        let key = match row.get::<_, Option<String>>(0)? {
+            Some(_) => Some(key_from_row(row)?),
+            None => None,
+        };
+        match key {
             Some(key) if key.in_key_map(now) => upserts.push(key.to_raw_key()),
-            _ => removes.push(digest),
+            _ => removes.push(row.get(digest_column)?),
         }
     }
     Ok(DeltaLookup::Delta(StoredKeyMap {

@@ -17,6 +17,7 @@ on_both_backends!(
     the_audit_trail_pages_and_filters,
     an_import_is_checked_whole_then_written_once_and_again_changes_nothing,
     an_import_refuses_keys_of_another_account_or_kind_and_lines_given_twice,
+    after_a_large_import_pollers_get_the_full_map_instead_of_a_larger_delta,
     a_usage_report_counts_once_and_last_used_never_goes_back,
     usage_older_than_the_retention_is_pruned,
     concurrent_reports_from_many_replicas_add_up_exactly,
@@ -217,7 +218,9 @@ fn every_change_is_audited_with_its_actor_and_nothing_else_is(db: &dyn TestDb) {
         .expect("enable account");
 
     let events = trail(&*store);
-    let seen: Vec<(u64, &str, ActorKind, Option<&str>, Option<&str>)> = events
+    /// When, what, who, from where, which account.
+    type Seen<'a> = (u64, &'a str, ActorKind, Option<&'a str>, Option<&'a str>);
+    let seen: Vec<Seen> = events
         .iter()
         .map(|e| {
             (
@@ -473,6 +476,34 @@ fn an_import_refuses_keys_of_another_account_or_kind_and_lines_given_twice(db: &
         store.key("key_fresh"),
         Err(StoreError::KeyNotFound(_))
     ));
+}
+
+fn after_a_large_import_pollers_get_the_full_map_instead_of_a_larger_delta(db: &dyn TestDb) {
+    use keygate_sync_core::message::KeyMapMessage;
+    let store = db.open();
+    create(&*store, "a", 1);
+    let before = store.key_map_status().expect("status").version;
+    let count = super::super::rules::LARGE_DELTA + 1;
+    let items: Vec<ImportItem> = (0..count)
+        .map(|i| item(i + 1, "a", KeyKind::ALL[0], &format!("bulk-{i}")))
+        .collect();
+    store.import_keys(&items, 2, &who(), true).expect("import");
+    // More than a third of the map changed: the full map answers, not a delta.
+    assert_eq!(
+        store.key_map_delta(before, 2).expect("lookup"),
+        DeltaLookup::NotIssued
+    );
+    match store.key_map(Some(before), 2).expect("map") {
+        KeyMapMessage::Full { keys, .. } => assert_eq!(keys.len() as u64, count + 4),
+        other => panic!("expected the full map, got a delta of {other:?}"),
+    }
+    // The next small change is a delta again.
+    let after = store.key_map_status().expect("status").version;
+    store.revoke_key("key_bulk-7", 3, &who()).expect("revoke");
+    match store.key_map(Some(after), 3).expect("map") {
+        KeyMapMessage::Delta { removes, .. } => assert_eq!(removes, vec![hex("bulk-7")]),
+        other => panic!("expected a delta, got {other:?}"),
+    }
 }
 
 fn report(id: &str, entries: &[(&str, u64, u64, u64)]) -> UsageReport {
