@@ -81,7 +81,9 @@ SYNC_WAIT = 15
 def test_sync_example_keys_work_and_a_roll_is_refused_on_every_worker(name, upstream,
                                                                      stopped_after):
     ctl = stopped_after(Keygatectl().start())
-    envoy = stopped_after(start_shipped(name, {8081: upstream.server_address[1], 8080: ctl.port}))
+    # The sync token placeholder too, as `keygatectl sync-token render` fills it.
+    envoy = stopped_after(start_shipped(name, {8081: upstream.server_address[1], 8080: ctl.port},
+                                        replace={"KEYGATE_SYNC_TOKEN": ctl.sync_token}))
     account, keys = ctl.create_account()
     sk, pk = keys["sk_test"], keys["pk_test"]
     wait_for(lambda: answer(envoy, sk["key"]) == (200, None), SYNC_WAIT, "the first map")
@@ -156,7 +158,8 @@ def test_replicas_example_health_checks_both_and_fails_over(name, upstream, data
     a = stopped_after(Replica(database).start())
     b = stopped_after(Replica(database, token=a.token).start())
     envoy = stopped_after(start_shipped(
-        name, {8081: upstream.server_address[1], 8080: a.port, 8082: b.port}))
+        name, {8081: upstream.server_address[1], 8080: a.port, 8082: b.port},
+        replace={"KEYGATE_SYNC_TOKEN": a.sync_token}))
     sync = harness.STATS + "keygate.sync."
     _, keys = a.create_account()
     key = keys["sk_test"]
