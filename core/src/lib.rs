@@ -39,5 +39,6 @@ pub mod keymap;
 pub mod path;
 pub mod policy;
 pub mod query;
+pub mod rate_limit;
 pub mod request_scan;
 pub mod shared_data;
