@@ -109,7 +109,7 @@ soak: build venv
 # import of 100,000 keys reaching syncing Envoys.
 # Writes BENCHMARKS.md. Needs a quiet machine (~12 min).
 bench:
-	bash bench/run.sh --instructions --million --sync-cost --unknown-since --bulk-import $(BENCH_ARGS)
+	bash bench/run.sh --instructions --million --sync-cost --unknown-since --rate-limits --bulk-import $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean
