@@ -1642,10 +1642,149 @@ def bulk_import(args, workdir):
         assert again["added"] == [] and len(again["unchanged"]) == args.import_keys
         status, _, body, _, _ = ctl.key_map()
         out["map_bytes"] = len(body)
+        for _, _, envoy in envoys:
+            envoy.stop()
+        envoys = []
+        out["usage"] = usage_report_size(args, workdir, ctl, keys)
     finally:
         for _, _, envoy in envoys:
             envoy.stop()
         ctl.stop()
+    return out
+
+
+class UsageRecorder(ThreadingHTTPServer):
+    """Between an Envoy and keygatectl: passes every call on unchanged and keeps the body of
+    each usage report (`POST /v1/usage`) the Envoy sent, with keygatectl's status."""
+
+    daemon_threads = True
+
+    def __init__(self, target_port):
+        super().__init__(("127.0.0.1", 0), _UsageRecorderHandler)
+        self.target_port = target_port
+        self.reports = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self):
+        return self.server_address[1]
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+
+
+class _UsageRecorderHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _relay(self, method):
+        body = self.rfile.read(int(self.headers.get("content-length", 0) or 0))
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("host", "connection", "content-length")}
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.target_port, timeout=300)
+        try:
+            conn.request(method, self.path, body=body or None, headers=headers)
+            r = conn.getresponse()
+            status, answer_headers, answer = r.status, r.getheaders(), r.read()
+        finally:
+            conn.close()
+        if method == "POST" and self.path == "/v1/usage":
+            with self.server.lock:
+                self.server.reports.append((status, body))
+        self.send_response(status)
+        for name, value in answer_headers:
+            if name.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
+                self.send_header(name, value)
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def do_GET(self):
+        self._relay("GET")
+
+    def do_POST(self):
+        self._relay("POST")
+
+    def log_message(self, *args):
+        pass
+
+
+def compact(doc):
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def usage_report_size(args, workdir, ctl, keys):
+    """One request with each of `args.usage_keys` keys through the native module (2 workers)
+    reporting every `args.usage_interval_ms` to keygatectl through a recorder: the reports'
+    bytes as sent, the size of one report naming them all, and keygatectl's time to store it."""
+    out = {"keys": args.usage_keys, "interval_ms": args.usage_interval_ms}
+    recorder = UsageRecorder(ctl.port)
+    envoy = None
+    try:
+        block = keygate_native_sync_filter(recorder.port, bearer_token=ctl.sync_token)
+        plugin = plugin_of(block)
+        plugin["sync"]["usage_interval_ms"] = args.usage_interval_ms
+        set_plugin(block, json.dumps(plugin))
+        admin, port = free_port(), free_port()
+        envoy = Envoy(base_config(admin, port, [block]), "usage-native", workdir,
+                      args.envoy_core, concurrency=2).start()
+        active = keys[:args.usage_keys]
+        probe = next(k for k in reversed(active) if k.startswith("sk_"))
+        wait_status(port, {"Authorization": f"Bearer {probe}"}, 200, timeout=120)
+        log(f"one request with each of {len(active):,} keys, reports every {args.usage_interval_ms} ms")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            for key in active:
+                conn.request("GET", PATH, headers={"Authorization": f"Bearer {key}"})
+                conn.getresponse().read()
+        finally:
+            conn.close()
+        deadline = time.monotonic() + 120
+        entries = {}
+        while time.monotonic() < deadline:
+            with recorder.lock:
+                reports = list(recorder.reports)
+            entries = {}
+            for status, body in reports:
+                doc = json.loads(body)
+                # The recomputed one-report size below is exact only if the edge writes
+                # compact JSON in this field order.
+                assert compact(doc).encode() == body, "a report not in compact JSON"
+                if status in (200, 204):
+                    for e in doc["keys"]:
+                        entries[e["key_id"]] = e
+            if len(entries) >= len(active):
+                break
+            time.sleep(0.1)
+        if len(entries) < len(active):
+            raise RuntimeError(f"reports named {len(entries):,} of {len(active):,} keys")
+        out["reports"] = len(reports)
+        out["bytes_sent"] = sum(len(body) for _, body in reports)
+        one = {"report_id": secrets.token_hex(16), "keys": list(entries.values())}
+        body = compact(one).encode()
+        out["one_report_bytes"] = len(body)
+        headers = {"authorization": f"Bearer {ctl.sync_token}", "content-type": "application/json"}
+        conn = http.client.HTTPConnection("127.0.0.1", ctl.port, timeout=60)
+        try:
+            t0 = time.monotonic()
+            conn.request("POST", "/v1/usage", body=body, headers=headers)
+            r = conn.getresponse()
+            r.read()
+            out["store_s"] = time.monotonic() - t0
+            assert r.status == 204, r.status
+            t0 = time.monotonic()
+            conn.request("POST", "/v1/usage", body=body, headers=headers)
+            r = conn.getresponse()
+            r.read()
+            out["duplicate_s"] = time.monotonic() - t0
+            assert r.status == 200, r.status
+        finally:
+            conn.close()
+    finally:
+        if envoy:
+            envoy.stop()
+        recorder.close()
     return out
 
 
@@ -1665,6 +1804,19 @@ def bulk_import_tables(args, b):
         ["the same file again (every key already stored: nothing written)", f"{b['again_s']:.2f} s"],
         ["full key map afterwards (JSON body)", f"{fmt_num(b['map_bytes'])} B"],
     ]
+    u = b.get("usage")
+    if u:
+        k = fmt_num(u["keys"])
+        rows += [
+            [f"usage reports from a native-module Envoy (2 workers) after one request with each of {k} keys "
+             f"(reports every {u['interval_ms'] / 1000:g} s)",
+             f"{u['reports']} reports, {fmt_num(u['bytes_sent'])} B"],
+            [f"one usage report naming {k} active keys (`POST /v1/usage` body, as the edge writes it)",
+             f"{fmt_num(u['one_report_bytes'])} B ({u['one_report_bytes'] / u['keys']:.0f} B a key)"],
+            ["keygatectl storing that report (SQLite, one transaction)", f"{u['store_s'] * 1000:.0f} ms"],
+            [f"the same report again (answered `{{\"duplicate\":true}}`, nothing counted)",
+             f"{u['duplicate_s'] * 1000:.0f} ms"],
+        ]
     return table(["measure", "value"], rows)
 
 
@@ -1919,6 +2071,10 @@ def parse_args(argv=None):
     p.add_argument("--bulk-import", action="store_true",
                    help="also run the bulk-import section (real keygatectl, 2 Envoys)")
     p.add_argument("--import-keys", type=int, default=100_000, help="keys in the imported file")
+    p.add_argument("--usage-keys", type=int, default=10_000,
+                   help="active keys in the usage-report measure (of the imported ones)")
+    p.add_argument("--usage-interval-ms", type=int, default=10_000,
+                   help="the usage report interval in that measure")
     p.add_argument("--roll-samples", type=int, default=40,
                    help="rolls timed until the old key is refused on every worker")
     p.add_argument("--instructions", action="store_true",

@@ -148,6 +148,13 @@ class Keygatectl:
         assert out.returncode == 0, out.stderr
         return remember_keys(json.loads(out.stdout))
 
+    def cli_text(self, *args):
+        """What a person sees: the CLI's table output."""
+        out = subprocess.run([str(CTL), "--database", str(self.db), *args],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
     def create_account(self):
         """The account and its keys by kind name (sk_test, pk_test, sk_production, ...)."""
         doc = self.api("POST", "/v1/accounts", {"name": "test"})
