@@ -11,6 +11,7 @@ use crate::model::{
 };
 use crate::service::{KeyChange, KeySpec, Service};
 use crate::store::{Actor, AuditQuery};
+use keygate_core::config::RawLimit;
 use keygate_sync_core::message::KeyMapMessage;
 
 pub enum Admin {
@@ -90,6 +91,19 @@ impl Admin {
                 .change_key(key_id, change, now_unix(), &Actor::cli())?
                 .value),
             Admin::Remote(c) => Ok(c.change_key(key_id, change)?),
+        }
+    }
+
+    pub fn set_rate_limit(
+        &self,
+        key_id: &str,
+        limit: Option<&RawLimit>,
+    ) -> Result<KeyView, CliError> {
+        match self {
+            Admin::Local(s) => Ok(s
+                .set_rate_limit(key_id, limit, now_unix(), &Actor::cli())?
+                .value),
+            Admin::Remote(c) => Ok(c.set_rate_limit(key_id, limit)?),
         }
     }
 

@@ -9,8 +9,9 @@ use crate::keymap_endpoint::key_map;
 use crate::log::log_event;
 use crate::model::{
     AccountListView, BulkImportRequest, CreateAccountRequest, CreateKeyRequest, ErrorBody,
-    ErrorDetail, ImportKeyRequest, KeyListView, RenameKeyRequest, RollKeyRequest,
+    ErrorDetail, ImportKeyRequest, KeyListView, RateLimitRequest, RenameKeyRequest, RollKeyRequest,
 };
+use crate::rate_limits::{describe, limit_from_json};
 use crate::service::{KeyChange, KeySpec, Service, ServiceError, ServiceResult};
 use crate::store::{Actor, AuditQuery, StoreError, StoreId};
 use crate::usage_endpoint::{report_usage, UsageSettings};
@@ -289,6 +290,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keys/{key_id}/disable", post(disable_key))
         .route("/v1/keys/{key_id}/enable", post(enable_key))
         .route("/v1/keys/{key_id}/rename", post(rename_key))
+        .route("/v1/keys/{key_id}/rate-limit", post(set_rate_limit))
         .route(
             "/v1/keys/bulk-import",
             post(bulk_import).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY_BYTES)),
@@ -368,6 +370,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Store(StoreError::KeyState { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "key_state_conflict", message)
             }
+            ServiceError::Store(StoreError::InvalidRateLimit(_)) => ApiError::invalid(message),
             ServiceError::Store(_) | ServiceError::Random(_) => ApiError::internal(&message),
         }
     }
@@ -681,6 +684,28 @@ async fn enable_key(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     change_key(state, ip, path, KeyChange::Enable).await
+}
+
+async fn set_rate_limit(
+    State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key_id = path_param(path)?;
+    let request: RateLimitRequest = parse_body(&body, None)?;
+    let limit = limit_from_json(&request.rate_limit).map_err(ApiError::invalid)?;
+    let changed = run_blocking(&state, move |service, now| {
+        service.set_rate_limit(&key_id, limit.as_ref(), now, &Actor::admin_token(ip))
+    })
+    .await?;
+    let key = &changed.value;
+    let limit = key.rate_limit.as_ref().map_or("none".into(), describe);
+    log_event(&format!(
+        "key {} ({}) rate limit {limit} (key map version {})",
+        key.key_id, key.hint, changed.version
+    ));
+    Ok(Json(&changed.value).into_response())
 }
 
 async fn rename_key(

@@ -241,6 +241,23 @@ pub enum KeyCommand {
         #[arg(long, conflicts_with = "name")]
         clear: bool,
     },
+    /// Limit a key's requests (Envoy answers 429 beyond it), or lift the limit with
+    /// --remove. Takes effect at the filters' next key-map poll, without restart.
+    Limit {
+        key_id: String,
+        /// Requests allowed per period (1 to 1000000).
+        #[arg(long, required_unless_present = "remove", value_name = "N")]
+        requests: Option<String>,
+        /// The period: second or minute.
+        #[arg(long, required_unless_present = "remove", value_name = "PERIOD")]
+        per: Option<String>,
+        /// Requests allowed at once after a quiet spell (default: --requests).
+        #[arg(long, value_name = "N")]
+        burst: Option<String>,
+        /// Remove the key's limit.
+        #[arg(long, conflicts_with_all = ["requests", "per", "burst"])]
+        remove: bool,
+    },
     /// Take a key out of service for good.
     Revoke { key_id: String },
     /// Refuse a key (the filter answers disabled_api_key) until it is enabled again.

@@ -4,10 +4,12 @@
 use crate::model::{
     AccountDetailView, AccountListView, AuditListView, BulkImportRequest, BulkImportView,
     CreateAccountRequest, CreateKeyRequest, CreatedAccountView, ErrorBody, ImportKeyRequest,
-    IssuedKeyView, KeyListView, KeyView, RenameKeyRequest, RollKeyRequest, RolledView,
+    IssuedKeyView, KeyListView, KeyView, RateLimitRequest, RenameKeyRequest, RollKeyRequest,
+    RolledView,
 };
 use crate::service::{KeyChange, KeySpec};
 use crate::store::AuditQuery;
+use keygate_core::config::RawLimit;
 use keygate_sync_core::message::KeyMapMessage;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -130,6 +132,22 @@ impl Client {
 
     pub fn import_keys(&self, request: &BulkImportRequest) -> Result<BulkImportView, ClientError> {
         self.post("/v1/keys/bulk-import", request)
+    }
+
+    pub fn set_rate_limit(
+        &self,
+        key_id: &str,
+        limit: Option<&RawLimit>,
+    ) -> Result<KeyView, ClientError> {
+        let request = RateLimitRequest {
+            rate_limit: limit.map_or(serde_json::Value::Null, |l| {
+                serde_json::json!({"requests": l.requests, "per": l.per.as_str(), "burst": l.burst})
+            }),
+        };
+        self.post(
+            &format!("/v1/keys/{}/rate-limit", encode_component(key_id)),
+            &request,
+        )
     }
 
     pub fn rename_key(&self, key_id: &str, name: Option<&str>) -> Result<KeyView, ClientError> {

@@ -14,6 +14,7 @@ use crate::hosts::AllowedHosts;
 use crate::model::{AccountListView, ImportKeyRequest, KeyListView};
 use crate::output;
 use crate::random::new_admin_token;
+use crate::rate_limits::limit_from_text;
 use crate::secret_file::replace_private;
 use crate::serve::{serve, ServeOptions, SyncTokenSetting};
 use crate::service::{parse_digest, KeyChange, KeySpec, Service};
@@ -164,6 +165,23 @@ fn key(admin: &Admin, command: &KeyCommand, json: bool) -> Result<(), CliError> 
         KeyCommand::Rename { key_id, name, .. } => {
             let renamed = admin.rename_key(key_id, name.as_deref())?;
             print(json, &renamed, || output::renamed(&renamed))
+        }
+        KeyCommand::Limit {
+            key_id,
+            requests,
+            per,
+            burst,
+            remove,
+        } => {
+            let limit = match (requests, per) {
+                (Some(requests), Some(per)) if !remove => Some(
+                    limit_from_text(requests, per, burst.as_deref().unwrap_or(""))
+                        .map_err(CliError::Input)?,
+                ),
+                _ => None,
+            };
+            let changed = admin.set_rate_limit(key_id, limit.as_ref())?;
+            print(json, &changed, || output::rate_limited(&changed))
         }
         KeyCommand::Revoke { key_id } => change(admin, key_id, KeyChange::Revoke, json),
         KeyCommand::Disable { key_id } => change(admin, key_id, KeyChange::Disable, json),

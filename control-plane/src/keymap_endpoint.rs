@@ -511,6 +511,15 @@ mod tests {
         ) -> StoreResult<Versioned<KeyRecord>> {
             self.inner.set_key_disabled(key_id, disabled, now, actor)
         }
+        fn set_rate_limit(
+            &self,
+            key_id: &str,
+            limit: Option<&keygate_core::config::RawLimit>,
+            now: u64,
+            actor: &Actor,
+        ) -> StoreResult<Versioned<KeyRecord>> {
+            self.inner.set_rate_limit(key_id, limit, now, actor)
+        }
         fn rename_key(
             &self,
             key_id: &str,

@@ -24,6 +24,7 @@ mod mail;
 mod model;
 mod output;
 mod random;
+mod rate_limits;
 mod secret_file;
 mod serve;
 mod service;

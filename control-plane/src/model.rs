@@ -2,6 +2,7 @@
 //! printed by `--json`. A plaintext key appears only in `IssuedKeyView`, at creation.
 
 use crate::store::{Account, AuditEvent, KeyRecord};
+use keygate_core::config::RawLimit;
 use keygate_core::key::{Environment, KeyKind, KeyType};
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +57,9 @@ pub struct KeyView {
     /// When the filters last saw the key (minute precision), as they reported it.
     #[serde(default)]
     pub last_used_at: Option<u64>,
+    /// The key's rate limit, as the key map carries it (`null`: none).
+    #[serde(default)]
+    pub rate_limit: Option<RawLimit>,
 }
 
 impl KeyView {
@@ -78,6 +82,7 @@ impl KeyView {
             removed_at: k.removed_at,
             name: k.name.clone(),
             last_used_at: None,
+            rate_limit: k.rate_limit,
         }
     }
 
@@ -219,6 +224,14 @@ pub struct BulkImportView {
     pub unchanged: Vec<ImportedLine>,
     /// The key-map version after the import.
     pub version: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRequest {
+    /// `{"requests": N, "per": "second"|"minute", "burst": B}`, or null to remove the limit;
+    /// read field by field (`rate_limits::limit_from_json`) so a refusal names the field.
+    pub rate_limit: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

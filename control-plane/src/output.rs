@@ -7,6 +7,7 @@ use crate::model::{
     AccountDetailView, AccountView, AuditEventView, BulkImportView, CreatedAccountView,
     IssuedKeyView, KeyView, RolledView,
 };
+use crate::rate_limits::describe;
 use crate::web::html::used_ago;
 
 const SHOWN_ONCE: &str =
@@ -221,6 +222,18 @@ pub fn renamed(key: &KeyView) -> String {
     match &key.name {
         Some(name) => format!("Key {} ({}) is now named “{name}”.\n", key.key_id, key.hint),
         None => format!("Key {} ({}) has no name now.\n", key.key_id, key.hint),
+    }
+}
+
+pub fn rate_limited(key: &KeyView) -> String {
+    match &key.rate_limit {
+        Some(limit) => format!(
+            "Key {} ({}) is limited to {}.\n",
+            key.key_id,
+            key.hint,
+            describe(limit)
+        ),
+        None => format!("Key {} ({}) has no rate limit now.\n", key.key_id, key.hint),
     }
 }
 

@@ -10,7 +10,9 @@ use crate::model::{
 };
 use crate::random::{new_account_id, new_api_key, new_key_id, RandomError};
 use crate::store::import::ImportProblem;
+use crate::store::rules::check_rate_limit;
 use crate::store::{Account, Actor, KeyOrigin, NewKey, Store, StoreError, Versioned};
+use keygate_core::config::RawLimit;
 use keygate_core::digest::Digest;
 use keygate_core::key::{is_issued_key, key_hint, KeyKind};
 use keygate_sync_core::message::KeyMapMessage;
@@ -297,6 +299,23 @@ impl Service {
             KeyChange::Enable => store.set_key_disabled(key_id, false, now, actor)?,
         };
         Ok(view_of(changed, now))
+    }
+
+    /// Sets a key's rate limit, or removes it (`None`); a new key-map version ships it.
+    pub fn set_rate_limit(
+        &self,
+        key_id: &str,
+        limit: Option<&RawLimit>,
+        now: u64,
+        actor: &Actor,
+    ) -> ServiceResult<Changed<KeyView>> {
+        if let Some(limit) = limit {
+            check_rate_limit(limit).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        }
+        Ok(view_of(
+            self.store.set_rate_limit(key_id, limit, now, actor)?,
+            now,
+        ))
     }
 
     /// Names a key, or removes its name (`None`, or only spaces).

@@ -117,6 +117,7 @@ pub enum AuditAction {
     KeyDisabled,
     KeyEnabled,
     KeyRenamed,
+    KeyRateLimited,
     KeysImported,
     AdminTokenSet,
     AdminTokenRotated,
@@ -133,7 +134,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 21] = [
+    pub const ALL: [AuditAction; 22] = [
         AuditAction::AccountCreated,
         AuditAction::AccountDisabled,
         AuditAction::AccountEnabled,
@@ -143,6 +144,7 @@ impl AuditAction {
         AuditAction::KeyDisabled,
         AuditAction::KeyEnabled,
         AuditAction::KeyRenamed,
+        AuditAction::KeyRateLimited,
         AuditAction::KeysImported,
         AuditAction::AdminTokenSet,
         AuditAction::AdminTokenRotated,
@@ -168,6 +170,7 @@ impl AuditAction {
             AuditAction::KeyDisabled => "key.disabled",
             AuditAction::KeyEnabled => "key.enabled",
             AuditAction::KeyRenamed => "key.renamed",
+            AuditAction::KeyRateLimited => "key.rate_limit_set",
             AuditAction::KeysImported => "key.imported",
             AuditAction::AdminTokenSet => "admin_token.set",
             AuditAction::AdminTokenRotated => "admin_token.rotated",
@@ -317,6 +320,22 @@ pub fn key_renamed(key: &KeyRecord) -> NewAuditEvent {
     if key.name.is_none() {
         event.detail = Some(format!("{}; name removed", key_words(key)));
     }
+    event
+}
+
+/// A key's rate limit set, changed or removed; the detail says which limit.
+pub fn key_rate_limit(key: &KeyRecord) -> NewAuditEvent {
+    let mut event = key_event(AuditAction::KeyRateLimited, key);
+    let limit = match &key.rate_limit {
+        Some(l) => format!(
+            "rate limit {} per {}, burst {}",
+            l.requests,
+            l.per.as_str(),
+            l.burst.unwrap_or(l.requests)
+        ),
+        None => "rate limit removed".to_string(),
+    };
+    event.detail = Some(format!("{}; {limit}", key_words(key)));
     event
 }
 

@@ -26,7 +26,7 @@ mod sqlite_usage;
 mod tests;
 pub mod usage;
 
-use keygate_core::config::RawKey;
+use keygate_core::config::{RawKey, RawLimit};
 use keygate_core::digest::Digest;
 use keygate_core::key::KeyKind;
 use keygate_sync_core::message::KeyMapMessage;
@@ -139,6 +139,9 @@ pub struct KeyRecord {
     pub revoked_at: Option<u64>,
     /// When the key left the key map (revoked, rolled without grace, or purged at expiry).
     pub removed_at: Option<u64>,
+    /// The key's rate limit, shipped in the key map; checked (`rules::check_rate_limit`)
+    /// before it is stored.
+    pub rate_limit: Option<RawLimit>,
 }
 
 /// A key's state as people read it. Revoked wins over expired, expired over disabled.
@@ -199,7 +202,7 @@ impl KeyRecord {
             environment: self.kind.environment,
             expires_at: self.expires_at,
             disabled: self.disabled_at.is_some(),
-            rate_limit: None,
+            rate_limit: self.rate_limit,
         }
     }
 }
@@ -283,6 +286,9 @@ pub enum StoreError {
          use a newer keygatectl"
     )]
     SchemaTooNew { found: u32, supported: u32 },
+    /// A rate limit no filter would take (the field named).
+    #[error("{0}")]
+    InvalidRateLimit(String),
     #[error("the database holds data this keygatectl cannot read: {0}")]
     Corrupt(String),
     /// The version counter cannot rise any more (a rogue value near the integer limit).
@@ -337,6 +343,15 @@ pub trait Store: CustomerStore + UsageStore + Send + Sync {
         &self,
         key_id: &str,
         disabled: bool,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<Versioned<KeyRecord>>;
+    /// Sets a key's rate limit (`None`: no limit), checked by `rules::check_rate_limit`; a
+    /// new key-map version carries it to the filters. Setting the same limit changes nothing.
+    fn set_rate_limit(
+        &self,
+        key_id: &str,
+        limit: Option<&RawLimit>,
         now: u64,
         actor: &Actor,
     ) -> StoreResult<Versioned<KeyRecord>>;

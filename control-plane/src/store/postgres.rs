@@ -25,14 +25,15 @@ use super::import::{ImportItem, ImportReport};
 use super::lineage::{lineage_start, next_version, StoreId, VersionClock};
 use super::postgres_audit::record;
 use super::rules::{
-    corrupt, disable_changes, ensure_keys_of, full_map_answers, name_changes, plan_roll,
-    token_action, ChangeOp,
+    corrupt, disable_changes, ensure_keys_of, full_map_answers, limit_changes, limit_columns,
+    name_changes, plan_roll, stored_limit, token_action, ChangeOp,
 };
 use super::{
     Account, AccountWithKeys, DeltaLookup, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled,
     Store, StoreError, StoreOptions, StoreResult, StoredKeyMap, Versioned,
 };
 use crate::log::log_event;
+use keygate_core::config::RawLimit;
 use keygate_core::digest::Digest;
 use keygate_core::key::{Environment, KeyKind, KeyType};
 use keygate_sync_core::message::KeyMapMessage;
@@ -50,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0002_lineage.sql"),
     include_str!("migrations/postgres/0003_customers.sql"),
     include_str!("migrations/postgres/0004_names_audit_usage.sql"),
+    include_str!("migrations/postgres/0005_rate_limits.sql"),
 ];
 
 /// The channel every change is announced on (payload: the new version, `admin_token` or
@@ -61,7 +63,8 @@ const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
 
 pub(super) const KEY_COLUMNS: &str =
     "id, account_id, digest, hint, type, environment, origin, created_at, \
-     disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at, name";
+     disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at, name, \
+     rate_requests, rate_per, rate_burst";
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
 const SYNC_TOKEN_SETTING: &str = "sync_token_digest";
@@ -503,6 +506,11 @@ pub(super) fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
         revoked_at: unsigned_opt(row.try_get(12)?)?,
         removed_at: unsigned_opt(row.try_get(13)?)?,
         name: row.try_get(14)?,
+        rate_limit: stored_limit(
+            unsigned_opt(row.try_get(15)?)?,
+            row.try_get(16)?,
+            unsigned_opt(row.try_get(17)?)?,
+        )?,
     })
 }
 
@@ -826,7 +834,23 @@ impl Store for PostgresStore {
         self.write(|c| {
             let old = load_key(c, key_id)?;
             let plan = plan_roll(&old, replacement, grace_seconds, now)?;
-            let new = insert_key(c, replacement, now)?;
+            let mut new = insert_key(c, replacement, now)?;
+            // The replacement keeps the old key's rate limit: a roll changes the secret,
+            // not what its holder may do.
+            if old.rate_limit.is_some() {
+                let (requests, per, burst) = limit_columns(old.rate_limit.as_ref());
+                c.execute(
+                    "UPDATE keys SET rate_requests = $1, rate_per = $2, rate_burst = $3 \
+                     WHERE id = $4",
+                    &[
+                        &requests.map(signed).transpose()?,
+                        &per,
+                        &burst.map(signed).transpose()?,
+                        &new.key_id,
+                    ],
+                )?;
+                new.rate_limit = old.rate_limit;
+            }
             let removed_at = match plan.old_op {
                 ChangeOp::Remove => Some(signed(now)?),
                 ChangeOp::Upsert => None,
@@ -920,6 +944,41 @@ impl Store for PostgresStore {
             record(c, now, actor, super::audit::key_event(action, &key))?;
             Ok(Versioned {
                 value: load_key(c, key_id)?,
+                version,
+            })
+        })
+    }
+
+    fn set_rate_limit(
+        &self,
+        key_id: &str,
+        limit: Option<&RawLimit>,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<Versioned<KeyRecord>> {
+        self.write(|c| {
+            let key = load_key(c, key_id)?;
+            if !limit_changes(&key, limit, now)? {
+                return Ok(Versioned {
+                    value: key,
+                    version: current_version(c)?,
+                });
+            }
+            let (requests, per, burst) = limit_columns(limit);
+            c.execute(
+                "UPDATE keys SET rate_requests = $1, rate_per = $2, rate_burst = $3 WHERE id = $4",
+                &[
+                    &requests.map(signed).transpose()?,
+                    &per,
+                    &burst.map(signed).transpose()?,
+                    &key_id,
+                ],
+            )?;
+            let version = self.issue_version(c, &[(&key.digest, ChangeOp::Upsert)])?;
+            let changed = load_key(c, key_id)?;
+            record(c, now, actor, super::audit::key_rate_limit(&changed))?;
+            Ok(Versioned {
+                value: changed,
                 version,
             })
         })

@@ -3,7 +3,9 @@
 
 use super::audit::AuditAction;
 use super::{Account, KeyRecord, NewKey, StoreError, StoreResult};
+use keygate_core::config::RawLimit;
 use keygate_core::digest::Digest;
+use keygate_core::rate_limit::{LimitError, Period, RateLimit, MAX_REQUESTS};
 
 /// What a change does to a key's entry in the key map (recorded in the change log).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +100,16 @@ pub fn disable_changes(key: &KeyRecord, disabled: bool, now: u64) -> StoreResult
     Ok(key.disabled_at.is_some() != disabled)
 }
 
+/// Whether setting `limit` on `key` changes anything; refuses keys out of the map for good
+/// and limits no filter would take.
+pub fn limit_changes(key: &KeyRecord, limit: Option<&RawLimit>, now: u64) -> StoreResult<bool> {
+    if let Some(limit) = limit {
+        check_rate_limit(limit).map_err(|e| StoreError::InvalidRateLimit(e.to_string()))?;
+    }
+    ensure_changeable(key, "rate-limited", now)?;
+    Ok(key.rate_limit.as_ref() != limit)
+}
+
 /// Whether naming `key` `name` changes anything (names are kept even on revoked keys: they
 /// help read the history).
 pub fn name_changes(key: &KeyRecord, name: Option<&str>) -> bool {
@@ -131,4 +143,70 @@ pub fn full_map_answers(
         return Ok(false);
     }
     Ok(changed.saturating_mul(3) >= keys_in_map()?)
+}
+
+/// Why a rate limit was refused, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitRefused {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for LimitRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Checks a key's rate limit as the filters will (`RateLimit::new`), so that keygatectl never
+/// ships a limit a filter would refuse (a filter refuses a whole map with one bad entry).
+pub fn check_rate_limit(limit: &RawLimit) -> Result<(), LimitRefused> {
+    match RateLimit::new(limit.requests, limit.per, limit.burst) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(LimitRefused {
+            field: match e {
+                LimitError::Requests => "rate_limit.requests",
+                LimitError::Burst => "rate_limit.burst",
+            },
+            message: format!("must be 1 to {MAX_REQUESTS}"),
+        }),
+    }
+}
+
+/// A limit as the store keeps it: requests, period, burst (all `None`: no limit).
+pub fn limit_columns(limit: Option<&RawLimit>) -> (Option<u64>, Option<&'static str>, Option<u64>) {
+    match limit {
+        Some(l) => (Some(l.requests), Some(l.per.as_str()), l.burst),
+        None => (None, None, None),
+    }
+}
+
+/// A stored limit read back; a half-written or out-of-range one is corruption, not a limit.
+pub fn stored_limit(
+    requests: Option<u64>,
+    per: Option<String>,
+    burst: Option<u64>,
+) -> StoreResult<Option<RawLimit>> {
+    let (requests, per) = match (requests, per) {
+        (None, None) if burst.is_none() => return Ok(None),
+        (Some(requests), Some(per)) => (requests, per),
+        (requests, per) => {
+            return Err(corrupt(
+                "rate limit",
+                &format!("{requests:?} per {per:?} burst {burst:?}"),
+            ))
+        }
+    };
+    let per = match per.as_str() {
+        "second" => Period::Second,
+        "minute" => Period::Minute,
+        other => return Err(corrupt("rate limit period", other)),
+    };
+    let limit = RawLimit {
+        requests,
+        per,
+        burst,
+    };
+    check_rate_limit(&limit).map_err(|e| corrupt("rate limit", &e.to_string()))?;
+    Ok(Some(limit))
 }

@@ -14,8 +14,8 @@ use super::audit::{Actor, AuditAction, AuditEvent, AuditQuery, NewAuditEvent};
 use super::import::{ImportItem, ImportReport};
 use super::lineage::{lineage_start, next_version, StoreId, VersionClock};
 use super::rules::{
-    corrupt, disable_changes, ensure_keys_of, full_map_answers, name_changes, plan_roll,
-    token_action, ChangeOp,
+    corrupt, disable_changes, ensure_keys_of, full_map_answers, limit_changes, limit_columns,
+    name_changes, plan_roll, stored_limit, token_action, ChangeOp,
 };
 use super::sqlite_audit::record;
 use super::{
@@ -23,6 +23,7 @@ use super::{
     Store, StoreError, StoreOptions, StoreResult, StoredKeyMap, Versioned,
 };
 use crate::log::log_event;
+use keygate_core::config::RawLimit;
 use keygate_core::digest::Digest;
 use keygate_core::key::{Environment, KeyKind, KeyType};
 use keygate_sync_core::message::KeyMapMessage;
@@ -38,11 +39,13 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0002_lineage.sql"),
     include_str!("migrations/sqlite/0003_customers.sql"),
     include_str!("migrations/sqlite/0004_names_audit_usage.sql"),
+    include_str!("migrations/sqlite/0005_rate_limits.sql"),
 ];
 
 pub(super) const KEY_COLUMNS: &str =
     "id, account_id, digest, hint, type, environment, origin, created_at, \
-     disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at, name";
+     disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at, name, \
+     rate_requests, rate_per, rate_burst";
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
 const SYNC_TOKEN_SETTING: &str = "sync_token_digest";
@@ -527,6 +530,7 @@ pub(super) fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
         revoked_at: row.get(12)?,
         removed_at: row.get(13)?,
         name: row.get(14)?,
+        rate_limit: stored_limit(row.get(15)?, row.get(16)?, row.get(17)?)?,
     })
 }
 
@@ -759,7 +763,18 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let old = load_key(tx, key_id)?;
             let plan = plan_roll(&old, replacement, grace_seconds, now)?;
-            let new = insert_key(tx, replacement, now)?;
+            let mut new = insert_key(tx, replacement, now)?;
+            // The replacement keeps the old key's rate limit: a roll changes the secret,
+            // not what its holder may do.
+            if old.rate_limit.is_some() {
+                let (requests, per, burst) = limit_columns(old.rate_limit.as_ref());
+                tx.execute(
+                    "UPDATE keys SET rate_requests = ?1, rate_per = ?2, rate_burst = ?3 \
+                     WHERE id = ?4",
+                    params![requests, per, burst, new.key_id],
+                )?;
+                new.rate_limit = old.rate_limit;
+            }
             let removed_at = (plan.old_op == ChangeOp::Remove).then_some(now);
             tx.execute(
                 "UPDATE keys SET expires_at = ?1, rolled_at = ?2, replaced_by = ?3, \
@@ -846,6 +861,36 @@ impl Store for SqliteStore {
             record(tx, now, actor, super::audit::key_event(action, &key))?;
             Ok(Versioned {
                 value: load_key(tx, key_id)?,
+                version,
+            })
+        })
+    }
+
+    fn set_rate_limit(
+        &self,
+        key_id: &str,
+        limit: Option<&RawLimit>,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<Versioned<KeyRecord>> {
+        self.write(|tx| {
+            let key = load_key(tx, key_id)?;
+            if !limit_changes(&key, limit, now)? {
+                return Ok(Versioned {
+                    value: key,
+                    version: current_version(tx)?,
+                });
+            }
+            let (requests, per, burst) = limit_columns(limit);
+            tx.execute(
+                "UPDATE keys SET rate_requests = ?1, rate_per = ?2, rate_burst = ?3 WHERE id = ?4",
+                params![requests, per, burst, key_id],
+            )?;
+            let version = self.issue_version(tx, &[(&key.digest, ChangeOp::Upsert)])?;
+            let changed = load_key(tx, key_id)?;
+            record(tx, now, actor, super::audit::key_rate_limit(&changed))?;
+            Ok(Versioned {
+                value: changed,
                 version,
             })
         })

@@ -367,6 +367,8 @@ on_both_backends!(
 mod customers;
 // Names, expiries, the audit trail, bulk import and usage.
 mod activity;
+// Per-key rate limits.
+mod rate_limits;
 
 fn new_key(account_id: &str, kind: KeyKind, name: &str) -> NewKey {
     NewKey {

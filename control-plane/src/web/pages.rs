@@ -69,7 +69,9 @@ struct Failed {
 impl From<ServiceError> for Failed {
     fn from(e: ServiceError) -> Failed {
         let status = match &e {
-            ServiceError::Invalid(_) | ServiceError::ImportRefused(_) => StatusCode::BAD_REQUEST,
+            ServiceError::Invalid(_)
+            | ServiceError::ImportRefused(_)
+            | ServiceError::Store(StoreError::InvalidRateLimit(_)) => StatusCode::BAD_REQUEST,
             ServiceError::Store(
                 StoreError::AccountNotFound(_)
                 | StoreError::KeyNotFound(_)
@@ -1366,6 +1368,7 @@ mod tests {
             removed_at: None,
             name: None,
             last_used_at: None,
+            rate_limit: None,
         }
     }
 

@@ -229,6 +229,7 @@ mod tests {
             removed_at: None,
             name: None,
             last_used_at,
+            rate_limit: None,
         }
     }
 
