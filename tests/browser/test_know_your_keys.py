@@ -225,3 +225,54 @@ def test_a_customer_names_keys_sees_their_use_stops_an_old_key_and_reads_the_act
     audit = page_audit(browser)
     assert (audit["unlabeled"], audit["nameless"], audit["external"], audit["inline"]) == \
         ([], [], [], 0), audit
+
+
+def test_operator_sets_changes_and_removes_a_keys_rate_limit(ctl, browser):
+    """The operator page's rate-limit form (issue 23): set, refused with the field named,
+    removed; each kept in keygatectl (what the key map ships) and audited."""
+    page = KeysPage(browser, ctl.base)
+    page.sign_in(ctl.token)
+    account = page.create_account("Hooli")
+    page.new_keys()
+    listed = ctl.cli("key", "list", "--account", account)["keys"]
+    key_id = next(k["key_id"] for k in listed if k["type"] == "secret" and k["environment"] == "test")
+
+    def form():
+        return page.row(key_id).find_element(By.CSS_SELECTOR, "form.ratelimit")
+
+    def fill(requests, per, burst):
+        f = form()
+        for name, value in (("rate_requests", requests), ("rate_burst", burst)):
+            field = f.find_element(By.CSS_SELECTOR, f"input[name={name}]")
+            field.clear()
+            field.send_keys(value)
+        Select(f.find_element(By.CSS_SELECTOR, "select[name=rate_per]")).select_by_value(per)
+        page.submit(f.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+
+    def stored():
+        return next(k for k in ctl.cli("key", "list", "--account", account)["keys"]
+                    if k["key_id"] == key_id)["rate_limit"]
+
+    assert "No rate limit" in form().text
+    fill("10", "second", "20")
+    assert any("is limited to 10 per second, burst 20" in n for n in page.notices()), page.notices()
+    assert "Rate limit: 10 per second, burst 20" in form().text
+    assert stored() == {"requests": 10, "per": "second", "burst": 20}
+    # The form shows the limit it has, ready to change.
+    assert form().find_element(By.CSS_SELECTOR, "input[name=rate_requests]").get_attribute("value") == "10"
+
+    # A value the browser would stop (min=1) sent anyway: keygatectl names the field.
+    browser.execute_script("arguments[0].removeAttribute('min')",
+                           form().find_element(By.CSS_SELECTOR, "input[name=rate_burst]"))
+    fill("10", "minute", "0")
+    assert any("rate_limit.burst" in n for n in page.notices()), page.notices()
+    assert stored() == {"requests": 10, "per": "second", "burst": 20}, "nothing changed"
+
+    fill("", "second", "")
+    assert any("has no rate limit now" in n for n in page.notices()), page.notices()
+    assert stored() is None
+    events = [e for e in ctl.cli("audit", "--account", account)["events"]
+              if e["action"] == "key.rate_limit_set"]
+    assert [e["actor"]["kind"] for e in events] == ["operator", "operator"]
+    audit = page_audit(browser)
+    assert audit["unlabeled"] == [] and audit["nameless"] == [], audit

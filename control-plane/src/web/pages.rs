@@ -18,6 +18,7 @@ use crate::clock::now_unix;
 use crate::clock::parse_rfc3339;
 use crate::log::log_event;
 use crate::model::{AccountView, KeyUsageView, KeyView};
+use crate::rate_limits::{describe, limit_from_text};
 use crate::service::{KeyChange, KeySpec, Service, ServiceError, ServiceResult};
 use crate::store::{Actor, AuditQuery, StoreError};
 use askama::Template;
@@ -171,6 +172,9 @@ pub struct OperatorForm {
     environment: String,
     expires_in: String,
     expires_at: String,
+    rate_requests: String,
+    rate_per: String,
+    rate_burst: String,
 }
 
 /// A state-changing form's checks: same-origin, a live session, a readable form, its CSRF
@@ -1152,6 +1156,9 @@ pub async fn key_action(
     if action == "rename" {
         return rename_key(web, ip, session, key_id, form.name).await;
     }
+    if action == "rate-limit" {
+        return set_rate_limit(web, ip, session, key_id, form).await;
+    }
     let change = match action.as_str() {
         "roll" => None,
         "revoke" => Some(KeyChange::Revoke),
@@ -1279,6 +1286,75 @@ pub async fn key_action(
                 Some(account) => see_other(&format!("/ui/accounts/{}", url_segment(&account))),
                 None => see_other("/ui/accounts"),
             }
+        }
+    }
+}
+
+/// `POST /ui/keys/{key_id}/rate-limit` (`rate_requests`, `rate_per`, `rate_burst`): empty
+/// requests remove the key's limit.
+async fn set_rate_limit(
+    web: Arc<Web>,
+    ip: IpAddr,
+    session: SessionInfo,
+    key_id: String,
+    form: OperatorForm,
+) -> Response {
+    let actor = Actor::operator(&session.tag(), ip);
+    let id = key_id.clone();
+    let changed = run(&web, false, move |service, now| {
+        let limit = if form.rate_requests.trim().is_empty() {
+            Ok(None)
+        } else {
+            limit_from_text(&form.rate_requests, &form.rate_per, &form.rate_burst).map(Some)
+        };
+        let result = limit
+            .map_err(ServiceError::Invalid)
+            .and_then(|limit| service.set_rate_limit(&id, limit.as_ref(), now, &actor));
+        match result {
+            Ok(changed) => Ok(Ok(changed.value)),
+            Err(e) => {
+                let account = service.store().key(&id).ok().map(|k| k.account_id);
+                Ok(Err((Failed::from(e), account)))
+            }
+        }
+    })
+    .await;
+    match changed {
+        Ok(Ok(key)) => {
+            let said = match &key.rate_limit {
+                Some(limit) => format!("is limited to {}", describe(limit)),
+                None => "has no rate limit now".into(),
+            };
+            log_event(&format!(
+                "key {} ({}) {said} (web page)",
+                key.key_id, key.hint
+            ));
+            web.sessions.set_notice(
+                &session.id,
+                Notice::Info(format!(
+                    "The {} {} {said}; Envoy applies it at its next key-map poll.",
+                    kind_label(key.kind()).to_lowercase(),
+                    key.hint
+                )),
+            );
+            see_other(&format!(
+                "/ui/accounts/{}#{}",
+                url_segment(&key.account_id),
+                url_segment(&key.key_id)
+            ))
+        }
+        Ok(Err((failed, Some(account)))) => {
+            web.sessions.set_notice(
+                &session.id,
+                Notice::Error(format!(
+                    "The rate limit was not changed: {}",
+                    failed.message
+                )),
+            );
+            see_other(&format!("/ui/accounts/{}", url_segment(&account)))
+        }
+        Ok(Err((failed, None))) | Err(failed) => {
+            error_page(failed.status, Some(&session), &failed.message)
         }
     }
 }

@@ -8,6 +8,7 @@ use super::usage_chart::{chart, last_used_words, safe_to_revoke, UsageChart};
 use crate::clock::format_utc;
 use crate::model::KeyUsageView;
 use crate::model::KeyView;
+use crate::rate_limits::describe;
 use askama::Template;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -135,6 +136,12 @@ pub struct KeyRow {
     pub safe_to_revoke: bool,
     /// When its roll began (for the safe-to-revoke note).
     pub rolled_stamp: Option<Stamp>,
+    /// The key's rate limit in words (`10 per second, burst 20`), and its numbers for the
+    /// operator page's form (empty: no limit).
+    pub rate_limit: Option<String>,
+    pub rate_requests: String,
+    pub rate_per: &'static str,
+    pub rate_burst: String,
 }
 
 impl KeyRow {
@@ -186,6 +193,15 @@ impl KeyRow {
             },
             kind_label: kind_label(key.kind()),
             name: key.name.clone(),
+            rate_limit: key.rate_limit.as_ref().map(describe),
+            rate_requests: key
+                .rate_limit
+                .map_or(String::new(), |l| l.requests.to_string()),
+            rate_per: key.rate_limit.map_or("second", |l| l.per.as_str()),
+            rate_burst: key
+                .rate_limit
+                .and_then(|l| l.burst)
+                .map_or(String::new(), |b| b.to_string()),
             last_used: last_used_words(key, now),
             last_used_at: key.last_used_at.map(Stamp::new),
             chart: None,
