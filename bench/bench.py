@@ -1717,7 +1717,7 @@ def bulk_import(args, workdir):
         for _, _, envoy in envoys:
             envoy.stop()
         envoys = []
-        out["usage"] = usage_report_size(args, workdir, ctl, keys)
+        out["usage"] = usage_report_stored(args, workdir, ctl, keys)
     finally:
         for _, _, envoy in envoys:
             envoy.stop()
@@ -1786,7 +1786,7 @@ def compact(doc):
     return json.dumps(doc, separators=(",", ":"))
 
 
-def usage_report_size(args, workdir, ctl, keys):
+def usage_report_stored(args, workdir, ctl, keys):
     """One request with each of `args.usage_keys` keys through the native module (2 workers)
     reporting every `args.usage_interval_ms` to keygatectl through a recorder: the reports'
     bytes as sent, the size of one report naming them all, and keygatectl's time to store it."""
@@ -2146,8 +2146,6 @@ def parse_args(argv=None):
     p.add_argument("--bulk-import", action="store_true",
                    help="also run the bulk-import section (real keygatectl, 2 Envoys)")
     p.add_argument("--import-keys", type=int, default=100_000, help="keys in the imported file")
-    p.add_argument("--usage-keys", type=int, default=10_000,
-                   help="active keys in the usage-report measure (of the imported ones)")
     p.add_argument("--usage-interval-ms", type=int, default=10_000,
                    help="the usage report interval in that measure")
     p.add_argument("--roll-samples", type=int, default=40,
