@@ -175,7 +175,9 @@ impl Pool {
                 Ok(()) => return Ok(client),
                 // Closed while idle (the server restarted, or dropped idle connections):
                 // nothing ran, so another connection may try.
-                Err(e) if e.is_closed() || client.is_closed() => continue,
+                // A server that ended the session says so first (FATAL 57P01 and kin) and
+                // the client may not have noticed the close yet: nothing ran either.
+                Err(e) if e.is_closed() || client.is_closed() || session_ended(&e) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -193,6 +195,19 @@ impl Pool {
             idle.push(client);
         }
     }
+}
+
+/// The server ended this session (shut down, restarted, or terminated the backend).
+fn session_ended(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    e.code().is_some_and(|code| {
+        [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]
+        .contains(code)
+    })
 }
 
 fn connect(config: &Config) -> StoreResult<Client> {

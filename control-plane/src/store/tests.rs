@@ -841,13 +841,13 @@ fn the_schema_is_versioned_and_data_survives_reopening(db: &dyn TestDb) {
         Some(Digest::of_key("token"))
     );
     drop(store);
-    assert_eq!(db.schema_version(), 4);
+    assert_eq!(db.schema_version(), 5);
     db.set_schema_version(99);
     assert!(matches!(
         db.try_open(DEFAULT_CHANGE_LOG_LIMIT),
         Err(StoreError::SchemaTooNew {
             found: 99,
-            supported: 4
+            supported: 5
         })
     ));
 }
@@ -927,7 +927,7 @@ fn several_processes_opening_a_new_database_migrate_it_once(db: &dyn TestDb) {
     });
     assert!(statuses.iter().all(|s| s.version == 0));
     assert!(statuses.iter().all(|s| s.store == statuses[0].store));
-    assert_eq!(db.schema_version(), 4);
+    assert_eq!(db.schema_version(), 5);
     let store = db.open();
     assert_eq!(create(&*store, "a", 1).version, 1);
 }
@@ -1472,7 +1472,7 @@ fn a_schema_1_database_gets_an_id_and_keeps_its_counter_and_deltas(db: &dyn Test
     db.execute(&sql);
     let clock = TestClock::at(T);
     let store = db.open_with_clock(&clock);
-    assert_eq!(db.schema_version(), 4);
+    assert_eq!(db.schema_version(), 5);
     let migrated = status(&*store);
     assert_eq!(migrated.version, 57, "the counter carries on");
     for since in 50..=57 {
