@@ -116,6 +116,15 @@ pub struct CustomerArgs {
         conflicts_with = "outbox"
     )]
     pub smtp_url: Option<String>,
+    /// Trust this CA (PEM) for the SMTP server's certificate, in addition to the public
+    /// roots: a mail relay with a private CA.
+    #[arg(
+        long,
+        env = "KEYGATE_SMTP_CA_FILE",
+        value_name = "PEM",
+        requires = "smtp_url"
+    )]
+    pub smtp_ca_file: Option<PathBuf>,
     /// Write customer mail as .eml files into DIR instead of sending it (demos, development).
     #[arg(long, env = "KEYGATE_OUTBOX", value_name = "DIR")]
     pub outbox: Option<PathBuf>,

@@ -299,7 +299,10 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
 
 fn customer_setup(args: &crate::cli::CustomerArgs) -> crate::serve::CustomerSetup {
     let mail = match (&args.smtp_url, &args.outbox) {
-        (Some(url), _) => Some(crate::mail::MailRoute::Smtp(url.clone())),
+        (Some(url), _) => Some(crate::mail::MailRoute::Smtp {
+            url: url.clone(),
+            ca_file: args.smtp_ca_file.clone(),
+        }),
         (None, Some(dir)) => Some(crate::mail::MailRoute::Outbox(dir.clone())),
         (None, None) => None,
     };
