@@ -11,6 +11,7 @@ pub mod customers;
 pub mod lineage;
 pub mod postgres;
 mod postgres_customers;
+pub mod postgres_tls;
 pub mod rules;
 pub mod sqlite;
 mod sqlite_customers;
