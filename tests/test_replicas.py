@@ -153,6 +153,24 @@ def roll_and_wait(replica, envoy, key, traffic, timeout=5.0):
     return new, took
 
 
+def test_the_replicas_reach_postgresql_over_tls_with_its_certificate_checked(database):
+    """Every connection the replicas hold (pools and change listeners) is TLS, on the
+    verify-full URL an operator would write."""
+    assert "sslmode=verify-full" in database.url, database.url
+    a = Replica(database).start()
+    b = Replica(database, token=a.token).start()
+    try:
+        a.create_account()
+        b.create_account()
+        sessions = database.keygatectl_sessions()
+        # Two replicas, each with its pool and its LISTEN connection.
+        assert len(sessions) >= 4, sessions
+        assert all(tls and version.startswith("TLSv1.") for tls, version in sessions), sessions
+    finally:
+        b.stop()
+        a.stop()
+
+
 def test_a_roll_through_one_replica_reaches_envoy_polling_the_other(upstream, database):
     a = Replica(database).start()
     b = Replica(database, token=a.token).start()

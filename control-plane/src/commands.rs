@@ -264,6 +264,13 @@ fn hash(json: bool) -> Result<(), CliError> {
 
 fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     refuse_server(cli, "serve")?;
+    crate::log::configure(args.log_format, args.log_level);
+    let metrics_token = args
+        .metrics_token_file
+        .as_deref()
+        .map(|path| crate::auth::read_token_file(path, "metrics token"))
+        .transpose()?
+        .map(|token| Digest::of_key(&token));
     if args.purge_interval == 0 {
         return Err(CliError::Input(
             "--purge-interval must be at least 1s".into(),
@@ -292,6 +299,7 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             allowed_hosts,
             purge_interval: Duration::from_secs(args.purge_interval),
             customers: customer_setup(&args.customers),
+            ops: crate::ops::OpsOptions { metrics_token },
         },
     )?;
     Ok(())

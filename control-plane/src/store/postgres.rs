@@ -287,6 +287,18 @@ impl PostgresStore {
         begin: &str,
         f: impl FnOnce(&mut Client) -> StoreResult<T>,
     ) -> StoreResult<T> {
+        let started = std::time::Instant::now();
+        let result = self.transaction_untimed(begin, f);
+        let kind = if begin == READ_BEGIN { "read" } else { "write" };
+        crate::metrics::store_transaction("postgres", kind, started.elapsed(), result.is_ok());
+        result
+    }
+
+    fn transaction_untimed<T>(
+        &self,
+        begin: &str,
+        f: impl FnOnce(&mut Client) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         let mut client = self.pool.begin(begin)?;
         match f(&mut client) {
             Ok(value) => {
@@ -931,6 +943,20 @@ impl Store for PostgresStore {
 
     fn key_map_delta(&self, since: u64, now: u64) -> StoreResult<DeltaLookup> {
         self.read_after_purge(now, |c| delta_in(c, since, now))
+    }
+
+    fn key_map_size(&self, now: u64) -> StoreResult<u64> {
+        self.read(|c| {
+            // The keys `KeyRecord::in_key_map` keeps.
+            let count: i64 = c
+                .query_one(
+                    "SELECT COUNT(*) FROM keys WHERE revoked_at IS NULL AND removed_at IS NULL \
+                     AND (expires_at IS NULL OR expires_at > $1)",
+                    &[&signed(now)?],
+                )?
+                .try_get(0)?;
+            unsigned(count)
+        })
     }
 
     fn key_map_status(&self) -> StoreResult<KeyMapStatus> {
