@@ -66,6 +66,12 @@ pub enum Command {
     /// Inspect the key map's store and version, or start a new lineage.
     #[command(subcommand)]
     Keymap(KeymapCommand),
+    /// Exit 0 when GET URL answers 2xx within 2 s, else 1: a container health check that
+    /// needs no curl (`keygatectl probe http://127.0.0.1:8080/readyz`).
+    Probe {
+        /// An http:// URL on this machine, e.g. http://127.0.0.1:8080/readyz.
+        url: String,
+    },
 }
 
 #[derive(Debug, Args)]

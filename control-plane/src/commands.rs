@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::AdminToken(command) => admin_token(&cli, command),
         Command::SyncToken(command) => sync_token_command(&cli, command),
         Command::Keymap(command) => keymap(&cli, command),
+        Command::Probe { url } => probe(url),
         Command::Account(command) => account(&connect(&cli)?, command, cli.json),
         Command::Key(command) => key(&connect(&cli)?, command, cli.json),
         Command::Export(args) => export(&connect(&cli)?, args),
@@ -303,6 +304,26 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         },
     )?;
     Ok(())
+}
+
+/// `keygatectl probe URL`: a health check for images without curl.
+fn probe(url: &str) -> Result<(), CliError> {
+    if !url.starts_with("http://") {
+        return Err(CliError::Input(format!(
+            "probe needs an http:// URL, not {url:?}"
+        )));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    match agent.get(url).call() {
+        Ok(answer) if answer.status().is_success() => Ok(()),
+        Ok(answer) => Err(CliError::Probe(format!("{url} answered {}", answer.status()))),
+        Err(e) => Err(CliError::Probe(format!("{url}: {e}"))),
+    }
 }
 
 fn customer_setup(args: &crate::cli::CustomerArgs) -> crate::serve::CustomerSetup {
