@@ -1,6 +1,8 @@
 """keygatectl over PostgreSQL through a real Envoy (2 workers).
 
 - The lifecycle suite (test_lifecycle.py) again, with keygatectl on PostgreSQL.
+- keygatectl reaches PostgreSQL over TLS with the server's certificate checked
+  (`sslmode=verify-full`, see pg.py): every connection of both replicas is TLS.
 - Two replicas over one database: the `keygatectl` sync cluster lists both, with active
   health checks and outlier detection. One replica is killed while a steady stream of
   valid-key requests runs and keys roll through the other: no wrong decision, and the rolls
