@@ -100,8 +100,8 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
             KeyMapAccess::Token(sync_token::ensure(store.as_ref(), file.as_deref())?)
         }
         SyncTokenSetting::Off => {
-            log_event(
-                "warning: --no-sync-token: the key map (every key digest, account id and key \
+            crate::log::warn(
+                "--no-sync-token: the key map (every key digest, account id and key \
                  id) is served to anyone who can reach this server",
             );
             KeyMapAccess::Open
