@@ -92,10 +92,13 @@ class Pod:
                 (local / file_name).write_bytes(content)
             paths[mount["mountPath"]] = str(local)
 
+        # One pass over the text, longest mount path first (/run/secrets/keygate is a
+        # prefix of /run/secrets/keygate-sync), so a local path is never mapped again.
+        mounts = re.compile("|".join(re.escape(m) + r"(?=/|$|&)" for m in
+                                     sorted(paths, key=len, reverse=True)))
+
         def here(value):
-            # Longest first: /run/secrets/keygate is a prefix of /run/secrets/keygate-sync.
-            for mount_path, local_path in sorted(paths.items(), key=lambda p: -len(p[0])):
-                value = value.replace(mount_path, local_path)
+            value = mounts.sub(lambda m: paths[m.group(0)], value)
             return value.replace("0.0.0.0:8080", "127.0.0.1:0")
 
         self.here = here
@@ -173,8 +176,9 @@ def test_two_replicas_on_postgresql_over_tls_as_the_manifest_runs_them(database,
     # The test's database at the same place in the URL; its CA where the ConfigMap goes.
     assert TLS_DIR, "the test PostgreSQL has TLS (scripts/postgres.sh run)"
     test = urllib.parse.urlsplit(database.url)
+    address = urllib.parse.parse_qs(test.query)["hostaddr"][0]
     url = urllib.parse.urlunsplit((shipped.scheme, f"{test.username}@localhost:{test.port}",
-                                   test.path, shipped.query + f"&hostaddr={test.hostname}", ""))
+                                   test.path, shipped.query + f"&hostaddr={address}", ""))
     ca_mount = next(m for m in container["volumeMounts"]
                     if query["sslrootcert"][0].startswith(m["mountPath"] + "/"))
     ca_file = query["sslrootcert"][0][len(ca_mount["mountPath"]) + 1:]

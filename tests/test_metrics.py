@@ -70,36 +70,38 @@ def test_prometheus_scrapes_keygatectl_and_envoy_and_the_readme_s_promql_works(
     account, keys = ctl.create_account()
     key = keys["sk_test"]
     lifecycle.wait_for(lambda: lifecycle.answer(envoy, key["key"]) == (200, None), timeout=15)
-    # Traffic of each kind: allowed, an unknown key, no key; a roll (a delta for the
-    # fetcher); a wrong admin token.
-    for _ in range(3):
-        assert lifecycle.answer(envoy, key["key"]) == (200, None)
-        assert lifecycle.answer(envoy, "sk_test_" + secrets.token_hex(20))[1] == "invalid_api_key"
-        assert httpx.get(envoy.url + "/v3/devices", timeout=5).status_code == 401
-    new = ctl.api("POST", f"/v1/keys/{key['key_id']}/roll", {})["new_key"]
-    lifecycle.wait_for(lambda: lifecycle.answer(envoy, new["key"]) == (200, None), timeout=15)
-    status, _, _ = get(ctl.port, "/v1/accounts", token="kgwrong_" + secrets.token_hex(16))
-    assert status == 401
-
-    # /metrics: the token is required; the exposition passes promtool.
-    assert get(ctl.port, "/metrics")[0] == 401
-    assert get(ctl.port, "/metrics", token="kgmetrics_wrong_" + secrets.token_hex(8))[0] == 401
-    assert get(ctl.port, "/metrics", token=token, host="rebind.example")[0] == 421
-    status, headers, text = get(ctl.port, "/metrics", token=token)
-    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
-    code, out = promserver.promtool_check(text)
-    assert code == 0 and out == "", out
-
     prometheus = promserver.Prometheus({
         "keygatectl": {"target": f"127.0.0.1:{ctl.port}", "token_file": token_file},
         "envoy": {"target": f"127.0.0.1:{envoy.admin_port}", "path": "/stats/prometheus"},
     }).start()
     try:
-        # Both targets up: Prometheus parsed both expositions.
+        # Both targets up (Prometheus parsed both expositions) before the traffic, so that
+        # rates see it happen.
         deadline = time.monotonic() + 20
         while set(prometheus.targets().values()) != {("up", "")}:
             assert time.monotonic() < deadline, prometheus.targets()
             time.sleep(0.2)
+        prometheus.wait_for(f'{harness.PROMETHEUS}keygate_allowed', lambda r: len(r) == 1)
+        # Traffic of each kind: allowed, an unknown key, no key; a roll (a delta for the
+        # fetcher); a wrong admin token.
+        for _ in range(3):
+            assert lifecycle.answer(envoy, key["key"]) == (200, None)
+            assert lifecycle.answer(envoy, "sk_test_" + secrets.token_hex(20))[1] == "invalid_api_key"
+            assert httpx.get(envoy.url + "/v3/devices", timeout=5).status_code == 401
+        new = ctl.api("POST", f"/v1/keys/{key['key_id']}/roll", {})["new_key"]
+        lifecycle.wait_for(lambda: lifecycle.answer(envoy, new["key"]) == (200, None), timeout=15)
+        status, _, _ = get(ctl.port, "/v1/accounts", token="kgwrong_" + secrets.token_hex(16))
+        assert status == 401
+
+        # /metrics: the token is required; the exposition passes promtool.
+        assert get(ctl.port, "/metrics")[0] == 401
+        assert get(ctl.port, "/metrics", token="kgmetrics_wrong_" + secrets.token_hex(8))[0] == 401
+        assert get(ctl.port, "/metrics", token=token, host="rebind.example")[0] == 421
+        status, headers, text = get(ctl.port, "/metrics", token=token)
+        assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+        code, out = promserver.promtool_check(text)
+        assert code == 0 and out == "", out
+
         value = lambda result: {tuple(sorted(l.items())): v for l, v in result}  # noqa: E731
 
         # keygatectl's own counters say what happened.
