@@ -170,7 +170,10 @@ def test_liveness_and_readiness_answer_whatever_the_host(stopped_after):
 
 def test_readyz_fails_while_postgresql_refuses_keygatectl_and_recovers(database, stopped_after):
     replica = stopped_after(Replica(database).start())
-    assert get(replica.port, "/readyz")[0] == 200
+    deadline = time.monotonic() + 30
+    while (answer := get(replica.port, "/readyz"))[0] != 200:  # the map is built at start
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.1)
     # The database refuses new connections and ends keygatectl's: the store stops answering.
     database.psql("postgres", f"ALTER DATABASE {database.name} WITH ALLOW_CONNECTIONS false")
     database.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
