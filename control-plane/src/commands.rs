@@ -321,7 +321,10 @@ fn probe(url: &str) -> Result<(), CliError> {
         .into();
     match agent.get(url).call() {
         Ok(answer) if answer.status().is_success() => Ok(()),
-        Ok(answer) => Err(CliError::Probe(format!("{url} answered {}", answer.status()))),
+        Ok(answer) => Err(CliError::Probe(format!(
+            "{url} answered {}",
+            answer.status()
+        ))),
         Err(e) => Err(CliError::Probe(format!("{url}: {e}"))),
     }
 }

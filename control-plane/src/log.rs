@@ -61,8 +61,13 @@ fn line(format: Format, level: Level, time: u64, message: &str) -> String {
     }
 }
 
+/// Whether events of `level` are logged (to spare building a message that would not be).
+pub fn enabled(level: Level) -> bool {
+    level as u8 >= MIN_LEVEL.load(Ordering::Relaxed)
+}
+
 pub fn log(level: Level, message: &str) {
-    if (level as u8) < MIN_LEVEL.load(Ordering::Relaxed) {
+    if !enabled(level) {
         return;
     }
     let format = if FORMAT.load(Ordering::Relaxed) == Format::Json as u8 {

@@ -198,18 +198,20 @@ async fn count_keys(app: &Arc<AppState>) {
 /// Counts every request by the route that answered it (its template: never the path a
 /// client sent), method and status.
 pub async fn count_requests(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().as_str().to_string();
+    // Both cheap to keep (a shared string, a method without allocation for the standard ones).
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    metrics::http_request(&route, &method, status, started.elapsed());
-    debug(&format!(
-        "{method} {route} {status} ({} ms)",
-        started.elapsed().as_millis()
-    ));
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = method.as_str();
+    metrics::http_request(route, method, status, started.elapsed());
+    if crate::log::enabled(crate::log::Level::Debug) {
+        debug(&format!(
+            "{method} {route} {status} ({} ms)",
+            started.elapsed().as_millis()
+        ));
+    }
     response
 }
