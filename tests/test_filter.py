@@ -744,7 +744,7 @@ def test_counters_count_each_outcome(upstream, keyset):
                 "missing_credentials", "malformed_credentials", "invalid_api_key",
                 "expired_api_key", "disabled_api_key", "insufficient_permissions",
                 "wrong_environment", "key_map_unavailable", "not_configured",
-                "internal_error")], 0)
+                "internal_error", "rate_limited")] + ["rate_limit.overflow"], 0)
         assert envoy.counters() == want
         for protocol in PROTOCOLS:
             with http_client(protocol, envoy.url) as c:
@@ -758,11 +758,11 @@ def test_counters_count_each_outcome(upstream, keyset):
         # /stats/prometheus: the example config's stats_tags make the reason a label.
         prometheus = envoy.admin("/stats/prometheus").splitlines()
         for name, count in want.items():
-            if name == "allowed":
-                metric, series = harness.PROMETHEUS + "keygate_allowed", "{}"
-            else:
+            if name.startswith("denied."):
                 metric = harness.PROMETHEUS + "keygate_denied"
                 series = '{reason="%s"}' % name.split(".", 1)[1]
+            else:
+                metric, series = harness.PROMETHEUS + "keygate_" + name.replace(".", "_"), "{}"
             lines = [line for line in prometheus if line.startswith(metric + series + " ")]
             assert len(lines) == 1, (metric, series, lines)
             assert lines[0].endswith(f" {count}"), lines
