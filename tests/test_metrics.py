@@ -46,6 +46,18 @@ def readme_promql():
     return blocks
 
 
+def readme_operations():
+    """(metric names in the Operations section's table, the series its /metrics sample shows)."""
+    text = README.read_text().split("## Operations: metrics, probes, logs, TLS to PostgreSQL", 1)[1]
+    text = text.split("\n## ", 1)[0]
+    names = set()
+    for row in text.splitlines():
+        if row.startswith("| `keygatectl_"):
+            names.update(re.findall(r"`(keygatectl_\w+)`", row.split("|")[1]))
+    sample = re.findall(r"^# (keygatectl_\w+(?:\{[^}]*\})?) \S+$", text, re.M)
+    return names, sample
+
+
 def get(port, path, token=None, host=None):
     headers = {}
     if token:
@@ -101,6 +113,14 @@ def test_prometheus_scrapes_keygatectl_and_envoy_and_the_readme_s_promql_works(
         assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
         code, out = promserver.promtool_check(text)
         assert code == 0 and out == "", out
+        # Every metric the README's table names is there, and so is every series its sample
+        # shows.
+        names, sample = readme_operations()
+        assert len(names) >= 15 and len(sample) >= 5, (names, sample)
+        for name in names:
+            assert f"# TYPE {name} " in text, name
+        for series in sample:
+            assert re.search(rf"^{re.escape(series)} ", text, re.M), series
 
         value = lambda result: {tuple(sorted(l.items())): v for l, v in result}  # noqa: E731
 
@@ -150,6 +170,9 @@ def test_prometheus_scrapes_keygatectl_and_envoy_and_the_readme_s_promql_works(
         assert {l["kind"] for l, _ in by_kind} == {"full", "delta", "not_modified"}
         assert prometheus.query(ops[0][4]) == [({}, 0.0)]  # one replica: in step
         assert prometheus.query(ops[0][5]) == []  # ready
+        # No store errors, and the series is there to say so (the alert has something to watch).
+        prometheus.wait_for('keygatectl_store_errors_total{backend="sqlite",kind="write"} == 0', bool)
+        assert prometheus.query(ops[0][6]) == []
     finally:
         prometheus.stop()
 

@@ -280,8 +280,11 @@ pub fn store_transaction(backend: &str, kind: &str, elapsed: Duration, ok: bool)
         m.store_seconds
             .with_label_values(&[backend, kind])
             .observe(elapsed.as_secs_f64());
+        // Looked up on success too, so that the series shows (at 0) before the first error
+        // and an alert on its rate has something to watch.
+        let errors = m.store_errors.with_label_values(&[backend, kind]);
         if !ok {
-            m.store_errors.with_label_values(&[backend, kind]).inc();
+            errors.inc();
         }
     });
 }
@@ -371,6 +374,22 @@ mod tests {
         assert!(text.contains("store=\"00112233445566778899aabbccddeeff\""));
         assert!(text.contains("keygatectl_sign_in_failures_total{where=\"operator\"}"));
         drop(guard);
+    }
+
+    #[test]
+    fn store_errors_show_at_zero_before_the_first() {
+        // A backend of its own: the store's tests count into this process-wide registry too.
+        store_transaction("unit_test", "read", Duration::from_millis(1), true);
+        let (_, text) = render().expect("render");
+        assert!(
+            text.contains("keygatectl_store_errors_total{backend=\"unit_test\",kind=\"read\"} 0"),
+            "{text}"
+        );
+        store_transaction("unit_test", "read", Duration::from_millis(1), false);
+        let (_, text) = render().expect("render");
+        assert!(
+            text.contains("keygatectl_store_errors_total{backend=\"unit_test\",kind=\"read\"} 1")
+        );
     }
 
     #[test]
