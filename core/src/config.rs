@@ -162,6 +162,8 @@ pub enum Problem {
     Template(TemplateError),
     RateLimit(LimitError),
     Binary(&'static str),
+    /// Anything else, said by its message (the fetcher's settings).
+    Invalid(&'static str),
 }
 
 impl fmt::Display for Problem {
@@ -222,7 +224,7 @@ impl fmt::Display for Problem {
             Problem::Method(e) => e.fmt(f),
             Problem::Template(e) => e.fmt(f),
             Problem::RateLimit(e) => e.fmt(f),
-            Problem::Binary(what) => f.write_str(what),
+            Problem::Binary(what) | Problem::Invalid(what) => f.write_str(what),
         }
     }
 }
