@@ -18,6 +18,9 @@ class ScriptedControlPlane(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
         self.polls = []
+        self.poll_times = []  # time.monotonic() of each poll, in order
+        # Headers sent with the next answer only (e.g. the fault build's trap), then cleared.
+        self.headers_once = {}
         self.version = 0
         self.entries = {}
         self.override = None  # (status, body bytes, content type) answered instead of the map
@@ -71,8 +74,10 @@ class _Handler(BaseHTTPRequestHandler):
         server = self.server
         with server.lock:
             server.polls.append((self.path, self.headers.get("if-none-match")))
+            server.poll_times.append(time.monotonic())
             override, version, body = server.override, server.version, server.full_body()
             store = server.store
+            once, server.headers_once = server.headers_once, {}
         if server.hang:
             time.sleep(30)
             return
@@ -93,6 +98,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", content_type)
         if store:
             self.send_header("keygate-store", store)
+        for name, value in once.items():
+            self.send_header(name, value)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

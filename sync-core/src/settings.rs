@@ -167,7 +167,7 @@ impl ServiceConfig {
         }
         let cluster = keygate_core::fields::as_str(raw.required("cluster")?, &raw.path("cluster"))?;
         if !is_valid_cluster(cluster) {
-            return Err(raw.path("cluster").error(Problem::Invalid(CLUSTER_RULE)));
+            return Err(raw.path("cluster").error(Problem::Message(CLUSTER_RULE)));
         }
         // Without one, the cluster's name: right for a plain name, never for an Istio
         // outbound cluster (`outbound|8080||host`), whose host is its last part.
@@ -236,12 +236,12 @@ impl OwnFetchConfig {
         let env = raw.string("bearer_token_env")?;
         if let Some(name) = env {
             if !is_env_name(name) {
-                return Err(raw.path("bearer_token_env").error(Problem::Invalid(
+                return Err(raw.path("bearer_token_env").error(Problem::Message(
                     "must be an environment variable name: 1-128 letters, digits and '_', not starting with a digit",
                 )));
             }
             if service.fetch.bearer_token.is_some() {
-                return Err(raw.path("bearer_token_env").error(Problem::Invalid(
+                return Err(raw.path("bearer_token_env").error(Problem::Message(
                     "give either bearer_token or bearer_token_env, not both",
                 )));
             }

@@ -1,0 +1,268 @@
+"""Sync mode from the filter alone (keygate-standalone.wasm), in Envoy configured as istiod
+configures it for deploy/istio/wasmplugin-sync.yaml (tests/istio.py): the HTTP filter only,
+no bootstrap extension, keygatectl's cluster named the Istio way, the sync token from the
+proxy's environment (vmConfig.env, valueFrom HOST), 2 workers. Exactly one VM of the three
+(two workers, the main thread) polls: the holder of the lease in shared data."""
+
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import harness
+import istio
+import keys as keylib
+from controlplane import ScriptedControlPlane
+from ctl import Keygatectl
+
+pytestmark = pytest.mark.skipif(harness.NATIVE_MODE, reason="the wasm filter's own sync mode")
+
+INTERVAL_MS = 300
+TICK_MS = 50
+LEASE_MS = 500
+SYNC = harness.STATS + "keygate.sync."
+TOKEN_ENV = "KEYGATE_SYNC_TOKEN"
+
+
+def sync_plugin(**sync_overrides):
+    """The shipped sync-mode WasmPlugin, with test settings in its `sync` block (keygatectl
+    answers `localhost`; the shipped authority is its in-cluster name)."""
+    plugin = istio.load(istio.SYNC_PLUGIN)
+    sync = plugin["spec"]["pluginConfig"]["sync"]
+    sync.update({"authority": "localhost", "interval_ms": INTERVAL_MS, "timeout_ms": 1000,
+                 "jitter": 0})
+    sync.update(sync_overrides)
+    return plugin
+
+
+def start(plugin, keymap_port, upstream, token=None, wasm=None, concurrency=2):
+    """Envoy as istiod would run the plugin, its keygatectl cluster on `keymap_port`."""
+    ports = {"admin": harness.free_port(), "listen": harness.free_port()}
+    cluster = plugin["spec"]["pluginConfig"]["sync"]["cluster"]
+    config = istio.envoy_config(plugin, wasm or istio.STANDALONE_WASM, ports["admin"],
+                                ports["listen"], upstream.server_address[1],
+                                {cluster: keymap_port})
+    envoy = harness.Envoy(config, concurrency=concurrency)
+    envoy.start(env={TOKEN_ENV: token} if token else None)
+    envoy.url = f"http://127.0.0.1:{ports['listen']}"
+    envoy.port = ports["listen"]
+    return envoy
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not met within {timeout} s")
+        time.sleep(0.02)
+
+
+def sync_stats(envoy):
+    return envoy.counters(SYNC)
+
+
+def leads(envoy):
+    """[(VM id, thread name)] of every "leads the key-map sync now" log line, in order. The
+    thread (main `envoy`, or `wrk:worker_N`) comes from the line's thread id (Envoy's log
+    format) and /proc."""
+    out = []
+    for line in envoy.read_log().splitlines():
+        match = re.search(r"\]\[(\d+)\]\[info\].*keygate sync: VM (\d+) leads the key-map sync now", line)
+        if match:
+            tid, vm = match.groups()
+            try:
+                thread = Path(f"/proc/{envoy.proc.pid}/task/{tid}/comm").read_text().strip()
+            except OSError:
+                thread = f"thread {tid} (gone)"
+            out.append((int(vm), thread))
+    return out
+
+
+def vms(envoy):
+    """{VM id: thread id} of every VM whose fetcher started: one per worker, the main
+    thread's, and the one Envoy starts on the main thread only to check the configuration
+    (it never ticks)."""
+    found = re.findall(r"\]\[(\d+)\]\[info\].*keygate sync: VM (\d+) polls cluster", envoy.read_log())
+    return {int(vm): int(tid) for tid, vm in found}
+
+
+def threads(envoy):
+    """How many threads run a fetcher: the main thread and each worker."""
+    return len(set(vms(envoy).values()))
+
+
+def leader(envoy):
+    """The leading VM's id, once the lease is taken (the gauge), else None."""
+    return sync_stats(envoy).get("leader") or None
+
+
+# ---------------------------------------------------------------------------------------
+# With the real keygatectl.
+
+@pytest.fixture
+def ctl():
+    server = Keygatectl().start(port=harness.free_port())
+    yield server
+    server.stop()
+
+
+def test_keys_from_keygatectl_work_on_every_worker_and_one_vm_leads(ctl, upstream, stopped_after):
+    _, keys = ctl.create_account()
+    envoy = stopped_after(start(sync_plugin(), ctl.port, upstream, token=ctl.sync_token))
+    secret, publishable = keys["sk_test"]["key"], keys["pk_test"]["key"]
+    wait_for(lambda: httpx.get(envoy.url + "/v3/devices", headers={
+        "authorization": f"token {secret}"}).status_code == 200, what="first map")
+    with harness.connections_on_every_worker(envoy, port=envoy.port) as workers:
+        assert workers.everywhere(secret) == {(200, None)}
+        assert workers.everywhere(publishable, "/v3/devices") == {(403, "insufficient_permissions")}
+        assert workers.everywhere("sk_test_" + "x" * 38) == {(401, "invalid_api_key")}
+    assert len(upstream.take()) == 2
+    # The filter runs on three threads (two workers, the main thread); one VM took the lease.
+    assert threads(envoy) == 3, envoy.read_log()[-3000:]
+    stats = sync_stats(envoy)
+    assert stats["leader"] in vms(envoy)
+    assert stats["lease_changes"] == 1, stats
+    assert stats["keys"] == 4 and stats["updates"] >= 1
+    assert [vm for vm, _ in leads(envoy)] == [stats["leader"]]
+    print(f"leader: VM {stats['leader']} on {leads(envoy)[0][1]}")
+    # The token came from the proxy's environment: never in the config or the log.
+    assert ctl.sync_token not in envoy.read_log()
+    assert ctl.sync_token not in json.dumps(envoy.config)
+    prometheus = envoy.admin("/stats/prometheus")
+    for name in ("keygate_sync_leader", "keygate_sync_lease_changes", "keygate_sync_fetches"):
+        assert re.search(rf"^{name}\b", prometheus, re.M), name
+
+
+def wait_everywhere(envoy, key, want, timeout=10.0):
+    """Waits until every worker answers `key` with `want` ((status, code)), on connections
+    opened now (a worker whose VM trapped answers 503 until Envoy replaced the VM)."""
+    def agreed():
+        with harness.connections_on_every_worker(envoy, port=envoy.port) as workers:
+            return workers.everywhere(key) == {want}
+    return wait_for(agreed, timeout, what=f"every worker answers {want}")
+
+
+def first_map(envoy, key):
+    wait_for(lambda: httpx.get(envoy.url + "/v3/devices", headers={
+        "authorization": f"token {key}"}).status_code == 200, what="first map")
+
+
+def test_a_roll_is_refused_on_every_worker_within_one_interval(ctl, upstream, stopped_after):
+    _, keys = ctl.create_account()
+    envoy = stopped_after(start(sync_plugin(), ctl.port, upstream, token=ctl.sync_token))
+    old = keys["sk_test"]
+    first_map(envoy, old["key"])
+    with harness.connections_on_every_worker(envoy, port=envoy.port) as workers:
+        assert workers.everywhere(old["key"]) == {(200, None)}
+        fetches = sync_stats(envoy)["fetches"]
+        started = time.monotonic()
+        new = ctl.api("POST", f"/v1/keys/{old['key_id']}/roll", {})["new_key"]["key"]
+        wait_for(lambda: workers.everywhere(old["key"]) == {(401, "invalid_api_key")}
+                 and workers.everywhere(new) == {(200, None)}, what="the roll on every worker")
+        elapsed = time.monotonic() - started
+        polls = sync_stats(envoy)["fetches"] - fetches
+    print(f"roll refused on every worker after {elapsed * 1000:.0f} ms, {polls} poll(s)")
+    # Within one interval: the poll under way at the roll may have missed it; the next one
+    # (an interval later at most) brought it, and no third poll was needed.
+    assert 1 <= polls <= 2, polls
+
+
+def test_keygatectl_down_keeps_the_last_good_map_then_catches_up(ctl, upstream, stopped_after):
+    _, keys = ctl.create_account()
+    envoy = stopped_after(start(sync_plugin(), ctl.port, upstream, token=ctl.sync_token))
+    old = keys["sk_test"]
+    first_map(envoy, old["key"])
+    new = ctl.api("POST", f"/v1/keys/{old['key_id']}/roll", {})["new_key"]["key"]
+    wait_everywhere(envoy, old["key"], (401, "invalid_api_key"))
+    version = sync_stats(envoy)["version"]
+    errors = sync_stats(envoy).get("errors", 0)
+    ctl.stop()
+    wait_for(lambda: sync_stats(envoy).get("errors", 0) >= errors + 2, what="failed polls")
+    with harness.connections_on_every_worker(envoy, port=envoy.port) as workers:
+        assert workers.everywhere(new) == {(200, None)}
+        assert workers.everywhere(old["key"]) == {(401, "invalid_api_key")}
+        assert workers.everywhere(keys["sk_production"]["key"]) == {(200, None)}
+    assert sync_stats(envoy)["version"] == version
+    assert "keygate sync: the poll failed" in envoy.read_log()
+    # Back: the next change arrives.
+    ctl.start(port=ctl.port)
+    newer = ctl.api("POST", f"/v1/keys/{keys['sk_production']['key_id']}/roll", {})["new_key"]["key"]
+    wait_everywhere(envoy, newer, (200, None))
+    wait_everywhere(envoy, keys["sk_production"]["key"], (401, "invalid_api_key"))
+
+
+# ---------------------------------------------------------------------------------------
+# With a stand-in control plane that records every poll (and can make the leader trap).
+
+@pytest.fixture
+def cp():
+    server = ScriptedControlPlane()
+    yield server
+    server.close()
+
+
+STANDIN_TOKEN = "kgsync_standin_" + "0" * 16
+
+
+def test_one_poll_per_interval_not_one_per_vm(cp, keyset, upstream, stopped_after):
+    cp.publish(keyset.entries)
+    envoy = stopped_after(start(sync_plugin(), cp.port, upstream, token=STANDIN_TOKEN))
+    wait_for(lambda: len(cp.poll_times) >= 10, timeout=20, what="ten polls")
+    fetches = sync_stats(envoy)["fetches"]
+    with cp.lock:
+        times, polls = list(cp.poll_times), list(cp.polls)
+    assert threads(envoy) == 3, "VMs tick on three threads: two workers and the main one"
+    # One poller, jitter 0: each poll starts an interval less one tick after the last answer
+    # (or later). Three pollers would put polls a few milliseconds apart.
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    print(f"gaps between polls: {', '.join(f'{g * 1000:.0f}' for g in gaps)} ms")
+    assert min(gaps) >= (INTERVAL_MS - TICK_MS - 60) / 1000, gaps
+    # Envoy counts a fetch when it sends the poll: each one reached the control plane.
+    assert len(times) <= fetches <= len(times) + 1
+    # One lineage of polls: a whole map first, then deltas since the version held.
+    assert polls[0][0] == "/v1/keymap"
+    assert all(path.endswith("?since=1") for path, _ in polls[1:])
+    assert sync_stats(envoy)["lease_changes"] == 1
+
+
+def test_the_leading_vm_trapped_another_takes_over_and_the_map_keeps_updating(
+        cp, keyset, upstream, stopped_after):
+    if not istio.STANDALONE_FAULT_WASM.exists():
+        pytest.fail(f"{istio.STANDALONE_FAULT_WASM} is missing: `make build` makes it")
+    cp.publish(keyset.entries)
+    envoy = stopped_after(start(sync_plugin(), cp.port, upstream, token=STANDIN_TOKEN,
+                                wasm=istio.STANDALONE_FAULT_WASM))
+    first_map(envoy, keyset.keys["sk_test"])
+    wait_for(lambda: leader(envoy), what="a leader")
+    for round_ in (1, 2):
+        old = leader(envoy)
+        changes = sync_stats(envoy)["lease_changes"]
+        traps = envoy.read_log().count("fault injection: the leading VM traps")
+        # The next answer carries the fault: only the leader polls, so the leader traps.
+        cp.headers_once = {"x-keygate-fault": "trap"}
+        wait_for(lambda: envoy.read_log().count("fault injection: the leading VM traps") > traps,
+                 what="the leader's trap")
+        trapped_at = time.monotonic()
+        new = wait_for(lambda: leader(envoy) != old and leader(envoy), what="a new leader")
+        took = time.monotonic() - trapped_at
+        history = leads(envoy)
+        print(f"round {round_}: VM {old} trapped; VM {new} ({history[-1][1]}) leads "
+              f"{took * 1000:.0f} ms later")
+        assert sync_stats(envoy)["lease_changes"] == changes + 1
+        assert history[-1][0] == new
+        assert f"VM {new} leads the key-map sync now (lease term {changes + 1}, after VM {old})" \
+            in envoy.read_log()
+        # The map keeps updating: a key added now works on every worker (the trapped VM's
+        # worker, if it was one, once Envoy replaced its VM).
+        added = keylib.make_key("secret", "test")
+        keyset.add(f"added_{round_}", added, key_type="secret", environment="test")
+        cp.publish(keyset.entries)
+        wait_everywhere(envoy, added, (200, None), timeout=15)
+    assert sync_stats(envoy)["errors"] >= 0
+    upstream.take()
