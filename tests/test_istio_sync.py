@@ -266,3 +266,57 @@ def test_the_leading_vm_trapped_another_takes_over_and_the_map_keeps_updating(
         wait_everywhere(envoy, added, (200, None), timeout=15)
     assert sync_stats(envoy)["errors"] >= 0
     upstream.take()
+
+
+# ---------------------------------------------------------------------------------------
+# Configuration mistakes: refused naming the field, or failing closed with a reason.
+
+def refused(plugin, upstream, wasm=None, token=None):
+    """Envoy's log after it refused to start with `plugin`."""
+    ports = {"admin": harness.free_port(), "listen": harness.free_port()}
+    cluster = plugin["spec"]["pluginConfig"]["sync"].get("cluster", "unused")
+    config = istio.envoy_config(plugin, wasm or istio.STANDALONE_WASM, ports["admin"],
+                                ports["listen"], upstream.server_address[1],
+                                {cluster: harness.free_port()})
+    envoy = harness.Envoy(config, concurrency=1)
+    try:
+        assert envoy.start(expect_failure=True, env={TOKEN_ENV: token} if token else None) != 0
+        return envoy.read_log()
+    finally:
+        envoy.stop()
+
+
+def test_configuration_errors_name_the_field(upstream):
+    log = refused(sync_plugin(cluster="outbound|8080||a b"), upstream, token=STANDIN_TOKEN)
+    assert "invalid keygate config: sync.cluster: must be 1-255 visible ASCII characters" in log
+    log = refused(sync_plugin(interval_ms=5), upstream, token=STANDIN_TOKEN)
+    assert "invalid keygate config: sync.interval_ms: must be between 100 and 3600000" in log
+    log = refused(sync_plugin(bearer_token="kgsync_x"), upstream, token=STANDIN_TOKEN)
+    assert "invalid keygate config: sync.bearer_token_env: give either bearer_token or " \
+        "bearer_token_env, not both" in log
+    # The token's variable missing from the VM's environment (no vmConfig.env, or the
+    # proxy container lacks it): refused at configuration, naming the variable.
+    log = refused(sync_plugin(), upstream)
+    assert "invalid keygate config: sync.bearer_token_env: KEYGATE_SYNC_TOKEN is not in the " \
+        "VM's environment" in log
+    # The lean module does not fetch: a fetch block is not for it.
+    log = refused(sync_plugin(), upstream, wasm=harness.WASM, token=STANDIN_TOKEN)
+    assert "invalid keygate config: sync.cluster: unknown field; expected one of `namespace`" in log
+
+
+def test_a_cluster_envoy_does_not_have_fails_closed_and_says_so(cp, keyset, upstream, stopped_after):
+    """What a Sidecar resource hiding keygatectl, or a misspelt cluster, looks like."""
+    cp.publish(keyset.entries)
+    plugin = sync_plugin(cluster="outbound|8080||nowhere.keygate.svc.cluster.local")
+    ports = {"admin": harness.free_port(), "listen": harness.free_port()}
+    config = istio.envoy_config(plugin, istio.STANDALONE_WASM, ports["admin"], ports["listen"],
+                                upstream.server_address[1], {"outbound|8080||keygatectl": cp.port})
+    envoy = stopped_after(harness.Envoy(config, concurrency=1))
+    envoy.start(env={TOKEN_ENV: STANDIN_TOKEN})
+    wait_for(lambda: sync_stats(envoy).get("errors", 0) >= 2, what="failed polls")
+    r = httpx.get(f"http://127.0.0.1:{ports['listen']}/v3/devices",
+                  headers={"authorization": f"token {keyset.keys['sk_test']}"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "key_map_unavailable"
+    assert "keygate sync: cannot call cluster outbound|8080||nowhere.keygate.svc.cluster.local" \
+        in envoy.read_log()
+    assert cp.polls == []
