@@ -8,6 +8,7 @@ CARGO    ?= cargo
 WASM     := target/wasm32-wasip1/release/keygate.wasm
 NATIVE   := target/native/libkeygate_native.so
 CTL      := target/release/keygatectl
+K8S_VALIDATE := tests/k8s-validate
 # Integration suites run in parallel (each test starts its own Envoy with 2 workers).
 JOBS     ?= 2
 # PostgreSQL for the store, replica and failover suites: one throwaway server per run
@@ -59,7 +60,6 @@ $(VENV)/.installed: tests/requirements.txt
 
 # The Kubernetes schemas the platform manifests are checked against (npm's
 # @kubernetes-models packages, pinned by the lockfile; Debian's nodejs if node is missing).
-K8S_VALIDATE := tests/k8s-validate
 $(K8S_VALIDATE)/node_modules/.installed: $(K8S_VALIDATE)/package-lock.json
 	@command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
 	npm ci --prefix $(K8S_VALIDATE) --no-audit --no-fund --loglevel=error
