@@ -22,6 +22,7 @@ mod prelude {
     pub use alloc::{format, vec};
 }
 
+pub mod base64;
 pub mod bucket;
 pub mod config;
 pub mod credentials;
