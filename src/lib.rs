@@ -29,6 +29,7 @@ mod metrics;
 #[cfg(feature = "standalone-sync")]
 mod standalone;
 mod synced_map;
+mod usage;
 mod vm_global;
 
 // memcmp and friends come from wasi-libc, as they do for std; only those few objects of the
