@@ -1,6 +1,5 @@
 //! The host calls that only `keygate-standalone.wasm` makes (see `standalone.rs`): the HTTP
-//! callout to keygatectl's cluster and its answer, shared-data reads and writes with
-//! compare-and-swap (the lease and the map), gauges, and the VM's environment. The lean
+//! callouts to keygatectl's cluster and their answers, gauges, and the VM's environment. The lean
 //! filter links none of them. Nothing here can panic or trap.
 
 // Compiled without the feature only for its unit tests.
@@ -43,20 +42,6 @@ mod host {
             data: *mut *mut u8,
             size: *mut usize,
         ) -> u32;
-        pub fn proxy_get_shared_data(
-            key: *const u8,
-            key_size: usize,
-            data: *mut *mut u8,
-            size: *mut usize,
-            cas: *mut u32,
-        ) -> u32;
-        pub fn proxy_set_shared_data(
-            key: *const u8,
-            key_size: usize,
-            value: *const u8,
-            value_size: usize,
-            cas: u32,
-        ) -> u32;
         pub fn proxy_define_metric(
             kind: u32,
             name: *const u8,
@@ -73,9 +58,14 @@ mod host {
     }
 }
 
-/// Sends a request to `cluster` (serialized header pairs, no body); the answer comes to
-/// `proxy_on_http_call_response` with the token returned here.
-pub fn http_call(cluster: &str, headers: &[u8], timeout_ms: u32) -> Result<u32, Status> {
+/// Sends a request to `cluster` (serialized header pairs, and a body if not empty); the
+/// answer comes to `proxy_on_http_call_response` with the token returned here.
+pub fn http_call(
+    cluster: &str,
+    headers: &[u8],
+    body: &[u8],
+    timeout_ms: u32,
+) -> Result<u32, Status> {
     let mut token = 0;
     // SAFETY: live slices for the duration of the call, an out-pointer to a local.
     check(unsafe {
@@ -84,8 +74,8 @@ pub fn http_call(cluster: &str, headers: &[u8], timeout_ms: u32) -> Result<u32, 
             cluster.len(),
             headers.as_ptr(),
             headers.len(),
-            core::ptr::null(),
-            0,
+            body.as_ptr(),
+            body.len(),
             core::ptr::null(),
             0,
             timeout_ms,
@@ -130,32 +120,6 @@ pub fn response_body(start: usize, len: usize) -> Vec<u8> {
             Err(_) => Vec::new(),
         }
     }
-}
-
-/// A shared-data value and its compare-and-swap token; `Err(NOT_FOUND)` when never set.
-pub fn shared_data_with_cas(key: &str) -> Result<(Vec<u8>, u32), Status> {
-    let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
-    // SAFETY: a live slice, out-pointers to locals; the buffer is ours afterwards.
-    unsafe {
-        check(host::proxy_get_shared_data(
-            key.as_ptr(),
-            key.len(),
-            &mut data,
-            &mut size,
-            &mut cas,
-        ))?;
-        Ok((take_buffer(data, size), cas))
-    }
-}
-
-/// Writes a shared-data value. With `cas` other than 0, only if the value is still the one
-/// read with that token (`Err(CAS_MISMATCH)` otherwise); a key never set is written
-/// whatever `cas` says (Envoy's rule).
-pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
-    // SAFETY: live slices for the duration of the call.
-    check(unsafe {
-        host::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
-    })
 }
 
 pub fn define_gauge(name: &str) -> Result<u32, Status> {

@@ -22,6 +22,8 @@ mod abi;
 mod callout;
 mod exports;
 mod filter;
+#[cfg(feature = "standalone-sync")]
+mod leader_usage;
 #[cfg(any(test, feature = "standalone-sync"))]
 mod lease;
 mod logger;

@@ -22,6 +22,7 @@
 
 use crate::abi::{self, LogLevel};
 use crate::callout;
+use crate::leader_usage::LeaderUsage;
 use crate::lease::{self, Change, Lease, LeaseKeeper, LeaseStore, Seen};
 use crate::vm_global::VmGlobal;
 use alloc::borrow::ToOwned;
@@ -204,10 +205,11 @@ struct OwnSync {
     metrics: FetchMetrics,
 }
 
-/// What only the leader has.
+/// What only the leader has: the poller, and the Envoy's usage reporter.
 struct Leading {
     poller: Poller,
     in_flight: Option<InFlight>,
+    usage: Option<LeaderUsage>,
 }
 
 #[derive(Clone, Copy)]
@@ -265,7 +267,11 @@ impl OwnSync {
             // whole map and rewrites every bucket.
             poller: Poller::new(config.fetch.clone(), 1, TICK_MS, now, u64::from(*vm)),
             in_flight: None,
+            usage: LeaderUsage::start(config, now, u64::from(*vm) ^ now),
         });
+        if let Some(usage) = &mut leading.usage {
+            usage.on_tick(config, now);
+        }
         if let Some(age) = leading.poller.age_ms(now) {
             metrics.set(SyncGauge::AgeMs, age);
         }
@@ -305,7 +311,7 @@ impl OwnSync {
         let headers = header_pairs::serialize(&pairs);
         // timeout_ms is at most 60 s (the settings' range): it fits.
         let timeout = u32::try_from(config.fetch.timeout_ms).unwrap_or(u32::MAX);
-        match callout::http_call(&config.cluster, &headers, timeout) {
+        match callout::http_call(&config.cluster, &headers, &[], timeout) {
             Ok(token) => {
                 leading.in_flight = Some(InFlight {
                     token,
@@ -335,6 +341,11 @@ impl OwnSync {
         let Some(leading) = leading_slot.as_mut() else {
             return;
         };
+        if let Some(usage) = &mut leading.usage {
+            if usage.on_response(token, num_headers) {
+                return;
+            }
+        }
         if leading.in_flight.map(|call| call.token) != Some(token) {
             return;
         }
@@ -454,7 +465,7 @@ fn publish(namespace: &str) {
         .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
         .map_or(0, u64::from_le_bytes);
     let generation = published.wrapping_add(1);
-    if let Err(status) = callout::set_shared_data(&key, &generation.to_le_bytes(), 0) {
+    if let Err(status) = abi::set_shared_data(&key, &generation.to_le_bytes(), 0) {
         abi::log(
             LogLevel::Warn,
             &format!(
@@ -503,7 +514,7 @@ struct SharedLease<'a> {
 
 impl LeaseStore for SharedLease<'_> {
     fn read(&mut self) -> Seen {
-        match callout::shared_data_with_cas(self.key) {
+        match abi::shared_data_with_cas(self.key) {
             Ok((bytes, cas)) => Seen::Held {
                 lease: Lease::decode(&bytes),
                 cas,
@@ -514,7 +525,7 @@ impl LeaseStore for SharedLease<'_> {
     }
 
     fn write(&mut self, lease: &Lease, cas: Option<u32>) -> bool {
-        callout::set_shared_data(self.key, &lease.encode(), cas.unwrap_or(0)).is_ok()
+        abi::set_shared_data(self.key, &lease.encode(), cas.unwrap_or(0)).is_ok()
     }
 }
 
@@ -581,8 +592,7 @@ impl BucketStore for GuardedBuckets<'_, '_> {
         if !self.guard.check(BUCKETS_PER_CHECK) {
             return;
         }
-        if let Err(status) = callout::set_shared_data(&bucket_key(self.namespace, bucket), bytes, 0)
-        {
+        if let Err(status) = abi::set_shared_data(&bucket_key(self.namespace, bucket), bytes, 0) {
             abi::log(
                 LogLevel::Warn,
                 &format!(

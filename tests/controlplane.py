@@ -27,6 +27,8 @@ class ScriptedControlPlane(ThreadingHTTPServer):
         self.store = None  # the keygate-store header sent with every answer, if set
         self.reports = []  # usage reports received: (report_id, keys, the status answered)
         self.report_statuses = []  # statuses to answer the next reports with (then 204)
+        self.report_times = []  # time.monotonic() of each report, in order
+        self.report_auth = set()  # the authorization headers reports came with
         self.hang = False
         self.down = False  # drop every request without an answer, as a dead server would
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -132,6 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
             with server.lock:
                 status = server.report_statuses.pop(0) if server.report_statuses else 204
                 server.reports.append((report["report_id"], report["keys"], status))
+                server.report_times.append(time.monotonic())
+                server.report_auth.add(self.headers.get("authorization"))
         self.send_response(status)
         self.send_header("content-length", "0")
         self.end_headers()

@@ -361,3 +361,67 @@ def test_envoy_gateway_policy_as_shipped_syncs_from_keygatectl(ctl, upstream, st
     stats = sync_stats(envoy)
     assert threads(envoy) == 3 and stats["lease_changes"] == 1 and stats["leader"] in vms(envoy)
     upstream.take()
+
+
+# ---------------------------------------------------------------------------------------
+# Usage reports: the leader is the Envoy's one reporter.
+
+USAGE_INTERVAL_MS = 1000
+
+
+def test_usage_reaches_the_control_plane_from_one_reporter(cp, keyset, upstream, stopped_after):
+    """Every VM counts its requests and hands them to the shared inbox; the leading VM
+    empties it and posts the reports (with the sync token), resending one keygatectl did not
+    take with the same id: each key's requests on every worker are counted exactly once."""
+    cp.publish(keyset.entries)
+    cp.report_statuses = [503]  # the first report is not taken
+    envoy = stopped_after(start(sync_plugin(usage_interval_ms=USAGE_INTERVAL_MS), cp.port,
+                                upstream, token=STANDIN_TOKEN))
+    warm_up = {"authorization": f"token {keyset.keys['sk_production']}"}
+    with httpx.Client(base_url=envoy.url, timeout=5) as client:
+        # Until a report holds the warm-up key: the map is served, the VMs count (each reads
+        # the leader's flag on its ticks), and reports reach the control plane.
+        wait_for(lambda: client.get("/v3/devices", headers=warm_up).status_code == 200
+                 and "key_sk_production" in cp.usage_by_key(), timeout=30, what="a first report")
+    sent = {"sk_test": 0, "pk_test": 0}
+    with harness.connections_on_every_worker(envoy, port=envoy.port) as workers:
+        for _ in range(15):
+            # pk_test on a list: refused, but the key is known, so it counts.
+            assert workers.everywhere(keyset.keys["sk_test"]) == {(200, None)}
+            assert workers.everywhere(keyset.keys["pk_test"]) == {(403, "insufficient_permissions")}
+            sent["sk_test"] += envoy.concurrency
+            sent["pk_test"] += envoy.concurrency
+        assert workers.everywhere("sk_test_" + "z" * 38) == {(401, "invalid_api_key")}
+    want = {"key_sk_test": {"allowed": sent["sk_test"], "refused": 0},
+            "key_pk_test": {"allowed": 0, "refused": sent["pk_test"]}}
+
+    def measured():
+        usage = cp.usage_by_key()
+        return {k: usage.get(k) for k in want}
+    wait_for(lambda: measured() == want, timeout=30, what=f"usage {want}")
+    assert set(cp.usage_by_key()) == {"key_sk_production", "key_sk_test", "key_pk_test"}
+    with cp.lock:
+        reports, times, auth = list(cp.reports), list(cp.report_times), set(cp.report_auth)
+    refused_id = next(r for r, _, status in reports if status == 503)
+    assert [r for r, _, _ in reports].count(refused_id) >= 2, "the refused report was sent again"
+    assert auth == {f"Bearer {STANDIN_TOKEN}"}
+    # One reporter: reports at least an interval apart (less a tick), never bunched as three
+    # VMs each reporting would send them.
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    print(f"{len(reports)} reports, gaps {', '.join(f'{g * 1000:.0f}' for g in gaps)} ms")
+    assert len(gaps) >= 2 and min(gaps) >= (USAGE_INTERVAL_MS - TICK_MS - 60) / 1000, gaps
+    upstream.take()
+
+
+def test_usage_reports_off_nothing_is_posted(cp, keyset, upstream, stopped_after):
+    cp.publish(keyset.entries)
+    envoy = stopped_after(start(sync_plugin(usage_reports=False), cp.port, upstream,
+                                token=STANDIN_TOKEN))
+    first_map(envoy, keyset.keys["sk_test"])
+    fetches = sync_stats(envoy)["fetches"]
+    # Polls go on for over a usage interval's worth (the shortest allowed: 1 s)...
+    wait_for(lambda: sync_stats(envoy)["fetches"] >= fetches + 1000 // INTERVAL_MS + 2,
+             what="polls for over a second")
+    # ...and no report came.
+    assert cp.reports == []
+    upstream.take()

@@ -93,6 +93,8 @@ const OWN_FETCH_FIELDS: &[&str] = &[
     FETCH_FIELDS[3],
     FETCH_FIELDS[4],
     FETCH_FIELDS[5],
+    FETCH_FIELDS[6],
+    FETCH_FIELDS[7],
     "bearer_token_env",
 ];
 
