@@ -22,7 +22,7 @@ use keygate_core::header_pairs;
 use keygate_core::shared_data::{bucket_key, usage_inbox_key, usage_on_key};
 use keygate_core::usage::decode_records;
 use keygate_sync_core::settings::ServiceConfig;
-use keygate_sync_core::usage_report::{usage_url_of, UsageReporter};
+use keygate_sync_core::usage_report::{usage_url_of, ReportFate, UsageReporter, UsageStat};
 
 /// Compare-and-swap attempts to empty the inbox; after them, the next tick tries again.
 const ATTEMPTS: usize = 4;
@@ -35,6 +35,9 @@ pub struct LeaderUsage {
     reporter: UsageReporter,
     in_flight: Option<(u32, u64)>,
     path: String,
+    /// Envoy's counters of `UsageStat::ALL`, in that order (the fetcher service's names:
+    /// one stat per Envoy whichever VM counts).
+    stats: [Option<u32>; UsageStat::ALL.len()],
 }
 
 impl LeaderUsage {
@@ -55,6 +58,7 @@ impl LeaderUsage {
             reporter: UsageReporter::new(interval_ms?, now_ms, seed),
             in_flight: None,
             path: usage_url_of(&config.path),
+            stats: UsageStat::ALL.map(|s| abi::define_counter(s.name()).ok()),
         })
     }
 
@@ -68,6 +72,7 @@ impl LeaderUsage {
                 return;
             }
             self.in_flight = None;
+            self.add(UsageStat::Errors, 1);
         }
         self.gather(&config.namespace, now_ms / 1000);
         let Some(report) = self.reporter.due(now_ms) else {
@@ -92,13 +97,16 @@ impl LeaderUsage {
         let timeout = u32::try_from(config.fetch.timeout_ms).unwrap_or(u32::MAX);
         match callout::http_call(&config.cluster, &headers, report.body.as_bytes(), timeout) {
             Ok(token) => self.in_flight = Some((token, now_ms)),
-            Err(status) => abi::log(
-                LogLevel::Warn,
-                &format!(
-                    "keygate usage: cannot call cluster {}: status {}",
-                    config.cluster, status.0
-                ),
-            ),
+            Err(status) => {
+                self.add(UsageStat::Errors, 1);
+                abi::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "keygate usage: cannot call cluster {}: status {}",
+                        config.cluster, status.0
+                    ),
+                );
+            }
         }
     }
 
@@ -116,13 +124,33 @@ impl LeaderUsage {
                 .and_then(|s| core::str::from_utf8(&s).ok()?.parse::<u16>().ok())
                 .unwrap_or(0)
         };
-        if !self.reporter.on_answer(status) {
-            abi::log(
-                LogLevel::Warn,
-                &format!("keygate usage: report answered {status}; it is sent again"),
-            );
+        match self.reporter.on_answer(status) {
+            ReportFate::Taken => self.add(UsageStat::Reports, 1),
+            ReportFate::Dropped => {
+                self.add(UsageStat::Errors, 1);
+                abi::log(
+                    LogLevel::Warn,
+                    &format!("keygate usage: report refused ({status}); dropped"),
+                );
+            }
+            ReportFate::Kept => {
+                self.add(UsageStat::Errors, 1);
+                abi::log(
+                    LogLevel::Warn,
+                    &format!("keygate usage: report answered {status}; it is sent again"),
+                );
+            }
         }
         true
+    }
+
+    fn add(&self, stat: UsageStat, n: u64) {
+        let at = UsageStat::ALL.iter().position(|s| *s == stat);
+        if let (Some(Some(id)), Ok(n @ 1..)) =
+            (at.and_then(|i| self.stats.get(i)), i64::try_from(n))
+        {
+            let _ = abi::increment_metric(*id, n);
+        }
     }
 
     /// Empties the VMs' inbox into the reporter, naming keys by the published map.
@@ -137,7 +165,7 @@ impl LeaderUsage {
                 continue; // a VM appended meanwhile: read again
             }
             let (usage, unattributed) = decode_records(&bytes);
-            self.reporter.unattributed = self.reporter.unattributed.saturating_add(unattributed);
+            self.add(UsageStat::Unattributed, unattributed);
             for u in usage {
                 let Ok(bucket) = abi::shared_data(&bucket_key(namespace, bucket_of(&u.digest)))
                 else {

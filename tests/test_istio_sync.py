@@ -405,6 +405,10 @@ def test_usage_reaches_the_control_plane_from_one_reporter(cp, keyset, upstream,
     refused_id = next(r for r, _, status in reports if status == 503)
     assert [r for r, _, _ in reports].count(refused_id) >= 2, "the refused report was sent again"
     assert auth == {f"Bearer {STANDIN_TOKEN}"}
+    # The fetcher service's stats, counted once per Envoy.
+    wait_for(lambda: envoy.counters().get("usage.reports", 0) >= 2, what="reports counted")
+    counters = envoy.counters()
+    assert counters["usage.errors"] >= 1 and counters["usage.unattributed"] == 0, counters
     # One reporter: reports at least an interval apart (less a tick), never bunched as three
     # VMs each reporting would send them.
     gaps = [later - earlier for earlier, later in zip(times, times[1:])]
