@@ -13,6 +13,7 @@ use crate::api::{ApiError, AppState};
 use crate::clock::now_unix;
 use crate::keymap::{etag, if_none_match_matches, Encoding};
 use crate::log::log_event;
+use crate::metrics;
 use crate::slotted_body::SlottedBody;
 use crate::store::{DeltaLookup, StoreId, StoredKeyMap};
 use crate::web::ClientIp;
@@ -141,6 +142,7 @@ async fn delta(
         // The store may have changed lineage since the cache was read.
         DeltaLookup::Delta(stored) if is_store(wanted_store, &stored.store) => {
             let body = encode_json(&stored.message)?;
+            metrics::keymap_answer(metrics::Answer::Delta, body.len());
             Ok(Some(answer(
                 &stored.store,
                 stored.message.version(),
@@ -181,13 +183,14 @@ async fn full(state: &Arc<AppState>, encoding: Encoding, if_none_match: Option<&
     if if_none_match.is_some_and(|tags| if_none_match_matches(tags, &store, version)) {
         return not_modified(&store, version);
     }
+    metrics::keymap_answer(metrics::Answer::Full, body.len());
     let body = Body::new(SlottedBody::new(body, slot));
     answer(&store, version, body, encoding)
 }
 
 /// The current full map in `encoding`. Polls that find none cached queue for the one
 /// build; each then finds the map the build before it cached.
-async fn full_map(
+pub(crate) async fn full_map(
     state: &Arc<AppState>,
     encoding: Encoding,
 ) -> Result<(StoreId, u64, Bytes), ApiError> {
@@ -202,6 +205,7 @@ async fn full_map(
     state
         .keymap
         .remember_full(&built.0, built.1, built.2.clone(), encoding);
+    state.health.map_built();
     Ok(built)
 }
 
@@ -226,6 +230,7 @@ fn build_full(state: &AppState, encoding: Encoding) -> Result<(StoreId, u64, Byt
         }
     };
     state.refresh_key_map_status();
+    metrics::keymap_built(encoding.label(), started.elapsed());
     let builds = state.full_builds.fetch_add(1, Ordering::Relaxed) + 1;
     log_event(&format!(
         "built the full key map: store {store}, version {version}, {count} keys, {} bytes \
@@ -281,12 +286,16 @@ fn empty_delta(store: &StoreId, version: u64) -> Response {
         removes: Vec::new(),
     };
     match encode_json(&message) {
-        Ok(body) => answer(store, version, body, Encoding::Json),
+        Ok(body) => {
+            metrics::keymap_answer(metrics::Answer::Delta, body.len());
+            answer(store, version, body, Encoding::Json)
+        }
         Err(e) => e.into_response(),
     }
 }
 
 fn not_modified(store: &StoreId, version: u64) -> Response {
+    metrics::keymap_answer(metrics::Answer::NotModified, 0);
     let mut response = StatusCode::NOT_MODIFIED.into_response();
     name_the_version(&mut response, store, version);
     response
