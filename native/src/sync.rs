@@ -78,6 +78,9 @@ pub(crate) struct Shared {
     /// Unix milliseconds of the last poll that left the map current; of the group's start
     /// before the first.
     current_at_ms: AtomicU64,
+    /// While a watch is out: when its wait ends (Unix milliseconds), else 0. Until then the
+    /// map counts as current: keygatectl would have answered a change.
+    watch_until_ms: AtomicU64,
     /// Set by the fetching thread as it ends.
     ended: AtomicBool,
 }
@@ -90,6 +93,7 @@ impl Shared {
             wake: Condvar::new(),
             stats: Mutex::new(Vec::new()),
             current_at_ms: AtomicU64::new(now_ms()),
+            watch_until_ms: AtomicU64::new(0),
             ended: AtomicBool::new(false),
         }
     }
@@ -180,9 +184,19 @@ impl Group {
 /// Sets the age gauge every second from the last time the map was current, until stopped.
 fn report_age(shared: &Shared) {
     while !shared.sleep(AGE_REFRESH) {
-        let age = now_ms().saturating_sub(shared.current_at_ms.load(Ordering::Relaxed));
+        let age = age_ms(
+            now_ms(),
+            shared.current_at_ms.load(Ordering::Relaxed),
+            shared.watch_until_ms.load(Ordering::Relaxed),
+        );
         GroupStats(shared).set_age(age);
     }
+}
+
+/// Time since the map was last known current: its last answer, or now while a watch is held
+/// within its wait (`watch_until`, 0 for none).
+fn age_ms(now: u64, answered: u64, watch_until: u64) -> u64 {
+    now.saturating_sub(answered.max(now.min(watch_until)))
 }
 
 impl GroupStats<'_> {
@@ -260,11 +274,21 @@ impl Fetcher {
     }
 
     fn run(mut self) {
-        info!(
-            "keygate sync: polling {} every {} ms",
-            self.config.urls.join(", "),
-            self.config.fetch.interval_ms
-        );
+        let fetch = &self.config.fetch;
+        if fetch.watch {
+            info!(
+                "keygate sync: watching {} ({} s at a time; retrying after {} ms)",
+                self.config.urls.join(", "),
+                fetch.wait_s,
+                fetch.interval_ms
+            );
+        } else {
+            info!(
+                "keygate sync: polling {} every {} ms",
+                self.config.urls.join(", "),
+                fetch.interval_ms
+            );
+        }
         while !self.shared.is_stopped() {
             let now = now_ms();
             let request = self.poller.next_request(now, &mut GroupStats(&self.shared));
@@ -281,7 +305,16 @@ impl Fetcher {
                 .get(request.replica)
                 .cloned()
                 .unwrap_or_default();
-            let outcome = match self.fetch.exchange(&base, &request, &self.shared) {
+            let held_until = match request.wait_ms {
+                0 => 0,
+                wait => now.saturating_add(wait),
+            };
+            self.shared
+                .watch_until_ms
+                .store(held_until, Ordering::Relaxed);
+            let exchange = self.fetch.exchange(&base, &request, &self.shared);
+            self.shared.watch_until_ms.store(0, Ordering::Relaxed);
+            let outcome = match exchange {
                 Exchange::Answered(answer) => {
                     let mut body = answer.body.as_slice();
                     self.poller.on_answer(
@@ -299,6 +332,9 @@ impl Fetcher {
                 Exchange::Stopped => break,
             };
             self.report(outcome);
+            if let Some(notice) = self.poller.take_notice() {
+                warn!("keygate sync: {notice}");
+            }
         }
         self.shared.ended.store(true, Ordering::Relaxed);
     }
