@@ -313,6 +313,10 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
 
+    pub(crate) fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+
     /// Details go to the log only; the answer says nothing about the store.
     pub(crate) fn internal(detail: &str) -> ApiError {
         log_event(&format!("internal error: {detail}"));

@@ -20,6 +20,7 @@ mod keymap_endpoint;
 mod log;
 mod mail;
 mod model;
+mod open_files;
 mod output;
 mod random;
 mod secret_file;
