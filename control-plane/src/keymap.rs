@@ -113,7 +113,7 @@ impl KeyMapCache {
     }
 
     /// Wakes every held watch: one pass over the waiters, whatever their number.
-    fn wake_watches(&self) {
+    pub fn wake_watches(&self) {
         self.signal
             .send_modify(|s| s.generation = s.generation.wrapping_add(1));
     }

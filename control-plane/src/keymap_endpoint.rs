@@ -92,18 +92,28 @@ fn whole_number(text: &str) -> Option<&str> {
 enum Held {
     /// The wait ended with the map still at the version asked about.
     Unchanged(StoreId, u64),
-    /// The map moved on (or an expiry came due): answer as any poll.
+    /// The map moved on (or an expiry came due, or the token changed): answer as any poll,
+    /// the token checked again.
     Moved,
     /// The server is shutting down.
     Closing,
 }
 
 /// Holds a watch on `since` (the current version of `store`) until the version moves, a
-/// key's expiry comes due, the server closes, or `wait` ends.
-async fn hold(state: &AppState, store: StoreId, since: u64, wait: Duration) -> Held {
+/// key's expiry comes due, the tokens change, the server closes, or `wait` ends.
+async fn hold(
+    state: &AppState,
+    headers: &HeaderMap,
+    store: StoreId,
+    since: u64,
+    wait: Duration,
+) -> Held {
     // Subscribed first, then the status read again: no change falls between the two.
     let mut signal = state.keymap.subscribe();
-    let still = |state: &AppState| state.keymap.fresh(now_unix()) == Some((store.clone(), since));
+    let still = |state: &AppState| {
+        state.keymap.fresh(now_unix()) == Some((store.clone(), since))
+            && state.key_map_token_passes(headers)
+    };
     if !still(state) {
         return Held::Moved;
     }
@@ -157,7 +167,7 @@ pub(crate) async fn key_map(
         let cached = state.keymap.fresh(now_unix());
         if let (Some((store, version)), Some(since)) = (cached, poll.since) {
             if since == version && is_store(poll.store.as_ref(), &store) {
-                match hold(&state, store, since, poll.wait).await {
+                match hold(&state, &headers, store, since, poll.wait).await {
                     Held::Unchanged(store, version) => return not_modified(&store, version),
                     Held::Closing => return closing(),
                     Held::Moved => {}
