@@ -18,12 +18,15 @@ class ScriptedControlPlane(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
         self.polls = []
+        self.answered = []  # (path, status) of every answer, in order
         self.version = 0
         self.entries = {}
         self.override = None  # (status, body bytes, content type) answered instead of the map
         self.store = None  # the keygate-store header sent with every answer, if set
         self.hang = False
         self.down = False  # drop every request without an answer, as a dead server would
+        # Refuse `wait` with 400, as a keygatectl from before watches (unknown parameter).
+        self.refuse_watch = False
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -82,12 +85,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         content_type = "application/json"
         etag = f'"{store}:{version}"' if store else f'"{version}"'
-        if override:
+        if server.refuse_watch and "wait=" in self.path:
+            status, body = 400, b'{"error":{"code":"invalid_request","message":"query: unknown field `wait`"}}'
+        elif override:
             status, body, content_type = override
         elif self.headers.get("if-none-match") == etag:
             status, body = 304, b""
         else:
             status = 200
+        with server.lock:
+            server.answered.append((self.path, status))
         self.send_response(status)
         self.send_header("etag", etag)
         self.send_header("content-type", content_type)

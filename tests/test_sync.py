@@ -178,6 +178,19 @@ def test_control_plane_down_then_back(synced, cp, keyset):
     assert synced.counters(harness.STATS + "keygate.sync.")["version"] == 2
 
 
+def test_a_control_plane_that_refuses_wait_is_polled_without_it(synced, cp, keyset):
+    # A keygatectl from before watches answers 400 to the unknown parameter.
+    cp.refuse_watch = True
+    wait_for(lambda: any(status == 400 for _, status in cp.answered))
+    new = keylib.make_key()
+    cp.publish(keyset.entries + [keylib.entry(new, "acct_x", "k_new", "secret", "test")])
+    wait_for(lambda: statuses(synced, new) == {200})
+    refused = next(i for i, (_, status) in enumerate(cp.answered) if status == 400)
+    later = [path for path, _ in cp.answered[refused + 1:]]
+    assert later and not any("wait=" in path for path in later), later
+    assert synced.counters(harness.STATS + "keygate.sync.")["errors"] >= 1
+
+
 def test_a_hanging_control_plane_times_out_and_the_map_keeps_serving(synced, cp, keyset):
     cp.hang = True
     # Timed out after the wait and timeout_ms beyond it.
