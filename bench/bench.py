@@ -1233,18 +1233,23 @@ def million_tables(args, m):
 # The sync-cost section: a real keygatectl.
 
 class Keygatectl:
-    def __init__(self, workdir, core):
-        self.dir = Path(workdir) / "keygatectl"
+    """`keygatectl serve` pinned to `core`, on a SQLite database in `workdir`, or on
+    `database` (a PostgreSQL URL; `env` holds its PGPASSWORD). Replicas of one database
+    share the admin and sync tokens: give them the first one's."""
+
+    def __init__(self, workdir, core, database=None, env=None, name="keygatectl", token=None,
+                 sync_token=None):
+        self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.db = self.dir / "keygate.db"
+        self.db = database or self.dir / "keygate.db"
         self.port = free_port()
-        self.token = secrets.token_urlsafe(24)
+        self.token = token or secrets.token_urlsafe(24)
         # The key map's token, as every filter sends it (`bearer_token`).
-        self.sync_token = "kgsync_" + secrets.token_urlsafe(24)
+        self.sync_token = sync_token or "kgsync_" + secrets.token_urlsafe(24)
         token_file = self.dir / "sync-token"
         token_file.write_text(self.sync_token + "\n")
         token_file.chmod(0o600)
-        env = dict(os.environ, KEYGATE_ADMIN_TOKEN=self.token)
+        env = dict(os.environ, **(env or {}), KEYGATE_ADMIN_TOKEN=self.token)
         self.log = open(self.dir / "serve.log", "wb")
         argv = taskset(core, [str(CTL), "--database", str(self.db), "serve",
                               "--listen", f"127.0.0.1:{self.port}",

@@ -154,6 +154,7 @@ impl AppState {
             Ok(status) => status,
             Err(e) => return log_event(&format!("cannot read the key map status: {e}")),
         };
+        crate::keymap_endpoint::prepare_delta_for_watches(self, &status);
         match self.keymap.observe(status) {
             Observed::Current => {}
             Observed::NewLineage { previous } => {

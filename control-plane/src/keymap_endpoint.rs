@@ -15,7 +15,7 @@ use crate::clock::now_unix;
 use crate::keymap::{etag, if_none_match_matches, Encoding};
 use crate::log::log_event;
 use crate::slotted_body::SlottedBody;
-use crate::store::{DeltaLookup, StoreId, StoredKeyMap};
+use crate::store::{DeltaLookup, KeyMapStatus, StoreId, StoredKeyMap};
 use crate::web::ClientIp;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -110,10 +110,7 @@ async fn hold(
 ) -> Held {
     // Subscribed first, then the status read again: no change falls between the two.
     let mut signal = state.keymap.subscribe();
-    let still = |state: &AppState| {
-        state.keymap.fresh(now_unix()) == Some((store.clone(), since))
-            && state.key_map_token_passes(headers)
-    };
+    let still = |state: &AppState| state.keymap.fresh(now_unix()) == Some((store.clone(), since));
     if !still(state) {
         return Held::Moved;
     }
@@ -133,6 +130,10 @@ async fn hold(
             changed = signal.changed() => {
                 if changed.is_err() {
                     return Held::Closing;
+                }
+                // Token rotations wake the watches too: this one's may be out.
+                if !state.key_map_token_passes(headers) {
+                    return Held::Moved;
                 }
             }
             () = tokio::time::sleep_until(until) => {
@@ -296,6 +297,31 @@ async fn delta(
             Ok(None)
         }
         _ => Ok(None),
+    }
+}
+
+/// Before a new version (`next`) wakes the held watches: the delta from the version they
+/// hold, read once and kept, so that all of them find it in memory at once instead of
+/// queueing for one query. Blocking; nothing to do while no watch is held.
+pub(crate) fn prepare_delta_for_watches(state: &AppState, next: &KeyMapStatus) {
+    let held = state.keymap.status();
+    if state.keymap.watches_held() == 0 || next.store != held.store || next.version <= held.version
+    {
+        return;
+    }
+    let since = held.version;
+    match state.service().store().key_map_delta(since, now_unix()) {
+        Ok(DeltaLookup::Delta(stored)) => {
+            if let Ok(body) = encode_json(&stored.message) {
+                let version = stored.message.version();
+                state
+                    .keymap
+                    .remember_delta(&stored.store, since, version, body);
+            }
+        }
+        // The watches ask the store themselves.
+        Ok(_) => {}
+        Err(e) => log_event(&format!("cannot read the delta for held watches: {e}")),
     }
 }
 
