@@ -108,7 +108,7 @@ soak: build venv
 # a million keys; sync cost; delta polls while unknown-since polls hammer keygatectl.
 # Writes BENCHMARKS.md. Needs a quiet machine (~12 min).
 bench:
-	bash bench/run.sh --instructions --million --sync-cost --unknown-since $(BENCH_ARGS)
+	bash bench/run.sh --instructions --million --sync-cost --unknown-since --rate-limits $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import yaml
 
+import rate_limits
+
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
 FLOOR_WASM = ROOT / "bench" / "floor" / "target" / "wasm32-wasip1" / "release" / "keygate_bench_floor.wasm"
@@ -546,15 +548,17 @@ def dynamic_floor_filter(mode):
     }
 
 
-def keygate_static_filter(keyset, example="envoy.yaml", **options):
+def keygate_static_filter(keyset, example="envoy.yaml", limited=False, **options):
     """envoy.yaml's keygate filter (or `example`'s: envoy-native.yaml for the native module)
-    with `keyset`'s keys (and any extra plugin `options`)."""
+    with `keyset`'s keys (the secret key the traffic uses rate-limited, with `limited`) and
+    any extra plugin `options`."""
     _, block = keygate_filter(example)
     plugin = plugin_of(block)
     plugin.pop("keys", None)
     plugin.update(options)
     head = json.dumps(plugin)[:-1]  # splice the (big) key list in as text
-    set_plugin(block, head + ', "keys": ' + keyset.keys_json() + "}")
+    keys = rate_limits.with_limit(keyset.entries) if limited else keyset.keys_json()
+    set_plugin(block, head + ', "keys": ' + keys + "}")
     return block
 
 
@@ -689,8 +693,10 @@ end
 # The filter comparison.
 
 CONFIGS = ["noauth", "native", "lua", "floor", "keygate", "keygate-combined", "keygate-sync",
+           "keygate-limited",
            "dynamic-read", "dynamic-forward", "dynamic-reject",
-           "keygate-native", "keygate-native-combined", "keygate-native-sync"]
+           "keygate-native", "keygate-native-combined", "keygate-native-sync",
+           "keygate-native-limited"]
 # Native dynamic-module floors (not keygate): what the same host work costs without wasm.
 DYNAMIC_MODES = {"dynamic-read": "read", "dynamic-forward": "forward", "dynamic-reject": "reject"}
 LABELS = {
@@ -707,6 +713,8 @@ LABELS = {
     "keygate-native": "keygate native module, static map",
     "keygate-native-combined": "keygate native module, static map, one identity header",
     "keygate-native-sync": "keygate native module, synced map",
+    "keygate-limited": "keygate, static map, the valid key rate-limited (never reached)",
+    "keygate-native-limited": "keygate native module, static map, the valid key rate-limited (never reached)",
 }
 TRAFFIC_LABELS = {"valid": "valid key (200)", "unknown": "unknown key (401)", "forbidden": "publishable on list (403)"}
 
@@ -742,6 +750,9 @@ def build_config(name, keyset, keymap_port):
         filters, extra = [keygate_static_filter(keyset, "envoy-native.yaml", **options)], {}
     elif name == "keygate-native-sync":
         filters, extra = [keygate_native_sync_filter(keymap_port)], {}
+    elif name in ("keygate-limited", "keygate-native-limited"):
+        example = "envoy-native.yaml" if "native" in name else "envoy.yaml"
+        filters, extra = [keygate_static_filter(keyset, example, limited=True)], {}
     elif name == "keygate":
         filters, extra = [keygate_static_filter(keyset)], {}
     elif name == "keygate-combined":
@@ -753,6 +764,52 @@ def build_config(name, keyset, keymap_port):
     else:
         raise ValueError(name)
     return base_config(admin, listen, filters, **extra), listen
+
+
+def rate_limit_accuracy(args, workdir):
+    """A key limited to `--limit-rps` a second (burst 10) sent twice that for
+    `--limit-seconds` on a 2-worker Envoy: the native module, and the wasm filter with
+    rate_limit_workers 1 and 2."""
+    keyset = KeySet(100)
+    limit = {"requests": args.limit_rps, "per": "second", "burst": 10}
+    runs = [("keygate native module (one state for all workers)", "envoy-native.yaml", {}),
+            ("keygate wasm filter, rate_limit_workers 1", "envoy.yaml", {}),
+            ("keygate wasm filter, rate_limit_workers 2", "envoy.yaml", {"rate_limit_workers": 2})]
+    results = []
+    for label, example, options in runs:
+        _, block = keygate_filter(example)
+        plugin = plugin_of(block)
+        plugin.pop("keys", None)
+        plugin.update(options)
+        plugin["keys"] = json.loads(rate_limits.with_limit(keyset.entries, limit=limit))
+        set_plugin(block, json.dumps(plugin))
+        admin, listen = free_port(), free_port()
+        config = base_config(admin, listen, [block])
+        d = Path(workdir) / f"limit-{len(results)}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "envoy.json").write_text(json.dumps(config))
+        with open(d / "envoy.log", "wb") as envoy_log:
+            proc = subprocess.Popen(
+                taskset(args.envoy_core, [envoy_binary(), "-c", str(d / "envoy.json"),
+                                          "--concurrency", "2", "--disable-hot-restart",
+                                          "--log-level", "warn"]),
+                stdout=envoy_log, stderr=subprocess.STDOUT, cwd=d)
+        try:
+            wait_status(listen, {"Authorization": f"Bearer {keyset.secret_keys[1]}"}, 200)
+            counts = rate_limits.drive_at(f"http://127.0.0.1:{listen}", keyset.secret,
+                                          2 * args.limit_rps, args.limit_seconds)
+            log(f"  {label}: {counts}")
+            results.append((label, counts))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return results
+
+
+def rate_limit_table(args, results):
+    header = ["configuration", "limit", "sent", "admitted", "admitted vs limit", "429s",
+              "other"]
+    return table(header, rate_limits.accuracy_rows(results, args.limit_rps, args.limit_seconds))
 
 
 def compare(args, workdir):
@@ -1743,6 +1800,10 @@ def parse_args(argv=None):
     p.add_argument("--sync-cost", action="store_true", help="also run the sync-cost section (real keygatectl)")
     p.add_argument("--sync-keys", type=int, default=10_000, help="keys imported into keygatectl")
     p.add_argument("--sync-quiet", type=float, default=5, help="seconds of idle polling measured")
+    p.add_argument("--rate-limits", action="store_true",
+                   help="also measure rate-limit accuracy (a key sent twice its limit)")
+    p.add_argument("--limit-rps", type=int, default=100)
+    p.add_argument("--limit-seconds", type=int, default=10)
     p.add_argument("--unknown-since", action="store_true",
                    help="also run the unknown-since section (real keygatectl, a million keys)")
     p.add_argument("--unknown-since-keys", type=int, default=1_000_000)
@@ -1830,6 +1891,11 @@ def main(argv=None):
                         for k, v in row.items()}
                 for label, row in m["rows"].items()
             }
+        if args.rate_limits:
+            r = rate_limit_accuracy(args, workdir)
+            sections.append((f"Rate-limit accuracy ({args.limit_rps}/s, sent at twice that "
+                             f"for {args.limit_seconds} s, 2 workers)", rate_limit_table(args, r)))
+            raw["rate_limits"] = r
         if args.sync_cost:
             s = sync_cost(args, workdir)
             sections.append(("Sync cost (real keygatectl)", sync_cost_tables(args, s)))

@@ -261,8 +261,16 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], Status> {
 
 /// Wall-clock time in Unix seconds.
 pub fn now_unix_seconds() -> Result<u64, Status> {
+    Ok(now_nanos()? / 1_000_000_000)
+}
+
+pub fn now_micros() -> Result<u64, Status> {
+    Ok(now_nanos()? / 1_000)
+}
+
+fn now_nanos() -> Result<u64, Status> {
     let mut nanos = 0;
     // SAFETY: an out-pointer to a local.
     check(unsafe { host::proxy_get_current_time_nanoseconds(&mut nanos) })?;
-    Ok(nanos / 1_000_000_000)
+    Ok(nanos)
 }

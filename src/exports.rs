@@ -101,7 +101,10 @@ pub extern "C" fn proxy_on_configure(root_id: u32, _plugin_configuration_size: u
         Err(status) => {
             abi::log(
                 LogLevel::Error,
-                &format!("keygate: cannot read the plugin configuration: {status:?}"),
+                &format!(
+                    "keygate: cannot read the plugin configuration: status {}",
+                    status.0
+                ),
             );
             return false;
         }
@@ -122,7 +125,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, _plugin_configuration_size: u
     if let Err(status) = abi::set_tick_period_ms(TICK_MS) {
         abi::log(
             LogLevel::Error,
-            &format!("keygate: cannot start the timer: {status:?}"),
+            &format!("keygate: cannot start the timer: status {}", status.0),
         );
         return false;
     }

@@ -9,18 +9,24 @@ use crate::synced_map::SyncedMap;
 use crate::vm_global::VmGlobal;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
+use core::cell::OnceCell;
 use keygate_core::bucket::{self, KeyInfo};
 use keygate_core::config::FilterConfig;
 use keygate_core::digest::Digest;
 use keygate_core::gate::{
-    Answer, Count, Gate, HeadersUnreadable, Host, KeyLookup, Verdict, Worker,
+    Answer, Count, Gate, HeadersUnreadable, Host, KeyLookup, RateLimits, Verdict, Worker,
 };
-use keygate_core::header_pairs::{HeaderMap, HeaderPairs};
+use keygate_core::header_pairs::{self, HeaderMap, HeaderPairs};
+use keygate_core::rate_limit::{Checked, LimitTable, RateLimit, DEFAULT_SLOTS};
 use log::warn;
 
 /// What this VM keeps between requests, for every configuration (the digest cache's answer
 /// depends on the key alone).
 static WORKER: VmGlobal<Worker> = VmGlobal::new(|| Worker::new(abi::random_bytes().ok()));
+
+/// This VM's rate-limit state, for every configuration (a key's limit is the key's),
+/// allocated at the first request of a limited key.
+static LIMITS: VmGlobal<OnceCell<LimitTable>> = VmGlobal::new(OnceCell::new);
 
 /// proxy-wasm's answers to `proxy_on_request_headers`.
 pub const CONTINUE: u32 = 0;
@@ -57,9 +63,12 @@ impl Filter {
         let mut stream = Stream {
             metrics: &self.metrics,
         };
+        let limits = VmLimits {
+            workers: self.gate.config().settings.rate_limit_workers,
+        };
         let verdict = WORKER.with_borrow_mut(|worker| {
             self.gate
-                .on_request_headers(&mut stream, synced.map(Buckets).as_ref(), worker)
+                .on_request_headers(&mut stream, synced.map(Buckets).as_ref(), worker, &limits)
         });
         match verdict {
             Verdict::Continue => CONTINUE,
@@ -79,23 +88,37 @@ impl Filter {
 /// Answers a stream whose root has no configuration (fail closed), counted like any denial.
 pub fn refuse_unconfigured(metrics: &Metrics) -> u32 {
     let answer = Answer::new(keygate_core::denial::Denial::NotConfigured, "");
-    send(&answer);
+    send(&answer, &[]);
     metrics.count(Count::Denied(answer.denial));
     metrics.flush();
     PAUSE
 }
 
-fn send(answer: &Answer) {
+fn send(answer: &Answer, extra: &[(&str, &str)]) {
+    // The prebuilt headers, or (a 429's retry time) those and the extra ones.
+    let with_extra;
+    let headers = if extra.is_empty() {
+        &answer.serialized_headers
+    } else {
+        let pairs: Vec<(&[u8], &[u8])> = answer
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .chain(extra.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+            .collect();
+        with_extra = header_pairs::serialize(&pairs);
+        &with_extra
+    };
     let sent = abi::send_local_response(
         answer.status,
         answer.details,
-        &answer.serialized_headers,
+        headers,
         answer.body.as_bytes(),
     );
     if let Err(status) = sent {
         warn!(
-            "keygate: cannot send the {} answer: {status:?}",
-            answer.status
+            "keygate: cannot send the {} answer: status {}",
+            answer.status, status.0
         );
     }
 }
@@ -132,8 +155,8 @@ impl Host for Stream<'_> {
         let _ = abi::remove_request_header(name);
     }
 
-    fn send_answer(&mut self, answer: &Answer) {
-        send(answer);
+    fn send_answer(&mut self, answer: &Answer, extra: &[(&str, &str)]) {
+        send(answer, extra);
     }
 
     fn count(&mut self, event: Count) {
@@ -142,6 +165,29 @@ impl Host for Stream<'_> {
 
     fn now_unix_seconds(&self) -> u64 {
         abi::now_unix_seconds().unwrap_or(u64::MAX)
+    }
+
+    fn now_micros(&self) -> u64 {
+        // Envoy gives a VM wall-clock time only; the limiter copes with a clock gone back.
+        abi::now_micros().unwrap_or(0)
+    }
+}
+
+/// The rate limits as this VM keeps them: each worker VM its share of every limit.
+struct VmLimits {
+    workers: u32,
+}
+
+impl RateLimits for VmLimits {
+    fn enforcers(&self) -> u32 {
+        self.workers
+    }
+
+    fn admit(&self, key_id: &str, limit: &RateLimit, now_us: u64) -> Checked {
+        LIMITS.with_borrow(|cell| {
+            cell.get_or_init(|| LimitTable::new(DEFAULT_SLOTS))
+                .admit(key_id, limit, now_us)
+        })
     }
 }
 

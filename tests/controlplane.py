@@ -111,7 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
 def binary_map(version, entries):
     """keygatectl's binary full map of `entries` (application/x-keygate-map): magic, version
     (u64 LE), count (u32 LE), then each entry by digest, in the bucket encoding."""
-    out = bytearray(b"KGMAP01\n")
+    limited = any(e.get("rate_limit") for e in entries)
+    out = bytearray(b"KGMAP02\n" if limited else b"KGMAP01\n")
     out += struct.pack("<QI", version, len(entries))
     for e in sorted(entries, key=lambda e: e["digest"]):
         out += encode_entry(e)
@@ -122,10 +123,15 @@ def encode_entry(e, account_id=None):
     flags = (1 if e["type"] == "publishable" else 0) | (2 if e["environment"] == "production" else 0)
     flags |= 4 if e.get("disabled") else 0
     flags |= 8 if e.get("expires_at") is not None else 0
+    limit = e.get("rate_limit")
+    flags |= 16 if limit else 0
     out = bytearray(bytes.fromhex(e["digest"]))
     out.append(flags)
     if e.get("expires_at") is not None:
         out += struct.pack("<Q", e["expires_at"])
+    if limit:
+        period = {"second": 0, "minute": 1}[limit["per"]]
+        out += struct.pack("<IIB", limit["requests"], limit.get("burst", limit["requests"]), period)
     account = account_id if account_id is not None else e["account_id"].encode()
     for field in (account, e["key_id"].encode()):
         out.append(len(field))

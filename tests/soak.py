@@ -78,7 +78,8 @@ def start_envoy(up, ctl):
              8081: up.server_address[1], 8080: ctl.port}
     config = harness.localize(config, ports)
     service = harness.service_config(config)
-    service.update({"interval_ms": INTERVAL_MS, "timeout_ms": 500})
+    service.update({"interval_ms": INTERVAL_MS, "timeout_ms": 500,
+                    "bearer_token": ctl.sync_token})
     harness.set_service_config(config, service)
     for d in harness.walk(config):
         if "json_format" in d:

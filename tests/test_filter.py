@@ -889,6 +889,18 @@ BAD_CONFIGS = {
                           "invalid keygate config: realm: given twice"),
     "wrong type": ('{"version": "1"}',
                    "invalid keygate config: version: expected a number, got a string"),
+    "rate limit of zero": (
+        json.dumps({"version": 1, "keys": [_entry(rate_limit={"requests": 0, "per": "second"})]}),
+        "invalid keygate config: keys[0].rate_limit: requests must be between 1 and 1000000"),
+    "rate limit per hour": (
+        json.dumps({"version": 1, "keys": [_entry(rate_limit={"requests": 5, "per": "hour"})]}),
+        "invalid keygate config: keys[0].rate_limit.per: must be one of `second`, `minute`"),
+    "rate limit burst of zero": (
+        json.dumps({"version": 1, "keys": [
+            _entry(rate_limit={"requests": 5, "per": "minute", "burst": 0})]}),
+        "invalid keygate config: keys[0].rate_limit: burst must be between 1 and 1000000"),
+    "rate limit workers": (json.dumps({"version": 1, "rate_limit_workers": 0}),
+                           "invalid keygate config: rate_limit_workers: must be between 1 and 1024"),
 }
 
 

@@ -183,22 +183,24 @@ def test_the_key_map_needs_the_sync_token_and_a_refused_filter_keeps_its_last_ma
     ctl, envoy = stack
     _, keys = ctl.create_account()
     old = keys["sk_test"]
-    wait_for(lambda: everywhere(envoy, old["key"], 4) == {(200, None)})
-    # Without the sync token the key map stays closed.
-    r = httpx.get(f"http://127.0.0.1:{ctl.port}/v1/keymap", timeout=5)
-    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
-    # The token is rotated under the running filter: its polls are refused from now on.
-    errors = envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0)
-    out = subprocess.run([str(CTL), "--database", str(ctl.db), "sync-token", "rotate",
-                          "--sync-token-file", str(ctl.sync_token_file)],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    wait_for(lambda: "refused a wrong sync token" in ctl.read_log())
-    wait_for(lambda: envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0) > errors)
-    # It keeps serving the last map it got, and a key made since never reaches it: two more
-    # polls refused after the key was made.
-    _, later = ctl.create_account()
-    refused = envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0)
-    wait_for(lambda: envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0) >= refused + 2)
-    assert everywhere(envoy, old["key"]) == {(200, None)}
-    assert answer(envoy, later["sk_test"]["key"]) == (401, "invalid_api_key")
+    with harness.connections_on_every_worker(envoy) as workers:
+        wait_for(lambda: workers.everywhere(old["key"]) == {(200, None)})
+        # Without the sync token the key map stays closed.
+        r = httpx.get(f"http://127.0.0.1:{ctl.port}/v1/keymap", timeout=5)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        # The token is rotated under the running filter: its polls are refused from now on.
+        errors = envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0)
+        out = subprocess.run([str(CTL), "--database", str(ctl.db), "sync-token", "rotate",
+                              "--sync-token-file", str(ctl.sync_token_file)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: "refused a wrong sync token" in ctl.read_log())
+        wait_for(lambda: envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0) > errors)
+        # It keeps serving the last map it got, and a key made since never reaches it: two
+        # more polls refused after the key was made.
+        _, later = ctl.create_account()
+        refused = envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0)
+        wait_for(lambda: envoy.counters(harness.STATS + "keygate.sync.").get("errors", 0)
+                 >= refused + 2)
+        assert workers.everywhere(old["key"]) == {(200, None)}
+        assert workers.everywhere(later["sk_test"]["key"]) == {(401, "invalid_api_key")}

@@ -23,8 +23,10 @@ import pytest
 import harness
 from ctl import Keygatectl
 from pg import Replica, database  # noqa: F401
+from ratelimit_service import RateLimitService
 
-WASM_FILES = {"envoy.yaml", "envoy-sync.yaml", "envoy-replicas.yaml", "envoy-ecds.yaml"}
+WASM_FILES = {"envoy.yaml", "envoy-sync.yaml", "envoy-replicas.yaml", "envoy-ecds.yaml",
+              "envoy-global-ratelimit.yaml"}
 NATIVE_FILES = {"envoy-native.yaml", "envoy-native-sync.yaml"}
 
 
@@ -81,7 +83,9 @@ SYNC_WAIT = 15
 def test_sync_example_keys_work_and_a_roll_is_refused_on_every_worker(name, upstream,
                                                                      stopped_after):
     ctl = stopped_after(Keygatectl().start())
-    envoy = stopped_after(start_shipped(name, {8081: upstream.server_address[1], 8080: ctl.port}))
+    # The sync token placeholder too, as `keygatectl sync-token render` fills it.
+    envoy = stopped_after(start_shipped(name, {8081: upstream.server_address[1], 8080: ctl.port},
+                                        replace={"KEYGATE_SYNC_TOKEN": ctl.sync_token}))
     account, keys = ctl.create_account()
     sk, pk = keys["sk_test"], keys["pk_test"]
     wait_for(lambda: answer(envoy, sk["key"]) == (200, None), SYNC_WAIT, "the first map")
@@ -123,6 +127,36 @@ def test_static_example_refuses_every_key_as_shipped_and_serves_the_keys_put_in(
         envoy.stop()
 
 
+@pytest.mark.parametrize("name", [shipped("envoy-global-ratelimit.yaml")])
+def test_global_ratelimit_example_asks_the_service_about_keygates_identity(
+        name, upstream, keyset, stopped_after):
+    service = RateLimitService()
+    try:
+        envoy = stopped_after(start_shipped(
+            name, {8081: upstream.server_address[1], 8083: service.port},
+            {'"keys": []': '"keys": ' + json.dumps(keyset.entries)}))
+        headers = [("authorization", f"token {keyset.keys['sk_test']}"),
+                   ("x-keygate-account-id", "acct_victim")]
+        assert httpx.get(envoy.url + "/v3/devices", headers=headers, timeout=5).status_code == 200
+        # The service was asked with keygate's identity, not what the client sent.
+        entry = next(e for e in keyset.entries if e["key_id"] == "key_sk_test")
+        assert service.requests[-1] == ("keygate", [[("account_id", entry["account_id"])],
+                                                    [("key_id", "key_sk_test")]])
+        # The service says a key is over its fleet-wide limit: Envoy answers 429.
+        service.over_limit.add("key_sk_test")
+        r = httpx.get(envoy.url + "/v3/devices", headers=headers, timeout=5)
+        assert r.status_code == 429
+        other = {"authorization": f"token {keyset.keys['sk_production']}"}
+        assert httpx.get(envoy.url + "/v3/devices", headers=other, timeout=5).status_code == 200
+        # A request keygate refuses never reaches the service.
+        asked = len(service.requests)
+        r = httpx.get(envoy.url + "/v3/devices", headers={"authorization": "token nope"},
+                      timeout=5)
+        assert r.status_code == 401 and len(service.requests) == asked
+    finally:
+        service.stop()
+
+
 @pytest.mark.parametrize("name", [shipped("envoy-ecds.yaml")])
 def test_ecds_example_loads_the_shipped_filter_file(name, upstream, keyset):
     """envoy-ecds.yaml watches envoy/keygate-filter.yaml (relative to the repository root):
@@ -156,7 +190,8 @@ def test_replicas_example_health_checks_both_and_fails_over(name, upstream, data
     a = stopped_after(Replica(database).start())
     b = stopped_after(Replica(database, token=a.token).start())
     envoy = stopped_after(start_shipped(
-        name, {8081: upstream.server_address[1], 8080: a.port, 8082: b.port}))
+        name, {8081: upstream.server_address[1], 8080: a.port, 8082: b.port},
+        replace={"KEYGATE_SYNC_TOKEN": a.sync_token}))
     sync = harness.STATS + "keygate.sync."
     _, keys = a.create_account()
     key = keys["sk_test"]

@@ -138,6 +138,7 @@ mod tests {
             environment: Environment::Test,
             expires_at: Some(2_000_000_000),
             disabled: false,
+            rate_limit: None,
         }]
     }
 

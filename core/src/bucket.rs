@@ -4,12 +4,14 @@
 //! form, so a lookup copies one small bucket, and a roll rewrites one bucket, never the map.
 //!
 //! Entry layout: digest (32 bytes) | flags (1) | expires_at (8, LE, if flagged) |
+//! rate limit (requests u32 LE, burst u32 LE, period 1 byte, if flagged) |
 //! account_id length (1) + bytes | key_id length (1) + bytes.
 
 use crate::prelude::*;
 
 use crate::digest::Digest;
 use crate::key::{Environment, KeyKind, KeyType};
+use crate::rate_limit::{Period, RateLimit};
 
 /// Number of buckets: 2^16 keeps a bucket near 1 KB at a million keys.
 pub const BUCKETS: usize = 1 << 16;
@@ -18,6 +20,10 @@ const FLAG_PUBLISHABLE: u8 = 1;
 const FLAG_PRODUCTION: u8 = 2;
 const FLAG_DISABLED: u8 = 4;
 const FLAG_EXPIRES: u8 = 8;
+const FLAG_LIMIT: u8 = 16;
+/// Every flag this encoding knows: an entry with another bit set is not one of ours.
+const KNOWN_FLAGS: u8 =
+    FLAG_PUBLISHABLE | FLAG_PRODUCTION | FLAG_DISABLED | FLAG_EXPIRES | FLAG_LIMIT;
 
 /// What is known about a key, borrowed from wherever it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +33,7 @@ pub struct KeyInfo<'a> {
     pub kind: KeyKind,
     pub expires_at: Option<u64>,
     pub disabled: bool,
+    pub limit: Option<RateLimit>,
 }
 
 /// The bucket a digest belongs to.
@@ -50,10 +57,21 @@ pub fn encode_entry(out: &mut Vec<u8>, digest: &Digest, info: &KeyInfo<'_>) {
     if info.expires_at.is_some() {
         flags |= FLAG_EXPIRES;
     }
+    if info.limit.is_some() {
+        flags |= FLAG_LIMIT;
+    }
     out.extend_from_slice(&digest.0);
     out.push(flags);
     if let Some(at) = info.expires_at {
         out.extend_from_slice(&at.to_le_bytes());
+    }
+    if let Some(limit) = &info.limit {
+        out.extend_from_slice(&limit.requests.to_le_bytes());
+        out.extend_from_slice(&limit.burst.to_le_bytes());
+        out.push(match limit.period {
+            Period::Second => 0,
+            Period::Minute => 1,
+        });
     }
     for s in [info.account_id, info.key_id] {
         let bytes = &s.as_bytes()[..s.len().min(255)];
@@ -86,10 +104,27 @@ impl<'a> Iterator for Entries<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let (digest, rest) = split_array::<32>(self.rest)?;
         let (&flags, mut rest) = rest.split_first()?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return None;
+        }
         let mut expires_at = None;
         if flags & FLAG_EXPIRES != 0 {
             let (at, after) = split_array::<8>(rest)?;
             expires_at = Some(u64::from_le_bytes(at));
+            rest = after;
+        }
+        let mut limit = None;
+        if flags & FLAG_LIMIT != 0 {
+            let (numbers, after) = split_array::<9>(rest)?;
+            let [r0, r1, r2, r3, b0, b1, b2, b3, period] = numbers;
+            let period = match period {
+                0 => Period::Second,
+                1 => Period::Minute,
+                _ => return None,
+            };
+            let requests = u32::from_le_bytes([r0, r1, r2, r3]);
+            let burst = u32::from_le_bytes([b0, b1, b2, b3]);
+            limit = Some(RateLimit::new(requests.into(), period, Some(burst.into())).ok()?);
             rest = after;
         }
         let (account_id, rest) = split_str(rest)?;
@@ -113,6 +148,7 @@ impl<'a> Iterator for Entries<'a> {
                 kind: KeyKind::new(key_type, environment),
                 expires_at,
                 disabled: flags & FLAG_DISABLED != 0,
+                limit,
             },
         ))
     }
@@ -173,6 +209,7 @@ mod tests {
             kind: KeyKind::new(KeyType::Publishable, Environment::Production),
             expires_at,
             disabled: true,
+            limit: None,
         }
     }
 
@@ -218,6 +255,22 @@ mod tests {
         for cut in 0..bucket.len() {
             assert_eq!(find(&bucket[..cut], &a), None, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_rate_limit_round_trips_and_unknown_flags_are_refused() {
+        let a = Digest::of_key("a");
+        let mut limited = info("acct", "key", Some(3));
+        limited.limit = Some(RateLimit::new(100, Period::Minute, Some(20)).expect("valid"));
+        let mut bucket = Vec::new();
+        encode_entry(&mut bucket, &a, &limited);
+        assert_eq!(find(&bucket, &a), Some(limited));
+        let mut unknown = bucket.clone();
+        unknown[32] |= 0x80;
+        assert_eq!(find(&unknown, &a), None);
+        let mut bad_period = bucket;
+        bad_period[32 + 1 + 8 + 8] = 7;
+        assert_eq!(find(&bad_period, &a), None);
     }
 
     #[test]

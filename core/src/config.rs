@@ -12,6 +12,7 @@ use crate::keymap::{KeyEntry, KeyMap};
 use crate::policy::{
     parse_method, IdPattern, MethodError, Policy, RetrieveById, Rule, Template, TemplateError,
 };
+use crate::rate_limit::{LimitError, Period, RateLimit};
 use alloc::sync::Arc;
 use core::fmt;
 use hashbrown::HashMap;
@@ -96,6 +97,10 @@ pub struct Settings {
     pub keep_authorization: bool,
     /// The `WWW-Authenticate` value of a 401: one challenge per accepted scheme.
     pub www_authenticate: String,
+    /// The wasm filter's worker VMs each keep a key's rate-limit state, and each admits
+    /// this share of the limit (set it to Envoy's `--concurrency`). The native module keeps
+    /// one state for all workers and ignores it.
+    pub rate_limit_workers: u32,
 }
 
 /// A validated configuration.
@@ -155,6 +160,7 @@ pub enum Problem {
     OutOfRange(&'static str, &'static str),
     Method(MethodError),
     Template(TemplateError),
+    RateLimit(LimitError),
     Binary(&'static str),
 }
 
@@ -215,6 +221,7 @@ impl fmt::Display for Problem {
             Problem::OutOfRange(low, high) => write!(f, "must be between {low} and {high}"),
             Problem::Method(e) => e.fmt(f),
             Problem::Template(e) => e.fmt(f),
+            Problem::RateLimit(e) => e.fmt(f),
             Problem::Binary(what) => f.write_str(what),
         }
     }
@@ -268,6 +275,19 @@ pub struct RawKey {
     pub expires_at: Option<u64>,
     #[serde(default, skip_serializing_if = "core::ops::Not::not")]
     pub disabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RawLimit>,
+}
+
+/// A key's rate limit as configs and the control plane carry it:
+/// `{"requests": 100, "per": "minute", "burst": 20}` (`burst` defaults to `requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    pub requests: u64,
+    pub per: Period,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
 }
 
 const TOP_FIELDS: &[&str] = &[
@@ -282,6 +302,7 @@ const TOP_FIELDS: &[&str] = &[
     "publishable",
     "keys",
     "sync",
+    "rate_limit_workers",
 ];
 const IDENTITY_FIELDS: &[&str] = &["account_id", "key_id", "key_type", "environment"];
 const PUBLISHABLE_FIELDS: &[&str] = &["api_prefixes", "retrieve_by_id", "id_pattern", "allow"];
@@ -295,7 +316,10 @@ const KEY_FIELDS: &[&str] = &[
     "environment",
     "expires_at",
     "disabled",
+    "rate_limit",
 ];
+const LIMIT_FIELDS: &[&str] = &["requests", "per", "burst"];
+const PERIODS: &[&str] = &["second", "minute"];
 const KEY_TYPES: &[&str] = &["secret", "publishable"];
 const ENVIRONMENTS: &[&str] = &["test", "production"];
 
@@ -343,6 +367,11 @@ impl FilterConfig {
             stripped_headers: identity_headers.stripped(),
             identity_headers,
             keep_authorization: top.bool("keep_authorization")?.unwrap_or(false),
+            rate_limit_workers: match top.u64("rate_limit_workers", u64::MAX)? {
+                None => 1,
+                Some(n @ 1..=1024) => n as u32,
+                Some(_) => return Err(err("rate_limit_workers", Problem::OutOfRange("1", "1024"))),
+            },
         };
         let sync = top
             .get("sync")
@@ -432,9 +461,32 @@ pub fn read_keys(items: &[Value], path: &Path) -> Result<Vec<RawKey>, ConfigErro
             disabled: key
                 .get("disabled")
                 .map_or(Ok(false), |v| as_bool(v, &key.path("disabled")))?,
+            rate_limit: key
+                .get("rate_limit")
+                .map(|v| read_limit(v, &key.path("rate_limit")))
+                .transpose()?,
         });
     }
     Ok(keys)
+}
+
+/// A key's `rate_limit` object.
+fn read_limit(value: &Value, path: &Path) -> Result<RawLimit, ConfigError> {
+    let limit = Fields::of(value, path, LIMIT_FIELDS)?;
+    let requests = limit.u64("requests", u64::MAX)?;
+    let requests = requests.ok_or_else(|| limit.path("requests").error(Problem::MissingField))?;
+    let per = limit
+        .choice("per", PERIODS)?
+        .ok_or_else(|| limit.path("per").error(Problem::MissingField))?;
+    Ok(RawLimit {
+        requests,
+        per: if per == 0 {
+            Period::Second
+        } else {
+            Period::Minute
+        },
+        burst: limit.u64("burst", u64::MAX)?,
+    })
 }
 
 fn parse_schemes(items: &[Value], path: &Path) -> Result<AcceptedSchemes, ConfigError> {
@@ -669,6 +721,11 @@ fn parse_key<'a>(
         .entry(&k.account_id)
         .or_insert_with(|| Arc::from(k.account_id.as_str()))
         .clone();
+    let limit = k
+        .rate_limit
+        .map(|raw| RateLimit::new(raw.requests, raw.per, raw.burst))
+        .transpose()
+        .map_err(|e| ("rate_limit", Problem::RateLimit(e)))?;
     Ok((
         digest,
         KeyEntry {
@@ -677,6 +734,7 @@ fn parse_key<'a>(
             kind: KeyKind::new(k.key_type, k.environment),
             expires_at: k.expires_at,
             disabled: k.disabled,
+            limit,
         },
     ))
 }

@@ -7,10 +7,6 @@
 use crate::prelude::*;
 
 use alloc::borrow::Cow;
-use base64::alphabet;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use base64::engine::DecodePaddingMode;
-use base64::Engine;
 use core::fmt;
 
 /// An authorization scheme keygate understands.
@@ -140,12 +136,6 @@ impl fmt::Display for CredentialError {
 /// Room for an account id in Basic credentials, on top of the key.
 const MAX_ACCOUNT_ID_LEN: usize = 256;
 
-/// Standard alphabet, padding optional (clients differ), non-canonical trailing bits refused.
-const BASIC_ENGINE: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
 fn is_ows(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
@@ -255,9 +245,8 @@ fn parse_basic(encoded: &str, max_key_len: usize) -> Result<Credential<'static>,
     if encoded.contains(' ') {
         return Err(CredentialError::InnerWhitespace);
     }
-    let decoded = BASIC_ENGINE
-        .decode(encoded)
-        .map_err(|_| CredentialError::BadBase64)?;
+    // Standard alphabet, padding optional (clients differ), non-canonical bits refused.
+    let decoded = crate::base64::decode(encoded.as_bytes()).ok_or(CredentialError::BadBase64)?;
     let mut decoded = String::from_utf8(decoded).map_err(|_| CredentialError::NotUtf8)?;
     if decoded.chars().any(char::is_control) {
         return Err(CredentialError::ControlCharacter);
@@ -296,6 +285,7 @@ fn parse_basic(encoded: &str, max_key_len: usize) -> Result<Credential<'static>,
 mod tests {
     use super::*;
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use base64::Engine;
 
     const MAX: usize = 128;
 

@@ -15,6 +15,8 @@ pub enum Denial {
     WrongEnvironment,
     /// No key map has arrived yet (sync mode, before the first fetch): fail closed.
     KeyMapUnavailable,
+    /// A valid key over its rate limit.
+    RateLimited,
     /// A request reached a filter with no configuration (wasm: a stream whose root is not
     /// configured): fail closed.
     NotConfigured,
@@ -23,7 +25,7 @@ pub enum Denial {
 }
 
 impl Denial {
-    pub const ALL: [Denial; 10] = [
+    pub const ALL: [Denial; 11] = [
         Denial::MissingCredentials,
         Denial::MalformedCredentials,
         Denial::InvalidApiKey,
@@ -32,6 +34,7 @@ impl Denial {
         Denial::InsufficientPermissions,
         Denial::WrongEnvironment,
         Denial::KeyMapUnavailable,
+        Denial::RateLimited,
         Denial::NotConfigured,
         Denial::InternalError,
     ];
@@ -50,6 +53,7 @@ impl Denial {
             | Denial::DisabledApiKey => 401,
             Denial::InsufficientPermissions | Denial::WrongEnvironment => 403,
             Denial::KeyMapUnavailable | Denial::NotConfigured => 503,
+            Denial::RateLimited => 429,
             Denial::InternalError => 500,
         }
     }
@@ -65,6 +69,7 @@ impl Denial {
             Denial::InsufficientPermissions => "insufficient_permissions",
             Denial::WrongEnvironment => "wrong_environment",
             Denial::KeyMapUnavailable => "key_map_unavailable",
+            Denial::RateLimited => "rate_limited",
             Denial::NotConfigured => "not_configured",
             Denial::InternalError => "internal_error",
         }
@@ -80,6 +85,7 @@ impl Denial {
             Denial::InsufficientPermissions => "This API key is not allowed to make this call. Publishable keys may only retrieve single objects; use a secret key.",
             Denial::WrongEnvironment => "This API key belongs to another environment than this endpoint.",
             Denial::KeyMapUnavailable => "API keys cannot be checked yet. Retry shortly.",
+            Denial::RateLimited => "This API key made more requests than its rate limit allows. Retry after the time in the Retry-After header.",
             Denial::NotConfigured => "The API gateway is not configured to check API keys yet. Retry shortly.",
             Denial::InternalError => "The API gateway failed to check this request.",
         }
@@ -97,6 +103,7 @@ impl Denial {
             Denial::InsufficientPermissions => "keygate_insufficient_permissions",
             Denial::WrongEnvironment => "keygate_wrong_environment",
             Denial::KeyMapUnavailable => "keygate_key_map_unavailable",
+            Denial::RateLimited => "keygate_rate_limited",
             Denial::NotConfigured => "keygate_not_configured",
             Denial::InternalError => "keygate_internal_error",
         }
@@ -142,6 +149,7 @@ mod tests {
         assert_eq!(Denial::WrongEnvironment.status(), 403);
         assert_eq!(Denial::KeyMapUnavailable.status(), 503);
         assert_eq!(Denial::NotConfigured.status(), 503);
+        assert_eq!(Denial::RateLimited.status(), 429);
         assert_eq!(Denial::InternalError.status(), 500);
     }
 }

@@ -19,6 +19,7 @@ use crate::header_pairs;
 use crate::identity;
 use crate::key::{KeyFormatError, KeyKind};
 use crate::keymap::KeyMap;
+use crate::rate_limit::{policy_header, state_header, Admission, Checked, RateLimit};
 use crate::request_scan::scan;
 
 /// The request's headers, as the host lends them for one decision.
@@ -46,11 +47,35 @@ pub trait Host {
     /// Adds a value (cheaper than a replace where Envoy holds none).
     fn add_request_header(&mut self, name: &str, value: &str);
     fn remove_request_header(&mut self, name: &str);
-    /// Answers the request from Envoy; the upstream never sees it.
-    fn send_answer(&mut self, answer: &Answer);
+    /// Answers the request from Envoy with `answer` and `extra` headers after its own; the
+    /// upstream never sees it.
+    fn send_answer(&mut self, answer: &Answer, extra: &[(&str, &str)]);
     fn count(&mut self, event: Count);
     /// Unix seconds; asked only when a key has an expiry.
     fn now_unix_seconds(&self) -> u64;
+    /// Microseconds on a clock that only moves forward where the host has one; asked only
+    /// when a key has a rate limit.
+    fn now_micros(&self) -> u64;
+}
+
+/// Where the rate limits' state is kept: a table shared by every worker (native), or one
+/// per worker (wasm), each enforcing its share of a limit.
+pub trait RateLimits {
+    /// How many independent tables share each limit.
+    fn enforcers(&self) -> u32;
+    fn admit(&self, key_id: &str, limit: &RateLimit, now_us: u64) -> Checked;
+}
+
+/// No rate limits (tests, and front ends without them).
+pub struct Unlimited;
+
+impl RateLimits for Unlimited {
+    fn enforcers(&self) -> u32 {
+        1
+    }
+    fn admit(&self, _: &str, _: &RateLimit, _: u64) -> Checked {
+        Checked::Overflow
+    }
 }
 
 /// Where a request's key is looked up: a synced map's current version, or a `KeyMap`.
@@ -82,24 +107,28 @@ pub enum Verdict {
 pub enum Count {
     Allowed,
     Denied(Denial),
+    /// A limited key let through because its limiter had no room for it (see
+    /// `LimitTable`).
+    LimitOverflow,
 }
 
 impl Count {
     /// How many counters there are, for tables indexed by [`Count::index`].
-    pub const LEN: usize = Denial::ALL.len() + 1;
+    pub const LEN: usize = Denial::ALL.len() + 2;
 
     /// Every counter, in index order.
     pub fn all() -> impl Iterator<Item = Count> {
         Denial::ALL
             .into_iter()
             .map(Count::Denied)
-            .chain(core::iter::once(Count::Allowed))
+            .chain([Count::Allowed, Count::LimitOverflow])
     }
 
     pub fn index(self) -> usize {
         match self {
             Count::Denied(denial) => denial.index(),
             Count::Allowed => Denial::ALL.len(),
+            Count::LimitOverflow => Denial::ALL.len() + 1,
         }
     }
 
@@ -108,6 +137,7 @@ impl Count {
         match self {
             Count::Allowed => "keygate.allowed".to_owned(),
             Count::Denied(denial) => format!("keygate.denied.{}", denial.code()),
+            Count::LimitOverflow => "keygate.rate_limit.overflow".to_owned(),
         }
     }
 }
@@ -205,11 +235,12 @@ impl Gate {
     }
 
     /// Judges one request. `synced` is the synced map's current version, when one is served.
-    pub fn on_request_headers<H: Host, L: KeyLookup>(
+    pub fn on_request_headers<H: Host, L: KeyLookup, R: RateLimits>(
         &self,
         host: &mut H,
         synced: Option<&L>,
         worker: &mut Worker,
+        limits: &R,
     ) -> Verdict {
         let settings = &self.config.settings;
         // Outlives the decision, which may borrow the entry it found.
@@ -248,9 +279,44 @@ impl Gate {
             (decision, scanned.identity_sent)
         };
         match decision {
-            Decision::Allow(entry) => self.forward(host, &entry, sent),
+            Decision::Allow(entry) => match entry.limit {
+                Some(limit) => self.within_limit(host, &entry, &limit, limits, sent),
+                None => self.forward(host, &entry, sent),
+            },
             Decision::Deny(denial) => self.deny(host, denial, sent),
         }
+    }
+
+    /// A limited key's request: forwarded while within its limit, else 429 with
+    /// `Retry-After` and the rate-limit headers.
+    fn within_limit<H: Host, R: RateLimits>(
+        &self,
+        host: &mut H,
+        entry: &KeyInfo<'_>,
+        limit: &RateLimit,
+        limits: &R,
+        sent: u16,
+    ) -> Verdict {
+        let limit = limit.share(limits.enforcers());
+        match limits.admit(entry.key_id, &limit, host.now_micros()) {
+            Checked::Judged(Admission::Admitted { .. }) => {}
+            Checked::Overflow => host.count(Count::LimitOverflow),
+            Checked::Judged(limited @ Admission::Limited { retry_after_s }) => {
+                self.remove_sent(host, sent, 0);
+                let retry_after = retry_after_s.to_string();
+                let policy = policy_header(&limit);
+                let state = state_header(&limited);
+                let extra = [
+                    ("retry-after", retry_after.as_str()),
+                    ("ratelimit-policy", policy.as_str()),
+                    ("ratelimit", state.as_str()),
+                ];
+                host.send_answer(self.answer(Denial::RateLimited), &extra);
+                host.count(Count::Denied(Denial::RateLimited));
+                return Verdict::Stop;
+            }
+        }
+        self.forward(host, entry, sent)
     }
 
     /// Sets the identity headers and removes the credential. A header the client sent is
@@ -278,7 +344,7 @@ impl Gate {
     /// headers a refused client sent are removed first.
     fn deny<H: Host>(&self, host: &mut H, denial: Denial, sent: u16) -> Verdict {
         self.remove_sent(host, sent, 0);
-        host.send_answer(self.answer(denial));
+        host.send_answer(self.answer(denial), &[]);
         host.count(Count::Denied(denial));
         Verdict::Stop
     }

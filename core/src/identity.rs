@@ -74,6 +74,7 @@ mod tests {
             kind: KeyKind::ALL[kind],
             expires_at: None,
             disabled: false,
+            limit: None,
         }
     }
 

@@ -21,6 +21,7 @@ pub struct KeyEntry {
     /// Unix seconds after which the key is refused (a rolled key's grace period).
     pub expires_at: Option<u64>,
     pub disabled: bool,
+    pub limit: Option<crate::rate_limit::RateLimit>,
 }
 
 impl KeyEntry {
@@ -31,6 +32,7 @@ impl KeyEntry {
             kind: self.kind,
             expires_at: self.expires_at,
             disabled: self.disabled,
+            limit: self.limit,
         }
     }
 }
@@ -112,6 +114,7 @@ mod tests {
             kind: KeyKind::new(KeyType::Secret, Environment::Test),
             expires_at: None,
             disabled: false,
+            limit: None,
         }
     }
 

@@ -22,6 +22,7 @@ mod prelude {
     pub use alloc::{format, vec};
 }
 
+pub mod base64;
 pub mod bucket;
 pub mod config;
 pub mod credentials;
@@ -39,5 +40,6 @@ pub mod keymap;
 pub mod path;
 pub mod policy;
 pub mod query;
+pub mod rate_limit;
 pub mod request_scan;
 pub mod shared_data;

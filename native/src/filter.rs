@@ -8,11 +8,16 @@ use crate::abi::{self, ConfigBeingCreated, MetricId, MetricKind};
 use crate::sync::{Subscription, SyncStats};
 use crate::synced_map::Snapshot;
 use keygate_core::config::{ConfigError, FilterConfig};
-use keygate_core::gate::{Answer, Count, Gate, HeadersUnreadable, Host, Verdict, Worker};
+use keygate_core::gate::{
+    Answer, Count, Gate, HeadersUnreadable, Host, RateLimits, Verdict, Worker,
+};
+use keygate_core::rate_limit::{Checked, LimitTable, RateLimit, DEFAULT_SLOTS};
 use keygate_sync_core::settings::PollConfig;
 use std::cell::RefCell;
 use std::fmt;
 use std::io::Read;
+use std::sync::OnceLock;
+use std::time::Instant;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why a configuration is refused (Envoy then refuses the listener or filter update, and
@@ -39,6 +44,9 @@ pub struct Filter {
     synced: Option<Subscription>,
     /// By `Count::index`.
     counters: [Option<MetricId>; Count::LEN],
+    /// The rate limits' state, one for every worker thread (allocated at the first request
+    /// of a limited key).
+    limits: OnceLock<LimitTable>,
     /// Ends the sync thread's use of this configuration's stats when Envoy destroys it.
     _lifetime: abi::ConfigLifetime,
 }
@@ -83,6 +91,7 @@ impl Filter {
             gate: Gate::new(filter_config, synced.is_some()),
             synced,
             counters,
+            limits: OnceLock::new(),
             _lifetime: config.lifetime(),
         })
     }
@@ -95,9 +104,10 @@ impl Filter {
             stream,
             counters: &self.counters,
         };
+        let limits = SharedLimits(&self.limits);
         WORKER.with_borrow_mut(|worker| {
             self.gate
-                .on_request_headers(&mut host, snapshot.as_deref(), worker)
+                .on_request_headers(&mut host, snapshot.as_deref(), worker, &limits)
         })
     }
 
@@ -110,7 +120,7 @@ impl Filter {
         let answer = self
             .gate
             .answer(keygate_core::denial::Denial::InternalError);
-        host.send_answer(answer);
+        host.send_answer(answer, &[]);
         host.count(Count::Denied(answer.denial));
     }
 }
@@ -118,19 +128,42 @@ impl Filter {
 /// Answers a request with no configuration to judge it by (fail closed).
 pub fn refuse_unconfigured(stream: &mut abi::Stream<'_>, denial: keygate_core::denial::Denial) {
     let answer = Answer::new(denial, "");
-    send(stream, &answer);
+    send(stream, &answer, &[]);
 }
 
-fn send(stream: &mut abi::Stream<'_>, answer: &Answer) {
+fn send(stream: &mut abi::Stream<'_>, answer: &Answer, extra: &[(&str, &str)]) {
     stream.send_response(
         answer.status,
         answer
             .headers
             .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .chain(extra.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))),
         answer.body.as_bytes(),
         answer.details,
     );
+}
+
+/// The rate limits every worker thread shares: each limit exact for the whole process.
+struct SharedLimits<'a>(&'a OnceLock<LimitTable>);
+
+impl RateLimits for SharedLimits<'_> {
+    fn enforcers(&self) -> u32 {
+        1
+    }
+
+    fn admit(&self, key_id: &str, limit: &RateLimit, now_us: u64) -> Checked {
+        self.0
+            .get_or_init(|| LimitTable::new(DEFAULT_SLOTS))
+            .admit(key_id, limit, now_us)
+    }
+}
+
+/// Microseconds on a clock that never goes back, from the module's first use of it.
+fn monotonic_micros() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    // Never 0: the limiter reads 0 as "not seen yet".
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
 }
 
 /// The request being judged, as the gate sees Envoy.
@@ -166,8 +199,8 @@ impl Host for NativeHost<'_, '_> {
         self.stream.remove_request_header(name.as_bytes());
     }
 
-    fn send_answer(&mut self, answer: &Answer) {
-        send(self.stream, answer);
+    fn send_answer(&mut self, answer: &Answer, extra: &[(&str, &str)]) {
+        send(self.stream, answer, extra);
     }
 
     fn count(&mut self, event: Count) {
@@ -180,6 +213,10 @@ impl Host for NativeHost<'_, '_> {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(u64::MAX, |d| d.as_secs())
+    }
+
+    fn now_micros(&self) -> u64 {
+        monotonic_micros()
     }
 }
 

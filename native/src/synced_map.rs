@@ -93,6 +93,7 @@ mod tests {
             },
             expires_at: None,
             disabled: false,
+            limit: None,
         }
     }
 

@@ -15,11 +15,17 @@ use keygate_core::keymap::KeyMap;
 
 /// Content type of the binary full map.
 pub const BINARY_CONTENT_TYPE: &str = "application/x-keygate-map";
+/// The first form; the second may hold entries with a rate limit, which a filter built
+/// before limits cannot read: it refuses the whole answer for its unknown magic (and keeps
+/// its last map) rather than misread an entry. keygatectl writes the first form while no
+/// key has a limit.
 const BINARY_MAGIC: &[u8; 8] = b"KGMAP01\n";
+const BINARY_MAGIC_LIMITS: &[u8; 8] = b"KGMAP02\n";
 /// Magic, version (u64 LE), key count (u32 LE).
 pub const BINARY_HEADER_LEN: usize = 20;
-/// The longest entry `encode_entry` writes: digest, flags, expiry, two 255-byte strings.
-const MAX_ENTRY_LEN: usize = 32 + 1 + 8 + 1 + 255 + 1 + 255;
+/// The longest entry `encode_entry` writes: digest, flags, expiry, rate limit, two 255-byte
+/// strings.
+const MAX_ENTRY_LEN: usize = 32 + 1 + 8 + 9 + 1 + 255 + 1 + 255;
 /// How much of the answer is in the VM at once while it is read.
 pub const CHUNK_LEN: usize = 1 << 20;
 
@@ -28,7 +34,12 @@ pub fn encode_binary_full(version: u64, map: &KeyMap) -> Vec<u8> {
     let mut entries: Vec<_> = map.iter().collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut out = Vec::with_capacity(BINARY_HEADER_LEN + entries.len() * 80);
-    out.extend_from_slice(BINARY_MAGIC);
+    let limited = entries.iter().any(|(_, entry)| entry.limit.is_some());
+    out.extend_from_slice(if limited {
+        BINARY_MAGIC_LIMITS
+    } else {
+        BINARY_MAGIC
+    });
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for (digest, entry) in entries {
@@ -54,6 +65,7 @@ pub struct BinaryHeader {
 pub fn parse_binary_header(head: &[u8]) -> Result<BinaryHeader, ConfigError> {
     let rest = head
         .strip_prefix(BINARY_MAGIC.as_slice())
+        .or_else(|| head.strip_prefix(BINARY_MAGIC_LIMITS.as_slice()))
         .ok_or_else(|| binary_error("", "not a keygate binary key map"))?;
     let version = rest.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
     let count = rest.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok());
@@ -316,6 +328,7 @@ mod binary_tests {
                     kind: KeyKind::new(KeyType::Secret, Environment::Test),
                     expires_at: None,
                     disabled: false,
+                    limit: None,
                 },
             )
         }))

@@ -213,6 +213,11 @@ mod tests {
             environment: keygate_core::key::Environment::Production,
             expires_at: Some(9),
             disabled: true,
+            rate_limit: Some(keygate_core::config::RawLimit {
+                requests: 10,
+                per: keygate_core::rate_limit::Period::Minute,
+                burst: None,
+            }),
         };
         for message in [
             KeyMapMessage::Full {

@@ -181,6 +181,7 @@ impl KeyRecord {
             environment: self.kind.environment,
             expires_at: self.expires_at,
             disabled: self.disabled_at.is_some(),
+            rate_limit: None,
         }
     }
 }

@@ -47,6 +47,7 @@ fn entry_of<'a>(
         kind,
         expires_at,
         disabled,
+        limit: None,
     };
     (Digest::of_key(key), info)
 }

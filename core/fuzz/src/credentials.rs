@@ -26,7 +26,24 @@ pub fn schemes_from_bits(bits: u8) -> AcceptedSchemes {
     }
 }
 
+/// The `base64` crate configured as Basic credentials are read: core's own decoder must
+/// agree with it on every input.
+const BASE64_INDIFFERENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 pub fn check(data: &[u8]) {
+    {
+        use base64::Engine;
+        let ours = keygate_core::base64::decode(data);
+        invariant!(
+            ours == BASE64_INDIFFERENT.decode(data).ok(),
+            "core's base64 decodes {:?} as {ours:?}",
+            String::from_utf8_lossy(data)
+        );
+    }
     let Some((&control, rest)) = data.split_first() else {
         return;
     };

@@ -199,6 +199,13 @@ pub fn check(data: &[u8]) {
                     if let Some(at) = info.expires_at {
                         key["expires_at"] = json!(at);
                     }
+                    if let Some(limit) = info.limit {
+                        key["rate_limit"] = json!({
+                            "requests": limit.requests,
+                            "per": limit.period.as_str(),
+                            "burst": limit.burst,
+                        });
+                    }
                     key
                 })
                 .collect();

@@ -94,6 +94,7 @@ struct Entry {
     kind: KeyKind,
     expires_at: Option<u64>,
     disabled: bool,
+    limit: Option<keygate_core::rate_limit::RateLimit>,
 }
 
 impl From<KeyInfo<'_>> for Entry {
@@ -104,6 +105,7 @@ impl From<KeyInfo<'_>> for Entry {
             kind: i.kind,
             expires_at: i.expires_at,
             disabled: i.disabled,
+            limit: i.limit,
         }
     }
 }
@@ -270,6 +272,7 @@ fn to_key_entry(e: &Entry) -> keygate_core::keymap::KeyEntry {
         kind: e.kind,
         expires_at: e.expires_at,
         disabled: e.disabled,
+        limit: e.limit,
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::key::issue_key;
+use crate::rate_limit::RateLimit;
 
 /// What the gate did to one request.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -11,6 +12,7 @@ struct Effects {
     added: Vec<(String, String)>,
     removed: Vec<String>,
     answered: Option<(u32, String, String)>,
+    extra: Vec<(String, String)>,
     counted: Vec<Count>,
 }
 
@@ -55,7 +57,7 @@ impl Host for MockHost {
     fn remove_request_header(&mut self, name: &str) {
         self.effects.removed.push(name.into());
     }
-    fn send_answer(&mut self, answer: &Answer) {
+    fn send_answer(&mut self, answer: &Answer, extra: &[(&str, &str)]) {
         let challenge = answer
             .headers
             .iter()
@@ -63,6 +65,10 @@ impl Host for MockHost {
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
         self.effects.answered = Some((answer.status, answer.denial.code().into(), challenge));
+        self.effects.extra = extra
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
     }
     fn count(&mut self, event: Count) {
         self.effects.counted.push(event);
@@ -70,6 +76,9 @@ impl Host for MockHost {
     fn now_unix_seconds(&self) -> u64 {
         self.clock_asked.set(true);
         self.now
+    }
+    fn now_micros(&self) -> u64 {
+        self.now * 1_000_000
     }
 }
 
@@ -134,7 +143,7 @@ fn run(f: &Fixture, headers: &[(&str, &str)]) -> (Verdict, Effects) {
     let mut worker = Worker::new(Some([9; 16]));
     let verdict = f
         .gate
-        .on_request_headers(&mut host, None::<&KeyMap>, &mut worker);
+        .on_request_headers(&mut host, None::<&KeyMap>, &mut worker, &Unlimited);
     (verdict, host.effects)
 }
 
@@ -238,11 +247,11 @@ fn the_clock_is_asked_only_for_keys_with_an_expiry() {
     let mut live = host(&request("GET", "/", &format!("token {}", f.keys[0])));
     let mut worker = Worker::new(None);
     f.gate
-        .on_request_headers(&mut live, None::<&KeyMap>, &mut worker);
+        .on_request_headers(&mut live, None::<&KeyMap>, &mut worker, &Unlimited);
     assert!(!live.clock_asked.get());
     let mut old = host(&request("GET", "/", &format!("token {}", f.expired)));
     f.gate
-        .on_request_headers(&mut old, None::<&KeyMap>, &mut worker);
+        .on_request_headers(&mut old, None::<&KeyMap>, &mut worker, &Unlimited);
     assert!(old.clock_asked.get());
 }
 
@@ -308,9 +317,12 @@ fn unreadable_headers_are_a_malformed_credential() {
     let f = fixture("", false);
     let mut host = host(&[]);
     host.headers = None;
-    let verdict = f
-        .gate
-        .on_request_headers(&mut host, None::<&KeyMap>, &mut Worker::new(None));
+    let verdict = f.gate.on_request_headers(
+        &mut host,
+        None::<&KeyMap>,
+        &mut Worker::new(None),
+        &Unlimited,
+    );
     assert_eq!(verdict, Verdict::Stop);
     assert_eq!(
         host.effects.counted,
@@ -324,7 +336,12 @@ fn sync_mode_serves_the_synced_map_then_bootstrap_keys_then_refuses() {
     let config = FilterConfig::parse(br#"{"version":1}"#).expect("valid");
     let gate = Gate::new(config, true);
     let mut empty = host(&[(":path", "/"), ("x-keygate-key-id", "spoof")]);
-    let verdict = gate.on_request_headers(&mut empty, None::<&KeyMap>, &mut Worker::new(None));
+    let verdict = gate.on_request_headers(
+        &mut empty,
+        None::<&KeyMap>,
+        &mut Worker::new(None),
+        &Unlimited,
+    );
     assert_eq!(verdict, Verdict::Stop);
     assert_eq!(
         empty.effects.answered.as_ref().map(|a| a.0),
@@ -340,9 +357,9 @@ fn sync_mode_serves_the_synced_map_then_bootstrap_keys_then_refuses() {
     assert_eq!(verdict, Verdict::Continue);
     let synced = KeyMap::new();
     let mut h = host(&request("GET", "/", &auth));
-    let verdict = f
-        .gate
-        .on_request_headers(&mut h, Some(&synced), &mut Worker::new(None));
+    let verdict =
+        f.gate
+            .on_request_headers(&mut h, Some(&synced), &mut Worker::new(None), &Unlimited);
     assert_eq!(verdict, Verdict::Stop);
     assert_eq!(h.effects.counted, [Count::Denied(Denial::InvalidApiKey)]);
 }
@@ -385,9 +402,118 @@ fn answers_are_built_once_from_the_denial_table() {
 fn counters_have_one_name_and_index_each() {
     let names: Vec<String> = Count::all().map(Count::name).collect();
     assert_eq!(names.len(), Count::LEN);
-    assert_eq!(names.last().map(String::as_str), Some("keygate.allowed"));
+    assert!(names.contains(&"keygate.allowed".to_owned()));
+    assert!(names.contains(&"keygate.denied.rate_limited".to_owned()));
+    assert!(names.contains(&"keygate.rate_limit.overflow".to_owned()));
     assert!(names.contains(&"keygate.denied.invalid_api_key".to_owned()));
     for (i, count) in Count::all().enumerate() {
         assert_eq!(count.index(), i);
     }
+}
+
+/// A table of limits with a settable share, as the front ends keep them.
+struct Limits {
+    table: crate::rate_limit::LimitTable,
+    enforcers: u32,
+}
+
+impl RateLimits for Limits {
+    fn enforcers(&self) -> u32 {
+        self.enforcers
+    }
+    fn admit(&self, key_id: &str, limit: &RateLimit, now_us: u64) -> Checked {
+        self.table.admit(key_id, limit, now_us)
+    }
+}
+
+fn limited_fixture() -> (Gate, String, String) {
+    let limited = issue_key(KeyKind::ALL[0], &[5; 32]);
+    let other = issue_key(KeyKind::ALL[0], &[6; 32]);
+    let json = format!(
+        r#"{{"version":1,"keys":[
+            {{"digest":"{}","account_id":"acct_1","key_id":"key_limited","type":"secret","environment":"test","rate_limit":{{"requests":2,"per":"minute"}}}},
+            {{"digest":"{}","account_id":"acct_1","key_id":"key_free","type":"secret","environment":"test"}}]}}"#,
+        Digest::of_key(&limited).to_hex(),
+        Digest::of_key(&other).to_hex()
+    );
+    let config = FilterConfig::parse(json.as_bytes()).expect("valid config");
+    (Gate::new(config, false), limited, other)
+}
+
+#[test]
+fn a_key_over_its_limit_gets_429_with_the_rate_limit_headers_and_others_are_unaffected() {
+    let (gate, limited, other) = limited_fixture();
+    let limits = Limits {
+        table: crate::rate_limit::LimitTable::new(64),
+        enforcers: 1,
+    };
+    let mut worker = Worker::new(None);
+    let mut run = |key: &str| {
+        let auth = format!("token {key}");
+        let mut h = host(&request("GET", "/v3/devices", &auth));
+        h.headers
+            .as_mut()
+            .expect("headers")
+            .push((b"x-keygate-key-id".to_vec(), b"spoof".to_vec()));
+        let verdict = gate.on_request_headers(&mut h, None::<&KeyMap>, &mut worker, &limits);
+        (verdict, h.effects)
+    };
+    assert_eq!(run(&limited).0, Verdict::Continue);
+    assert_eq!(run(&limited).0, Verdict::Continue);
+    let (verdict, effects) = run(&limited);
+    assert_eq!(verdict, Verdict::Stop);
+    let (status, code, _) = effects.answered.clone().expect("answered");
+    assert_eq!((status, code.as_str()), (429, "rate_limited"));
+    let header = |name: &str| {
+        effects
+            .extra
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("retry-after").as_deref(), Some("30"));
+    assert_eq!(
+        header("ratelimit-policy").as_deref(),
+        Some("\"keygate\";q=2;w=60")
+    );
+    assert_eq!(header("ratelimit").as_deref(), Some("\"keygate\";r=0;t=30"));
+    assert_eq!(effects.counted, [Count::Denied(Denial::RateLimited)]);
+    assert_eq!(
+        effects.removed,
+        ["x-keygate-key-id"],
+        "a client's identity still stripped"
+    );
+    // Another key of the same account is not limited.
+    assert_eq!(run(&other).0, Verdict::Continue);
+    assert_eq!(run(&other).0, Verdict::Continue);
+    assert_eq!(run(&other).0, Verdict::Continue);
+}
+
+#[test]
+fn each_of_several_enforcers_admits_its_share() {
+    let (gate, limited, _) = limited_fixture();
+    let limits = Limits {
+        table: crate::rate_limit::LimitTable::new(64),
+        enforcers: 2,
+    };
+    let mut worker = Worker::new(None);
+    let auth = format!("token {limited}");
+    let verdicts: Vec<Verdict> = (0..3)
+        .map(|_| {
+            let mut h = host(&request("GET", "/", &auth));
+            gate.on_request_headers(&mut h, None::<&KeyMap>, &mut worker, &limits)
+        })
+        .collect();
+    assert_eq!(verdicts, [Verdict::Continue, Verdict::Stop, Verdict::Stop]);
+}
+
+#[test]
+fn a_full_limiter_lets_the_key_through_and_counts_it() {
+    let (gate, limited, _) = limited_fixture();
+    let auth = format!("token {limited}");
+    let mut h = host(&request("GET", "/", &auth));
+    let verdict =
+        gate.on_request_headers(&mut h, None::<&KeyMap>, &mut Worker::new(None), &Unlimited);
+    assert_eq!(verdict, Verdict::Continue);
+    assert_eq!(h.effects.counted, [Count::LimitOverflow, Count::Allowed]);
 }
