@@ -35,13 +35,6 @@ def answer(envoy, key, path="/v3/devices"):
     return r.status_code, code
 
 
-def everywhere(envoy, key, n=None):
-    """The set of (status, error code) Envoy's workers answer `key` with, each asked on a
-    connection pinned to it (`n`, the samples this once took, is no longer needed)."""
-    with harness.connections_on_every_worker(envoy) as workers:
-        return workers.everywhere(key)
-
-
 def wait_for(predicate, timeout=8.0):
     start = time.monotonic()
     while time.monotonic() - start < timeout:
