@@ -744,7 +744,7 @@ def test_counters_count_each_outcome(upstream, keyset):
                 "missing_credentials", "malformed_credentials", "invalid_api_key",
                 "expired_api_key", "disabled_api_key", "insufficient_permissions",
                 "wrong_environment", "key_map_unavailable", "not_configured",
-                "internal_error")], 0)
+                "internal_error", "rate_limited")] + ["rate_limit.overflow"], 0)
         assert envoy.counters() == want
         for protocol in PROTOCOLS:
             with http_client(protocol, envoy.url) as c:
