@@ -71,6 +71,13 @@ mod host {
             size: *mut usize,
             cas: *mut u32,
         ) -> u32;
+        pub fn proxy_set_shared_data(
+            key: *const u8,
+            key_size: usize,
+            value: *const u8,
+            value_size: usize,
+            cas: u32,
+        ) -> u32;
         pub fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
         pub fn proxy_define_metric(
             kind: u32,
@@ -207,6 +214,11 @@ pub fn plugin_configuration() -> Result<Vec<u8>, Status> {
 
 /// A shared-data value; `Err(NOT_FOUND)` when the key was never set.
 pub fn shared_data(key: &str) -> Result<Vec<u8>, Status> {
+    shared_data_with_cas(key).map(|(value, _)| value)
+}
+
+/// A shared-data value and its compare-and-swap token.
+pub fn shared_data_with_cas(key: &str) -> Result<(Vec<u8>, u32), Status> {
     let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
     // SAFETY: as in request_header_map.
     unsafe {
@@ -217,8 +229,16 @@ pub fn shared_data(key: &str) -> Result<Vec<u8>, Status> {
             &mut size,
             &mut cas,
         ))?;
-        Ok(take_buffer(data, size))
+        Ok((take_buffer(data, size), cas))
     }
+}
+
+/// Sets a shared-data value if it is still at `cas` (0: whatever it is).
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
+    // SAFETY: live slices for the duration of the call.
+    check(unsafe {
+        host::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+    })
 }
 
 pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {

@@ -6,6 +6,7 @@
 use crate::abi;
 use crate::metrics::Metrics;
 use crate::synced_map::SyncedMap;
+use crate::usage::VmUsage;
 use crate::vm_global::VmGlobal;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
@@ -14,7 +15,8 @@ use keygate_core::bucket::{self, KeyInfo};
 use keygate_core::config::FilterConfig;
 use keygate_core::digest::Digest;
 use keygate_core::gate::{
-    Answer, Count, Gate, HeadersUnreadable, Host, KeyLookup, RateLimits, Verdict, Worker,
+    Answer, Count, Gate, HeadersUnreadable, Host, KeyLookup, RateLimits, UsageCounter, Verdict,
+    Worker,
 };
 use keygate_core::header_pairs::{self, HeaderMap, HeaderPairs};
 use keygate_core::rate_limit::{Checked, LimitTable, RateLimit, DEFAULT_SLOTS};
@@ -38,15 +40,19 @@ pub struct Filter {
     pub metrics: Metrics,
     /// Sync mode: the map the fetcher service publishes.
     pub synced: Option<SyncedMap>,
+    /// Sync mode: per-key usage, handed to the fetcher service.
+    usage: Option<VmUsage>,
 }
 
 impl Filter {
     pub fn new(config: FilterConfig, metrics: Metrics) -> Filter {
         let synced = config.sync_namespace.as_deref().map(SyncedMap::new);
+        let usage = config.sync_namespace.as_deref().map(VmUsage::new);
         Filter {
             gate: Gate::new(config, synced.is_some()),
             metrics,
             synced,
+            usage,
         }
     }
 
@@ -66,9 +72,15 @@ impl Filter {
         let limits = VmLimits {
             workers: self.gate.config().settings.rate_limit_workers,
         };
+        let usage = Usage(self.usage.as_ref());
         let verdict = WORKER.with_borrow_mut(|worker| {
-            self.gate
-                .on_request_headers(&mut stream, synced.map(Buckets).as_ref(), worker, &limits)
+            self.gate.on_request_headers(
+                &mut stream,
+                synced.map(Buckets).as_ref(),
+                worker,
+                &limits,
+                &usage,
+            )
         });
         match verdict {
             Verdict::Continue => CONTINUE,
@@ -81,6 +93,9 @@ impl Filter {
         self.metrics.flush();
         if let Some(synced) = &self.synced {
             synced.refresh();
+        }
+        if let Some(usage) = &self.usage {
+            usage.on_tick();
         }
     }
 }
@@ -170,6 +185,17 @@ impl Host for Stream<'_> {
     fn now_micros(&self) -> u64 {
         // Envoy gives a VM wall-clock time only; the limiter copes with a clock gone back.
         abi::now_micros().unwrap_or(0)
+    }
+}
+
+/// This configuration's usage counting (sync mode), or none.
+struct Usage<'a>(Option<&'a VmUsage>);
+
+impl UsageCounter for Usage<'_> {
+    fn count(&self, digest: &Digest, allowed: bool) {
+        if let Some(usage) = self.0 {
+            usage.count(digest, allowed);
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod filter;
 mod logger;
 mod metrics;
 mod synced_map;
+mod usage;
 mod vm_global;
 
 // memcmp and friends come from wasi-libc, as they do for std; only those few objects of the

@@ -23,6 +23,8 @@ class ScriptedControlPlane(ThreadingHTTPServer):
         self.entries = {}
         self.override = None  # (status, body bytes, content type) answered instead of the map
         self.store = None  # the keygate-store header sent with every answer, if set
+        self.reports = []  # usage reports received: (report_id, keys, the status answered)
+        self.report_statuses = []  # statuses to answer the next reports with (then 204)
         self.hang = False
         self.down = False  # drop every request without an answer, as a dead server would
         # Refuse `wait` with 400, as a keygatectl from before watches (unknown parameter).
@@ -57,6 +59,21 @@ class ScriptedControlPlane(ThreadingHTTPServer):
         return json.dumps(
             {"kind": "full", "version": self.version, "keys": list(self.entries.values())}
         ).encode()
+
+    def usage_by_key(self):
+        """Each key id's counts over the reports stored (each report id counted once, as
+        keygatectl counts them)."""
+        totals, seen = {}, set()
+        with self.lock:
+            for report_id, keys, status in self.reports:
+                if status not in (200, 204) or report_id in seen:
+                    continue
+                seen.add(report_id)
+                for k in keys:
+                    t = totals.setdefault(k["key_id"], {"allowed": 0, "refused": 0})
+                    t["allowed"] += k["allowed"]
+                    t["refused"] += k["refused"]
+        return totals
 
     def close(self):
         self.hang = False
@@ -103,6 +120,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self):
+        server = self.server
+        length = int(self.headers.get("content-length", 0))
+        body = self.rfile.read(length)
+        if self.path != "/v1/usage":
+            status = 404
+        else:
+            report = json.loads(body)
+            with server.lock:
+                status = server.report_statuses.pop(0) if server.report_statuses else 204
+                server.reports.append((report["report_id"], report["keys"], status))
+        self.send_response(status)
+        self.send_header("content-length", "0")
+        self.end_headers()
 
     def log_message(self, *args):
         pass

@@ -149,3 +149,38 @@ def test_proxy_variables_in_envoys_environment_are_not_used(upstream, cp, keyset
         assert accepted == [], "a poll went to the proxy of Envoy's environment"
     finally:
         envoy.stop()
+
+
+def test_usage_is_counted_at_the_edge_and_reported_without_double_counting(upstream, cp, keyset):
+    """Traffic with several keys: the fetcher reports each key's allowed and refused
+    requests; a report keygatectl did not take is sent again with the same id."""
+    cp.publish(keyset.entries)
+    cp.report_statuses = [503]  # the first report is not taken
+    envoy = start_sync_envoy(upstream, cp, service_overrides={"usage_interval_ms": 1000})
+    try:
+        warm_up = {"authorization": f"token {keyset.keys['sk_production']}"}
+        with httpx.Client(base_url=envoy.url, timeout=5) as client:
+            # Until a report holds the warm-up key: the map is served, the workers count
+            # (each reads the fetcher's flag on its ticks), and reports reach keygatectl.
+            wait_for(lambda: client.get("/v3/devices", headers=warm_up).status_code == 200
+                     and "key_sk_production" in cp.usage_by_key(), timeout=30)
+            sent = {"sk_test": 0, "pk_test": 0}
+            for i in range(30):
+                for name in ("sk_test", "pk_test"):
+                    # pk_test on a list: refused, but the key was known, so it counts.
+                    client.get("/v3/devices", headers={"authorization": f"token {keyset.keys[name]}"})
+                    sent[name] += 1
+            client.get("/v3/devices", headers={"authorization": "token sk_test_unknown"})
+        want = {"key_sk_test": {"allowed": sent["sk_test"], "refused": 0},
+                "key_pk_test": {"allowed": 0, "refused": sent["pk_test"]}}
+
+        def measured():
+            usage = cp.usage_by_key()
+            return {k: usage.get(k) for k in want}
+        wait_for(lambda: measured() == want, timeout=30)
+        assert set(cp.usage_by_key()) == {"key_sk_production", "key_sk_test", "key_pk_test"}
+        ids = [report_id for report_id, _, status in cp.reports]
+        refused_id = next(r for r, _, status in cp.reports if status == 503)
+        assert ids.count(refused_id) >= 2, "the report keygatectl refused was sent again"
+    finally:
+        envoy.stop()

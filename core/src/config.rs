@@ -517,11 +517,17 @@ fn is_valid_realm(realm: &str) -> bool {
 }
 
 fn challenges(schemes: AcceptedSchemes, realm: &str) -> String {
-    schemes
-        .iter()
-        .map(|s| format!("{} realm=\"{realm}\"", s.challenge_name()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::new();
+    for scheme in schemes.iter() {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(scheme.challenge_name());
+        out.push_str(" realm=\"");
+        out.push_str(realm);
+        out.push('"');
+    }
+    out
 }
 
 /// The publishable-key policy; without a `publishable` section, the defaults.

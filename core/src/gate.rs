@@ -66,6 +66,19 @@ pub trait RateLimits {
     fn admit(&self, key_id: &str, limit: &RateLimit, now_us: u64) -> Checked;
 }
 
+/// Where per-key usage is counted (a worker's `usage::UsageTable`), for keys a request was
+/// judged as: allowed, or refused after the key was known.
+pub trait UsageCounter {
+    fn count(&self, digest: &Digest, allowed: bool);
+}
+
+/// No usage counting (static mode: nobody to report to).
+pub struct Uncounted;
+
+impl UsageCounter for Uncounted {
+    fn count(&self, _: &Digest, _: bool) {}
+}
+
 /// No rate limits (tests, and front ends without them).
 pub struct Unlimited;
 
@@ -235,17 +248,21 @@ impl Gate {
     }
 
     /// Judges one request. `synced` is the synced map's current version, when one is served.
-    pub fn on_request_headers<H: Host, L: KeyLookup, R: RateLimits>(
+    pub fn on_request_headers<H: Host, L: KeyLookup, R: RateLimits, U: UsageCounter>(
         &self,
         host: &mut H,
         synced: Option<&L>,
         worker: &mut Worker,
         limits: &R,
+        usage: &U,
     ) -> Verdict {
         let settings = &self.config.settings;
         // Outlives the decision, which may borrow the entry it found.
         let mut held = L::Held::default();
         let held = &mut held;
+        // The digest of the key the lookup found, for its usage.
+        let mut found: Option<Digest> = None;
+        let found_ref = &mut found;
         let (decision, sent) = {
             let Ok(headers) = host.request_headers() else {
                 return self.deny(host, Denial::MalformedCredentials, 0);
@@ -270,7 +287,13 @@ impl Gate {
                 keys => {
                     let sources = Sources {
                         identify: |key: &str| worker.identify(key),
-                        lookup: lookup_once(move |digest: &Digest| keys.find(digest, held)),
+                        lookup: lookup_once(move |digest: &Digest| {
+                            let entry = keys.find(digest, held);
+                            if entry.is_some() {
+                                *found_ref = Some(*digest);
+                            }
+                            entry
+                        }),
                         now: || host.now_unix_seconds(),
                     };
                     decide(settings, sources, &scanned.request())
@@ -278,13 +301,29 @@ impl Gate {
             };
             (decision, scanned.identity_sent)
         };
-        match decision {
+        // A request counts for its key when the key was known: allowed (or refused by its
+        // limit), or refused for what the key may not do or no longer is.
+        let counts_for_key = match &decision {
+            Decision::Allow(_) => true,
+            Decision::Deny(denial) => matches!(
+                denial,
+                Denial::ExpiredApiKey
+                    | Denial::DisabledApiKey
+                    | Denial::InsufficientPermissions
+                    | Denial::WrongEnvironment
+            ),
+        };
+        let verdict = match decision {
             Decision::Allow(entry) => match entry.limit {
                 Some(limit) => self.within_limit(host, &entry, &limit, limits, sent),
                 None => self.forward(host, &entry, sent),
             },
             Decision::Deny(denial) => self.deny(host, denial, sent),
+        };
+        if let (Some(digest), true) = (found, counts_for_key) {
+            usage.count(&digest, verdict == Verdict::Continue);
         }
+        verdict
     }
 
     /// A limited key's request: forwarded while within its limit, else 429 with

@@ -43,3 +43,4 @@ pub mod query;
 pub mod rate_limit;
 pub mod request_scan;
 pub mod shared_data;
+pub mod usage;

@@ -19,6 +19,18 @@ pub fn version_key(namespace: &str) -> String {
     format!("{namespace}/version")
 }
 
+/// Shared-data key where worker VMs leave their drained usage counts for the fetcher
+/// (`usage::encode_records`, appended with compare-and-swap).
+pub fn usage_inbox_key(namespace: &str) -> String {
+    format!("{namespace}/usage")
+}
+
+/// Shared-data key the fetcher sets (one byte, 1) when it reports usage: workers count
+/// only then.
+pub fn usage_on_key(namespace: &str) -> String {
+    format!("{namespace}/usage-on")
+}
+
 /// Shared-data key of one bucket.
 pub fn bucket_key(namespace: &str, bucket: usize) -> String {
     format!("{namespace}/b/{bucket:04x}")

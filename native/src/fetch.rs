@@ -70,6 +70,21 @@ impl Fetch {
         self.agent.config().proxy()
     }
 
+    /// POSTs a JSON body (a usage report); answers the status.
+    pub fn post_json(&self, url: &str, body: &str, token: Option<&str>) -> Result<u16, String> {
+        let mut call = self
+            .agent
+            .post(url)
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            call = call.header("authorization", format!("Bearer {token}"));
+        }
+        match call.send(body) {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(e) => Err(format!("the report failed: {e}")),
+        }
+    }
+
     pub fn exchange(&self, base: &str, request: &PollRequest, shared: &Shared) -> Exchange {
         // A watch's timeout sits above its wait.
         let mut call = self

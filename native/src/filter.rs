@@ -105,9 +105,10 @@ impl Filter {
             counters: &self.counters,
         };
         let limits = SharedLimits(&self.limits);
+        let usage = Usage(self.synced.as_ref().and_then(Subscription::usage));
         WORKER.with_borrow_mut(|worker| {
             self.gate
-                .on_request_headers(&mut host, snapshot.as_deref(), worker, &limits)
+                .on_request_headers(&mut host, snapshot.as_deref(), worker, &limits, &usage)
         })
     }
 
@@ -142,6 +143,18 @@ fn send(stream: &mut abi::Stream<'_>, answer: &Answer, extra: &[(&str, &str)]) {
         answer.body.as_bytes(),
         answer.details,
     );
+}
+
+/// This configuration's usage counting: its sync group's, or none (static mode, or reports
+/// off).
+struct Usage<'a>(Option<&'a crate::usage::UsageTables>);
+
+impl keygate_core::gate::UsageCounter for Usage<'_> {
+    fn count(&self, digest: &keygate_core::digest::Digest, allowed: bool) {
+        if let Some(tables) = self.0 {
+            tables.count(digest, allowed);
+        }
+    }
 }
 
 /// The rate limits every worker thread shares: each limit exact for the whole process.

@@ -18,3 +18,4 @@ mod hooks;
 mod logger;
 mod sync;
 mod synced_map;
+mod usage;

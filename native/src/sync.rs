@@ -19,6 +19,7 @@
 use crate::abi::{ConfigBeingCreated, ConfigStats, MetricId, MetricKind};
 use crate::fetch::{Exchange, Fetch};
 use crate::synced_map::{Buckets, SyncedMap};
+use crate::usage::UsageTables;
 use keygate_sync_core::poller::{Outcome, Poller, SyncCounter, SyncGauge};
 use keygate_sync_core::settings::PollConfig;
 use log::{info, warn};
@@ -103,6 +104,11 @@ impl Shared {
     }
 
     /// Sleeps `wait` or until stopped; true when stopped.
+    pub(crate) fn sleep_for(&self, wait: Duration) -> bool {
+        self.sleep(wait)
+    }
+
+    /// Sleeps `wait` or until stopped; true when stopped.
     fn sleep(&self, wait: Duration) -> bool {
         let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
         let (stopped, _) = self
@@ -153,6 +159,8 @@ struct Group {
     config: PollConfig,
     map: Arc<SyncedMap>,
     shared: Arc<Shared>,
+    /// The workers' usage counts, reported by a thread of the group (when reports are on).
+    usage: Option<Arc<UsageTables>>,
 }
 
 impl Drop for Group {
@@ -173,10 +181,26 @@ impl Group {
         std::thread::Builder::new()
             .name("keygate-sync-age".into())
             .spawn(move || report_age(&ager))?;
+        let usage = match config.fetch.usage_interval_ms {
+            None => None,
+            Some(interval_ms) => {
+                let tables = Arc::new(UsageTables::new());
+                let (t, m, s) = (tables.clone(), map.clone(), shared.clone());
+                let (fetch, urls) = (Fetch::new(&config), config.urls.clone());
+                let token = config.fetch.bearer_token.clone();
+                std::thread::Builder::new()
+                    .name("keygate-usage".into())
+                    .spawn(move || {
+                        crate::usage::report(t, m, s, fetch, urls, interval_ms, token)
+                    })?;
+                Some(tables)
+            }
+        };
         Ok(Group {
             config,
             map,
             shared,
+            usage,
         })
     }
 }
@@ -239,6 +263,11 @@ impl Subscription {
 
     pub fn map(&self) -> &SyncedMap {
         &self.group.map
+    }
+
+    /// Where this group's workers count usage, when it reports usage.
+    pub fn usage(&self) -> Option<&UsageTables> {
+        self.group.usage.as_deref()
     }
 }
 

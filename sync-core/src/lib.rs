@@ -12,3 +12,4 @@ pub mod message;
 pub mod poller;
 pub mod settings;
 pub mod state;
+pub mod usage_report;

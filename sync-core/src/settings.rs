@@ -37,6 +37,8 @@ pub struct FetchSettings {
     /// Sent as `Authorization: Bearer …` when keygatectl requires a sync token.
     pub bearer_token: Option<String>,
     pub guard: Guard,
+    /// How often per-key usage is reported to keygatectl; `None` when reports are off.
+    pub usage_interval_ms: Option<u64>,
 }
 
 /// The wasm fetcher service's whole configuration (host and fetcher builds only: the filter
@@ -64,7 +66,7 @@ pub struct PollConfig {
     pub fetch: FetchSettings,
 }
 
-const FETCH_FIELDS: [&str; 8] = [
+const FETCH_FIELDS: [&str; 10] = [
     "watch",
     "wait",
     "interval_ms",
@@ -73,6 +75,8 @@ const FETCH_FIELDS: [&str; 8] = [
     "bearer_token",
     "allow_empty_map",
     "max_removed_fraction",
+    "usage_reports",
+    "usage_interval_ms",
 ];
 
 const FIELDS: &[&str] = &[
@@ -89,6 +93,8 @@ const FIELDS: &[&str] = &[
     FETCH_FIELDS[5],
     FETCH_FIELDS[6],
     FETCH_FIELDS[7],
+    FETCH_FIELDS[8],
+    FETCH_FIELDS[9],
 ];
 
 const POLL_FIELDS: &[&str] = &[
@@ -102,6 +108,8 @@ const POLL_FIELDS: &[&str] = &[
     FETCH_FIELDS[5],
     FETCH_FIELDS[6],
     FETCH_FIELDS[7],
+    FETCH_FIELDS[8],
+    FETCH_FIELDS[9],
 ];
 
 impl FetchSettings {
@@ -144,6 +152,11 @@ impl FetchSettings {
         if !(0.0..=1.0).contains(&max_removed_fraction) {
             return Err(out_of_range("max_removed_fraction", "0", "1"));
         }
+        let usage_interval_ms = raw.u64("usage_interval_ms", u64::MAX)?.unwrap_or(10_000);
+        if !(1000..=600_000).contains(&usage_interval_ms) {
+            return Err(out_of_range("usage_interval_ms", "1000", "600000"));
+        }
+        let usage_reports = raw.bool("usage_reports")?.unwrap_or(true);
         Ok(FetchSettings {
             watch,
             wait_s,
@@ -155,6 +168,7 @@ impl FetchSettings {
                 allow_empty_map: raw.bool("allow_empty_map")?.unwrap_or(false),
                 max_removed_fraction,
             },
+            usage_interval_ms: usage_reports.then_some(usage_interval_ms),
         })
     }
 }

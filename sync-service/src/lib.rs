@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod service;
+mod usage;
 
 use keygate_sync_core::settings::ServiceConfig;
 use log::error;

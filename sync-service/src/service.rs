@@ -3,6 +3,7 @@
 //! an answer means; this file carries its requests out through Envoy's HTTP callout, its
 //! answers back, and the map into shared data for every worker.
 
+use crate::usage::UsageReports;
 use keygate_core::shared_data::{bucket_key, version_key};
 use keygate_sync_core::binary::BodyReader;
 use keygate_sync_core::poller::{
@@ -21,6 +22,8 @@ const TICK: Duration = Duration::from_millis(100);
 pub struct SyncService {
     config: ServiceConfig,
     poller: Poller,
+    /// Per-key usage reports, when on.
+    usage: Option<UsageReports>,
     /// The callout under way, if any.
     in_flight: Option<u32>,
     metrics: ServiceMetrics,
@@ -127,6 +130,7 @@ impl SyncService {
         // replica: the cluster.
         let poller = Poller::new(config.fetch.clone(), 1, TICK.as_millis() as u64, now, now);
         SyncService {
+            usage: UsageReports::start(&config, now),
             config,
             poller,
             in_flight: None,
@@ -138,6 +142,9 @@ impl SyncService {
         let now = now_ms();
         if let Some(age) = self.poller.age_ms(now) {
             self.metrics.set(SyncGauge::AgeMs, age);
+        }
+        if let Some(usage) = &mut self.usage {
+            usage.on_tick(&self.config, now);
         }
         self.send_due(now);
     }
@@ -179,6 +186,11 @@ impl SyncService {
     }
 
     pub fn on_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
+        if let Some(usage) = &mut self.usage {
+            if usage.on_response(token, num_headers) {
+                return;
+            }
+        }
         if self.in_flight != Some(token) {
             return;
         }

@@ -141,9 +141,13 @@ fn fixture(options: &str, sync_mode: bool) -> Fixture {
 fn run(f: &Fixture, headers: &[(&str, &str)]) -> (Verdict, Effects) {
     let mut host = host(headers);
     let mut worker = Worker::new(Some([9; 16]));
-    let verdict = f
-        .gate
-        .on_request_headers(&mut host, None::<&KeyMap>, &mut worker, &Unlimited);
+    let verdict = f.gate.on_request_headers(
+        &mut host,
+        None::<&KeyMap>,
+        &mut worker,
+        &Unlimited,
+        &Uncounted,
+    );
     (verdict, host.effects)
 }
 
@@ -246,12 +250,22 @@ fn the_clock_is_asked_only_for_keys_with_an_expiry() {
     let f = fixture("", false);
     let mut live = host(&request("GET", "/", &format!("token {}", f.keys[0])));
     let mut worker = Worker::new(None);
-    f.gate
-        .on_request_headers(&mut live, None::<&KeyMap>, &mut worker, &Unlimited);
+    f.gate.on_request_headers(
+        &mut live,
+        None::<&KeyMap>,
+        &mut worker,
+        &Unlimited,
+        &Uncounted,
+    );
     assert!(!live.clock_asked.get());
     let mut old = host(&request("GET", "/", &format!("token {}", f.expired)));
-    f.gate
-        .on_request_headers(&mut old, None::<&KeyMap>, &mut worker, &Unlimited);
+    f.gate.on_request_headers(
+        &mut old,
+        None::<&KeyMap>,
+        &mut worker,
+        &Unlimited,
+        &Uncounted,
+    );
     assert!(old.clock_asked.get());
 }
 
@@ -322,6 +336,7 @@ fn unreadable_headers_are_a_malformed_credential() {
         None::<&KeyMap>,
         &mut Worker::new(None),
         &Unlimited,
+        &Uncounted,
     );
     assert_eq!(verdict, Verdict::Stop);
     assert_eq!(
@@ -341,6 +356,7 @@ fn sync_mode_serves_the_synced_map_then_bootstrap_keys_then_refuses() {
         None::<&KeyMap>,
         &mut Worker::new(None),
         &Unlimited,
+        &Uncounted,
     );
     assert_eq!(verdict, Verdict::Stop);
     assert_eq!(
@@ -357,9 +373,13 @@ fn sync_mode_serves_the_synced_map_then_bootstrap_keys_then_refuses() {
     assert_eq!(verdict, Verdict::Continue);
     let synced = KeyMap::new();
     let mut h = host(&request("GET", "/", &auth));
-    let verdict =
-        f.gate
-            .on_request_headers(&mut h, Some(&synced), &mut Worker::new(None), &Unlimited);
+    let verdict = f.gate.on_request_headers(
+        &mut h,
+        Some(&synced),
+        &mut Worker::new(None),
+        &Unlimited,
+        &Uncounted,
+    );
     assert_eq!(verdict, Verdict::Stop);
     assert_eq!(h.effects.counted, [Count::Denied(Denial::InvalidApiKey)]);
 }
@@ -455,7 +475,8 @@ fn a_key_over_its_limit_gets_429_with_the_rate_limit_headers_and_others_are_unaf
             .as_mut()
             .expect("headers")
             .push((b"x-keygate-key-id".to_vec(), b"spoof".to_vec()));
-        let verdict = gate.on_request_headers(&mut h, None::<&KeyMap>, &mut worker, &limits);
+        let verdict =
+            gate.on_request_headers(&mut h, None::<&KeyMap>, &mut worker, &limits, &Uncounted);
         (verdict, h.effects)
     };
     assert_eq!(run(&limited).0, Verdict::Continue);
@@ -501,7 +522,7 @@ fn each_of_several_enforcers_admits_its_share() {
     let verdicts: Vec<Verdict> = (0..3)
         .map(|_| {
             let mut h = host(&request("GET", "/", &auth));
-            gate.on_request_headers(&mut h, None::<&KeyMap>, &mut worker, &limits)
+            gate.on_request_headers(&mut h, None::<&KeyMap>, &mut worker, &limits, &Uncounted)
         })
         .collect();
     assert_eq!(verdicts, [Verdict::Continue, Verdict::Stop, Verdict::Stop]);
@@ -512,8 +533,64 @@ fn a_full_limiter_lets_the_key_through_and_counts_it() {
     let (gate, limited, _) = limited_fixture();
     let auth = format!("token {limited}");
     let mut h = host(&request("GET", "/", &auth));
-    let verdict =
-        gate.on_request_headers(&mut h, None::<&KeyMap>, &mut Worker::new(None), &Unlimited);
+    let verdict = gate.on_request_headers(
+        &mut h,
+        None::<&KeyMap>,
+        &mut Worker::new(None),
+        &Unlimited,
+        &Uncounted,
+    );
     assert_eq!(verdict, Verdict::Continue);
     assert_eq!(h.effects.counted, [Count::LimitOverflow, Count::Allowed]);
+}
+
+/// Usage as a front end counts it: a worker's table.
+struct Counted(core::cell::RefCell<crate::usage::UsageTable>);
+
+impl UsageCounter for Counted {
+    fn count(&self, digest: &Digest, allowed: bool) {
+        self.0.borrow_mut().record(digest, allowed);
+    }
+}
+
+#[test]
+fn usage_counts_each_known_keys_requests_and_nothing_else() {
+    let f = fixture("", false);
+    let usage = Counted(core::cell::RefCell::new(crate::usage::UsageTable::new(64)));
+    let mut worker = Worker::new(None);
+    let mut run = |key: &str, method: &str, path: &str| {
+        let auth = format!("token {key}");
+        let mut h = host(&request(method, path, &auth));
+        f.gate
+            .on_request_headers(&mut h, None::<&KeyMap>, &mut worker, &Unlimited, &usage)
+    };
+    let [sk_test, pk_test, ..] = &f.keys;
+    run(sk_test, "GET", "/v3/devices");
+    run(sk_test, "DELETE", "/v3/devices/1");
+    run(pk_test, "GET", "/v3/devices"); // forbidden: counted as refused
+    run(&f.expired, "GET", "/"); // expired: refused
+    run("sk_test_unknownunknownunknownunknownXXXXXX", "GET", "/"); // unknown: not counted
+    run("nonsense", "GET", "/"); // malformed: not counted
+    let (mut usage, unattributed) = usage.0.borrow_mut().drain();
+    usage.sort_by_key(|u| u.digest);
+    let mut want = vec![
+        crate::usage::KeyUsage {
+            digest: Digest::of_key(sk_test),
+            allowed: 2,
+            refused: 0,
+        },
+        crate::usage::KeyUsage {
+            digest: Digest::of_key(pk_test),
+            allowed: 0,
+            refused: 1,
+        },
+        crate::usage::KeyUsage {
+            digest: Digest::of_key(&f.expired),
+            allowed: 0,
+            refused: 1,
+        },
+    ];
+    want.sort_by_key(|u| u.digest);
+    assert_eq!(usage, want);
+    assert_eq!(unattributed, 0);
 }
