@@ -105,10 +105,12 @@ soak: build venv
 	$(VENV)/bin/python tests/soak.py --seconds $(SOAK_SECONDS)
 
 # Throughput, latency and CPU against Envoy's native filter, Lua and a floor wasm filter;
-# a million keys; sync cost; delta polls while unknown-since polls hammer keygatectl.
-# Writes BENCHMARKS.md. Needs a quiet machine (~12 min).
+# a million keys; sync cost; delta polls while unknown-since polls hammer keygatectl; a roll
+# reaching every worker watching vs polling, and a fleet of 10,000 watchers (SQLite, then two
+# PostgreSQL replicas on a throwaway server). Writes BENCHMARKS.md. Needs a quiet machine
+# (~20 min).
 bench:
-	bash bench/run.sh --instructions --million --sync-cost --unknown-since --rate-limits $(BENCH_ARGS)
+	$(WITH_PG) bash bench/run.sh --instructions --million --sync-cost --unknown-since --rate-limits --watch $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean
