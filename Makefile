@@ -53,6 +53,7 @@ unit:
 	$(WITH_PG) $(CARGO) test --workspace
 	$(CARGO) test --manifest-path core/fuzz/Cargo.toml
 	$(PG_GUARD) $(CARGO) test --workspace --test postgres
+	$(PG_GUARD) $(CARGO) test -p keygatectl --bin keygatectl store::tests::postgres
 
 # Every suite against the wasm filter, then against the native module (the same suites:
 # the harness swaps the filter; the wasm-only tests skip themselves).

@@ -330,6 +330,7 @@ class StaticKeyMapServer(ThreadingHTTPServer):
         self.full_answers = 0
         self.not_modified = 0
         self.bytes_sent = 0
+        self.usage_reports = []  # (body size, keys) of each POST /v1/usage
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -370,6 +371,18 @@ class _KeyMapHandler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(s.body)))
         self.end_headers()
         self.wfile.write(s.body)
+
+    def do_POST(self):
+        """Usage reports: sizes kept, answered 204 as keygatectl stores them."""
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path.startswith("/v1/usage"):
+            keys = len(json.loads(body).get("keys", []))
+            self.server.usage_reports.append((len(body), keys))
+            self.send_response(204)
+        else:
+            self.send_response(404)
+        self.send_header("content-length", "0")
+        self.end_headers()
 
     def log_message(self, *args):
         pass
@@ -568,18 +581,18 @@ def keygate_static_filter(keyset, example="envoy.yaml", limited=False, **options
     return block
 
 
-def keygate_native_sync_filter(keymap_port, timeout_ms=None, bearer_token=None, fetch=None):
-    """envoy-native-sync.yaml's keygate filter, syncing from the stand-in at `keymap_port`
-    (with its timeout raised to `timeout_ms`, if given, keygatectl's sync token, and the
-    fetch fields in `fetch`, e.g. {"watch": False})."""
+def keygate_native_sync_filter(keymap_port, timeout_ms=None, bearer_token=None, **sync):
+    """envoy-native-sync.yaml's keygate filter, polling the stand-in at `keymap_port` (with
+    its poll timeout raised to `timeout_ms`, if given, keygatectl's sync token, and other
+    `sync` settings)."""
     _, block = keygate_filter("envoy-native-sync.yaml")
     plugin = plugin_of(block)
     plugin["sync"]["url"] = f"http://127.0.0.1:{keymap_port}/v1/keymap"
+    plugin["sync"].update(sync)
     if timeout_ms:
         plugin["sync"]["timeout_ms"] = timeout_ms
     if bearer_token:
         plugin["sync"]["bearer_token"] = bearer_token
-    plugin["sync"].update(fetch or {})
     set_plugin(block, json.dumps(plugin))
     return block
 
@@ -589,21 +602,21 @@ def sync_runtime():
     return load_example("envoy-sync.yaml").get("layered_runtime")
 
 
-def keygate_sync_parts(keymap_port, bearer_token=None, fetch=None):
+def keygate_sync_parts(keymap_port, bearer_token=None, **fetcher_settings):
     """The bootstrap service, filter block and keygatectl cluster of envoy-sync.yaml, with
-    the cluster pointed at `keymap_port`, keygatectl's sync token, if given, and the fetch
-    fields in `fetch` (e.g. {"watch": False}) (its `layered_runtime`, if any, is in
-    `sync_runtime()`)."""
+    the cluster pointed at `keymap_port`, keygatectl's sync token, if given, and other
+    fetcher settings (its `layered_runtime`, if any, is in `sync_runtime()`)."""
     config, block = keygate_filter("envoy-sync.yaml")
     services = config["bootstrap_extensions"]
     localize_wasm(services)
-    fields = dict(fetch or {}, **({"bearer_token": bearer_token} if bearer_token else {}))
-    if fields:
+    if bearer_token:
+        fetcher_settings["bearer_token"] = bearer_token
+    if fetcher_settings:
         for service in walk(services):
             configuration = service.get("configuration")
             if isinstance(configuration, dict) and "value" in configuration:
                 fetcher = json.loads(configuration["value"])
-                fetcher.update(fields)
+                fetcher.update(fetcher_settings)
                 configuration["value"] = json.dumps(fetcher)
     cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "keygatectl")
     for d in walk(cluster):
@@ -706,7 +719,7 @@ CONFIGS = ["noauth", "native", "lua", "floor", "keygate", "keygate-combined", "k
            "keygate-limited",
            "dynamic-read", "dynamic-forward", "dynamic-reject",
            "keygate-native", "keygate-native-combined", "keygate-native-sync",
-           "keygate-native-limited"]
+           "keygate-native-limited", "keygate-sync-nousage", "keygate-native-sync-nousage"]
 # Native dynamic-module floors (not keygate): what the same host work costs without wasm.
 DYNAMIC_MODES = {"dynamic-read": "read", "dynamic-forward": "forward", "dynamic-reject": "reject"}
 LABELS = {
@@ -725,6 +738,8 @@ LABELS = {
     "keygate-native-sync": "keygate native module, synced map",
     "keygate-limited": "keygate, static map, the valid key rate-limited (never reached)",
     "keygate-native-limited": "keygate native module, static map, the valid key rate-limited (never reached)",
+    "keygate-sync-nousage": "keygate, synced map, usage counting off",
+    "keygate-native-sync-nousage": "keygate native module, synced map, usage counting off",
 }
 TRAFFIC_LABELS = {"valid": "valid key (200)", "unknown": "unknown key (401)", "forbidden": "publishable on list (403)"}
 
@@ -758,8 +773,9 @@ def build_config(name, keyset, keymap_port):
     elif name in ("keygate-native", "keygate-native-combined"):
         options = {"identity_header": "x-keygate-identity"} if name.endswith("combined") else {}
         filters, extra = [keygate_static_filter(keyset, "envoy-native.yaml", **options)], {}
-    elif name == "keygate-native-sync":
-        filters, extra = [keygate_native_sync_filter(keymap_port)], {}
+    elif name in ("keygate-native-sync", "keygate-native-sync-nousage"):
+        usage = {"usage_reports": False} if name.endswith("nousage") else {}
+        filters, extra = [keygate_native_sync_filter(keymap_port, **usage)], {}
     elif name in ("keygate-limited", "keygate-native-limited"):
         example = "envoy-native.yaml" if "native" in name else "envoy.yaml"
         filters, extra = [keygate_static_filter(keyset, example, limited=True)], {}
@@ -767,8 +783,9 @@ def build_config(name, keyset, keymap_port):
         filters, extra = [keygate_static_filter(keyset)], {}
     elif name == "keygate-combined":
         filters, extra = [keygate_static_filter(keyset, identity_header="x-keygate-identity")], {}
-    elif name == "keygate-sync":
-        services, block, cluster = keygate_sync_parts(keymap_port)
+    elif name in ("keygate-sync", "keygate-sync-nousage"):
+        usage = {"usage_reports": False} if name.endswith("nousage") else {}
+        services, block, cluster = keygate_sync_parts(keymap_port, **usage)
         filters, extra = [block], {"clusters": [cluster], "bootstrap_extensions": services,
                                    "runtime": sync_runtime()}
     else:
@@ -814,6 +831,57 @@ def rate_limit_accuracy(args, workdir):
             proc.terminate()
             proc.wait(timeout=30)
     return results
+
+
+def usage_report_size(args, workdir):
+    """Each of `--usage-keys` keys makes one request through a 2-worker Envoy in sync mode
+    (both front ends): the size of the usage report(s) keygatectl receives for them."""
+    n = args.usage_keys
+    keyset = KeySet(n, plaintext_count=n, seed=5)
+    server = StaticKeyMapServer(keyset.full_map_body())
+    results = []
+    try:
+        for label in ("wasm filter + keygate_sync", "native module"):
+            server.usage_reports.clear()
+            admin, listen = free_port(), free_port()
+            if label == "native module":
+                filters = [keygate_native_sync_filter(server.port, usage_interval_ms=1000)]
+                extra = {}
+            else:
+                services, block, cluster = keygate_sync_parts(server.port, usage_interval_ms=1000)
+                filters = [block]
+                extra = {"clusters": [cluster], "bootstrap_extensions": services,
+                         "runtime": sync_runtime()}
+            envoy = Envoy(base_config(admin, listen, filters, **extra),
+                          f"usage-{len(results)}", workdir, args.envoy_core, concurrency=2).start()
+            try:
+                wait_status(listen, {"Authorization": f"Bearer {keyset.secret}"}, 200)
+                server.usage_reports.clear()
+                conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=10)
+                for key, _ in keyset.plain:
+                    conn.request("GET", PATH, headers={"Authorization": f"Bearer {key}"})
+                    conn.getresponse().read()
+                conn.close()
+                deadline = time.monotonic() + 60
+                while sum(k for _, k in server.usage_reports) < n and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                reported = sum(k for _, k in server.usage_reports)
+                size = sum(b for b, _ in server.usage_reports)
+                log(f"  {label}: {reported:,} keys in {len(server.usage_reports)} report(s), "
+                    f"{size:,} bytes")
+                results.append((label, reported, len(server.usage_reports), size))
+            finally:
+                envoy.stop()
+    finally:
+        server.close()
+    return results
+
+
+def usage_report_table(args, results):
+    rows = [[label, f"{reported:,}", reports, f"{size:,}",
+             f"{size / reported:.0f}" if reported else "–"]
+            for label, reported, reports, size in results]
+    return table(["front end", "keys reported", "reports", "bytes", "bytes per key"], rows)
 
 
 def rate_limit_table(args, results):
@@ -1088,8 +1156,8 @@ def synced_config(admin, port, keymap_port, runtime, native, native_timeout_ms=N
     the URL itself; `fetch`: fetch fields for either (e.g. {"watch": False})."""
     if native:
         return base_config(admin, port, [keygate_native_sync_filter(keymap_port, native_timeout_ms,
-                                                                    bearer_token, fetch)])
-    services, block, cluster = keygate_sync_parts(keymap_port, bearer_token, fetch)
+                                                                    bearer_token, **(fetch or {}))])
+    services, block, cluster = keygate_sync_parts(keymap_port, bearer_token, **(fetch or {}))
     return base_config(admin, port, [block], clusters=[cluster], bootstrap_extensions=services,
                        runtime=runtime)
 
@@ -1852,6 +1920,9 @@ def parse_args(argv=None):
     p.add_argument("--rate-limits", action="store_true",
                    help="also measure rate-limit accuracy (a key sent twice its limit)")
     p.add_argument("--limit-rps", type=int, default=100)
+    p.add_argument("--usage-report", action="store_true",
+                   help="also measure the usage report for --usage-keys active keys")
+    p.add_argument("--usage-keys", type=int, default=10_000)
     p.add_argument("--limit-seconds", type=int, default=10)
     p.add_argument("--unknown-since", action="store_true",
                    help="also run the unknown-since section (real keygatectl, a million keys)")
@@ -1953,6 +2024,11 @@ def main(argv=None):
             sections.append((f"Rate-limit accuracy ({args.limit_rps}/s, sent at twice that "
                              f"for {args.limit_seconds} s, 2 workers)", rate_limit_table(args, r)))
             raw["rate_limits"] = r
+        if args.usage_report:
+            u = usage_report_size(args, workdir)
+            sections.append((f"Usage report size ({args.usage_keys:,} active keys, one request "
+                             "each, 2 workers)", usage_report_table(args, u)))
+            raw["usage_report"] = u
         if args.sync_cost:
             s = sync_cost(args, workdir)
             sections.append(("Sync cost (real keygatectl)", sync_cost_tables(args, s)))

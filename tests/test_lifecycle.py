@@ -197,3 +197,29 @@ def test_the_key_map_needs_the_sync_token_and_a_refused_filter_keeps_its_last_ma
                  >= refused + 2)
         assert workers.everywhere(old["key"]) == {(200, None)}
         assert workers.everywhere(later["sk_test"]["key"]) == {(401, "invalid_api_key")}
+
+
+def test_a_restored_backup_is_served_and_the_fleet_takes_it(stack):
+    """keygatectl's database restored from a backup under a running server: every worker
+    serves the restored map (keys made after the backup refused, keys rolled after it back),
+    and later changes still reach the fleet (no version the filters would refuse)."""
+    ctl, envoy = stack
+    _, before = ctl.create_account()
+    old = before["sk_test"]
+    wait_for(lambda: answer(envoy, old["key"])[0] == 200)
+    backup = ctl.backup()
+    _, after = ctl.create_account()
+    rolled = ctl.api("POST", f"/v1/keys/{old['key_id']}/roll", {})["new_key"]["key"]
+    with harness.connections_on_every_worker(envoy) as workers:
+        wait_for(lambda: workers.everywhere(after["sk_test"]["key"]) == {(200, None)}
+                 and workers.everywhere(old["key"]) == {(401, "invalid_api_key")}
+                 and workers.everywhere(rolled) == {(200, None)})
+        ctl.restore(backup)
+        wait_for(lambda: workers.everywhere(old["key"]) == {(200, None)}
+                 and workers.everywhere(rolled) == {(401, "invalid_api_key")}
+                 and workers.everywhere(after["sk_test"]["key"]) == {(401, "invalid_api_key")},
+                 timeout=15)
+        # The restored store goes on: a roll made now reaches every worker.
+        again = ctl.api("POST", f"/v1/keys/{old['key_id']}/roll", {})["new_key"]["key"]
+        wait_for(lambda: workers.everywhere(old["key"]) == {(401, "invalid_api_key")}
+                 and workers.everywhere(again) == {(200, None)}, timeout=15)

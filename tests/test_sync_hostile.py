@@ -182,5 +182,8 @@ def test_usage_is_counted_at_the_edge_and_reported_without_double_counting(upstr
         ids = [report_id for report_id, _, status in cp.reports]
         refused_id = next(r for r, _, status in cp.reports if status == 503)
         assert ids.count(refused_id) >= 2, "the report keygatectl refused was sent again"
+        counters = envoy.counters()
+        assert counters["usage.reports"] >= 2 and counters["usage.errors"] >= 1, counters
+        assert counters["usage.unattributed"] == 0, counters
     finally:
         envoy.stop()

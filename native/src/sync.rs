@@ -22,6 +22,7 @@ use crate::synced_map::{Buckets, SyncedMap};
 use crate::usage::UsageTables;
 use keygate_sync_core::poller::{Outcome, Poller, SyncCounter, SyncGauge};
 use keygate_sync_core::settings::PollConfig;
+use keygate_sync_core::usage_report::UsageStat;
 use log::{info, warn};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -37,6 +38,7 @@ pub struct SyncStats {
     config: Option<ConfigStats>,
     counters: [Option<MetricId>; SyncCounter::ALL.len()],
     gauges: [Option<MetricId>; SyncGauge::ALL.len()],
+    usage: [Option<MetricId>; UsageStat::ALL.len()],
 }
 
 impl SyncStats {
@@ -45,6 +47,16 @@ impl SyncStats {
             config: Some(config.stats()),
             counters: SyncCounter::ALL.map(|c| config.define_metric(MetricKind::Counter, c.name())),
             gauges: SyncGauge::ALL.map(|g| config.define_metric(MetricKind::Gauge, g.name())),
+            usage: UsageStat::ALL.map(|s| config.define_metric(MetricKind::Counter, s.name())),
+        }
+    }
+
+    fn add_usage(&self, stat: UsageStat, n: u64) {
+        let at = UsageStat::ALL.iter().position(|s| *s == stat);
+        if let (Some(config), Some(Some(id)), true) =
+            (&self.config, at.and_then(|i| self.usage.get(i)), n > 0)
+        {
+            config.increment_counter(*id, n);
         }
     }
 
@@ -96,6 +108,13 @@ impl Shared {
             current_at_ms: AtomicU64::new(now_ms()),
             watch_until_ms: AtomicU64::new(0),
             ended: AtomicBool::new(false),
+        }
+    }
+
+    /// Adds `n` to a usage-reporting counter.
+    pub(crate) fn add_usage(&self, stat: UsageStat, n: u64) {
+        if let Some((_, stats)) = self.stats().first() {
+            stats.add_usage(stat, n);
         }
     }
 

@@ -12,7 +12,7 @@ use crate::synced_map::SyncedMap;
 use keygate_core::digest::Digest;
 use keygate_core::gate::UsageCounter;
 use keygate_core::usage::{UsageTable, DEFAULT_SLOTS};
-use keygate_sync_core::usage_report::{usage_url_of, UsageReporter};
+use keygate_sync_core::usage_report::{usage_url_of, ReportFate, UsageReporter, UsageStat};
 use log::warn;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -102,7 +102,7 @@ pub fn report(
     while !shared.sleep_for(Duration::from_millis(interval_ms)) {
         let now = now();
         let (usage, unattributed) = tables.drain();
-        reporter.unattributed = reporter.unattributed.saturating_add(unattributed);
+        shared.add_usage(UsageStat::Unattributed, unattributed);
         if let Some(snapshot) = map.current() {
             for u in usage {
                 if let Some(info) = snapshot.find(&u.digest) {
@@ -121,13 +121,21 @@ pub fn report(
         let body = pending.body.clone();
         let url = targets.get(target).cloned().unwrap_or_default();
         match fetch.post_json(&url, &body, bearer_token.as_deref()) {
-            Ok(status) => {
-                if !reporter.on_answer(status) {
+            Ok(status) => match reporter.on_answer(status) {
+                ReportFate::Taken => shared.add_usage(UsageStat::Reports, 1),
+                ReportFate::Dropped => {
+                    shared.add_usage(UsageStat::Errors, 1);
+                    warn!("keygate usage: report refused ({status}); dropped");
+                }
+                ReportFate::Kept => {
+                    shared.add_usage(UsageStat::Errors, 1);
                     warn!("keygate usage: report answered {status}; it is sent again");
                     target = (target + 1) % targets.len().max(1);
                 }
-            }
+            },
             Err(why) => {
+                reporter.on_answer(0);
+                shared.add_usage(UsageStat::Errors, 1);
                 warn!("keygate usage: {why}; the report is sent again");
                 target = (target + 1) % targets.len().max(1);
             }

@@ -14,11 +14,49 @@ pub const USAGE_PATH: &str = "/v1/usage";
 /// Most keys in one report (keygatectl's limit); more wait for the next.
 pub const MAX_REPORT_KEYS: usize = 100_000;
 
+/// The reporting's own stats, in both fetchers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageStat {
+    /// Reports keygatectl took.
+    Reports,
+    /// Reports not taken (failed call or refused): each is sent again.
+    Errors,
+    /// Requests of keys that found no slot in their worker's table (counted, not by key).
+    Unattributed,
+}
+
+impl UsageStat {
+    pub const ALL: [UsageStat; 3] = [
+        UsageStat::Reports,
+        UsageStat::Errors,
+        UsageStat::Unattributed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UsageStat::Reports => "keygate.usage.reports",
+            UsageStat::Errors => "keygate.usage.errors",
+            UsageStat::Unattributed => "keygate.usage.unattributed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Counts {
     allowed: u64,
     refused: u64,
     last_used: u64,
+}
+
+/// What became of a report after keygatectl's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFate {
+    /// Stored (204), or stored before (200: a duplicate).
+    Taken,
+    /// Refused as malformed or too large (400, 413): sending it again cannot help.
+    Dropped,
+    /// Not taken (a failed call, 5xx, a wrong token): sent again next interval.
+    Kept,
 }
 
 /// A report on its way: kept until keygatectl acknowledges it.
@@ -34,8 +72,6 @@ pub struct UsageReporter {
     rng: u64,
     gathered: BTreeMap<String, Counts>,
     pending: Option<PendingReport>,
-    /// Requests no worker could attribute to a key (their tables were full), since start.
-    pub unattributed: u64,
 }
 
 impl UsageReporter {
@@ -46,7 +82,6 @@ impl UsageReporter {
             rng: seed | 1,
             gathered: BTreeMap::new(),
             pending: None,
-            unattributed: 0,
         }
     }
 
@@ -75,14 +110,17 @@ impl UsageReporter {
         self.pending.as_ref()
     }
 
-    /// keygatectl's answer to the pending report: 204 (stored) and 200 (a duplicate: stored
-    /// before) end it; anything else keeps it for the next interval.
-    pub fn on_answer(&mut self, status: u16) -> bool {
-        let done = matches!(status, 200 | 204);
-        if done {
+    /// keygatectl's answer to the pending report (0: no answer).
+    pub fn on_answer(&mut self, status: u16) -> ReportFate {
+        let fate = match status {
+            200 | 204 => ReportFate::Taken,
+            400 | 413 => ReportFate::Dropped,
+            _ => ReportFate::Kept,
+        };
+        if fate != ReportFate::Kept {
             self.pending = None;
         }
-        done
+        fate
     }
 
     fn build(&mut self) -> PendingReport {
@@ -172,15 +210,32 @@ mod tests {
             ])
         );
         // Not acknowledged: the same report again; meanwhile counts gather for the next.
-        assert!(!r.on_answer(503));
+        assert_eq!(r.on_answer(503), ReportFate::Kept);
+        assert_eq!(r.on_answer(0), ReportFate::Kept);
         r.add("key_a", 1, 0, 200);
         assert_eq!(r.due(3000).cloned(), Some(first.clone()));
-        assert!(r.on_answer(200), "a duplicate is as good as stored");
+        assert_eq!(
+            r.on_answer(200),
+            ReportFate::Taken,
+            "a duplicate is as good as stored"
+        );
         let second = r.due(4000).cloned().expect("due");
         assert_ne!(second.report_id, first.report_id);
         assert!(second.body.contains("\"allowed\":1"));
-        assert!(r.on_answer(204));
+        assert_eq!(r.on_answer(204), ReportFate::Taken);
         assert!(r.due(5000).is_none());
+    }
+
+    #[test]
+    fn a_report_refused_as_malformed_is_not_sent_again() {
+        let mut r = UsageReporter::new(1000, 0, 3);
+        r.add("key_a", 1, 0, 1);
+        let first = r.due(1000).cloned().expect("due");
+        assert_eq!(r.on_answer(400), ReportFate::Dropped);
+        assert!(r.due(2000).is_none(), "nothing new gathered, nothing sent");
+        r.add("key_a", 1, 0, 2);
+        let next = r.due(3000).cloned().expect("due");
+        assert_ne!(next.report_id, first.report_id);
     }
 
     #[test]

@@ -7,10 +7,10 @@ use keygate_core::bucket::{bucket_of, find};
 use keygate_core::shared_data::{bucket_key, usage_inbox_key, usage_on_key};
 use keygate_core::usage::decode_records;
 use keygate_sync_core::settings::ServiceConfig;
-use keygate_sync_core::usage_report::{usage_url_of, UsageReporter};
+use keygate_sync_core::usage_report::{usage_url_of, ReportFate, UsageReporter, UsageStat};
 use log::warn;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{MapType, Status};
+use proxy_wasm::types::{MapType, MetricType, Status};
 use std::time::Duration;
 
 /// Compare-and-swap attempts to empty the inbox; after them, the next tick tries again.
@@ -20,6 +20,8 @@ pub struct UsageReports {
     reporter: UsageReporter,
     in_flight: Option<u32>,
     path: String,
+    /// Envoy's counters of `UsageStat::ALL`, in that order.
+    stats: [Option<u32>; UsageStat::ALL.len()],
 }
 
 impl UsageReports {
@@ -36,6 +38,8 @@ impl UsageReports {
             reporter: UsageReporter::new(interval_ms?, now_ms, now_ms),
             in_flight: None,
             path: usage_url_of(&config.path),
+            stats: UsageStat::ALL
+                .map(|s| hostcalls::define_metric(MetricType::Counter, s.name()).ok()),
         })
     }
 
@@ -70,7 +74,10 @@ impl UsageReports {
             Duration::from_millis(config.fetch.timeout_ms),
         ) {
             Ok(token) => self.in_flight = Some(token),
-            Err(status) => warn!("keygate usage: cannot call the cluster: {status:?}"),
+            Err(status) => {
+                self.add(UsageStat::Errors, 1);
+                warn!("keygate usage: cannot call the cluster: {status:?}");
+            }
         }
     }
 
@@ -90,10 +97,25 @@ impl UsageReports {
                 .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
                 .unwrap_or(0)
         };
-        if !self.reporter.on_answer(status) {
-            warn!("keygate usage: report answered {status}; it is sent again");
+        match self.reporter.on_answer(status) {
+            ReportFate::Taken => self.add(UsageStat::Reports, 1),
+            ReportFate::Dropped => {
+                self.add(UsageStat::Errors, 1);
+                warn!("keygate usage: report refused ({status}); dropped");
+            }
+            ReportFate::Kept => {
+                self.add(UsageStat::Errors, 1);
+                warn!("keygate usage: report answered {status}; it is sent again");
+            }
         }
         true
+    }
+
+    fn add(&self, stat: UsageStat, n: u64) {
+        let at = UsageStat::ALL.iter().position(|s| *s == stat);
+        if let (Some(Some(id)), true) = (at.and_then(|i| self.stats.get(i)), n > 0) {
+            let _ = hostcalls::increment_metric(*id, n as i64);
+        }
     }
 
     /// Empties the workers' inbox into the reporter, naming keys by the published map.
@@ -109,7 +131,7 @@ impl UsageReports {
                 continue; // a worker appended meanwhile: read again
             }
             let (usage, unattributed) = decode_records(&bytes);
-            self.reporter.unattributed = self.reporter.unattributed.saturating_add(unattributed);
+            self.add(UsageStat::Unattributed, unattributed);
             for u in usage {
                 let bucket = match hostcalls::get_shared_data(&bucket_key(
                     namespace,
