@@ -189,9 +189,12 @@ impl Drop for Group {
 }
 
 impl Group {
-    fn start(config: PollConfig) -> std::io::Result<Group> {
+    /// Starts the group's threads; `first`, the first subscription's stats, is in place
+    /// before they start, so that the first answer's gauges and counts are not lost.
+    fn start(config: PollConfig, first: Option<(u64, SyncStats)>) -> std::io::Result<Group> {
         let map = Arc::new(SyncedMap::default());
         let shared = Arc::new(Shared::new());
+        shared.stats().extend(first);
         let fetcher = Fetcher::new(config.clone(), map.clone(), shared.clone());
         std::thread::Builder::new()
             .name("keygate-sync".into())
@@ -267,16 +270,18 @@ impl Subscription {
             .iter()
             .filter_map(Weak::upgrade)
             .find(|g| g.config == config);
+        let id = NEXT_SUBSCRIPTION.fetch_add(1, Ordering::Relaxed);
         let group = match running {
-            Some(group) => group,
+            Some(group) => {
+                group.shared.stats().push((id, stats));
+                group
+            }
             None => {
-                let group = Arc::new(Group::start(config)?);
+                let group = Arc::new(Group::start(config, Some((id, stats)))?);
                 groups.push(Arc::downgrade(&group));
                 group
             }
         };
-        let id = NEXT_SUBSCRIPTION.fetch_add(1, Ordering::Relaxed);
-        group.shared.stats().push((id, stats));
         Ok(Subscription { group, id })
     }
 

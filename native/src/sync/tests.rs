@@ -57,9 +57,10 @@ fn configurations_with_the_same_sync_block_share_one_map_until_the_last_goes() {
 
 #[test]
 fn stopping_wakes_a_sleeping_thread() {
-    let group = Group::start(block(
-        r#"{"url":"http://127.0.0.1:9/sleep-test","interval_ms":3600000}"#,
-    ))
+    let group = Group::start(
+        block(r#"{"url":"http://127.0.0.1:9/sleep-test","interval_ms":3600000}"#),
+        None,
+    )
     .expect("thread");
     let shared = group.shared.clone();
     let sleeper = std::thread::spawn(move || shared.sleep(Duration::from_secs(60)));
@@ -98,9 +99,12 @@ fn trickling_server() -> (String, Arc<AtomicU64>) {
 #[test]
 fn the_thread_ends_with_its_configuration_even_in_the_middle_of_a_long_read() {
     let (url, connections) = trickling_server();
-    let group = Group::start(block(&format!(
-        r#"{{"url":"{url}","interval_ms":60000,"timeout_ms":60000}}"#
-    )))
+    let group = Group::start(
+        block(&format!(
+            r#"{{"url":"{url}","interval_ms":60000,"timeout_ms":60000}}"#
+        )),
+        None,
+    )
     .expect("thread");
     let shared = group.shared.clone();
     eventually("the poll is under way", || {
