@@ -16,7 +16,7 @@ JOBS     ?= 2
 WITH_PG  := KEYGATE_REQUIRE_POSTGRES=1 bash scripts/postgres.sh run
 PG_GUARD := bash scripts/postgres.sh fails-without-server
 
-.PHONY: build wasm native keygatectl venv test unit integration browser compose-test oci-test lint fuzz run soak bench clean
+.PHONY: build wasm native keygatectl venv prometheus test unit integration browser compose-test oci-test lint fuzz run soak bench clean
 
 build: wasm native keygatectl
 
@@ -48,6 +48,12 @@ $(VENV)/.installed: tests/requirements.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 	touch $@
 
+# Prometheus and promtool for the metrics suite (Debian's package; its service is not used).
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
+	    || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }; }
+
 # Host unit tests, then the fuzz corpora replayed as regression tests (stable, no libFuzzer).
 unit:
 	$(WITH_PG) $(CARGO) test --workspace
@@ -57,7 +63,7 @@ unit:
 
 # Every suite against the wasm filter, then against the native module (the same suites:
 # the harness swaps the filter; the wasm-only tests skip themselves).
-integration: build venv
+integration: build venv prometheus
 	$(PG_GUARD) $(PYTEST) tests/test_replicas.py -q -p no:xdist -x
 	$(WITH_PG) $(PYTEST) tests -q -n $(JOBS)
 	KEYGATE_FRONTEND=native $(WITH_PG) $(PYTEST) tests -q -n $(JOBS)

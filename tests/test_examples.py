@@ -26,8 +26,10 @@ YAML_FILES = sorted(
 # collected, so that its own test fails rather than the collection).
 ENVOY_CONFIGS = [p for p in YAML_FILES
                  if re.search(r"^(static_resources|dynamic_resources):", p.read_text(), re.M)]
-# Where the compose stack mounts the built modules, and where `make build` puts them.
-CONTAINER_PATHS = {"/opt/keygate/": f"{harness.SYNC_WASM.parent}/"}
+# Where the compose stack mounts the built modules, and where `make build` puts them (the
+# native module first: its directory is another).
+CONTAINER_PATHS = {"/opt/keygate/libkeygate_native.so": str(harness.NATIVE),
+                   "/opt/keygate/": f"{harness.SYNC_WASM.parent}/"}
 
 
 def name(path):
@@ -40,13 +42,15 @@ def test_the_walk_finds_the_shipped_files():
         "envoy/envoy.yaml", "envoy/envoy-sync.yaml", "envoy/envoy-replicas.yaml",
         "envoy/envoy-ecds.yaml", "envoy/keygate-filter.yaml", "envoy/envoy-native.yaml",
         "envoy/envoy-native-sync.yaml", "envoy/docker-compose.yaml", "envoy/compose/envoy.yaml",
+        "envoy/docker-compose.native.yaml", "envoy/compose/envoy-native.yaml",
         "envoy/compose/upstream.yaml", "deploy/k8s/keygatectl.yaml",
         "deploy/istio/wasmplugin.yaml",
     } <= found, found
     assert {name(p) for p in ENVOY_CONFIGS} >= {
         "envoy/envoy.yaml", "envoy/envoy-sync.yaml", "envoy/envoy-replicas.yaml",
         "envoy/envoy-ecds.yaml", "envoy/envoy-native.yaml", "envoy/envoy-native-sync.yaml",
-        "envoy/compose/envoy.yaml", "envoy/compose/upstream.yaml",
+        "envoy/compose/envoy.yaml", "envoy/compose/envoy-native.yaml",
+        "envoy/compose/upstream.yaml",
     }
 
 

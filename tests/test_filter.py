@@ -755,13 +755,19 @@ def test_counters_count_each_outcome(upstream, keyset):
                     want[outcome] += 1
         assert envoy.counters_settled(want) == want
         assert len(upstream.take()) == want["allowed"] == 6
+        # /stats/prometheus: the example config's stats_tags make the reason a label.
         prometheus = envoy.admin("/stats/prometheus").splitlines()
         for name, count in want.items():
-            metric = harness.PROMETHEUS + "keygate_" + name.replace(".", "_")
-            lines = [line for line in prometheus if line.split("{")[0].split(" ")[0] == metric]
-            assert len(lines) == 1, (metric, lines)
+            if name.startswith("denied."):
+                metric = harness.PROMETHEUS + "keygate_denied"
+                series = '{reason="%s"}' % name.split(".", 1)[1]
+            else:
+                metric, series = harness.PROMETHEUS + "keygate_" + name.replace(".", "_"), "{}"
+            lines = [line for line in prometheus if line.startswith(metric + series + " ")]
+            assert len(lines) == 1, (metric, series, lines)
             assert lines[0].endswith(f" {count}"), lines
             assert f"# TYPE {metric} counter" in prometheus
+        assert not [line for line in prometheus if "keygate_denied_" in line]
     finally:
         envoy.stop()
 

@@ -16,7 +16,7 @@ import pytest
 
 import harness
 import smtp
-from ctl import Keygatectl
+from ctl import CTL, Keygatectl
 
 pytestmark = pytest.mark.skipif(harness.NATIVE_MODE, reason="keygatectl only: no filter involved")
 
@@ -127,3 +127,45 @@ def test_tls_required_never_sends_in_the_clear_or_to_an_unverified_server(mail, 
     finally:
         ctl.stop()
         tls_server.stop()
+
+
+def private_ca(tmp_path):
+    """A CA and a server certificate it signs for 127.0.0.1 (as a company's mail relay has)."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "server.pem")
+    return tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
+
+
+def test_a_relay_with_a_private_ca_gets_the_mail_over_starttls(tmp_path):
+    ca, cert, key = private_ca(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    # The server takes mail only after STARTTLS: a mail received went over TLS.
+    server = smtp.SmtpServer(tls_context=context).start()
+    ctl = serve("--smtp-url", server.url + "?tls=required", "--smtp-ca-file", str(ca))
+    try:
+        status, _, body = Forms(ctl.base).fill("/signup", "/signup",
+                                               {"email": "dana@example.com", "password": PASSWORD})
+        assert status == 200 and "Check your inbox" in body
+        message = server.wait_for("dana@example.com", "")
+        assert smtp.link(message, "verify")
+    finally:
+        ctl.stop()
+        server.stop()
+
+
+def test_a_bad_ca_file_is_refused_at_start_naming_the_flag(tmp_path, mail):
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    out = subprocess.run([str(CTL), "--database", str(tmp_path / "k.db"), "serve",
+                          "--smtp-url", mail.url + "?tls=required",
+                          "--smtp-ca-file", str(tmp_path / "ca.pem")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "--smtp-ca-file" in out.stderr and "no PEM certificate" in out.stderr, out.stderr

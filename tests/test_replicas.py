@@ -1,6 +1,10 @@
 """keygatectl over PostgreSQL through a real Envoy (2 workers).
 
 - The lifecycle suite (test_lifecycle.py) again, with keygatectl on PostgreSQL.
+- keygatectl reaches PostgreSQL over TLS with the server's certificate checked
+  (`sslmode=verify-full`, see pg.py): every connection of both replicas is TLS. A CA that
+  did not sign the server's certificate, or a host name it does not list, is refused with the
+  reason; `sslmode=require` connects without that check.
 - Two replicas over one database: the `keygatectl` sync cluster lists both, with active
   health checks and outlier detection. One replica is killed while a steady stream of
   valid-key requests runs and keys roll through the other: no wrong decision, and the rolls
@@ -10,6 +14,8 @@ Needs the PostgreSQL server that KEYGATE_TEST_POSTGRES_URL names (`scripts/postg
 pytest …` starts one); each test gets a database of its own. Without it the tests are
 skipped, or fail when KEYGATE_REQUIRE_POSTGRES=1 (`make test`): see pg.py."""
 
+import json
+import subprocess
 import threading
 import time
 
@@ -18,7 +24,8 @@ import pytest
 
 import harness
 import test_lifecycle as lifecycle
-from pg import Replica, database  # noqa: F401
+from ctl import CTL
+from pg import TLS_DIR, Replica, database  # noqa: F401
 # The lifecycle suite, collected here too: its tests take this module's `stack` fixture.
 from test_lifecycle import (  # noqa: F401
     test_a_new_account_s_keys_work_through_envoy,
@@ -151,6 +158,58 @@ def roll_and_wait(replica, envoy, key, traffic, timeout=5.0):
     wait_for(lambda: answer(envoy, key["key"]) == (401, "invalid_api_key"), timeout=timeout)
     traffic.retired.append(key["key"])
     return new, took
+
+
+def test_the_replicas_reach_postgresql_over_tls_with_its_certificate_checked(database):
+    """Every connection the replicas hold (pools and change listeners) is TLS, on the
+    verify-full URL an operator would write."""
+    assert "sslmode=verify-full" in database.url, database.url
+    a = Replica(database).start()
+    b = Replica(database, token=a.token).start()
+    try:
+        a.create_account()
+        b.create_account()
+        sessions = database.keygatectl_sessions()
+        # Two replicas, each with its pool and its LISTEN connection.
+        assert len(sessions) >= 4, sessions
+        assert all(tls and version.startswith("TLSv1.") for tls, version in sessions), sessions
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_keygatectl_says_why_it_refuses_the_server_s_certificate(database):
+    """As an operator sees it: keygatectl with a CA that did not sign the server's
+    certificate, or connecting by a name the certificate does not list, exits saying which
+    (and never the password); `sslmode=require` encrypts without that check and connects."""
+    said = []
+
+    def keygatectl(url, *args):
+        out = subprocess.run([str(CTL), "--database", url, *args], capture_output=True,
+                             text=True, timeout=30)
+        said.append(out.stderr)
+        return out
+
+    host_url, query = database.url.split("?", 1)
+    other_ca = f"{TLS_DIR}/other-ca.crt"
+    wrong_ca = database.url.replace(f"{TLS_DIR}/ca.crt", other_ca)
+    for args in (("--json", "keymap", "status"), ("serve", "--listen", "127.0.0.1:0")):
+        out = keygatectl(wrong_ca, *args)
+        assert out.returncode == 1, out
+        assert ("the server's TLS certificate is not signed by a CA in sslrootcert "
+                f"{other_ca} (sslmode=verify-full)") in out.stderr, out.stderr
+    # The certificate names `localhost`, not the address.
+    by_address = host_url.replace("@localhost:", f"@{database.env['PGHOST']}:") + "?" + "&".join(
+        o for o in query.split("&") if not o.startswith("hostaddr="))
+    out = keygatectl(by_address, "--json", "keymap", "status")
+    assert out.returncode == 1, out
+    assert (f'the server\'s TLS certificate is not valid for the host name '
+            f'"{database.env["PGHOST"]}"') in out.stderr, out.stderr
+    out = keygatectl(by_address.replace("sslmode=verify-full", "sslmode=require"),
+                     "--json", "keymap", "status")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["version"] == 0
+    assert not any(database.env["PGPASSWORD"] in text for text in said)
 
 
 def test_a_roll_through_one_replica_reaches_envoy_polling_the_other(upstream, database):

@@ -42,7 +42,7 @@ def shipped(name):
 def test_every_example_config_runs_here():
     """A new example under envoy/ must be added to this suite (or, if it is no Envoy
     bootstrap config of its own, to the list below)."""
-    others = {"docker-compose.yaml", "keygate-filter.yaml"}
+    others = {"docker-compose.yaml", "docker-compose.native.yaml", "keygate-filter.yaml"}
     shipped = {p.name for p in harness.ENVOY_DIR.glob("*.yaml")}
     assert shipped == WASM_FILES | NATIVE_FILES | others
 

@@ -70,6 +70,8 @@ pub struct AppState {
     /// token works there too), per address. Apart from the admin API's, so that a filter
     /// still sending a rotated-out sync token does not lock its host's operators out.
     key_map_throttle: LoginThrottle,
+    /// What `/readyz` rests on (`ops.rs`).
+    pub(crate) health: crate::ops::Health,
 }
 
 impl AppState {
@@ -93,6 +95,7 @@ impl AppState {
             last_restore_bump: Mutex::new(None),
             admin_throttle: LoginThrottle::default(),
             key_map_throttle: LoginThrottle::default(),
+            health: crate::ops::Health::default(),
         }
     }
 
@@ -152,8 +155,10 @@ impl AppState {
         let store = self.service.store();
         let status = match store.key_map_status() {
             Ok(status) => status,
-            Err(e) => return log_event(&format!("cannot read the key map status: {e}")),
+            Err(e) => return crate::log::error(&format!("cannot read the key map status: {e}")),
         };
+        self.health.store_answered();
+        crate::metrics::keymap_status(status.store.as_str(), status.version);
         crate::keymap_endpoint::prepare_delta_for_watches(self, &status);
         match self.keymap.observe(status) {
             Observed::Current => {}
@@ -261,7 +266,12 @@ impl AppState {
             return Ok(());
         }
         let failure = throttle.failed(ip);
-        log_event(&format!(
+        crate::metrics::sign_in_failed(if what == "admin token" {
+            crate::metrics::SignIn::AdminApi
+        } else {
+            crate::metrics::SignIn::KeyMap
+        });
+        crate::log::warn(&format!(
             "refused a wrong {what} from {ip} ({} in a row)",
             failure.count
         ));
@@ -342,7 +352,7 @@ impl ApiError {
 
     /// Details go to the log only; the answer says nothing about the store.
     pub(crate) fn internal(detail: &str) -> ApiError {
-        log_event(&format!("internal error: {detail}"));
+        crate::log::error(&format!("internal error: {detail}"));
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",

@@ -66,6 +66,12 @@ pub enum Command {
     /// Inspect the key map's store and version, or start a new lineage.
     #[command(subcommand)]
     Keymap(KeymapCommand),
+    /// Exit 0 when GET URL answers 2xx within 2 s, else 1: a container health check that
+    /// needs no curl (`keygatectl probe http://127.0.0.1:8080/readyz`).
+    Probe {
+        /// An http:// URL on this machine, e.g. http://127.0.0.1:8080/readyz.
+        url: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +100,17 @@ pub struct ServeArgs {
     /// How often expired keys are purged from the key map (e.g. 10s, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub purge_interval: u64,
+    /// Require `Authorization: Bearer <token>` on /metrics, the token read from FILE (16+
+    /// visible characters). Without it, /metrics answers whoever passes the Host check.
+    #[arg(long, env = "KEYGATE_METRICS_TOKEN_FILE", value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+    /// The log's form: text (one line an event: time, level, message) or json (one object
+    /// a line: time, level, message).
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::log::Format,
+    /// The lowest level logged: debug, info, warn or error.
+    #[arg(long, env = "KEYGATE_LOG_LEVEL", value_enum, default_value = "info")]
+    pub log_level: crate::log::Level,
     #[command(flatten)]
     pub customers: CustomerArgs,
 }
@@ -116,6 +133,15 @@ pub struct CustomerArgs {
         conflicts_with = "outbox"
     )]
     pub smtp_url: Option<String>,
+    /// Trust this CA (PEM) for the SMTP server's certificate, in addition to the public
+    /// roots: a mail relay with a private CA.
+    #[arg(
+        long,
+        env = "KEYGATE_SMTP_CA_FILE",
+        value_name = "PEM",
+        requires = "smtp_url"
+    )]
+    pub smtp_ca_file: Option<PathBuf>,
     /// Write customer mail as .eml files into DIR instead of sending it (demos, development).
     #[arg(long, env = "KEYGATE_OUTBOX", value_name = "DIR")]
     pub outbox: Option<PathBuf>,

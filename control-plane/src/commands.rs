@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::AdminToken(command) => admin_token(&cli, command),
         Command::SyncToken(command) => sync_token_command(&cli, command),
         Command::Keymap(command) => keymap(&cli, command),
+        Command::Probe { url } => probe(url),
         Command::Account(command) => account(&connect(&cli)?, command, cli.json),
         Command::Key(command) => key(&connect(&cli)?, command, cli.json),
         Command::Export(args) => export(&connect(&cli)?, args),
@@ -264,6 +265,13 @@ fn hash(json: bool) -> Result<(), CliError> {
 
 fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     refuse_server(cli, "serve")?;
+    crate::log::configure(args.log_format, args.log_level);
+    let metrics_token = args
+        .metrics_token_file
+        .as_deref()
+        .map(|path| crate::auth::read_token_file(path, "metrics token"))
+        .transpose()?
+        .map(|token| Digest::of_key(&token));
     if args.purge_interval == 0 {
         return Err(CliError::Input(
             "--purge-interval must be at least 1s".into(),
@@ -292,14 +300,41 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             allowed_hosts,
             purge_interval: Duration::from_secs(args.purge_interval),
             customers: customer_setup(&args.customers),
+            ops: crate::ops::OpsOptions { metrics_token },
         },
     )?;
     Ok(())
 }
 
+/// `keygatectl probe URL`: a health check for images without curl.
+fn probe(url: &str) -> Result<(), CliError> {
+    if !url.starts_with("http://") {
+        return Err(CliError::Input(format!(
+            "probe needs an http:// URL, not {url:?}"
+        )));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    match agent.get(url).call() {
+        Ok(answer) if answer.status().is_success() => Ok(()),
+        Ok(answer) => Err(CliError::Probe(format!(
+            "{url} answered {}",
+            answer.status()
+        ))),
+        Err(e) => Err(CliError::Probe(format!("{url}: {e}"))),
+    }
+}
+
 fn customer_setup(args: &crate::cli::CustomerArgs) -> crate::serve::CustomerSetup {
     let mail = match (&args.smtp_url, &args.outbox) {
-        (Some(url), _) => Some(crate::mail::MailRoute::Smtp(url.clone())),
+        (Some(url), _) => Some(crate::mail::MailRoute::Smtp {
+            url: url.clone(),
+            ca_file: args.smtp_ca_file.clone(),
+        }),
         (None, Some(dir)) => Some(crate::mail::MailRoute::Outbox(dir.clone())),
         (None, None) => None,
     };

@@ -42,6 +42,9 @@ pub enum CliError {
     Stdin(#[source] std::io::Error),
     #[error("cannot write the output: {0}")]
     Stdout(#[source] std::io::Error),
+    /// `probe`: the URL did not answer 2xx.
+    #[error("not healthy: {0}")]
+    Probe(String),
 }
 
 impl CliError {

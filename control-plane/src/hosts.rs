@@ -13,9 +13,10 @@ use axum::Json;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-/// The one path answered whatever the `Host`: load balancers and Envoy's health checks
-/// name the cluster, and the answer tells a rebinding page nothing.
-const HEALTH_PATH: &str = "/healthz";
+/// The paths answered whatever the `Host`: load balancers, Envoy's health checks and
+/// Kubernetes' probes name the cluster or the pod, and the answers tell a rebinding page
+/// nothing.
+const HEALTH_PATHS: [&str; 3] = ["/healthz", "/livez", "/readyz"];
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -95,7 +96,7 @@ pub async fn check_host(
     let target = request.uri().authority().map(|a| a.as_str());
     let named = host.is_some() || target.is_some();
     let ok = named && host.into_iter().chain(target).all(|h| allowed.allows(h));
-    if ok || request.uri().path() == HEALTH_PATH {
+    if ok || HEALTH_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let body = ErrorBody {

@@ -53,6 +53,16 @@ pub enum Encoding {
     Binary = 1,
 }
 
+impl Encoding {
+    /// As the metrics name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Binary => "binary",
+        }
+    }
+}
+
 /// What a status read from the store did to the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {

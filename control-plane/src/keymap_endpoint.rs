@@ -14,6 +14,7 @@ use crate::api::{ApiError, AppState};
 use crate::clock::now_unix;
 use crate::keymap::{etag, if_none_match_matches, Encoding};
 use crate::log::log_event;
+use crate::metrics;
 use crate::slotted_body::SlottedBody;
 use crate::store::{DeltaLookup, KeyMapStatus, StoreId, StoredKeyMap};
 use crate::web::ClientIp;
@@ -240,7 +241,10 @@ async fn delta(
             .keymap
             .cached_delta(now_unix(), since)
             .filter(|(store, _, _)| is_store(wanted_store, store))
-            .map(|(store, version, body)| answer(&store, version, body, Encoding::Json))
+            .map(|(store, version, body)| {
+                metrics::keymap_answer(metrics::Answer::Delta, body.len());
+                answer(&store, version, body, Encoding::Json)
+            })
     };
     let _one_at_a_time = if stale {
         None
@@ -274,6 +278,7 @@ async fn delta(
             state
                 .keymap
                 .remember_delta(&stored.store, since, version, body.clone());
+            metrics::keymap_answer(metrics::Answer::Delta, body.len());
             Ok(Some(answer(
                 &stored.store,
                 stored.message.version(),
@@ -339,13 +344,14 @@ async fn full(state: &Arc<AppState>, encoding: Encoding, if_none_match: Option<&
     if if_none_match.is_some_and(|tags| if_none_match_matches(tags, &store, version)) {
         return not_modified(&store, version);
     }
+    metrics::keymap_answer(metrics::Answer::Full, body.len());
     let body = Body::new(SlottedBody::new(body, slot));
     answer(&store, version, body, encoding)
 }
 
 /// The current full map in `encoding`. Polls that find none cached queue for the one
 /// build; each then finds the map the build before it cached.
-async fn full_map(
+pub(crate) async fn full_map(
     state: &Arc<AppState>,
     encoding: Encoding,
 ) -> Result<(StoreId, u64, Bytes), ApiError> {
@@ -360,6 +366,7 @@ async fn full_map(
     state
         .keymap
         .remember_full(&built.0, built.1, built.2.clone(), encoding);
+    state.health.map_built();
     Ok(built)
 }
 
@@ -384,6 +391,7 @@ fn build_full(state: &AppState, encoding: Encoding) -> Result<(StoreId, u64, Byt
         }
     };
     state.refresh_key_map_status();
+    metrics::keymap_built(encoding.label(), started.elapsed());
     let builds = state.full_builds.fetch_add(1, Ordering::Relaxed) + 1;
     log_event(&format!(
         "built the full key map: store {store}, version {version}, {count} keys, {} bytes \
@@ -439,7 +447,10 @@ fn empty_delta(store: &StoreId, version: u64) -> Response {
         removes: Vec::new(),
     };
     match encode_json(&message) {
-        Ok(body) => answer(store, version, body, Encoding::Json),
+        Ok(body) => {
+            metrics::keymap_answer(metrics::Answer::Delta, body.len());
+            answer(store, version, body, Encoding::Json)
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -457,6 +468,7 @@ fn closing() -> Response {
 }
 
 fn not_modified(store: &StoreId, version: u64) -> Response {
+    metrics::keymap_answer(metrics::Answer::NotModified, 0);
     let mut response = StatusCode::NOT_MODIFIED.into_response();
     name_the_version(&mut response, store, version);
     response

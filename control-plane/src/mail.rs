@@ -3,7 +3,8 @@
 //!
 //! Two transports, both `lettre`'s: SMTP (`--smtp-url`: `smtp://host:25` in the clear,
 //! `smtp://host:587?tls=required` for STARTTLS, `smtps://host:465` for TLS from the start;
-//! `user:password@` for AUTH), or an outbox directory (`--outbox DIR`) where each mail is
+//! `user:password@` for AUTH; `--smtp-ca-file` adds a private CA to the public roots),
+//! or an outbox directory (`--outbox DIR`) where each mail is
 //! written as an `.eml` file, for demos and development. Logs name a mail's subject and a
 //! masked recipient, never its body (which holds the link's token).
 
@@ -11,6 +12,7 @@ use crate::customers::email::mask_email;
 use crate::log::log_event;
 use lettre::message::header::ContentType;
 use lettre::message::{Body, Mailbox, SinglePart};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{FileTransport, Message, SmtpTransport, Transport};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -27,6 +29,8 @@ pub enum MailError {
     // The URL may hold a password: the message never repeats it.
     #[error("--smtp-url is not a usable SMTP URL (smtp://host:port, smtp://host:587?tls=required or smtps://host:465): {0}")]
     BadUrl(String),
+    #[error("--smtp-ca-file {path}: {why}")]
+    BadCa { path: PathBuf, why: String },
     #[error("--mail-from is not an address (\"keygate <no-reply@example.com>\" or no-reply@example.com): {0}")]
     BadFrom(String),
     #[error("cannot create the outbox directory {path}: {source}")]
@@ -42,7 +46,11 @@ pub enum MailError {
 /// Where mail goes.
 #[derive(Debug, Clone)]
 pub enum MailRoute {
-    Smtp(String),
+    Smtp {
+        url: String,
+        /// A CA to trust besides the public roots.
+        ca_file: Option<PathBuf>,
+    },
     Outbox(PathBuf),
 }
 
@@ -79,13 +87,15 @@ impl Mailer {
     pub fn start(route: &MailRoute, from: &str) -> Result<Mailer, MailError> {
         let from = Mailbox::from_str(from.trim()).map_err(|e| MailError::BadFrom(e.to_string()))?;
         let (transporter, outbox) = match route {
-            MailRoute::Smtp(url) => {
-                let transport = SmtpTransport::from_url(url)
+            MailRoute::Smtp { url, ca_file } => {
+                let mut builder = SmtpTransport::from_url(url)
                     // lettre's errors name the part that failed, not the URL.
                     .map_err(|e| MailError::BadUrl(e.to_string()))?
-                    .timeout(Some(SMTP_TIMEOUT))
-                    .build();
-                (Transporter::Smtp(transport), None)
+                    .timeout(Some(SMTP_TIMEOUT));
+                if let Some(path) = ca_file {
+                    builder = builder.tls(tls_with_ca(url, path)?);
+                }
+                (Transporter::Smtp(builder.build()), None)
             }
             MailRoute::Outbox(dir) => {
                 create_private_dir(dir)?;
@@ -158,6 +168,43 @@ fn deliver(transporter: &Transporter, from: &Mailbox, mail: &Mail) {
 }
 
 /// The outbox holds live links: readable by its owner only.
+/// The TLS mode the URL asks for (as lettre reads it), trusting the CA in `path` too.
+fn tls_with_ca(url: &str, path: &std::path::Path) -> Result<Tls, MailError> {
+    let bad_ca = |why: String| MailError::BadCa {
+        path: path.to_path_buf(),
+        why,
+    };
+    let parsed = url::Url::parse(url).map_err(|e| MailError::BadUrl(e.to_string()))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| MailError::BadUrl("no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let pem = std::fs::read(path).map_err(|e| bad_ca(e.to_string()))?;
+    // lettre takes a file without any certificate as an empty list: say so instead.
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(bad_ca("no PEM certificate in the file".into()));
+    }
+    let ca = Certificate::from_pem(&pem).map_err(|e| bad_ca(e.to_string()))?;
+    let parameters = TlsParameters::builder(host)
+        .add_root_certificate(ca)
+        .build_rustls()
+        .map_err(|e| bad_ca(e.to_string()))?;
+    let mode = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    match (parsed.scheme(), mode.as_deref()) {
+        ("smtps", _) => Ok(Tls::Wrapper(parameters)),
+        ("smtp", Some("required")) => Ok(Tls::Required(parameters)),
+        ("smtp", Some("opportunistic")) => Ok(Tls::Opportunistic(parameters)),
+        _ => Err(bad_ca(
+            "a CA needs TLS: smtps:// or smtp://…?tls=required".into(),
+        )),
+    }
+}
+
 fn create_private_dir(dir: &std::path::Path) -> Result<(), MailError> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -173,10 +220,37 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), MailError> {
 mod tests {
     use super::*;
 
+    fn smtp(url: &str) -> MailRoute {
+        MailRoute::Smtp {
+            url: url.into(),
+            ca_file: None,
+        }
+    }
+
+    #[test]
+    fn a_private_ca_is_read_and_needs_tls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.pem");
+        let with = |url: &str, ca: &std::path::Path| MailRoute::Smtp {
+            url: url.into(),
+            ca_file: Some(ca.into()),
+        };
+        let e = Mailer::start(&with("smtps://127.0.0.1:465", &missing), "a@example.com")
+            .err()
+            .expect("refused");
+        assert!(matches!(e, MailError::BadCa { .. }), "{e}");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").expect("write");
+        let e = Mailer::start(&with("smtps://127.0.0.1:465", &garbage), "a@example.com")
+            .err()
+            .expect("refused");
+        assert!(matches!(e, MailError::BadCa { .. }), "{e}");
+    }
+
     #[test]
     fn bad_settings_are_refused_without_repeating_the_url() {
         let url = "ftp://user:hunter2-secret@mail.example.com";
-        let e = Mailer::start(&MailRoute::Smtp(url.into()), "no-reply@example.com")
+        let e = Mailer::start(&smtp(url), "no-reply@example.com")
             .err()
             .expect("refused");
         assert!(matches!(e, MailError::BadUrl(_)));
@@ -192,11 +266,7 @@ mod tests {
             "smtps://127.0.0.1:465",
         ] {
             assert!(
-                Mailer::start(
-                    &MailRoute::Smtp(url.into()),
-                    "keygate <no-reply@example.com>"
-                )
-                .is_ok(),
+                Mailer::start(&smtp(url), "keygate <no-reply@example.com>").is_ok(),
                 "{url}"
             );
         }

@@ -33,6 +33,8 @@ pub struct ServeOptions {
     pub allowed_hosts: AllowedHosts,
     pub purge_interval: Duration,
     pub customers: CustomerSetup,
+    /// Who may read /metrics.
+    pub ops: crate::ops::OpsOptions,
 }
 
 /// The customer pages' mail and links, as given.
@@ -98,8 +100,8 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
             KeyMapAccess::Token(sync_token::ensure(store.as_ref(), file.as_deref())?)
         }
         SyncTokenSetting::Off => {
-            log_event(
-                "warning: --no-sync-token: the key map (every key digest, account id and key \
+            crate::log::warn(
+                "--no-sync-token: the key map (every key digest, account id and key \
                  id) is served to anyone who can reach this server",
             );
             KeyMapAccess::Open
@@ -155,8 +157,14 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
         };
         log_event(&format!(
             "listening on http://{addr} (key map at /v1/keymap: {keymap_access}; operator page at \
-             http://{addr}/ui/; answering Host names: {})",
-            options.allowed_hosts.describe()
+             http://{addr}/ui/; answering Host names: {}; probes at /livez and /readyz; \
+             metrics at /metrics{})",
+            options.allowed_hosts.describe(),
+            if options.ops.metrics_token.is_some() {
+                ", metrics token required"
+            } else {
+                ""
+            }
         ));
         let public_url = public_url.unwrap_or_else(|| format!("http://{addr}"));
         log_event(&match &mailer {
@@ -178,6 +186,7 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
             mailer,
         };
         tokio::spawn(maintain(Arc::clone(&state), options.purge_interval));
+        tokio::spawn(warm_up(Arc::clone(&state)));
         let closing = Arc::clone(&state);
         // Small answers go out at once: no Nagle delay between a poll and its 304.
         let listener = listener.tap_io(|tcp| {
@@ -188,7 +197,10 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
         // The operator's page (`/ui/`) and the customers' pages beside the API; connection
         // info for the throttles; every request's Host checked first.
         let app = router(Arc::clone(&state))
+            .merge(crate::ops::router(Arc::clone(&state), options.ops))
             .merge(crate::web::router(state, customers))
+            // Inside the Host check: a refused Host is counted nowhere but its log line.
+            .layer(middleware::from_fn(crate::ops::count_requests))
             .layer(middleware::from_fn_with_state(
                 Arc::new(options.allowed_hosts),
                 check_host,
@@ -256,6 +268,24 @@ fn ensure_admin_token(store: &dyn Store, given: Option<&str>) -> Result<Digest, 
     }
 }
 
+/// Builds the full key map in the fetchers' encoding once at start, so that the first full
+/// polls after a restart are answered from memory and `/readyz` can say the map is built;
+/// retried every second while the store does not answer.
+async fn warm_up(state: Arc<AppState>) {
+    let mut logged = false;
+    loop {
+        match crate::keymap_endpoint::full_map(&state, crate::keymap::Encoding::Binary).await {
+            Ok(_) => return,
+            Err(_) if logged => {}
+            Err(_) => {
+                crate::log::warn("cannot build the key map yet (not ready); retrying every second");
+                logged = true;
+            }
+        }
+        tokio::time::sleep(REFRESH_INTERVAL).await;
+    }
+}
+
 /// Every second: pick up the admin token and key-map version (other processes may change
 /// the file); every `purge_interval`: take expired keys out of the map.
 async fn maintain(state: Arc<AppState>, purge_interval: Duration) {
@@ -287,19 +317,19 @@ fn maintenance_pass(state: &AppState, purge: bool) {
                     ));
                 }
             }
-            Err(e) => log_event(&format!("cannot purge expired keys: {e}")),
+            Err(e) => crate::log::error(&format!("cannot purge expired keys: {e}")),
         }
     }
     match store.admin_token_digest() {
         Ok(Some(digest)) => state.set_admin_digest(Some(digest)),
         Ok(None) => {}
-        Err(e) => log_event(&format!("cannot read the admin token digest: {e}")),
+        Err(e) => crate::log::error(&format!("cannot read the admin token digest: {e}")),
     }
     if state.key_map_requires_token() {
         match store.sync_token_digest() {
             Ok(Some(digest)) => state.set_sync_digest(digest),
             Ok(None) => {}
-            Err(e) => log_event(&format!("cannot read the sync token digest: {e}")),
+            Err(e) => crate::log::error(&format!("cannot read the sync token digest: {e}")),
         }
     }
     state.refresh_key_map_status();

@@ -983,7 +983,7 @@ fn a_sync_token_is_created_on_first_start_and_required() {
     api.sync_token = None;
     assert_eq!(api.key_map(None, None).status, 200);
     assert!(
-        server.log().contains("warning: --no-sync-token"),
+        server.log().contains(" WARN keygatectl: --no-sync-token"),
         "{}",
         server.log()
     );

@@ -15,9 +15,15 @@
 #
 # The server listens on 127.0.0.1:8080 unless told otherwise (`serve --listen`), and keeps
 # its SQLite database in /var/lib/keygate (mount a volume there). It runs as uid 65532.
+# `keygatectl probe http://127.0.0.1:8080/readyz` is its health check (no curl needed).
+#
+# A second target, `envoy` (`--target envoy`), is ENVOY_IMAGE with the same keygatectl
+# binary added, so that Envoy's container can health-check its admin /ready the same way
+# (Envoy's images may have no curl); the compose stack builds it.
 
 ARG RUST_IMAGE=rust:1-bookworm
 ARG BASE_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+ARG ENVOY_IMAGE=envoyproxy/envoy:v1.40-latest
 ARG KEYGATECTL_FROM=source
 
 # --- the binary, compiled here -------------------------------------------------------------
@@ -40,8 +46,12 @@ WORKDIR /out/data
 
 FROM ${KEYGATECTL_FROM} AS binary
 
-# --- the image -----------------------------------------------------------------------------
-FROM ${BASE_IMAGE}
+# --- Envoy with keygatectl beside it, for `keygatectl probe` (--target envoy) ---------------
+FROM ${ENVOY_IMAGE} AS envoy
+COPY --from=binary /out/keygatectl /usr/local/bin/keygatectl
+
+# --- the image (the default target) -------------------------------------------------------
+FROM ${BASE_IMAGE} AS keygatectl
 COPY --from=binary /out/keygatectl /usr/local/bin/keygatectl
 # Owned by the user the server runs as, so that a fresh named volume mounted here is too.
 COPY --from=binary --chown=65532:65532 /out/data/ /var/lib/keygate/

@@ -11,6 +11,7 @@ pub mod customers;
 pub mod lineage;
 pub mod postgres;
 mod postgres_customers;
+pub mod postgres_tls;
 pub mod rules;
 pub mod sqlite;
 mod sqlite_customers;
@@ -331,6 +332,17 @@ pub trait Store: CustomerStore + Send + Sync {
     /// emptied. For a version that cannot rise any more; filters take the next full map as
     /// a new lineage.
     fn new_lineage(&self) -> StoreResult<KeyMapStatus>;
+
+    /// How many keys the key map holds at `now` (disabled ones included), for the metrics.
+    /// Backends answer with a count; this default reads the whole map.
+    fn key_map_size(&self, now: u64) -> StoreResult<u64> {
+        match self.read_key_map(None, now)?.message {
+            KeyMapMessage::Full { keys, .. } => Ok(keys.len() as u64),
+            KeyMapMessage::Delta { .. } => Err(StoreError::Backend(
+                "the store answered a delta for the full map".into(),
+            )),
+        }
+    }
 
     /// The message alone, as `read_key_map` answers it.
     fn key_map(&self, since: Option<u64>, now: u64) -> StoreResult<KeyMapMessage> {

@@ -21,6 +21,7 @@
 //! use. Invariants are SQLite's (see `sqlite.rs`).
 
 use super::lineage::{lineage_start, next_version, StoreId, VersionClock};
+use super::postgres_tls::{self, TlsSettings};
 use super::rules::{corrupt, disable_changes, ensure_keys_of, plan_roll, ChangeOp};
 use super::{
     Account, AccountWithKeys, DeltaLookup, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled,
@@ -31,12 +32,14 @@ use keygate_core::digest::Digest;
 use keygate_core::key::{Environment, KeyKind, KeyType};
 use keygate_sync_core::message::KeyMapMessage;
 use postgres::config::Host;
+use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, Config, NoTls, Row};
+use postgres::{Client, Config, Row};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Schema migrations, in order; migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -86,15 +89,26 @@ pub fn is_postgres_url(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")
 }
 
+/// Where to connect and how: the parsed URL and its TLS settings.
+#[derive(Clone)]
+pub struct Target {
+    pub config: Config,
+    pub tls: TlsSettings,
+}
+
 /// Parses a connection URL (`postgres://user:password@host:port/dbname?option=value`) and
 /// fills in keygatectl's defaults: a connect timeout, `application_name=keygatectl`, the
 /// password from `PGPASSWORD` when the URL has none, and the local socket or `localhost`
-/// when it names no host.
-pub fn parse_url(url: &str) -> StoreResult<Config> {
-    let mut config: Config = url.parse().map_err(|e: postgres::Error| {
+/// when it names no host. The TLS options (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`)
+/// are libpq's (`postgres_tls.rs`).
+pub fn parse_url(url: &str) -> StoreResult<Target> {
+    let (rest, tls) =
+        postgres_tls::take_tls_options(url).map_err(|e| StoreError::Backend(Box::new(e)))?;
+    let mut config: Config = rest.parse().map_err(|e: postgres::Error| {
         // The parser's message names the bad option, never the password.
         StoreError::Backend(format!("invalid PostgreSQL URL: {e}").into())
     })?;
+    config.ssl_mode(tls.mode.negotiation());
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
     }
@@ -114,7 +128,7 @@ pub fn parse_url(url: &str) -> StoreResult<Config> {
             config.host("localhost");
         }
     }
-    Ok(config)
+    Ok(Target { config, tls })
 }
 
 /// `user@host:port/dbname`, for messages: never the password.
@@ -146,13 +160,24 @@ pub fn describe(config: &Config) -> String {
 }
 
 struct Pool {
-    config: Config,
+    target: Target,
+    connector: MakeRustlsConnect,
     idle: Mutex<Vec<Client>>,
 }
 
 impl Pool {
+    fn new(target: Target) -> StoreResult<Pool> {
+        let connector =
+            postgres_tls::connector(&target.tls).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        Ok(Pool {
+            target,
+            connector,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
     fn connect(&self) -> StoreResult<Client> {
-        connect(&self.config)
+        connect(&self.target, &self.connector)
     }
 
     /// A connection with `begin` run on it: an idle one when it still works, else a new one.
@@ -162,9 +187,9 @@ impl Pool {
             let Some(mut client) = idle else { break };
             match client.batch_execute(begin) {
                 Ok(()) => return Ok(client),
-                // Closed while idle (the server restarted, or dropped idle connections):
-                // nothing ran, so another connection may try.
-                Err(e) if e.is_closed() || client.is_closed() => continue,
+                // Closed or ended while idle (the server restarted, or an administrator ended
+                // it): nothing ran, so another connection may try.
+                Err(e) if connection_gone(&e) || client.is_closed() => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -184,13 +209,40 @@ impl Pool {
     }
 }
 
-fn connect(config: &Config) -> StoreResult<Client> {
-    config.connect(NoTls).map_err(|e| {
+/// True when the error says the connection is gone: closed, or ended by the server
+/// (`pg_terminate_backend`, a shutdown, an idle timeout), which sends its reason (e.g.
+/// 57P01 "terminating connection due to administrator command") as the answer to whatever
+/// the connection sends next.
+fn connection_gone(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.code().is_some_and(|code| {
+            [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::IDLE_SESSION_TIMEOUT,
+            ]
+            .contains(code)
+        })
+}
+
+fn connect(target: &Target, connector: &MakeRustlsConnect) -> StoreResult<Client> {
+    target.config.connect(connector.clone()).map_err(|e| {
+        let host = target
+            .config
+            .get_hosts()
+            .first()
+            .map(|host| match host {
+                Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .unwrap_or_default();
+        let why = postgres_tls::explain_handshake_failure(&e, &target.tls, &host)
+            .unwrap_or_else(|| error_detail(&e));
         StoreError::Backend(
             format!(
-                "cannot connect to PostgreSQL at {}: {}",
-                describe(config),
-                error_detail(&e)
+                "cannot connect to PostgreSQL at {}: {why}",
+                describe(&target.config)
             )
             .into(),
         )
@@ -217,11 +269,8 @@ impl PostgresStore {
         PostgresStore::open(parse_url(url)?, StoreOptions::default())
     }
 
-    pub fn open(config: Config, options: StoreOptions) -> StoreResult<PostgresStore> {
-        let pool = Pool {
-            config,
-            idle: Mutex::new(Vec::new()),
-        };
+    pub fn open(target: Target, options: StoreOptions) -> StoreResult<PostgresStore> {
+        let pool = Pool::new(target)?;
         let mut client = pool.connect()?;
         migrate(&mut client)?;
         pool.give_back(client);
@@ -234,6 +283,18 @@ impl PostgresStore {
 
     /// Runs `f` between `begin` and COMMIT (ROLLBACK when it fails).
     pub(super) fn transaction<T>(
+        &self,
+        begin: &str,
+        f: impl FnOnce(&mut Client) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let started = std::time::Instant::now();
+        let result = self.transaction_untimed(begin, f);
+        let kind = if begin == READ_BEGIN { "read" } else { "write" };
+        crate::metrics::store_transaction("postgres", kind, started.elapsed(), result.is_ok());
+        result
+    }
+
+    fn transaction_untimed<T>(
         &self,
         begin: &str,
         f: impl FnOnce(&mut Client) -> StoreResult<T>,
@@ -884,6 +945,20 @@ impl Store for PostgresStore {
         self.read_after_purge(now, |c| delta_in(c, since, now))
     }
 
+    fn key_map_size(&self, now: u64) -> StoreResult<u64> {
+        self.read(|c| {
+            // The keys `KeyRecord::in_key_map` keeps.
+            let count: i64 = c
+                .query_one(
+                    "SELECT COUNT(*) FROM keys WHERE revoked_at IS NULL AND removed_at IS NULL \
+                     AND (expires_at IS NULL OR expires_at > $1)",
+                    &[&signed(now)?],
+                )?
+                .try_get(0)?;
+            unsigned(count)
+        })
+    }
+
     fn key_map_status(&self) -> StoreResult<KeyMapStatus> {
         self.read(status_in)
     }
@@ -946,20 +1021,23 @@ impl Store for PostgresStore {
     }
 
     fn watch_changes(&self, on_change: Box<dyn Fn() + Send>) -> StoreResult<bool> {
-        let client = listen(&self.pool.config)?;
-        let config = self.pool.config.clone();
+        let client = listen(&self.pool.target, &self.pool.connector)?;
+        let target = self.pool.target.clone();
+        let connector = self.pool.connector.clone();
         let alive = Arc::downgrade(&self.pool);
         std::thread::Builder::new()
             .name("keygate-listen".into())
-            .spawn(move || follow_changes(client, &config, &alive, on_change.as_ref()))
+            .spawn(move || {
+                follow_changes(client, (&target, &connector), &alive, on_change.as_ref())
+            })
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         Ok(true)
     }
 }
 
 /// A connection LISTENing on the change channel.
-fn listen(config: &Config) -> StoreResult<Client> {
-    let mut client = connect(config)?;
+fn listen(target: &Target, connector: &MakeRustlsConnect) -> StoreResult<Client> {
+    let mut client = connect(target, connector)?;
     client.batch_execute(&format!("LISTEN {CHANGE_CHANNEL}"))?;
     Ok(client)
 }
@@ -994,7 +1072,12 @@ fn wait_for_change(client: &mut Client) -> Heard {
 /// The listener thread: calls `on_change` for every burst of notifications, reconnects when
 /// the connection is lost (and then calls `on_change`, as notifications may have been missed
 /// meanwhile), and ends once the store is dropped.
-fn follow_changes(mut client: Client, config: &Config, alive: &Weak<Pool>, on_change: &dyn Fn()) {
+fn follow_changes(
+    mut client: Client,
+    (target, connector): (&Target, &MakeRustlsConnect),
+    alive: &Weak<Pool>,
+    on_change: &dyn Fn(),
+) {
     loop {
         let heard = wait_for_change(&mut client);
         if alive.strong_count() == 0 {
@@ -1014,7 +1097,7 @@ fn follow_changes(mut client: Client, config: &Config, alive: &Weak<Pool>, on_ch
                     if alive.strong_count() == 0 {
                         return;
                     }
-                    match listen(config) {
+                    match listen(target, connector) {
                         Ok(client) => break client,
                         Err(_) => delay = (delay * 2).min(LISTEN_RETRY.1),
                     }
@@ -1022,6 +1105,90 @@ fn follow_changes(mut client: Client, config: &Config, alive: &Weak<Pool>, on_ch
                 log_event("the PostgreSQL change listener is back");
                 on_change();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Ends `client`'s server process from another connection once it is running a
+    /// statement (not idle): the reason then comes as that statement's answer.
+    fn end_while_busy(client: &mut Client, server: &Target) -> std::thread::JoinHandle<()> {
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .expect("pid")
+            .get(0);
+        let mut admin = server.config.connect(postgres::NoTls).expect("admin");
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let state: Option<String> = admin
+                    .query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                    .expect("state")
+                    .get(0);
+                if state.as_deref() == Some("active") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the statement never started");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            admin
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .expect("terminate");
+        })
+    }
+
+    /// A pooled connection that the server ends just as it is used (a busy machine, a
+    /// failover) answers the pool's BEGIN with the reason, "terminating connection due to
+    /// administrator command" (57P01), rather than as a closed connection: the pool must
+    /// take that for a gone connection and begin on another, as it does for a closed one.
+    #[test]
+    fn a_connection_ended_by_the_server_as_it_begins_is_replaced() {
+        let Some(url) = std::env::var("KEYGATE_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            return eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is unset");
+        };
+        // Plain TCP: over TLS the reason may be lost to the closing of the TLS session, and
+        // the connection seen closed instead (the other case the pool handles).
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let target = parse_url(&format!("{url}{sep}sslmode=disable")).expect("url");
+        let pool = Pool::new(target.clone()).expect("pool");
+        // Only the marked connection waits in its begin; a new one begins at once.
+        let begin = "SELECT pg_sleep(30) WHERE current_setting('keygate.doomed', true) = 'yes'; \
+                     BEGIN";
+        let mark = |client: &mut Client| {
+            client
+                .batch_execute("SET keygate.doomed = 'yes'")
+                .expect("mark");
+        };
+        // What such a connection answers: the reason as its BEGIN's answer, or (when the
+        // end of the connection is read with it) a closed connection; the first is seen
+        // within a few tries.
+        let reason_seen = (0..20).any(|_| {
+            let mut witness = pool.connect().expect("connect");
+            mark(&mut witness);
+            let ender = end_while_busy(&mut witness, &target);
+            let e = witness.batch_execute(begin).expect_err("ended");
+            ender.join().expect("ender");
+            assert!(connection_gone(&e), "{e}");
+            e.code() == Some(&SqlState::ADMIN_SHUTDOWN)
+        });
+        assert!(reason_seen, "the server's reason never came as an answer");
+        // The pool: the marked idle connection is ended in its begin, a new one begins.
+        // Several rounds, so that the reason comes as the answer in some of them.
+        for _ in 0..8 {
+            let mut doomed = pool.connect().expect("connect");
+            mark(&mut doomed);
+            let ender = end_while_busy(&mut doomed, &target);
+            pool.give_back(doomed);
+            let mut client = pool.begin(begin).expect("begun on a new connection");
+            ender.join().expect("ender");
+            client.batch_execute("ROLLBACK").expect("rollback");
         }
     }
 }

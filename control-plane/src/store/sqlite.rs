@@ -207,21 +207,25 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Transaction) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        self.with_conn(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
+        timed("write", || {
+            self.with_conn(|conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let value = f(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            })
         })
     }
 
     /// Runs `f` in a read transaction, so that its queries see one snapshot.
     pub(super) fn read<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
-        self.with_conn(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-            let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
+        timed("read", || {
+            self.with_conn(|conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+                let value = f(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            })
         })
     }
 
@@ -294,6 +298,14 @@ impl SqliteStore {
 
 /// Creates the database file readable by its owner only, before SQLite creates it with the
 /// process umask.
+/// Runs a transaction, timed for the metrics.
+fn timed<T>(kind: &str, run: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    let started = std::time::Instant::now();
+    let result = run();
+    crate::metrics::store_transaction("sqlite", kind, started.elapsed(), result.is_ok());
+    result
+}
+
 fn create_private_file(path: &Path) -> StoreResult<()> {
     if path.exists() {
         return Ok(());
@@ -825,6 +837,19 @@ impl Store for SqliteStore {
 
     /// Reopens the file first if it was replaced: this is what the server reads every
     /// second.
+    fn key_map_size(&self, now: u64) -> StoreResult<u64> {
+        self.read(|tx| {
+            // The keys `KeyRecord::in_key_map` keeps.
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM keys WHERE revoked_at IS NULL AND removed_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > ?1)",
+                [now],
+                |row| row.get(0),
+            )?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+    }
+
     fn key_map_status(&self) -> StoreResult<KeyMapStatus> {
         self.follow_replaced_file()?;
         self.read(status_in)

@@ -146,7 +146,7 @@ impl TestDb for SqliteDb {
 struct PostgresDb {
     server: ::postgres::Config,
     name: String,
-    config: ::postgres::Config,
+    target: super::postgres::Target,
 }
 
 impl PostgresDb {
@@ -156,7 +156,8 @@ impl PostgresDb {
         let url = std::env::var("KEYGATE_TEST_POSTGRES_URL")
             .ok()
             .filter(|url| !url.is_empty())?;
-        let server = super::postgres::parse_url(&url).expect("KEYGATE_TEST_POSTGRES_URL");
+        let target = super::postgres::parse_url(&url).expect("KEYGATE_TEST_POSTGRES_URL");
+        let server = target.config.clone();
         let name = format!(
             "keygate_store_{}_{}",
             std::process::id(),
@@ -172,17 +173,18 @@ impl PostgresDb {
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("create the test database");
-        let mut config = server.clone();
-        config.dbname(&name);
+        let mut target = target;
+        target.config.dbname(&name);
         Some(PostgresDb {
             server,
             name,
-            config,
+            target,
         })
     }
 
     fn client(&self) -> ::postgres::Client {
-        self.config
+        self.target
+            .config
             .connect(::postgres::NoTls)
             .expect("connect to the test database")
     }
@@ -207,16 +209,43 @@ impl PostgresDb {
         }
     }
 
-    fn terminate_connections(&self) -> u64 {
+    /// Ends every other connection to the test database and waits (up to 5 s) until they
+    /// are gone: each has sent its reason by then. Answers how many were ended.
+    fn terminate_connections_and_wait(&self) -> usize {
         let mut client = self.client();
-        let ended = client
+        let ended: Vec<i32> = client
             .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
                 &[&self.name],
             )
+            .expect("pg_stat_activity")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid",
+                &[&ended],
+            )
             .expect("terminate");
-        ended.len() as u64
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left: i64 = client
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                    &[&ended],
+                )
+                .expect("pg_stat_activity")
+                .get(0);
+            if left == 0 {
+                return ended.len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ended connections are still there"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -233,7 +262,7 @@ impl Drop for PostgresDb {
 
 impl TestDb for PostgresDb {
     fn try_open_with(&self, options: StoreOptions) -> StoreResult<Box<dyn Store>> {
-        Ok(Box::new(PostgresStore::open(self.config.clone(), options)?))
+        Ok(Box::new(PostgresStore::open(self.target.clone(), options)?))
     }
 
     fn execute(&self, sql: &str) {
@@ -368,6 +397,7 @@ on_both_backends!(
 
 // Users, sign-ups, resets and sessions, on both backends too.
 mod customers;
+mod tls;
 
 fn new_key(account_id: &str, kind: KeyKind, name: &str) -> NewKey {
     NewKey {
@@ -1123,7 +1153,10 @@ fn postgres_replaces_connections_the_server_closed() {
     let heard = watch(store.as_ref());
     // The pooled connection and the listener's, ended as by a server restart.
     db.wait_for_connections(2);
-    assert!(db.terminate_connections() >= 2);
+    // Once the server has ended them, each pooled connection holds the reason (57P01,
+    // "terminating connection due to administrator command") as the answer to whatever it
+    // sends next: the pool must take that for a closed connection, not fail the call.
+    assert!(db.terminate_connections_and_wait() >= 2);
     // The next calls work, on new connections.
     assert_eq!(store.keys(None).expect("keys after the restart").len(), 4);
     create(&*store, "b", 2);

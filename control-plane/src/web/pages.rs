@@ -369,6 +369,7 @@ pub async fn login(
     let admin = web.app.admin_digest();
     let Some(admin) = admin.filter(|digest| token_matches(token, digest)) else {
         let Failure { count, delay } = web.throttle.failed(ip, None);
+        crate::metrics::sign_in_failed(crate::metrics::SignIn::Operator);
         log_event(&format!(
             "web sign-in refused from {ip}: wrong admin token ({count} in a row)"
         ));

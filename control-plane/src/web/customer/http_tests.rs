@@ -1092,3 +1092,44 @@ async fn sign_ups_and_mails_are_limited_per_hour() {
         StatusCode::OK
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_form_refuses_a_missing_or_foreign_csrf_token_and_changes_nothing() {
+    let site = site();
+    let mut ann = Browser::from(&site, "192.0.2.80:1");
+    ann.new_customer("csrf-ann@example.com").await;
+    let mut bob = Browser::from(&site, "192.0.2.81:1");
+    bob.new_customer("csrf-bob@example.com").await;
+    let foreign = bob.csrf().await;
+    let forms: [(&str, Vec<(&str, &str)>); 6] = [
+        (
+            "/login",
+            vec![("email", "csrf-ann@example.com"), ("password", PASSWORD)],
+        ),
+        ("/verify", vec![("token", "0"), ("password", PASSWORD)]),
+        ("/forgot", vec![("email", "csrf-ann@example.com")]),
+        ("/reset", vec![("token", "0"), ("password", PASSWORD)]),
+        ("/logout", vec![]),
+        ("/logout-everywhere", vec![]),
+    ];
+    let sent_before = mails(&site.outbox).len();
+    for (action, fields) in &forms {
+        let zeros = "0".repeat(64);
+        for token in [None, Some(""), Some(zeros.as_str()), Some(foreign.as_str())] {
+            let mut all: Vec<(&str, &str)> = fields.clone();
+            if let Some(token) = token {
+                all.push(("csrf", token));
+            }
+            let answer = ann.post(action, &all).await;
+            assert_eq!(answer.status, StatusCode::FORBIDDEN, "{action} {token:?}");
+            assert!(
+                answer.body.contains("CSRF token is missing or wrong"),
+                "{action}: {}",
+                answer.body
+            );
+        }
+    }
+    // Still signed in (neither sign-out took), and no reset mail was sent.
+    assert_eq!(ann.get("/settings/account").await.status, StatusCode::OK);
+    assert_eq!(mails(&site.outbox).len(), sent_before);
+}

@@ -181,6 +181,7 @@ pub async fn login(
         }
         _ => {
             let failure = web.throttle.failed(ip, Some(&email));
+            crate::metrics::sign_in_failed(crate::metrics::SignIn::Customer);
             log_event(&format!(
                 "sign-in as {} refused from {ip}: wrong email or password ({} in a row)",
                 mask_email(&email),
