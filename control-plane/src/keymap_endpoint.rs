@@ -115,6 +115,8 @@ async fn hold(
     if !still(state) {
         return Held::Moved;
     }
+    // Counted as open until this returns, or the client leaves (the future is dropped).
+    let _open = metrics::watch_opened();
     let wait_end = TokioInstant::now() + wait;
     loop {
         if signal.borrow_and_update().closing {
