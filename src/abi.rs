@@ -95,7 +95,7 @@ mod host {
     }
 }
 
-fn check(status: u32) -> Result<(), Status> {
+pub(crate) fn check(status: u32) -> Result<(), Status> {
     if status == OK {
         Ok(())
     } else {
@@ -107,7 +107,7 @@ fn check(status: u32) -> Result<(), Status> {
 ///
 /// # Safety
 /// `data` must be null or come from `exports::proxy_on_memory_allocate(size)`.
-unsafe fn take_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+pub(crate) unsafe fn take_buffer(data: *mut u8, size: usize) -> Vec<u8> {
     if data.is_null() {
         Vec::new()
     } else {
@@ -288,7 +288,7 @@ pub fn now_micros() -> Result<u64, Status> {
     Ok(now_nanos()? / 1_000)
 }
 
-fn now_nanos() -> Result<u64, Status> {
+pub(crate) fn now_nanos() -> Result<u64, Status> {
     let mut nanos = 0;
     // SAFETY: an out-pointer to a local.
     check(unsafe { host::proxy_get_current_time_nanoseconds(&mut nanos) })?;

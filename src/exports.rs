@@ -14,10 +14,12 @@ use crate::vm_global::VmGlobal;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::rc::Rc;
+#[cfg(not(feature = "standalone-sync"))]
 use alloc::string::ToString;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
+#[cfg(not(feature = "standalone-sync"))]
 use keygate_core::config::FilterConfig;
 
 /// Timer period: counters are flushed, and in sync mode the published version re-read,
@@ -109,6 +111,16 @@ pub extern "C" fn proxy_on_configure(root_id: u32, _plugin_configuration_size: u
             return false;
         }
     };
+    #[cfg(feature = "standalone-sync")]
+    let (config, own_sync) = match crate::standalone::parse_config(&bytes) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            // As below: the message names the field, never a key or the sync token.
+            abi::log(LogLevel::Error, &message);
+            return false;
+        }
+    };
+    #[cfg(not(feature = "standalone-sync"))]
     let config = match FilterConfig::parse(&bytes) {
         Ok(config) => config,
         Err(e) => {
@@ -145,6 +157,8 @@ pub extern "C" fn proxy_on_configure(root_id: u32, _plugin_configuration_size: u
         state.roots.retain(|(id, _)| *id != root_id);
         state.roots.push((root_id, Rc::new(filter)));
     });
+    #[cfg(feature = "standalone-sync")]
+    crate::standalone::install(root_id, own_sync);
     true
 }
 
@@ -191,6 +205,8 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
     if let Some(filter) = filter {
         filter.on_tick();
     }
+    #[cfg(feature = "standalone-sync")]
+    crate::standalone::on_tick(root_id);
     forget_ended_roots(root_id);
 }
 
@@ -218,6 +234,8 @@ fn forget_ended_roots(current_root: u32) {
         STATE.with_borrow_mut(|state| {
             state.roots.retain(|(id, _)| !ended.contains(id));
         });
+        #[cfg(feature = "standalone-sync")]
+        crate::standalone::forget(&ended);
         abi::log(
             LogLevel::Info,
             &format!("keygate: released {} ended configuration(s)", ended.len()),

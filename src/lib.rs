@@ -2,7 +2,9 @@
 //!
 //! It speaks the proxy-wasm ABI directly (`abi.rs`, `exports.rs`) rather than through the
 //! SDK, so Envoy calls three callbacks per request instead of seven; the key-map fetcher,
-//! which runs once per poll, is a separate SDK-based module (`sync-service/`).
+//! which runs once per poll, is a separate SDK-based module (`sync-service/`). Built with
+//! the `standalone-sync` feature (`keygate-standalone.wasm`) the filter fetches the map
+//! itself, one VM per Envoy at a time (`standalone.rs`), where no fetcher service can run.
 
 //!
 //! The module is `no_std` (with `alloc`): std's panic, I/O and thread-local machinery were a
@@ -14,10 +16,20 @@
 extern crate alloc;
 
 mod abi;
+// keygate-standalone.wasm's own key-map sync (see standalone.rs); the lease logic and the
+// environment reader are also unit-tested in the lean build.
+#[cfg(any(test, feature = "standalone-sync"))]
+mod callout;
 mod exports;
 mod filter;
+#[cfg(feature = "standalone-sync")]
+mod leader_usage;
+#[cfg(any(test, feature = "standalone-sync"))]
+mod lease;
 mod logger;
 mod metrics;
+#[cfg(feature = "standalone-sync")]
+mod standalone;
 mod synced_map;
 mod usage;
 mod vm_global;

@@ -19,12 +19,17 @@ class ScriptedControlPlane(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.polls = []
         self.answered = []  # (path, status) of every answer, in order
+        self.poll_times = []  # time.monotonic() of each poll, in order
+        # Headers sent with the next answer only (e.g. the fault build's trap), then cleared.
+        self.headers_once = {}
         self.version = 0
         self.entries = {}
         self.override = None  # (status, body bytes, content type) answered instead of the map
         self.store = None  # the keygate-store header sent with every answer, if set
         self.reports = []  # usage reports received: (report_id, keys, the status answered)
         self.report_statuses = []  # statuses to answer the next reports with (then 204)
+        self.report_times = []  # time.monotonic() of each report, in order
+        self.report_auth = set()  # the authorization headers reports came with
         self.hang = False
         self.down = False  # drop every request without an answer, as a dead server would
         # Refuse `wait` with 400, as a keygatectl from before watches (unknown parameter).
@@ -91,8 +96,10 @@ class _Handler(BaseHTTPRequestHandler):
         server = self.server
         with server.lock:
             server.polls.append((self.path, self.headers.get("if-none-match")))
+            server.poll_times.append(time.monotonic())
             override, version, body = server.override, server.version, server.full_body()
             store = server.store
+            once, server.headers_once = server.headers_once, {}
         if server.hang:
             time.sleep(30)
             return
@@ -117,6 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", content_type)
         if store:
             self.send_header("keygate-store", store)
+        for name, value in once.items():
+            self.send_header(name, value)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -132,6 +141,8 @@ class _Handler(BaseHTTPRequestHandler):
             with server.lock:
                 status = server.report_statuses.pop(0) if server.report_statuses else 204
                 server.reports.append((report["report_id"], report["keys"], status))
+                server.report_times.append(time.monotonic())
+                server.report_auth.add(self.headers.get("authorization"))
         self.send_response(status)
         self.send_header("content-length", "0")
         self.end_headers()

@@ -161,7 +161,8 @@ pub enum Problem {
     Method(MethodError),
     Template(TemplateError),
     RateLimit(LimitError),
-    Binary(&'static str),
+    /// A problem said by its message alone (the binary map's, the fetchers' settings').
+    Message(&'static str),
 }
 
 impl fmt::Display for Problem {
@@ -222,7 +223,7 @@ impl fmt::Display for Problem {
             Problem::Method(e) => e.fmt(f),
             Problem::Template(e) => e.fmt(f),
             Problem::RateLimit(e) => e.fmt(f),
-            Problem::Binary(what) => f.write_str(what),
+            Problem::Message(what) => f.write_str(what),
         }
     }
 }
@@ -391,7 +392,7 @@ impl FilterConfig {
 }
 
 /// The wasm filter's `sync` block: `{"namespace": …}`, defaulted.
-fn read_sync_namespace(block: &Value, path: &Path) -> Result<String, ConfigError> {
+pub fn read_sync_namespace(block: &Value, path: &Path) -> Result<String, ConfigError> {
     let sync = Fields::of(block, path, SYNC_FIELDS)?;
     let namespace = sync
         .string("namespace")?

@@ -3,10 +3,14 @@ plugin.wasm taken out of the OCI image, in an Envoy filter configured as istiod 
 from a WasmPlugin (root id = pluginName, no vm_id, configuration = the pluginConfig as JSON),
 with the key map exported by keygatectl merged into deploy/istio/plugin-config.base.json.
 
-Also checks the documented limits: the pluginConfig settings equal the base file's, and the
-sync-mode configuration with no fetcher (what a WasmPlugin can give) refuses with 503.
+Also checks the documented limits: the pluginConfig settings equal the base file's, and
+keygate.wasm configured for the fetcher service (which a WasmPlugin cannot add) refuses
+with 503. Then the sync-mode WasmPlugin (deploy/istio/wasmplugin-sync.yaml) with the
+standalone image's plugin.wasm, polling a running keygatectl through a cluster named the
+Istio way, the sync token from the proxy's environment (vmConfig.env, valueFrom HOST).
 
-Usage: python istio_push_check.py PLUGIN_WASM WORKDIR   (run by scripts/oci-test.sh)
+Usage: python istio_push_check.py PLUGIN_WASM STANDALONE_PLUGIN_WASM WORKDIR
+(run by scripts/oci-test.sh)
 Needs: PyYAML, the envoy binary (ENVOY or the venv's), target/release/keygatectl.
 Everything listens on 127.0.0.1, on free ports."""
 
@@ -28,6 +32,7 @@ CTL = ROOT / "target" / "release" / "keygatectl"
 # The loader that refuses a key given twice (tests/strict_yaml.py), for the shipped file.
 sys.path.insert(0, str(ROOT / "tests"))
 import strict_yaml  # noqa: E402
+import istio  # noqa: E402  (tests/istio.py: Envoy as istiod configures a WasmPlugin)
 
 
 def envoy_binary():
@@ -106,7 +111,7 @@ def listener(name, port, wasm_filter):
 
 
 def main():
-    wasm, work = Path(sys.argv[1]), Path(sys.argv[2])
+    wasm, standalone, work = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     work.mkdir(parents=True, exist_ok=True)
     plugin = strict_yaml.load(ROOT / "deploy/istio/wasmplugin.yaml")
     spec = plugin["spec"]
@@ -170,16 +175,83 @@ def main():
             "keygatectl export): no key 401, exported key 200, unknown key 401")
         status, body = get(f"http://127.0.0.1:{sync_port}/v3/istio-check", key)
         check(status == 503 and "key_map_unavailable" in body, f"sync mode without fetcher: {status} {body}")
-        say("sync-mode pluginConfig without the bootstrap fetcher: 503 key_map_unavailable "
-            "(fails closed), as wasmplugin.yaml documents")
+        say("keygate.wasm in the fetcher service's sync mode, without the fetcher: 503 "
+            "key_map_unavailable (fails closed), as wasmplugin.yaml documents")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
+    sync_check(standalone, work, db, key, env)
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait(predicate, what, log_path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        check(time.monotonic() < deadline, f"{what}:\n" + Path(log_path).read_text()[-3000:])
+        time.sleep(0.1)
+
+
+def sync_check(standalone, work, db, key, env):
+    """wasmplugin-sync.yaml with the standalone image's module: keygatectl serves the map,
+    the filter's leader polls it, every request is judged by the map it publishes."""
+    token = "kgsync_oci_" + os.urandom(16).hex()
+    (work / "sync-token").write_text(token + "\n")
+    os.chmod(work / "sync-token", 0o600)
+    ctl_port, admin_port, listen_port, app_port = free_port(), free_port(), free_port(), free_port()
+    ctl_log = open(work / "keygatectl.log", "wb")
+    ctl = subprocess.Popen(
+        [str(CTL), "--database", str(db), "serve", "--listen", f"127.0.0.1:{ctl_port}",
+         "--sync-token-file", str(work / "sync-token")],
+        stdout=ctl_log, stderr=subprocess.STDOUT, env=dict(env, KEYGATE_ADMIN_TOKEN="kgadm_" + os.urandom(16).hex()))
+    envoy = None
+    try:
+        wait(lambda: get(f"http://127.0.0.1:{ctl_port}/healthz")[0] == 200, "keygatectl not up",
+             work / "keygatectl.log")
+        plugin = istio.load(istio.SYNC_PLUGIN)
+        sync = plugin["spec"]["pluginConfig"]["sync"]
+        check(plugin["spec"]["failStrategy"] == "FAIL_RELOAD", "wasmplugin-sync.yaml: failStrategy")
+        sync["authority"] = "localhost"  # what a loopback keygatectl answers
+        config = istio.envoy_config(plugin, standalone, admin_port, listen_port, app_port,
+                                    {sync["cluster"]: ctl_port})
+        # No app behind it: the route's cluster answers 503 for what keygate lets through.
+        (work / "envoy-sync.yaml").write_text(yaml.safe_dump(config))
+        envoy_log = open(work / "envoy-sync.log", "wb")
+        envoy = subprocess.Popen(
+            [envoy_binary(), "-c", str(work / "envoy-sync.yaml"), "--concurrency", "2",
+             "--disable-hot-restart", "--log-level", "info"],
+            stdout=envoy_log, stderr=subprocess.STDOUT, cwd=work,
+            env=dict(os.environ, **{sync["bearer_token_env"]: token}))
+        url = f"http://127.0.0.1:{listen_port}/v3/istio-check"
+        # Let through (to no app: 503 from the router, not keygate's JSON) once the map is in.
+        wait(lambda: get(url, key)[0] == 503 and "key_map_unavailable" not in get(url, key)[1],
+             "the synced key was not let through", work / "envoy-sync.log")
+        status, body = get(url, "sk_test_" + "0" * 40)
+        check(status == 401, f"sync, unknown key: {status} {body}")
+        status, body = get(url)
+        check(status == 401 and "missing_credentials" in body, f"sync, no key: {status} {body}")
+        stats = get(f"http://127.0.0.1:{admin_port}/stats?filter=keygate.sync")[1]
+        check("wasmcustom.keygate.sync.lease_changes: 1" in stats, f"one lease taken:\n{stats}")
+        check(token not in (work / "envoy-sync.log").read_text(), "the token reached the log")
+        say("the standalone image's plugin.wasm as istiod would configure wasmplugin-sync.yaml: "
+            "keys from a running keygatectl let through, unknown key 401, one VM leads")
+    finally:
+        if envoy:
+            stop(envoy)
+        stop(ctl)
+        ctl_log.close()
 
 
 if __name__ == "__main__":

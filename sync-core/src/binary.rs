@@ -51,7 +51,7 @@ pub fn encode_binary_full(version: u64, map: &KeyMap) -> Vec<u8> {
 fn binary_error(field: &str, what: &'static str) -> ConfigError {
     ConfigError {
         field: field.into(),
-        problem: Problem::Binary(what),
+        problem: Problem::Message(what),
     }
 }
 

@@ -8,7 +8,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::state::Guard;
-use keygate_core::config::{check_version, err, read_document, ConfigError, Problem};
+use keygate_core::config::{check_version, read_document, ConfigError, Problem};
 use keygate_core::fields::{as_f64, Fields, Path};
 use keygate_core::json::Value;
 use keygate_core::shared_data::{is_valid_name, DEFAULT_NAMESPACE};
@@ -97,6 +97,24 @@ const FIELDS: &[&str] = &[
     FETCH_FIELDS[9],
 ];
 
+/// The `sync` block of a filter that fetches for itself: the service's fields but `version`,
+/// and an environment variable as the token's other source.
+const OWN_FETCH_FIELDS: &[&str] = &[
+    "namespace",
+    "cluster",
+    "path",
+    "authority",
+    FETCH_FIELDS[0],
+    FETCH_FIELDS[1],
+    FETCH_FIELDS[2],
+    FETCH_FIELDS[3],
+    FETCH_FIELDS[4],
+    FETCH_FIELDS[5],
+    FETCH_FIELDS[6],
+    FETCH_FIELDS[7],
+    "bearer_token_env",
+];
+
 const POLL_FIELDS: &[&str] = &[
     "url",
     "proxy",
@@ -144,7 +162,7 @@ impl FetchSettings {
         }
         let bearer_token = raw.string("bearer_token")?;
         if let Some(token) = bearer_token {
-            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            if !is_valid_token(token) {
                 return Err(raw.path("bearer_token").error(Problem::BadIdentifier));
             }
         }
@@ -179,33 +197,108 @@ impl ServiceConfig {
         let root = Path::Root;
         let raw = Fields::of(&doc, &root, FIELDS)?;
         check_version(&raw)?;
+        ServiceConfig::read(&raw)
+    }
+
+    /// The service's fields of `raw` (an object that allowed them), errors naming each one
+    /// by its path in the document.
+    fn read(raw: &Fields) -> Result<ServiceConfig, ConfigError> {
         let namespace = raw.string("namespace")?.unwrap_or(DEFAULT_NAMESPACE);
         if !is_valid_name(namespace) {
-            return Err(err("namespace", Problem::BadName));
+            return Err(raw.path("namespace").error(Problem::BadName));
         }
         let cluster = keygate_core::fields::as_str(raw.required("cluster")?, &raw.path("cluster"))?;
-        if !is_valid_name(cluster) {
-            return Err(err("cluster", Problem::BadName));
+        if !is_valid_cluster(cluster) {
+            return Err(raw.path("cluster").error(Problem::Message(CLUSTER_RULE)));
         }
-        let authority = raw.string("authority")?.unwrap_or(cluster);
+        // Without one, the cluster's name: right for a plain name, never for an Istio
+        // outbound cluster (`outbound|8080||host`), whose host is its last part.
+        let authority = match raw.string("authority")? {
+            Some(authority) => authority,
+            None => default_authority(cluster),
+        };
         if !is_valid_name(authority) {
-            return Err(err("authority", Problem::BadName));
+            return Err(raw.path("authority").error(Problem::BadName));
         }
         let path = raw.string("path")?.unwrap_or("/v1/keymap");
         if !path.starts_with('/')
             || path.contains(['?', '#'])
             || !path.bytes().all(|b| b.is_ascii_graphic())
         {
-            return Err(err("path", Problem::BadSyncPath));
+            return Err(raw.path("path").error(Problem::BadSyncPath));
         }
         Ok(ServiceConfig {
             namespace: namespace.to_owned(),
             cluster: cluster.to_owned(),
             path: path.to_owned(),
             authority: authority.to_owned(),
-            fetch: FetchSettings::read(&raw)?,
+            fetch: FetchSettings::read(raw)?,
         })
     }
+}
+
+/// What an Envoy cluster name may be here: Istio's (`outbound|8080||keygatectl.keygate.svc.
+/// cluster.local`), Envoy Gateway's (`httproute/ns/name/rule/0`) and plain names all fit.
+const CLUSTER_RULE: &str = "must be 1-255 visible ASCII characters (an Envoy cluster name)";
+
+pub fn is_valid_cluster(name: &str) -> bool {
+    (1..=255).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The authority a poll names when none is configured: the cluster's name, or the host of
+/// an Istio-style `direction|port|subset|host` name.
+fn default_authority(cluster: &str) -> &str {
+    match cluster.rsplit_once('|') {
+        Some((_, host)) if !host.is_empty() => host,
+        _ => cluster,
+    }
+}
+
+/// A sync token as keygatectl issues them: visible ASCII, not empty.
+pub fn is_valid_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The `sync` block of a filter that polls keygatectl itself (`keygate-standalone.wasm`):
+/// the `keygate_sync` service's settings, read by the same code, under `sync`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnFetchConfig {
+    pub service: ServiceConfig,
+    /// An environment variable of the VM that holds the sync token instead of
+    /// `bearer_token` (Envoy's `vm_config.environment_variables`: Istio's `vmConfig.env`,
+    /// Envoy Gateway's `env.hostKeys`), so the token stays out of the plugin configuration.
+    pub bearer_token_env: Option<String>,
+}
+
+impl OwnFetchConfig {
+    /// Reads a `sync` block (`value`, found at `path`).
+    pub fn read(value: &Value, path: &Path) -> Result<OwnFetchConfig, ConfigError> {
+        let raw = Fields::of(value, path, OWN_FETCH_FIELDS)?;
+        let service = ServiceConfig::read(&raw)?;
+        let env = raw.string("bearer_token_env")?;
+        if let Some(name) = env {
+            if !is_env_name(name) {
+                return Err(raw.path("bearer_token_env").error(Problem::Message(
+                    "must be an environment variable name: 1-128 letters, digits and '_', not starting with a digit",
+                )));
+            }
+            if service.fetch.bearer_token.is_some() {
+                return Err(raw.path("bearer_token_env").error(Problem::Message(
+                    "give either bearer_token or bearer_token_env, not both",
+                )));
+            }
+        }
+        Ok(OwnFetchConfig {
+            service,
+            bearer_token_env: env.map(str::to_owned),
+        })
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 impl PollConfig {
@@ -419,6 +512,84 @@ mod tests {
         ];
         for (json, want) in cases {
             let got = poll(json).err().unwrap_or_default();
+            assert!(got.starts_with(want), "{json}: got {got}");
+        }
+    }
+    fn own(json: &str) -> Result<OwnFetchConfig, String> {
+        let doc = keygate_core::json::parse(json.as_bytes()).map_err(|e| e.to_string())?;
+        let root = Path::Root;
+        let sync = Path::Field(&root, "sync");
+        OwnFetchConfig::read(&doc, &sync).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn istio_and_gateway_cluster_names_are_taken() {
+        let istio = own(r#"{"cluster":"outbound|8080||keygatectl.keygate.svc.cluster.local"}"#)
+            .expect("valid");
+        assert_eq!(
+            istio.service.cluster,
+            "outbound|8080||keygatectl.keygate.svc.cluster.local"
+        );
+        // The authority defaults to the host of an Istio-style name, not the whole name.
+        assert_eq!(
+            istio.service.authority,
+            "keygatectl.keygate.svc.cluster.local"
+        );
+        assert_eq!(istio.service.namespace, "keygate");
+        let eg =
+            own(r#"{"cluster":"httproute/keygate/keygatectl/rule/0","authority":"localhost"}"#)
+                .expect("valid");
+        assert_eq!(eg.service.authority, "localhost");
+        let service = ServiceConfig::parse(br#"{"version":1,"cluster":"outbound|8080||k.ns"}"#)
+            .expect("the fetcher service takes them too");
+        assert_eq!(service.authority, "k.ns");
+    }
+
+    #[test]
+    fn a_filter_s_fetch_block_reads_the_service_s_settings() {
+        let c = own(
+            r#"{"cluster":"kg","path":"/v1/keymap","authority":"localhost","interval_ms":250,
+                "timeout_ms":400,"jitter":0,"bearer_token":"kgsync_x","allow_empty_map":true,
+                "max_removed_fraction":0.25,"namespace":"ns1"}"#,
+        )
+        .expect("valid");
+        assert_eq!(c.service.fetch.interval_ms, 250);
+        assert_eq!(c.service.fetch.timeout_ms, 400);
+        assert_eq!(c.service.fetch.jitter, 0.0);
+        assert_eq!(c.service.fetch.bearer_token.as_deref(), Some("kgsync_x"));
+        assert!(c.service.fetch.guard.allow_empty_map);
+        assert_eq!(c.service.namespace, "ns1");
+        assert_eq!(c.bearer_token_env, None);
+        let env =
+            own(r#"{"cluster":"kg","bearer_token_env":"KEYGATE_SYNC_TOKEN"}"#).expect("valid");
+        assert_eq!(env.bearer_token_env.as_deref(), Some("KEYGATE_SYNC_TOKEN"));
+        assert_eq!(env.service.fetch.bearer_token, None);
+    }
+
+    #[test]
+    fn a_filter_s_fetch_block_errors_name_the_field_under_sync() {
+        let cases = [
+            (r#"{}"#, "invalid keygate config: sync.cluster: required field missing"),
+            (r#"{"cluster":""}"#, "invalid keygate config: sync.cluster: must be 1-255 visible"),
+            (r#"{"cluster":"a b"}"#, "invalid keygate config: sync.cluster: must be 1-255 visible"),
+            (r#"{"cluster":"c","version":1}"#, "invalid keygate config: sync.version: unknown field"),
+            (r#"{"cluster":"c","url":"http://a/"}"#, "invalid keygate config: sync.url: unknown field"),
+            (r#"{"cluster":"c","interval_ms":5}"#, "invalid keygate config: sync.interval_ms: must be between 100"),
+            (r#"{"cluster":"c","timeout_ms":0}"#, "invalid keygate config: sync.timeout_ms: must be between 10"),
+            (r#"{"cluster":"c","path":"x"}"#, "invalid keygate config: sync.path: must start with '/'"),
+            (r#"{"cluster":"c","authority":"a|b"}"#, "invalid keygate config: sync.authority: must be 1-128"),
+            (r#"{"cluster":"c","namespace":"a b"}"#, "invalid keygate config: sync.namespace: must be 1-128"),
+            (r#"{"cluster":"c","bearer_token":""}"#, "invalid keygate config: sync.bearer_token: must be"),
+            (r#"{"cluster":"c","bearer_token_env":"1X"}"#, "invalid keygate config: sync.bearer_token_env: must be an environment variable name"),
+            (r#"{"cluster":"c","bearer_token_env":"A-B"}"#, "invalid keygate config: sync.bearer_token_env: must be an environment variable name"),
+            (
+                r#"{"cluster":"c","bearer_token_env":"T","bearer_token":"kgsync_x"}"#,
+                "invalid keygate config: sync.bearer_token_env: give either bearer_token or bearer_token_env, not both",
+            ),
+            (r#"{"cluster":"c","jitter":"0.1"}"#, "invalid keygate config: sync.jitter: expected a number"),
+        ];
+        for (json, want) in cases {
+            let got = own(json).err().unwrap_or_default();
             assert!(got.starts_with(want), "{json}: got {got}");
         }
     }
