@@ -132,10 +132,11 @@ soak: build venv
 
 # Throughput, latency and CPU against Envoy's native filter, Lua and a floor wasm filter;
 # a million keys; sync cost; delta polls while unknown-since polls hammer keygatectl; a bulk
-# import of 100,000 keys reaching syncing Envoys.
-# Writes BENCHMARKS.md. Needs a quiet machine (~12 min).
+# import of 100,000 keys reaching syncing Envoys; a roll reaching every worker watching vs
+# polling, and a fleet of 10,000 watchers (SQLite, then two PostgreSQL replicas on a
+# throwaway server). Writes BENCHMARKS.md. Needs a quiet machine (~25 min).
 bench:
-	bash bench/run.sh --instructions --million --sync-cost --unknown-since --rate-limits --bulk-import $(BENCH_ARGS)
+	$(WITH_PG) bash bench/run.sh --instructions --million --sync-cost --unknown-since --rate-limits --bulk-import --watch $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -216,6 +216,8 @@ struct Leading {
 struct InFlight {
     token: u32,
     sent_ms: u64,
+    /// The call's own timeout (a watch's sits above its wait).
+    timeout_ms: u64,
 }
 
 impl OwnSync {
@@ -278,7 +280,7 @@ impl OwnSync {
         if let Some(call) = leading.in_flight {
             let limit = call
                 .sent_ms
-                .saturating_add(config.fetch.timeout_ms)
+                .saturating_add(call.timeout_ms)
                 .saturating_add(LOST_CALL_GRACE_MS);
             if now < limit {
                 return;
@@ -309,13 +311,14 @@ impl OwnSync {
                 .map(|(name, value)| (name.as_bytes(), value.as_bytes())),
         );
         let headers = header_pairs::serialize(&pairs);
-        // timeout_ms is at most 60 s (the settings' range): it fits.
-        let timeout = u32::try_from(config.fetch.timeout_ms).unwrap_or(u32::MAX);
+        // A watch's timeout sits above its wait (together at most 120 s: it fits).
+        let timeout = u32::try_from(request.timeout_ms).unwrap_or(u32::MAX);
         match callout::http_call(&config.cluster, &headers, &[], timeout) {
             Ok(token) => {
                 leading.in_flight = Some(InFlight {
                     token,
                     sent_ms: now,
+                    timeout_ms: request.timeout_ms,
                 })
             }
             Err(status) => {

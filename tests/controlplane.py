@@ -18,6 +18,7 @@ class ScriptedControlPlane(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
         self.polls = []
+        self.answered = []  # (path, status) of every answer, in order
         self.poll_times = []  # time.monotonic() of each poll, in order
         # Headers sent with the next answer only (e.g. the fault build's trap), then cleared.
         self.headers_once = {}
@@ -31,6 +32,8 @@ class ScriptedControlPlane(ThreadingHTTPServer):
         self.report_auth = set()  # the authorization headers reports came with
         self.hang = False
         self.down = False  # drop every request without an answer, as a dead server would
+        # Refuse `wait` with 400, as a keygatectl from before watches (unknown parameter).
+        self.refuse_watch = False
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -106,12 +109,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         content_type = "application/json"
         etag = f'"{store}:{version}"' if store else f'"{version}"'
-        if override:
+        if server.refuse_watch and "wait=" in self.path:
+            status, body = 400, b'{"error":{"code":"invalid_request","message":"query: unknown field `wait`"}}'
+        elif override:
             status, body, content_type = override
         elif self.headers.get("if-none-match") == etag:
             status, body = 304, b""
         else:
             status = 200
+        with server.lock:
+            server.answered.append((self.path, status))
         self.send_response(status)
         self.send_header("etag", etag)
         self.send_header("content-type", content_type)

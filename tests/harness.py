@@ -170,7 +170,7 @@ def wasm_services(config):
 
 
 # The fetcher service's fields that the native module's `sync` block also reads.
-FETCH_FIELDS = ("interval_ms", "timeout_ms", "jitter", "bearer_token", "allow_empty_map",
+FETCH_FIELDS = ("watch", "wait", "interval_ms", "timeout_ms", "jitter", "bearer_token", "allow_empty_map",
                 "max_removed_fraction", "usage_reports", "usage_interval_ms")
 
 

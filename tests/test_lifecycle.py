@@ -14,13 +14,15 @@ from ctl import CTL, Keygatectl
 INTERVAL_MS = 200
 
 
-def start_envoy(upstream, ctl):
+def start_envoy(upstream, ctl, **settings):
+    """Envoy watching `ctl` (fetcher `settings` over the suite's)."""
     config = harness.load_example("envoy-sync.yaml")
     ports = {9901: harness.free_port(), 10000: harness.free_port(),
              8081: upstream.server_address[1], 8080: ctl.port}
     config = harness.localize(config, ports)
     service = harness.service_config(config)
     service.update({"interval_ms": INTERVAL_MS, "timeout_ms": 500, "bearer_token": ctl.sync_token})
+    service.update(settings)
     harness.set_service_config(config, service)
     envoy = harness.Envoy(config, concurrency=2)
     envoy.start()

@@ -26,7 +26,9 @@ def start_sync_envoy(upstream, cp, plugin_overrides=None, service_overrides=None
     plugin.update(plugin_overrides or {})
     harness.set_plugin_config(config, plugin)
     service = harness.service_config(config)
-    service.update({"interval_ms": INTERVAL_MS, "timeout_ms": 500})
+    # The stand-in answers watches at once, as a keygatectl that ignores `wait` would; a
+    # one-second wait keeps a hanging answer's timeout (the wait, then timeout_ms) short.
+    service.update({"interval_ms": INTERVAL_MS, "timeout_ms": 500, "wait": 1})
     service.update(service_overrides or {})
     harness.set_service_config(config, service)
     envoy = harness.Envoy(config, concurrency=2)
@@ -123,11 +125,17 @@ def test_a_roll_reaches_every_worker_within_the_interval(synced, cp, keyset):
 
 
 def test_unchanged_maps_are_answered_304_and_polled_with_the_version(synced, cp):
-    time.sleep(INTERVAL_MS / 1000 * 3)
-    later = [p for p in cp.polls[1:]]
-    assert later, "the fetcher keeps polling"
-    assert all(inm == '"1"' and path.endswith("?since=1") for path, inm in later)
+    # The stand-in ignores `wait` and answers each watch 304 at once: the fetcher asks again
+    # after the interval, never at once (no spin).
+    start, first = time.monotonic(), len(cp.polls)
+    wait_for(lambda: len(cp.polls) >= first + 4)
+    elapsed, later = time.monotonic() - start, cp.polls[1:]
+    assert all(inm == '"1"' and path.endswith("?since=1&wait=1") for path, inm in later), later
     assert synced.counters(harness.STATS + "keygate.sync.")["not_modified"] >= 1
+    # A rate bound, not a time limit: a slower machine only polls less. Polls are at least
+    # the interval less its jitter share and one 100 ms tick apart.
+    least_gap = INTERVAL_MS * 0.9 / 1000 - 0.1
+    assert len(cp.polls) - first <= elapsed / least_gap + 2, (len(cp.polls), elapsed)
 
 
 @pytest.mark.parametrize(
@@ -170,11 +178,25 @@ def test_control_plane_down_then_back(synced, cp, keyset):
     assert synced.counters(harness.STATS + "keygate.sync.")["version"] == 2
 
 
+def test_a_control_plane_that_refuses_wait_is_polled_without_it(synced, cp, keyset):
+    # A keygatectl from before watches answers 400 to the unknown parameter.
+    cp.refuse_watch = True
+    wait_for(lambda: any(status == 400 for _, status in cp.answered))
+    new = keylib.make_key()
+    cp.publish(keyset.entries + [keylib.entry(new, "acct_x", "k_new", "secret", "test")])
+    wait_for(lambda: statuses(synced, new) == {200})
+    refused = next(i for i, (_, status) in enumerate(cp.answered) if status == 400)
+    later = [path for path, _ in cp.answered[refused + 1:]]
+    assert later and not any("wait=" in path for path in later), later
+    assert synced.counters(harness.STATS + "keygate.sync.")["errors"] >= 1
+
+
 def test_a_hanging_control_plane_times_out_and_the_map_keeps_serving(synced, cp, keyset):
     cp.hang = True
-    time.sleep(1.2)
+    # Timed out after the wait and timeout_ms beyond it.
+    wait_for(lambda: synced.counters(harness.STATS + "keygate.sync.").get("errors", 0) >= 1,
+             timeout=15)
     assert statuses(synced, keyset.keys["sk_test"]) == {200}
-    assert synced.counters(harness.STATS + "keygate.sync.")["errors"] >= 1
     cp.hang = False
 
 

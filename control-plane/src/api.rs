@@ -114,7 +114,14 @@ impl AppState {
     }
 
     pub fn set_admin_digest(&self, digest: Option<Digest>) {
-        *self.admin_digest.write().unwrap_or_else(|e| e.into_inner()) = digest;
+        let old = std::mem::replace(
+            &mut *self.admin_digest.write().unwrap_or_else(|e| e.into_inner()),
+            digest,
+        );
+        if old.is_some() && old != digest {
+            // Held key-map watches check their token again.
+            self.keymap.wake_watches();
+        }
     }
 
     /// The current admin token's digest (the web page's sign-in checks against it).
@@ -126,8 +133,23 @@ impl AppState {
     /// the key map is open.
     pub fn set_sync_digest(&self, digest: Digest) {
         if let Some(sync) = &self.sync_digest {
-            *sync.write().unwrap_or_else(|e| e.into_inner()) = digest;
+            let old = std::mem::replace(
+                &mut *sync.write().unwrap_or_else(|e| e.into_inner()),
+                digest,
+            );
+            if old != digest {
+                // Held key-map watches check their token again.
+                self.keymap.wake_watches();
+            }
         }
+    }
+
+    /// Whether `headers` may read the key map now, checked without a throttle's side
+    /// effects: what a held watch asks again when woken.
+    pub(crate) fn key_map_token_passes(&self, headers: &HeaderMap) -> bool {
+        !self.key_map_requires_token()
+            || Self::presented_token(headers)
+                .is_some_and(|t| self.is_sync_token(t) || self.is_admin_token(t))
     }
 
     pub fn key_map_requires_token(&self) -> bool {
@@ -147,6 +169,7 @@ impl AppState {
         };
         self.health.store_answered();
         crate::metrics::keymap_status(status.store.as_str(), status.version);
+        crate::keymap_endpoint::prepare_delta_for_watches(self, &status);
         match self.keymap.observe(status) {
             Observed::Current => {}
             Observed::NewLineage { previous } => {
@@ -344,6 +367,10 @@ impl ApiError {
 
     pub(crate) fn too_large(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    pub(crate) fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 
     /// Details go to the log only; the answer says nothing about the store.

@@ -1,10 +1,17 @@
 //! What the key-map endpoint keeps in memory: the store's identity and current version (so a
-//! poll that changes nothing is answered 304 without touching the database) and the last
-//! full map in each encoding.
+//! poll that changes nothing is answered 304 without touching the database), the last full
+//! map in each encoding, the deltas to the current version asked for since it came, and the
+//! channel that wakes every held watch when the version moves (or the server closes).
 
 use crate::store::{KeyMapStatus, StoreId};
 use axum::body::Bytes;
 use std::sync::{Mutex, RwLock};
+use tokio::sync::watch;
+
+/// Deltas to the current version kept at once (one per `since` asked for), and the largest
+/// kept: a change wakes every watch at one `since`, and they share one query and one body.
+const DELTAS_KEPT: usize = 16;
+const DELTA_KEPT_BYTES: usize = 4 << 20;
 
 /// The `ETag` of a key-map version: `"<store id>:<version>"`.
 pub fn etag(store: &StoreId, version: u64) -> String {
@@ -68,9 +75,29 @@ pub enum Observed {
     NewLineage { previous: StoreId },
 }
 
+/// What held watches wait on: bumped on every change of store or version, and once more
+/// (with `closing`) when the server shuts down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchSignal {
+    pub generation: u64,
+    pub closing: bool,
+}
+
+struct CachedDelta {
+    store: StoreId,
+    since: u64,
+    version: u64,
+    body: Bytes,
+}
+
 pub struct KeyMapCache {
     status: RwLock<KeyMapStatus>,
     full: [Mutex<Option<CachedFull>>; 2],
+    /// Deltas to the current version, dropped whenever it moves.
+    deltas: Mutex<Vec<CachedDelta>>,
+    /// One delta query at a time: watches woken together wait for the first one's answer.
+    pub delta_build: tokio::sync::Mutex<()>,
+    signal: watch::Sender<WatchSignal>,
 }
 
 impl KeyMapCache {
@@ -78,7 +105,39 @@ impl KeyMapCache {
         KeyMapCache {
             status: RwLock::new(status),
             full: [Mutex::new(None), Mutex::new(None)],
+            deltas: Mutex::new(Vec::new()),
+            delta_build: tokio::sync::Mutex::new(()),
+            signal: watch::Sender::new(WatchSignal::default()),
         }
+    }
+
+    /// A receiver that sees every later change of the map's store or version: subscribe
+    /// first, then read the status, so no change falls between the two.
+    pub fn subscribe(&self) -> watch::Receiver<WatchSignal> {
+        self.signal.subscribe()
+    }
+
+    /// How many watches are held now.
+    pub fn watches_held(&self) -> usize {
+        self.signal.receiver_count()
+    }
+
+    /// Wakes every held watch: one pass over the waiters, whatever their number.
+    pub fn wake_watches(&self) {
+        self.signal
+            .send_modify(|s| s.generation = s.generation.wrapping_add(1));
+    }
+
+    /// Ends every held watch (the server is shutting down), and any that starts after.
+    pub fn close_watches(&self) {
+        self.signal.send_modify(|s| {
+            s.generation = s.generation.wrapping_add(1);
+            s.closing = true;
+        });
+    }
+
+    pub fn closing(&self) -> bool {
+        self.signal.borrow().closing
     }
 
     /// Takes a status read from the store. Never goes back to an older version of the same
@@ -90,6 +149,8 @@ impl KeyMapCache {
         if status.store != current.store {
             let previous = std::mem::replace(&mut *current, status).store;
             self.drop_full_maps();
+            drop(current);
+            self.wake_watches();
             return Observed::NewLineage { previous };
         }
         if status.version < current.version {
@@ -97,7 +158,12 @@ impl KeyMapCache {
                 cached: current.version,
             };
         }
+        let moved = status.version != current.version;
         *current = status;
+        drop(current);
+        if moved {
+            self.wake_watches();
+        }
         Observed::Current
     }
 
@@ -106,12 +172,51 @@ impl KeyMapCache {
         let mut current = self.status.write().unwrap_or_else(|e| e.into_inner());
         *current = status;
         self.drop_full_maps();
+        drop(current);
+        self.wake_watches();
     }
 
     fn drop_full_maps(&self) {
         for full in &self.full {
             *full.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
+        self.deltas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// The delta from `since` to the current version, if one was answered since it came.
+    pub fn cached_delta(&self, now: u64, since: u64) -> Option<(StoreId, u64, Bytes)> {
+        let (store, version) = self.fresh(now)?;
+        let deltas = self.deltas.lock().unwrap_or_else(|e| e.into_inner());
+        deltas
+            .iter()
+            .find(|d| d.since == since && d.version == version && d.store == store)
+            .map(|d| (store, version, d.body.clone()))
+    }
+
+    /// Keeps a delta answered from the store, while it leads to the current version (or a
+    /// newer one the status has not caught up with yet).
+    pub fn remember_delta(&self, store: &StoreId, since: u64, version: u64, body: Bytes) {
+        if body.len() > DELTA_KEPT_BYTES {
+            return;
+        }
+        let current = self.status();
+        let mut deltas = self.deltas.lock().unwrap_or_else(|e| e.into_inner());
+        deltas.retain(|d| d.store == current.store && d.version >= current.version);
+        if current.store != *store || version < current.version {
+            return;
+        }
+        if deltas.len() >= DELTAS_KEPT {
+            deltas.remove(0);
+        }
+        deltas.push(CachedDelta {
+            store: store.clone(),
+            since,
+            version,
+            body,
+        });
     }
 
     /// The store and version cached, whether or not an expiry is due.
@@ -120,6 +225,14 @@ impl KeyMapCache {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The current version's next expiry (unix seconds), if any key has one.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_expiry
     }
 
     /// The store and current version while it is still exact: `None` once a key's expiry
@@ -216,6 +329,64 @@ mod tests {
         // Confirmed by the store: the database went back.
         cache.reset(status('a', 2, None));
         assert_eq!(cache.fresh(0), Some((store('a'), 2)));
+    }
+
+    #[test]
+    fn a_new_version_or_store_wakes_watches_and_an_older_or_same_one_does_not() {
+        let cache = KeyMapCache::new(status('a', 5, None));
+        let mut watch = cache.subscribe();
+        cache.observe(status('a', 5, Some(9)));
+        cache.observe(status('a', 4, None));
+        assert!(!watch.has_changed().expect("open"), "nothing moved");
+        cache.observe(status('a', 6, None));
+        assert!(watch.has_changed().expect("open"));
+        watch.borrow_and_update();
+        cache.observe(status('b', 1, None));
+        assert!(watch.has_changed().expect("open"), "another store");
+        watch.borrow_and_update();
+        cache.reset(status('b', 1, None));
+        assert!(watch.has_changed().expect("open"), "a reset");
+        assert!(!watch.borrow_and_update().closing);
+        cache.close_watches();
+        assert!(watch.borrow_and_update().closing);
+        assert!(cache.closing());
+    }
+
+    #[test]
+    fn deltas_are_kept_for_the_current_version_only() {
+        let cache = KeyMapCache::new(status('a', 5, None));
+        cache.remember_delta(&store('a'), 4, 5, Bytes::from_static(b"4-5"));
+        cache.remember_delta(&store('a'), 3, 4, Bytes::from_static(b"old"));
+        cache.remember_delta(&store('b'), 4, 5, Bytes::from_static(b"other"));
+        assert_eq!(
+            cache.cached_delta(0, 4),
+            Some((store('a'), 5, Bytes::from_static(b"4-5")))
+        );
+        assert_eq!(cache.cached_delta(0, 3), None);
+        // A delta to a version the status has not caught up with waits for it.
+        cache.remember_delta(&store('a'), 5, 6, Bytes::from_static(b"5-6"));
+        assert_eq!(cache.cached_delta(0, 5), None);
+        cache.observe(status('a', 6, None));
+        assert_eq!(cache.cached_delta(0, 5).map(|d| d.1), Some(6));
+        assert_eq!(cache.cached_delta(0, 4), None, "its version has passed");
+        for since in 0..40 {
+            cache.remember_delta(&store('a'), since, 6, Bytes::from_static(b"x"));
+        }
+        assert!(cache.deltas.lock().expect("lock").len() <= DELTAS_KEPT);
+        cache.remember_delta(
+            &store('a'),
+            99,
+            6,
+            Bytes::from(vec![0u8; DELTA_KEPT_BYTES + 1]),
+        );
+        assert_eq!(cache.cached_delta(0, 99), None, "too large to keep");
+        // Stale (an expiry due): nothing from memory.
+        cache.observe(status('a', 7, Some(10)));
+        cache.remember_delta(&store('a'), 6, 7, Bytes::from_static(b"6-7"));
+        assert!(cache.cached_delta(9, 6).is_some());
+        assert_eq!(cache.cached_delta(10, 6), None);
+        cache.reset(status('a', 7, None));
+        assert_eq!(cache.cached_delta(0, 6), None, "a reset drops them");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `GET /v1/keymap[?since=<version>&store=<store id>]`: the key map the filters poll.
+//! `GET /v1/keymap[?since=<version>&store=<store id>[&wait=<seconds>]]`: the key map the
+//! filters poll, or watch.
 //!
 //! Every answer (200 full, 200 delta, 304) names the store it comes from in the
 //! `keygate-store` header and in its ETag, `"<store>:<version>"`. A delta is answered only
@@ -15,7 +16,7 @@ use crate::keymap::{etag, if_none_match_matches, Encoding};
 use crate::log::log_event;
 use crate::metrics;
 use crate::slotted_body::SlottedBody;
-use crate::store::{DeltaLookup, StoreId, StoredKeyMap};
+use crate::store::{DeltaLookup, KeyMapStatus, StoreId, StoredKeyMap};
 use crate::web::ClientIp;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -28,22 +29,29 @@ use keygate_sync_core::message::KeyMapMessage;
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::time::Instant as TokioInstant;
 
 /// The response header naming the store an answer comes from.
 pub const STORE_HEADER: HeaderName = HeaderName::from_static("keygate-store");
 
+/// The longest a watch is held; a longer `wait` is taken as this.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeyMapQuery {
-    since: Option<u64>,
+    since: Option<String>,
     store: Option<String>,
+    wait: Option<String>,
 }
 
 /// What a poll asked for, checked.
 struct Poll {
     since: Option<u64>,
     store: Option<StoreId>,
+    /// How long to hold it while `since` is the current version (zero: not at all).
+    wait: Duration,
 }
 
 fn parse_poll(query: Result<Query<KeyMapQuery>, QueryRejection>) -> Result<Poll, ApiError> {
@@ -54,10 +62,93 @@ fn parse_poll(query: Result<Query<KeyMapQuery>, QueryRejection>) -> Result<Poll,
             ApiError::invalid("store must be a store id: 32 lowercase hex characters")
         })?),
     };
-    Ok(Poll {
-        since: query.since,
-        store,
-    })
+    let since =
+        match query.since.as_deref() {
+            None => None,
+            Some(text) => Some(whole_number(text).and_then(|n| n.parse().ok()).ok_or_else(
+                || ApiError::invalid("since must be a key map version: a whole number"),
+            )?),
+        };
+    let wait = match query.wait.as_deref() {
+        None => Duration::ZERO,
+        // All digits but too many for a u64: as long as the longest.
+        Some(text) => whole_number(text)
+            .map(|n| Duration::from_secs(n.parse().unwrap_or(u64::MAX)).min(MAX_WAIT))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "wait must be a whole number of seconds (at most {} is held)",
+                    MAX_WAIT.as_secs()
+                ))
+            })?,
+    };
+    Ok(Poll { since, store, wait })
+}
+
+/// `text` when it is ASCII digits only (no sign, space or point).
+fn whole_number(text: &str) -> Option<&str> {
+    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then_some(text)
+}
+
+/// How a held watch ended.
+enum Held {
+    /// The wait ended with the map still at the version asked about.
+    Unchanged(StoreId, u64),
+    /// The map moved on (or an expiry came due, or the token changed): answer as any poll,
+    /// the token checked again.
+    Moved,
+    /// The server is shutting down.
+    Closing,
+}
+
+/// Holds a watch on `since` (the current version of `store`) until the version moves, a
+/// key's expiry comes due, the tokens change, the server closes, or `wait` ends.
+async fn hold(
+    state: &AppState,
+    headers: &HeaderMap,
+    store: StoreId,
+    since: u64,
+    wait: Duration,
+) -> Held {
+    // Subscribed first, then the status read again: no change falls between the two.
+    let mut signal = state.keymap.subscribe();
+    let still = |state: &AppState| state.keymap.fresh(now_unix()) == Some((store.clone(), since));
+    if !still(state) {
+        return Held::Moved;
+    }
+    // Counted as open until this returns, or the client leaves (the future is dropped).
+    let _open = metrics::watch_opened();
+    let wait_end = TokioInstant::now() + wait;
+    loop {
+        if signal.borrow_and_update().closing {
+            return Held::Closing;
+        }
+        // A grace period that ends during the wait: wake just after, so the purge comes
+        // with this answer rather than at the next purge pass.
+        let expiry = state.keymap.next_expiry().map(|at| {
+            let after = at.saturating_sub(now_unix()).saturating_add(1);
+            TokioInstant::now() + Duration::from_secs(after)
+        });
+        let until = expiry.map_or(wait_end, |e| e.min(wait_end));
+        tokio::select! {
+            changed = signal.changed() => {
+                if changed.is_err() {
+                    return Held::Closing;
+                }
+                // Token rotations wake the watches too: this one's may be out.
+                if !state.key_map_token_passes(headers) {
+                    return Held::Moved;
+                }
+            }
+            () = tokio::time::sleep_until(until) => {
+                if TokioInstant::now() >= wait_end {
+                    return if still(state) { Held::Unchanged(store, since) } else { Held::Moved };
+                }
+            }
+        }
+        if !still(state) {
+            return Held::Moved;
+        }
+    }
 }
 
 pub(crate) async fn key_map(
@@ -73,6 +164,25 @@ pub(crate) async fn key_map(
         Ok(poll) => poll,
         Err(e) => return e.into_response(),
     };
+    if !poll.wait.is_zero() {
+        if state.keymap.closing() {
+            return closing();
+        }
+        let cached = state.keymap.fresh(now_unix());
+        if let (Some((store, version)), Some(since)) = (cached, poll.since) {
+            if since == version && is_store(poll.store.as_ref(), &store) {
+                match hold(&state, &headers, store, since, poll.wait).await {
+                    Held::Unchanged(store, version) => return not_modified(&store, version),
+                    Held::Closing => return closing(),
+                    Held::Moved => {}
+                }
+                // The sync token may have been rotated meanwhile.
+                if let Err(refused) = state.authorize_key_map(&headers, ip).await {
+                    return refused;
+                }
+            }
+        }
+    }
     let if_none_match = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
@@ -120,12 +230,36 @@ where
 
 /// The delta since `since`, or `None` when the full map must answer. `stale`: the cached
 /// status had a grace period end, which the lookup purges; the status is read again after.
+/// Otherwise polls asking for the same delta (watches a change woke together) share one
+/// query: the first asks the store, the others find its answer in memory.
 async fn delta(
     state: &Arc<AppState>,
     since: u64,
     wanted_store: Option<&StoreId>,
     stale: bool,
 ) -> Result<Option<Response>, ApiError> {
+    let remembered = || {
+        state
+            .keymap
+            .cached_delta(now_unix(), since)
+            .filter(|(store, _, _)| is_store(wanted_store, store))
+            .map(|(store, version, body)| {
+                metrics::keymap_answer(metrics::Answer::Delta, body.len());
+                answer(&store, version, body, Encoding::Json)
+            })
+    };
+    let _one_at_a_time = if stale {
+        None
+    } else {
+        if let Some(answer) = remembered() {
+            return Ok(Some(answer));
+        }
+        let turn = state.keymap.delta_build.lock().await;
+        if let Some(answer) = remembered() {
+            return Ok(Some(answer));
+        }
+        Some(turn)
+    };
     let lookup = blocking(state, move |state| {
         let lookup = state
             .service()
@@ -142,6 +276,10 @@ async fn delta(
         // The store may have changed lineage since the cache was read.
         DeltaLookup::Delta(stored) if is_store(wanted_store, &stored.store) => {
             let body = encode_json(&stored.message)?;
+            let version = stored.message.version();
+            state
+                .keymap
+                .remember_delta(&stored.store, since, version, body.clone());
             metrics::keymap_answer(metrics::Answer::Delta, body.len());
             Ok(Some(answer(
                 &stored.store,
@@ -166,6 +304,31 @@ async fn delta(
             Ok(None)
         }
         _ => Ok(None),
+    }
+}
+
+/// Before a new version (`next`) wakes the held watches: the delta from the version they
+/// hold, read once and kept, so that all of them find it in memory at once instead of
+/// queueing for one query. Blocking; nothing to do while no watch is held.
+pub(crate) fn prepare_delta_for_watches(state: &AppState, next: &KeyMapStatus) {
+    let held = state.keymap.status();
+    if state.keymap.watches_held() == 0 || next.store != held.store || next.version <= held.version
+    {
+        return;
+    }
+    let since = held.version;
+    match state.service().store().key_map_delta(since, now_unix()) {
+        Ok(DeltaLookup::Delta(stored)) => {
+            if let Ok(body) = encode_json(&stored.message) {
+                let version = stored.message.version();
+                state
+                    .keymap
+                    .remember_delta(&stored.store, since, version, body);
+            }
+        }
+        // The watches ask the store themselves.
+        Ok(_) => {}
+        Err(e) => log_event(&format!("cannot read the delta for held watches: {e}")),
     }
 }
 
@@ -294,6 +457,18 @@ fn empty_delta(store: &StoreId, version: u64) -> Response {
     }
 }
 
+/// A watch ended by the server's shutdown: the fetcher asks again at once (another replica,
+/// or this one once it is back).
+fn closing() -> Response {
+    let mut response =
+        ApiError::unavailable("shutting_down", "keygatectl is shutting down; ask again")
+            .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 fn not_modified(store: &StoreId, version: u64) -> Response {
     metrics::keymap_answer(metrics::Answer::NotModified, 0);
     let mut response = StatusCode::NOT_MODIFIED.into_response();
@@ -352,6 +527,8 @@ mod tests {
     struct SlowFullMaps {
         inner: SqliteStore,
         full_reads: AtomicU64,
+        /// Delta lookups (one per change however many watches it wakes).
+        delta_reads: AtomicU64,
     }
 
     impl crate::store::CustomerStore for SlowFullMaps {
@@ -562,6 +739,7 @@ mod tests {
             Ok(answer)
         }
         fn key_map_delta(&self, since: u64, now: u64) -> StoreResult<DeltaLookup> {
+            self.delta_reads.fetch_add(1, Ordering::SeqCst);
             self.inner.key_map_delta(since, now)
         }
         fn key_map_status(&self) -> StoreResult<KeyMapStatus> {
@@ -610,6 +788,7 @@ mod tests {
         let store = Arc::new(SlowFullMaps {
             inner: SqliteStore::open(&dir.path().join("keygate.db")).expect("open"),
             full_reads: AtomicU64::new(0),
+            delta_reads: AtomicU64::new(0),
         });
         let status = store.key_map_status().expect("status");
         let state = Arc::new(AppState::new(
@@ -677,5 +856,291 @@ mod tests {
         poll(false);
         poll(true);
         assert_eq!(store.full_reads.load(Ordering::SeqCst), 2);
+    }
+
+    /// A server over a fresh SQLite store with one account, the key map open (or behind
+    /// `sync_token`), on a runtime of its own.
+    struct Served {
+        _dir: tempfile::TempDir,
+        store: Arc<SlowFullMaps>,
+        state: Arc<AppState>,
+        address: std::net::SocketAddr,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    impl Served {
+        fn start(sync_token: Option<&str>) -> Served {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Arc::new(SlowFullMaps {
+                inner: SqliteStore::open(&dir.path().join("keygate.db")).expect("open"),
+                full_reads: AtomicU64::new(0),
+                delta_reads: AtomicU64::new(0),
+            });
+            let service = Service::new(Arc::clone(&store) as Arc<dyn Store>);
+            service.create_account(Some("acme"), 1).expect("account");
+            let status = store.key_map_status().expect("status");
+            let access = match sync_token {
+                Some(token) => KeyMapAccess::Token(Digest::of_key(token)),
+                None => KeyMapAccess::Open,
+            };
+            let state = Arc::new(AppState::new(
+                service,
+                None,
+                access,
+                KeyMapCache::new(status),
+            ));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .expect("bind");
+            let address = listener.local_addr().expect("address");
+            let app = router(Arc::clone(&state));
+            runtime.spawn(async move {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .await
+            });
+            Served {
+                _dir: dir,
+                store,
+                state,
+                address,
+                runtime,
+            }
+        }
+
+        fn current(&self) -> (StoreId, u64) {
+            let status = self.state.keymap.status();
+            (status.store, status.version)
+        }
+
+        /// (status, ETag, body) of a GET of the key map with `query`.
+        fn get(&self, query: &str, token: Option<&str>) -> (u16, Option<String>, String) {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .proxy(None)
+                .build()
+                .into();
+            let mut request = agent.get(format!("http://{}/v1/keymap{query}", self.address));
+            if let Some(token) = token {
+                request = request.header("authorization", &format!("Bearer {token}"));
+            }
+            let mut answer = request.call().expect("answered");
+            let etag = answer
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = answer.body_mut().read_to_string().expect("body");
+            (answer.status().as_u16(), etag, body)
+        }
+
+        /// A change through the service, as the API makes it (the status refreshed after).
+        fn change(&self) {
+            self.state
+                .service()
+                .create_account(Some("globex"), 2)
+                .expect("account");
+            self.state.refresh_key_map_status();
+        }
+
+        fn watch_query(&self, wait: u64) -> String {
+            let (store, version) = self.current();
+            format!("?since={version}&store={store}&wait={wait}")
+        }
+    }
+
+    /// Waits for `done` with a deadline (no fixed sleep).
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "not in time: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// How many watches the server holds now.
+    fn held(served: &Served) -> usize {
+        served.state.keymap.watches_held()
+    }
+
+    #[test]
+    fn one_change_answers_every_held_watch_with_one_delta_query() {
+        let served = Served::start(None);
+        let query = served.watch_query(60);
+        let (_, before) = served.current();
+        let answers = std::thread::scope(|scope| {
+            let watches: Vec<_> = (0..24)
+                .map(|_| scope.spawn(|| served.get(&query, None)))
+                .collect();
+            eventually("every watch is held", || held(&served) == 24);
+            assert_eq!(served.store.delta_reads.load(Ordering::SeqCst), 0);
+            served.change();
+            watches
+                .into_iter()
+                .map(|w| w.join().expect("watch"))
+                .collect::<Vec<_>>()
+        });
+        let (store, after) = served.current();
+        assert!(after > before);
+        for (status, etag, body) in &answers {
+            assert_eq!(*status, 200);
+            assert_eq!(etag.as_deref(), Some(etag_of(&store, after).as_str()));
+            assert!(
+                body.starts_with(r#"{"kind":"delta""#) && body.contains("\"upserts\":[{"),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            served.store.delta_reads.load(Ordering::SeqCst),
+            1,
+            "one query for all the watches it woke"
+        );
+        assert_eq!(held(&served), 0);
+    }
+
+    fn etag_of(store: &StoreId, version: u64) -> String {
+        crate::keymap::etag(store, version)
+    }
+
+    #[test]
+    fn a_watch_whose_wait_ends_unchanged_gets_304_from_memory() {
+        let served = Served::start(None);
+        let (store, version) = served.current();
+        let started = Instant::now();
+        let (status, etag, body) = served.get(&served.watch_query(1), None);
+        assert_eq!(status, 304);
+        assert_eq!(etag, Some(etag_of(&store, version)));
+        assert!(body.is_empty());
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "held for its wait"
+        );
+        assert_eq!(served.store.delta_reads.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_watch_that_is_behind_or_ahead_is_answered_at_once() {
+        let served = Served::start(None);
+        let (store, old) = served.current();
+        served.change();
+        // Behind: the delta at once, however long the wait.
+        let (status, _, body) = served.get(&format!("?since={old}&store={store}&wait=60"), None);
+        assert_eq!(status, 200);
+        assert!(body.starts_with(r#"{"kind":"delta""#), "{body}");
+        // Ahead (the database went back): the full map at once, as for a poll.
+        let (_, now) = served.current();
+        let ahead = now + 1_000_000;
+        let (status, _, body) = served.get(&format!("?since={ahead}&store={store}&wait=60"), None);
+        assert_eq!(status, 200);
+        assert!(body.starts_with(r#"{"kind":"full""#), "{body}");
+        // Another store's version: the full map at once.
+        let other = "0".repeat(32);
+        let (status, _, body) = served.get(&format!("?since={now}&store={other}&wait=60"), None);
+        assert_eq!(status, 200);
+        assert!(body.starts_with(r#"{"kind":"full""#), "{body}");
+    }
+
+    #[test]
+    fn nonsense_is_refused_naming_the_parameter() {
+        let served = Served::start(None);
+        for (query, name) in [
+            ("?since=1&wait=abc", "wait"),
+            ("?since=1&wait=-1", "wait"),
+            ("?since=1&wait=1.5", "wait"),
+            ("?since=1&wait=", "wait"),
+            ("?since=1&wait=%201", "wait"),
+            ("?since=x&wait=1", "since"),
+            ("?since=-4", "since"),
+            ("?since=1&wait=1&wait=2", "wait"),
+            ("?since=1&watch=1", "watch"),
+        ] {
+            let (status, _, body) = served.get(query, None);
+            assert_eq!(status, 400, "{query}: {body}");
+            assert!(body.contains(name), "{query}: {body}");
+        }
+    }
+
+    #[test]
+    fn a_long_wait_is_held_at_most_the_longest() {
+        let query = |text: &str| {
+            let uri: axum::http::Uri = format!("/v1/keymap?{text}").parse().expect("uri");
+            Query::<KeyMapQuery>::try_from_uri(&uri)
+        };
+        let wait = |text: &str| parse_poll(query(text)).map(|p| p.wait).ok();
+        assert_eq!(wait("since=1&wait=30"), Some(Duration::from_secs(30)));
+        assert_eq!(wait("since=1&wait=61"), Some(MAX_WAIT));
+        assert_eq!(wait("since=1&wait=99999999999999999999999"), Some(MAX_WAIT));
+        assert_eq!(wait("since=1&wait=0"), Some(Duration::ZERO));
+        assert_eq!(wait("since=1"), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn shutting_down_ends_held_watches_with_503() {
+        let served = Served::start(None);
+        let query = served.watch_query(60);
+        let (status, _, body) = std::thread::scope(|scope| {
+            let watch = scope.spawn(|| served.get(&query, None));
+            eventually("the watch is held", || held(&served) == 1);
+            served.state.keymap.close_watches();
+            watch.join().expect("watch")
+        });
+        assert_eq!(status, 503);
+        assert!(body.contains("shutting_down"), "{body}");
+        // And a watch that comes after: at once.
+        assert_eq!(served.get(&query, None).0, 503);
+    }
+
+    #[test]
+    fn a_watch_still_needs_the_sync_token_and_one_rotated_out_meanwhile_gets_nothing() {
+        let served = Served::start(Some("kgsync_old"));
+        let query = served.watch_query(60);
+        assert_eq!(served.get(&query, None).0, 401, "no token, no watch");
+        let (status, _, _) = std::thread::scope(|scope| {
+            let watch = scope.spawn(|| served.get(&query, Some("kgsync_old")));
+            eventually("the watch is held", || held(&served) == 1);
+            served.state.set_sync_digest(Digest::of_key("kgsync_new"));
+            served.change();
+            watch.join().expect("watch")
+        });
+        assert_eq!(
+            status, 401,
+            "the change is not handed to a rotated-out token"
+        );
+        let (status, _, body) = served.get(&query, Some("kgsync_new"));
+        assert_eq!(status, 200, "{body}");
+    }
+
+    #[test]
+    fn a_grace_period_ending_during_a_watch_answers_the_purge() {
+        let served = Served::start(None);
+        let key = served
+            .state
+            .service()
+            .keys(None, now_unix())
+            .expect("keys")
+            .into_iter()
+            .next()
+            .expect("a key");
+        // Rolled with a grace period of a second: the old key expires during the watch.
+        served
+            .state
+            .service()
+            .roll_key(&key.key_id, 1, now_unix())
+            .expect("rolled");
+        served.state.refresh_key_map_status();
+        assert!(served.state.keymap.next_expiry().is_some());
+        let (_, version) = served.current();
+        let (status, _, body) = served.get(&served.watch_query(60), None);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&key.digest), "the expired key leaves: {body}");
+        assert!(served.current().1 > version);
+        drop(served.runtime);
     }
 }

@@ -23,6 +23,7 @@ mod log;
 mod mail;
 mod metrics;
 mod model;
+mod open_files;
 mod ops;
 mod output;
 mod random;

@@ -291,7 +291,6 @@ pub fn store_transaction(backend: &str, kind: &str, elapsed: Duration, ok: bool)
 
 /// Counts a key-map poll that waits for a change while the guard lives. (The long-poll
 /// handler holds one per waiting poll.)
-#[cfg_attr(not(test), allow(dead_code))]
 #[must_use = "the watch counts as open while the guard lives"]
 pub struct WatchGuard(());
 
@@ -302,7 +301,6 @@ impl Drop for WatchGuard {
 }
 
 /// A long poll started waiting: keep the guard until it answers (or its client leaves).
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn watch_opened() -> WatchGuard {
     with(|m| m.watches.inc());
     WatchGuard(())

@@ -112,6 +112,14 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
         }
     };
     let admin_digest = ensure_admin_token(store.as_ref(), options.admin_token.as_deref())?;
+    match crate::open_files::raise_limit() {
+        Ok(limit) => log_event(&format!(
+            "open files: up to {limit} (each held key-map watch is a connection)"
+        )),
+        Err((limit, e)) => log_event(&format!(
+            "open files: cannot raise the limit of {limit}: {e} (each held key-map watch is              a connection)"
+        )),
+    }
     let status = store.key_map_status()?;
     log_event(&format!(
         "key map: store {}, version {}",
@@ -184,6 +192,7 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
         };
         tokio::spawn(maintain(Arc::clone(&state), options.purge_interval));
         tokio::spawn(warm_up(Arc::clone(&state)));
+        let closing = Arc::clone(&state);
         // Small answers go out at once: no Nagle delay between a poll and its 304.
         let listener = listener.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
@@ -205,7 +214,15 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Held watches end now (503: ask again), not at the end of their wait.
+            let held = closing.keymap.watches_held();
+            closing.keymap.close_watches();
+            if held > 0 {
+                log_event(&format!("ended {held} held key-map watches"));
+            }
+        })
         .await
         .map_err(ServeError::Server)
     })

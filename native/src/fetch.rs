@@ -86,7 +86,13 @@ impl Fetch {
     }
 
     pub fn exchange(&self, base: &str, request: &PollRequest, shared: &Shared) -> Exchange {
-        let mut call = self.agent.get(format!("{base}{}", request.query));
+        // A watch's timeout sits above its wait.
+        let mut call = self
+            .agent
+            .get(format!("{base}{}", request.query))
+            .config()
+            .timeout_global(Some(Duration::from_millis(request.timeout_ms)))
+            .build();
         for (name, value) in &request.headers {
             call = call.header(*name, value.as_str());
         }

@@ -91,6 +91,9 @@ pub(crate) struct Shared {
     /// Unix milliseconds of the last poll that left the map current; of the group's start
     /// before the first.
     current_at_ms: AtomicU64,
+    /// While a watch is out: when its wait ends (Unix milliseconds), else 0. Until then the
+    /// map counts as current: keygatectl would have answered a change.
+    watch_until_ms: AtomicU64,
     /// Set by the fetching thread as it ends.
     ended: AtomicBool,
 }
@@ -103,6 +106,7 @@ impl Shared {
             wake: Condvar::new(),
             stats: Mutex::new(Vec::new()),
             current_at_ms: AtomicU64::new(now_ms()),
+            watch_until_ms: AtomicU64::new(0),
             ended: AtomicBool::new(false),
         }
     }
@@ -185,9 +189,12 @@ impl Drop for Group {
 }
 
 impl Group {
-    fn start(config: PollConfig) -> std::io::Result<Group> {
+    /// Starts the group's threads; `first`, the first subscription's stats, is in place
+    /// before they start, so that the first answer's gauges and counts are not lost.
+    fn start(config: PollConfig, first: Option<(u64, SyncStats)>) -> std::io::Result<Group> {
         let map = Arc::new(SyncedMap::default());
         let shared = Arc::new(Shared::new());
+        shared.stats().extend(first);
         let fetcher = Fetcher::new(config.clone(), map.clone(), shared.clone());
         std::thread::Builder::new()
             .name("keygate-sync".into())
@@ -223,9 +230,19 @@ impl Group {
 /// Sets the age gauge every second from the last time the map was current, until stopped.
 fn report_age(shared: &Shared) {
     while !shared.sleep(AGE_REFRESH) {
-        let age = now_ms().saturating_sub(shared.current_at_ms.load(Ordering::Relaxed));
+        let age = age_ms(
+            now_ms(),
+            shared.current_at_ms.load(Ordering::Relaxed),
+            shared.watch_until_ms.load(Ordering::Relaxed),
+        );
         GroupStats(shared).set_age(age);
     }
+}
+
+/// Time since the map was last known current: its last answer, or now while a watch is held
+/// within its wait (`watch_until`, 0 for none).
+fn age_ms(now: u64, answered: u64, watch_until: u64) -> u64 {
+    now.saturating_sub(answered.max(now.min(watch_until)))
 }
 
 impl GroupStats<'_> {
@@ -253,16 +270,18 @@ impl Subscription {
             .iter()
             .filter_map(Weak::upgrade)
             .find(|g| g.config == config);
+        let id = NEXT_SUBSCRIPTION.fetch_add(1, Ordering::Relaxed);
         let group = match running {
-            Some(group) => group,
+            Some(group) => {
+                group.shared.stats().push((id, stats));
+                group
+            }
             None => {
-                let group = Arc::new(Group::start(config)?);
+                let group = Arc::new(Group::start(config, Some((id, stats)))?);
                 groups.push(Arc::downgrade(&group));
                 group
             }
         };
-        let id = NEXT_SUBSCRIPTION.fetch_add(1, Ordering::Relaxed);
-        group.shared.stats().push((id, stats));
         Ok(Subscription { group, id })
     }
 
@@ -308,11 +327,21 @@ impl Fetcher {
     }
 
     fn run(mut self) {
-        info!(
-            "keygate sync: polling {} every {} ms",
-            self.config.urls.join(", "),
-            self.config.fetch.interval_ms
-        );
+        let fetch = &self.config.fetch;
+        if fetch.watch {
+            info!(
+                "keygate sync: watching {} ({} s at a time; retrying after {} ms)",
+                self.config.urls.join(", "),
+                fetch.wait_s,
+                fetch.interval_ms
+            );
+        } else {
+            info!(
+                "keygate sync: polling {} every {} ms",
+                self.config.urls.join(", "),
+                fetch.interval_ms
+            );
+        }
         while !self.shared.is_stopped() {
             let now = now_ms();
             let request = self.poller.next_request(now, &mut GroupStats(&self.shared));
@@ -329,7 +358,16 @@ impl Fetcher {
                 .get(request.replica)
                 .cloned()
                 .unwrap_or_default();
-            let outcome = match self.fetch.exchange(&base, &request, &self.shared) {
+            let held_until = match request.wait_ms {
+                0 => 0,
+                wait => now.saturating_add(wait),
+            };
+            self.shared
+                .watch_until_ms
+                .store(held_until, Ordering::Relaxed);
+            let exchange = self.fetch.exchange(&base, &request, &self.shared);
+            self.shared.watch_until_ms.store(0, Ordering::Relaxed);
+            let outcome = match exchange {
                 Exchange::Answered(answer) => {
                     let mut body = answer.body.as_slice();
                     self.poller.on_answer(
@@ -347,6 +385,9 @@ impl Fetcher {
                 Exchange::Stopped => break,
             };
             self.report(outcome);
+            if let Some(notice) = self.poller.take_notice() {
+                warn!("keygate sync: {notice}");
+            }
         }
         self.shared.ended.store(true, Ordering::Relaxed);
     }

@@ -3,7 +3,21 @@
 //! next. It does no I/O: the wasm `keygate_sync` service (Envoy's HTTP callout) and the
 //! native module's thread (an HTTP client) carry the request out and the answer back.
 //!
-//! Every poll is one `next_request` and then exactly one `on_answer` or `on_failure`.
+//! Every request is one `next_request` and then exactly one `on_answer` or `on_failure`.
+//!
+//! Watching (the default): a request holding a version asks keygatectl to hold it
+//! (`&wait=<seconds>`) until the map passes that version, and the next goes out as soon as
+//! an answer is in, so a change reaches the fetcher as fast as the network carries it. What
+//! can go wrong, and what the poller does:
+//! - No answer (down, reset, timed out, 5xx): asked again at once, then after the interval,
+//!   doubling up to `MAX_BACKOFF_MS`. The last good map serves throughout.
+//! - Something between here and keygatectl cuts long requests (an idle timeout): two
+//!   watches in a row cut after being held a while make the next ones shorter, for
+//!   `SHORT_WAIT_MS`.
+//! - A keygatectl or a cache that ignores `wait` answers a watch at once: an unchanged
+//!   answer that came before half its wait sends the next request after the interval, so
+//!   the fetcher polls instead of spinning. One that refuses `wait` (400) is polled without
+//!   it for `NO_WATCH_MS`.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -14,8 +28,18 @@ use crate::message::parse_message;
 use crate::settings::FetchSettings;
 use crate::state::{Applied, BucketStore, Refusal, SyncState};
 
-/// Retry delay after a failed poll, capped by the configured interval.
+/// Retry delay after a failed poll (polling), capped by the configured interval.
 pub const RETRY_MS: u64 = 1000;
+/// Watching: the longest delay between two tries while keygatectl cannot be reached (unless
+/// the interval is longer).
+pub const MAX_BACKOFF_MS: u64 = 10_000;
+/// A watch that fails after being held this long was cut on its way, not refused.
+pub const CUT_AFTER_MS: u64 = 1000;
+/// How long watches stay shorter after two were cut in a row, before the configured wait is
+/// tried again (the path may have changed).
+pub const SHORT_WAIT_MS: u64 = 10 * 60 * 1000;
+/// How long a fetcher whose watch keygatectl refused (400) polls without `wait`.
+pub const NO_WATCH_MS: u64 = 10 * 60 * 1000;
 /// Largest answer accepted; anything bigger is refused unread.
 pub const MAX_BODY_BYTES: usize = 512 << 20;
 /// The response header naming the store an answer came from (its lineage).
@@ -82,15 +106,20 @@ pub trait SyncStats {
     fn set(&mut self, gauge: SyncGauge, value: u64);
 }
 
-/// One poll to send.
+/// One request to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollRequest {
     /// Which of the fetcher's replicas to ask (always 0 with one).
     pub replica: usize,
-    /// Appended to the key-map path: empty for the whole map, else `?since=…&store=…`.
+    /// Appended to the key-map path: empty for the whole map, else `?since=…&store=…`, and
+    /// `&wait=<seconds>` for a watch.
     pub query: String,
     /// `accept`, and `if-none-match` and `authorization` when they apply.
     pub headers: Vec<(&'static str, String)>,
+    /// How long keygatectl may hold this request (0: a poll, answered at once).
+    pub wait_ms: u64,
+    /// How long to wait for the whole answer: the wait, and `timeout_ms` beyond it.
+    pub timeout_ms: u64,
 }
 
 /// What came back, as the fetcher read it off the answer's head.
@@ -121,6 +150,27 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// The request under way.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    replica: usize,
+    sent_ms: u64,
+    /// The wait it asked for (0: none).
+    wait_ms: u64,
+}
+
+impl InFlight {
+    fn held_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.sent_ms)
+    }
+
+    /// A watch that keygatectl answered unchanged well before its wait ended: one that
+    /// ignores `wait` (an older keygatectl, a cache on the way).
+    fn answered_early(&self, now_ms: u64) -> bool {
+        self.wait_ms > 0 && self.held_ms(now_ms) < self.wait_ms / 2
+    }
+}
+
 pub struct Poller {
     fetch: FetchSettings,
     replicas: usize,
@@ -133,9 +183,24 @@ pub struct Poller {
     rng: u64,
     /// The replica that answered last: asked first.
     preferred: usize,
-    /// Replicas tried in the poll under way, and the one asked now.
+    /// Replicas tried in the poll under way, and the request out now.
     tried: usize,
-    in_flight: Option<usize>,
+    in_flight: Option<InFlight>,
+    /// Rounds in a row in which no replica answered (the backoff while watching).
+    failed_rounds: u32,
+    /// How long the last request had been held when it was cut (a watch that failed after
+    /// `CUT_AFTER_MS`); cleared by anything else.
+    last_cut_held_ms: Option<u64>,
+    /// The wait watches ask for now, in seconds: the configured one, or a shorter one until
+    /// `full_wait_at_ms` after watches were cut.
+    wait_s: u64,
+    full_wait_at_ms: Option<u64>,
+    /// After keygatectl refused a watch: no `wait` until then.
+    no_watch_until_ms: Option<u64>,
+    /// Something the host should log once (a change of how the poller watches).
+    notice: Option<String>,
+    /// Whether an early answer was logged already.
+    early_noticed: bool,
     next_at_ms: u64,
     last_success_ms: Option<u64>,
     /// Bumped on every publish: what the wasm fetcher publishes for workers to notice a new
@@ -153,6 +218,7 @@ impl Poller {
         seed: u64,
     ) -> Poller {
         Poller {
+            wait_s: fetch.wait_s,
             fetch,
             replicas: replicas.max(1),
             tick_ms,
@@ -162,6 +228,12 @@ impl Poller {
             preferred: 0,
             tried: 0,
             in_flight: None,
+            failed_rounds: 0,
+            last_cut_held_ms: None,
+            full_wait_at_ms: None,
+            no_watch_until_ms: None,
+            notice: None,
+            early_noticed: false,
             next_at_ms: now_ms,
             last_success_ms: None,
             generation: 0,
@@ -176,9 +248,26 @@ impl Poller {
         self.generation
     }
 
-    /// Time since the last answer that left the map current; `None` before the first.
+    /// Time since the map was last known current; `None` before the first answer. A watch
+    /// keygatectl holds keeps it current (a change would have ended the watch) until its
+    /// wait is over; an answer late beyond that makes it grow.
     pub fn age_ms(&self, now_ms: u64) -> Option<u64> {
-        self.last_success_ms.map(|at| now_ms.saturating_sub(at))
+        let answered = self.last_success_ms?;
+        let held = self
+            .in_flight
+            .filter(|f| f.wait_ms > 0)
+            .map_or(0, |f| now_ms.min(f.sent_ms.saturating_add(f.wait_ms)));
+        Some(now_ms.saturating_sub(answered.max(held)))
+    }
+
+    /// A change in how the poller watches, for the host to log (once each).
+    pub fn take_notice(&mut self) -> Option<String> {
+        self.notice.take()
+    }
+
+    /// The wait watches ask for now, in seconds (shorter after cuts).
+    pub fn wait_s(&self) -> u64 {
+        self.wait_s
     }
 
     /// When the next poll is due.
@@ -191,12 +280,19 @@ impl Poller {
         if self.in_flight.is_some() || now_ms < self.next_at_ms {
             return None;
         }
+        if self.full_wait_at_ms.is_some_and(|at| now_ms >= at) {
+            self.full_wait_at_ms = None;
+            self.wait_s = self.fetch.wait_s;
+        }
+        if self.no_watch_until_ms.is_some_and(|at| now_ms >= at) {
+            self.no_watch_until_ms = None;
+        }
         let replica = (self.preferred + self.tried) % self.replicas;
-        self.in_flight = Some(replica);
         stats.bump(SyncCounter::Fetches);
         let mut headers = Vec::with_capacity(3);
         headers.push(("accept", ACCEPT.to_string()));
         let mut query = String::new();
+        let mut wait_ms = 0;
         if let (false, Some(version)) = (self.want_full, self.state.version()) {
             let lineage = self.state.lineage();
             if lineage.is_empty() {
@@ -206,18 +302,41 @@ impl Poller {
                 query = format!("?since={version}&store={lineage}");
                 headers.push(("if-none-match", format!("\"{lineage}:{version}\"")));
             }
+            if self.watching() {
+                let wait_s = self.jittered_wait_s();
+                query.push_str(&format!("&wait={wait_s}"));
+                wait_ms = wait_s * 1000;
+            }
         }
         if let Some(token) = &self.fetch.bearer_token {
             headers.push(("authorization", format!("Bearer {token}")));
         }
+        self.in_flight = Some(InFlight {
+            replica,
+            sent_ms: now_ms,
+            wait_ms,
+        });
         Some(PollRequest {
             replica,
             query,
             headers,
+            wait_ms,
+            timeout_ms: wait_ms.saturating_add(self.fetch.timeout_ms),
         })
     }
 
-    /// The poll under way got no answer (connection failed, reset, timed out).
+    /// Whether requests that hold a version are watches now.
+    fn watching(&self) -> bool {
+        self.fetch.watch && self.no_watch_until_ms.is_none()
+    }
+
+    /// Whether the next request will be a watch (only a watch may follow an unchanged
+    /// answer at once: keygatectl holds it).
+    fn next_is_watch(&self) -> bool {
+        self.watching() && !self.want_full && self.state.version().is_some()
+    }
+
+    /// The request under way got no answer (connection failed, reset, timed out).
     pub fn on_failure(&mut self, now_ms: u64, why: &str, stats: &mut impl SyncStats) -> Outcome {
         self.unavailable(now_ms, stats);
         Outcome::Failed(why.to_string())
@@ -242,7 +361,7 @@ impl Poller {
                 }
                 Ok(_) => {
                     stats.bump(SyncCounter::NotModified);
-                    self.succeeded(now_ms);
+                    self.succeeded(now_ms, false);
                     Outcome::Unchanged
                 }
                 Err(why) => self.refused(now_ms, why, stats),
@@ -251,6 +370,10 @@ impl Poller {
             status if status >= 500 => {
                 self.unavailable(now_ms, stats);
                 Outcome::Failed(format!("answer status {status}"))
+            }
+            // What a keygatectl from before watches answers a parameter it does not know.
+            400 if self.in_flight.is_some_and(|f| f.wait_ms > 0) => {
+                self.watch_refused(now_ms, stats)
             }
             status => {
                 // Another status (401: a wrong sync token, 404: a wrong path) is not for
@@ -315,7 +438,7 @@ impl Poller {
                 stats.set(SyncGauge::AgeMs, 0);
                 self.generation = self.generation.wrapping_add(1);
                 self.want_full = false;
-                self.succeeded(now_ms);
+                self.succeeded(now_ms, true);
                 Outcome::Updated {
                     version,
                     keys,
@@ -324,7 +447,7 @@ impl Poller {
             }
             Ok(Applied::Unchanged) => {
                 self.want_full = false;
-                self.succeeded(now_ms);
+                self.succeeded(now_ms, false);
                 Outcome::Unchanged
             }
             Err(why) => self.refused(now_ms, why, stats),
@@ -357,24 +480,113 @@ impl Poller {
     }
 
     /// The replica asked could not answer: the next one is asked at once, until every
-    /// replica was tried in this poll.
+    /// replica was tried in this round. Then polling retries after a short delay; watching
+    /// retries at once, then backs off.
     fn unavailable(&mut self, now_ms: u64, stats: &mut impl SyncStats) {
         stats.bump(SyncCounter::Errors);
+        let shortened = self.note_cut(now_ms);
         self.in_flight = None;
         self.tried += 1;
         if self.tried < self.replicas {
             self.next_at_ms = now_ms;
-        } else {
+            return;
+        }
+        self.tried = 0;
+        self.failed_rounds = self.failed_rounds.saturating_add(1);
+        if !self.fetch.watch {
             self.schedule_retry(now_ms);
+        } else if shortened || self.failed_rounds == 1 {
+            self.next_at_ms = now_ms;
+        } else {
+            let wait = self.jittered(self.backoff_ms());
+            self.next_at_ms = now_ms.saturating_add(wait);
         }
     }
 
-    fn succeeded(&mut self, now_ms: u64) {
-        if let Some(replica) = self.in_flight.take() {
-            self.preferred = replica;
+    /// keygatectl refused a watch: polls without `wait` for `NO_WATCH_MS`, the first at once.
+    fn watch_refused(&mut self, now_ms: u64, stats: &mut impl SyncStats) -> Outcome {
+        stats.bump(SyncCounter::Errors);
+        self.in_flight = None;
+        self.tried = 0;
+        self.no_watch_until_ms = Some(now_ms.saturating_add(NO_WATCH_MS));
+        self.next_at_ms = now_ms;
+        self.notice = Some(format!(
+            "keygatectl refused a watch (400: one from before watches?): polling every {} ms \
+             for the next {} minutes",
+            self.fetch.interval_ms,
+            NO_WATCH_MS / 60_000
+        ));
+        Outcome::Failed("answer status 400 to a watch".to_string())
+    }
+
+    /// The delay after `failed_rounds` (2 or more) failed rounds while watching: the
+    /// interval, doubling each round, up to `MAX_BACKOFF_MS` (or the interval, if longer).
+    fn backoff_ms(&self) -> u64 {
+        let doublings = self.failed_rounds.saturating_sub(2).min(16);
+        let cap = MAX_BACKOFF_MS.max(self.fetch.interval_ms);
+        self.fetch
+            .interval_ms
+            .saturating_mul(1u64 << doublings)
+            .min(cap)
+    }
+
+    /// Records whether the request that just failed was a watch cut after being held a
+    /// while. Two in a row make watches shorter than the shorter of them was held (at least
+    /// a second) for `SHORT_WAIT_MS`: true when it did so.
+    fn note_cut(&mut self, now_ms: u64) -> bool {
+        let cut = self
+            .in_flight
+            .filter(|f| f.wait_ms > 0 && f.held_ms(now_ms) >= CUT_AFTER_MS)
+            .map(|f| f.held_ms(now_ms).min(f.wait_ms));
+        let (Some(held), Some(before)) = (cut, self.last_cut_held_ms) else {
+            self.last_cut_held_ms = cut;
+            return false;
+        };
+        self.last_cut_held_ms = None;
+        let shorter_s = (held.min(before) / 2 / 1000).max(1);
+        if shorter_s >= self.wait_s {
+            return false;
+        }
+        self.wait_s = shorter_s;
+        self.full_wait_at_ms = Some(now_ms.saturating_add(SHORT_WAIT_MS));
+        self.notice = Some(format!(
+            "two watches in a row were cut after about {} s (an idle timeout between here and \
+             keygatectl?): watching {shorter_s} s at a time for the next {} minutes",
+            held.min(before) / 1000,
+            SHORT_WAIT_MS / 60_000
+        ));
+        true
+    }
+
+    /// An answer that left the map current. Polling: the next poll one interval later.
+    /// Watching: the next watch at once, unless this answer was an unchanged map that came
+    /// well before the wait asked for (keygatectl ignores `wait`: poll instead of spinning)
+    /// or the fetcher cannot watch now.
+    fn succeeded(&mut self, now_ms: u64, updated: bool) {
+        let flight = self.in_flight.take();
+        if let Some(flight) = flight {
+            self.preferred = flight.replica;
         }
         self.tried = 0;
+        self.failed_rounds = 0;
+        self.last_cut_held_ms = None;
         self.last_success_ms = Some(now_ms);
+        let early = flight.is_some_and(|f| f.answered_early(now_ms));
+        let was_watch = flight.is_some_and(|f| f.wait_ms > 0);
+        let at_once = self.fetch.watch
+            && (updated || (was_watch && !early) || (!was_watch && self.next_is_watch()));
+        if at_once {
+            self.next_at_ms = now_ms;
+            return;
+        }
+        if early && !updated && !self.early_noticed {
+            self.early_noticed = true;
+            self.notice = Some(format!(
+                "keygatectl answered a watch at once, unchanged (one that ignores wait, or a \
+                 cache on the way?): asking again every {} ms while it does",
+                self.fetch.interval_ms
+            ));
+        }
         let wait = self.jittered(self.fetch.interval_ms);
         self.next_at_ms = now_ms.saturating_add(wait);
     }
@@ -388,14 +600,33 @@ impl Poller {
 
     /// The wait before the next poll: `base` less up to the jitter share of it (so fleets do
     /// not poll in step), less one host tick, so a poll starts within `base` of the last
-    /// answer, never later. xorshift: no need for a secure source.
+    /// answer, never later.
     fn jittered(&mut self, base: u64) -> u64 {
+        let unit = self.next_unit();
+        poll_wait(base, self.fetch.jitter, unit, self.tick_ms)
+    }
+
+    /// The wait a watch asks for: the current one less up to the jitter share, in whole
+    /// seconds, at least one (so that watches a change re-armed together do not all end
+    /// together).
+    fn jittered_wait_s(&mut self) -> u64 {
+        let unit = self.next_unit();
+        watch_wait_s(self.wait_s, self.fetch.jitter, unit)
+    }
+
+    /// 0..=1, from xorshift: no need for a secure source.
+    fn next_unit(&mut self) -> f64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let unit = (self.rng % 10_001) as f64 / 10_000.0;
-        poll_wait(base, self.fetch.jitter, unit, self.tick_ms)
+        (self.rng % 10_001) as f64 / 10_000.0
     }
+}
+
+/// `wait_s` less `unit` (0..=1) of the jitter share, in whole seconds, at least 1.
+fn watch_wait_s(wait_s: u64, jitter: f64, unit: f64) -> u64 {
+    let factor = 1.0 - jitter * unit.clamp(0.0, 1.0);
+    (((wait_s * 1000) as f64 * factor) as u64 / 1000).max(1)
 }
 
 /// `base` less `unit` (0..=1) of the jitter share, less one tick.

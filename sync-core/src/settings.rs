@@ -13,10 +13,23 @@ use keygate_core::fields::{as_f64, Fields, Path};
 use keygate_core::json::Value;
 use keygate_core::shared_data::{is_valid_name, DEFAULT_NAMESPACE};
 
+/// A watch's wait unless configured: under the 30-second idle timeouts some load balancers
+/// keep, so that nothing between a fetcher and keygatectl cuts it.
+pub const DEFAULT_WAIT_S: u64 = 25;
+/// The longest wait keygatectl holds a watch for (it takes a longer one as this).
+pub const MAX_WAIT_S: u64 = 60;
+
 /// How a fetcher polls keygatectl: shared by the wasm fetcher service and the native module.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchSettings {
+    /// Watch (the default): each request is held by keygatectl until the map changes or
+    /// `wait_s` ends, and the next goes out at once; `interval_ms` is then the retry delay
+    /// after a failure. Off: poll every `interval_ms`.
+    pub watch: bool,
+    /// How long keygatectl may hold a watch, in whole seconds.
+    pub wait_s: u64,
     pub interval_ms: u64,
+    /// Time allowed for an answer beyond the wait (all of it for a poll).
     pub timeout_ms: u64,
     /// Each wait is the interval less up to this share of it, so fleets do not poll in step
     /// and a poll never comes later than one interval after the last.
@@ -53,7 +66,9 @@ pub struct PollConfig {
     pub fetch: FetchSettings,
 }
 
-const FETCH_FIELDS: [&str; 8] = [
+const FETCH_FIELDS: [&str; 10] = [
+    "watch",
+    "wait",
     "interval_ms",
     "timeout_ms",
     "jitter",
@@ -78,6 +93,8 @@ const FIELDS: &[&str] = &[
     FETCH_FIELDS[5],
     FETCH_FIELDS[6],
     FETCH_FIELDS[7],
+    FETCH_FIELDS[8],
+    FETCH_FIELDS[9],
 ];
 
 /// The `sync` block of a filter that fetches for itself: the service's fields but `version`,
@@ -109,6 +126,8 @@ const POLL_FIELDS: &[&str] = &[
     FETCH_FIELDS[5],
     FETCH_FIELDS[6],
     FETCH_FIELDS[7],
+    FETCH_FIELDS[8],
+    FETCH_FIELDS[9],
 ];
 
 impl FetchSettings {
@@ -122,6 +141,11 @@ impl FetchSettings {
         let out_of_range = |name: &'static str, low: &'static str, high: &'static str| {
             raw.path(name).error(Problem::OutOfRange(low, high))
         };
+        let watch = raw.bool("watch")?.unwrap_or(true);
+        let wait_s = raw.u64("wait", u64::MAX)?.unwrap_or(DEFAULT_WAIT_S);
+        if !(1..=MAX_WAIT_S).contains(&wait_s) {
+            return Err(out_of_range("wait", "1", "60"));
+        }
         let interval_ms = raw.u64("interval_ms", u64::MAX)?.unwrap_or(1000);
         if !(100..=3_600_000).contains(&interval_ms) {
             return Err(out_of_range("interval_ms", "100", "3600000"));
@@ -152,6 +176,8 @@ impl FetchSettings {
         }
         let usage_reports = raw.bool("usage_reports")?.unwrap_or(true);
         Ok(FetchSettings {
+            watch,
+            wait_s,
             interval_ms,
             timeout_ms,
             jitter,
@@ -343,6 +369,8 @@ mod tests {
         assert_eq!(c.authority, "keygatectl");
         assert_eq!(c.fetch.interval_ms, 1000);
         assert_eq!(c.fetch.timeout_ms, 5000);
+        assert!(c.fetch.watch, "watching is the default");
+        assert_eq!(c.fetch.wait_s, DEFAULT_WAIT_S);
         assert_eq!(c.fetch.guard, Guard::default());
     }
 
@@ -364,6 +392,22 @@ mod tests {
             (
                 r#"{"version":1,"cluster":"c","interval_ms":5}"#,
                 "invalid keygate config: interval_ms: must be between 100 and 3600000",
+            ),
+            (
+                r#"{"version":1,"cluster":"c","wait":0}"#,
+                "invalid keygate config: wait: must be between 1 and 60",
+            ),
+            (
+                r#"{"version":1,"cluster":"c","wait":61}"#,
+                "invalid keygate config: wait: must be between 1 and 60",
+            ),
+            (
+                r#"{"version":1,"cluster":"c","wait":2.5}"#,
+                "invalid keygate config: wait: ",
+            ),
+            (
+                r#"{"version":1,"cluster":"c","watch":"yes"}"#,
+                "invalid keygate config: watch: ",
             ),
             (
                 r#"{"version":1,"cluster":"c","path":"v1"}"#,
@@ -412,6 +456,10 @@ mod tests {
                 .expect("valid");
         assert_eq!(two.urls, ["http://a:1/v1/keymap", "https://b/v1/keymap"]);
         assert_eq!(two.fetch.interval_ms, 200);
+        let polling =
+            poll(r#"{"url":"http://a/v1/keymap","watch":false,"wait":5}"#).expect("valid");
+        assert!(!polling.fetch.watch);
+        assert_eq!(polling.fetch.wait_s, 5);
         assert_eq!(two.proxy, None, "no proxy unless one is named");
         let proxied =
             poll(r#"{"url":"http://a/v1/keymap","proxy":"http://proxy:3128"}"#).expect("valid");

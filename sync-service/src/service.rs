@@ -113,10 +113,18 @@ impl SyncService {
         if let Err(status) = hostcalls::set_tick_period(TICK) {
             warn!("keygate sync: cannot start the timer: {status:?}");
         }
-        info!(
-            "keygate sync: polling cluster {} path {} every {} ms",
-            config.cluster, config.path, config.fetch.interval_ms
-        );
+        let fetch = &config.fetch;
+        if fetch.watch {
+            info!(
+                "keygate sync: watching cluster {} path {} ({} s at a time; retrying after {} ms)",
+                config.cluster, config.path, fetch.wait_s, fetch.interval_ms
+            );
+        } else {
+            info!(
+                "keygate sync: polling cluster {} path {} every {} ms",
+                config.cluster, config.path, fetch.interval_ms
+            );
+        }
         let now = now_ms();
         // Envoy retries a poll on another endpoint of the cluster, so the poller sees one
         // replica: the cluster.
@@ -138,6 +146,11 @@ impl SyncService {
         if let Some(usage) = &mut self.usage {
             usage.on_tick(&self.config, now);
         }
+        self.send_due(now);
+    }
+
+    /// Sends the poller's next request if it is due and none is out.
+    fn send_due(&mut self, now: u64) {
         if self.in_flight.is_some() {
             return;
         }
@@ -160,7 +173,8 @@ impl SyncService {
             headers,
             None,
             vec![],
-            Duration::from_millis(self.config.fetch.timeout_ms),
+            // A watch's timeout sits above its wait.
+            Duration::from_millis(request.timeout_ms),
         ) {
             Ok(token) => self.in_flight = Some(token),
             Err(status) => {
@@ -189,7 +203,9 @@ impl SyncService {
                 "the call failed (reset or timeout)",
                 &mut self.metrics,
             );
-            return self.report(outcome);
+            self.report(outcome);
+            // A cut watch is asked again at once (the poller says when).
+            return self.send_due(now);
         }
         let status = response_header(":status")
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
@@ -212,6 +228,8 @@ impl SyncService {
             self.publish();
         }
         self.report(outcome);
+        // The next watch goes out now, not on the next tick.
+        self.send_due(now);
     }
 
     /// Tells the workers a new map is in shared data: they drop the buckets they cached.
@@ -232,7 +250,10 @@ impl SyncService {
         }
     }
 
-    fn report(&self, outcome: Outcome) {
+    fn report(&mut self, outcome: Outcome) {
+        if let Some(notice) = self.poller.take_notice() {
+            warn!("keygate sync: {notice}");
+        }
         match outcome {
             Outcome::Updated {
                 version,

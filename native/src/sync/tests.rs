@@ -57,9 +57,10 @@ fn configurations_with_the_same_sync_block_share_one_map_until_the_last_goes() {
 
 #[test]
 fn stopping_wakes_a_sleeping_thread() {
-    let group = Group::start(block(
-        r#"{"url":"http://127.0.0.1:9/sleep-test","interval_ms":3600000}"#,
-    ))
+    let group = Group::start(
+        block(r#"{"url":"http://127.0.0.1:9/sleep-test","interval_ms":3600000}"#),
+        None,
+    )
     .expect("thread");
     let shared = group.shared.clone();
     let sleeper = std::thread::spawn(move || shared.sleep(Duration::from_secs(60)));
@@ -98,9 +99,12 @@ fn trickling_server() -> (String, Arc<AtomicU64>) {
 #[test]
 fn the_thread_ends_with_its_configuration_even_in_the_middle_of_a_long_read() {
     let (url, connections) = trickling_server();
-    let group = Group::start(block(&format!(
-        r#"{{"url":"{url}","interval_ms":60000,"timeout_ms":60000}}"#
-    )))
+    let group = Group::start(
+        block(&format!(
+            r#"{{"url":"{url}","interval_ms":60000,"timeout_ms":60000}}"#
+        )),
+        None,
+    )
     .expect("thread");
     let shared = group.shared.clone();
     eventually("the poll is under way", || {
@@ -150,10 +154,62 @@ fn the_proxy_variables_of_the_environment_are_never_used() {
         replica: 0,
         query: String::new(),
         headers: Vec::new(),
+        wait_ms: 0,
+        timeout_ms: 5000,
     };
     match fetch.exchange(&url, &request, &shared) {
         crate::fetch::Exchange::Answered(answer) => assert_eq!(answer.head().status, 304),
         crate::fetch::Exchange::Failed(why) => panic!("not reached directly: {why}"),
         crate::fetch::Exchange::Stopped => panic!("not stopped"),
     }
+}
+
+#[test]
+fn a_held_watch_keeps_the_age_at_zero_until_its_wait_ends() {
+    assert_eq!(
+        age_ms(10_000, 4_000, 0),
+        6_000,
+        "no watch: since the answer"
+    );
+    assert_eq!(age_ms(10_000, 4_000, 29_000), 0, "held within its wait");
+    assert_eq!(age_ms(32_000, 4_000, 29_000), 3_000, "late beyond its wait");
+}
+
+#[test]
+fn a_watch_s_timeout_sits_above_its_wait() {
+    // A server that holds each request 600 ms, then answers 304.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/v1/keymap", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 1024];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            std::thread::sleep(Duration::from_millis(600));
+            let _ = stream.write_all(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let fetch = Fetch::new(&block(&format!(
+        r#"{{"url":"{url}","timeout_ms":200,"wait":1}}"#
+    )));
+    let shared = Shared::new();
+    let poll = |wait_ms: u64| keygate_sync_core::poller::PollRequest {
+        replica: 0,
+        query: String::new(),
+        headers: Vec::new(),
+        wait_ms,
+        timeout_ms: wait_ms + 200,
+    };
+    match fetch.exchange(&url, &poll(1000), &shared) {
+        crate::fetch::Exchange::Answered(answer) => assert_eq!(answer.head().status, 304),
+        crate::fetch::Exchange::Failed(why) => panic!("the watch timed out: {why}"),
+        crate::fetch::Exchange::Stopped => panic!("not stopped"),
+    }
+    assert!(
+        matches!(
+            fetch.exchange(&url, &poll(0), &shared),
+            crate::fetch::Exchange::Failed(_)
+        ),
+        "a poll held as long times out"
+    );
 }
