@@ -79,22 +79,23 @@ const FETCH_FIELDS: [&str; 10] = [
     "usage_interval_ms",
 ];
 
+// Each list below holds every one of FETCH_FIELDS (a unit test checks it).
 const FIELDS: &[&str] = &[
     "version",
     "namespace",
     "cluster",
     "path",
     "authority",
-    FETCH_FIELDS[0],
-    FETCH_FIELDS[1],
-    FETCH_FIELDS[2],
-    FETCH_FIELDS[3],
-    FETCH_FIELDS[4],
-    FETCH_FIELDS[5],
-    FETCH_FIELDS[6],
-    FETCH_FIELDS[7],
-    FETCH_FIELDS[8],
-    FETCH_FIELDS[9],
+    "watch",
+    "wait",
+    "interval_ms",
+    "timeout_ms",
+    "jitter",
+    "bearer_token",
+    "allow_empty_map",
+    "max_removed_fraction",
+    "usage_reports",
+    "usage_interval_ms",
 ];
 
 /// The `sync` block of a filter that fetches for itself: the service's fields but `version`,
@@ -104,30 +105,32 @@ const OWN_FETCH_FIELDS: &[&str] = &[
     "cluster",
     "path",
     "authority",
-    FETCH_FIELDS[0],
-    FETCH_FIELDS[1],
-    FETCH_FIELDS[2],
-    FETCH_FIELDS[3],
-    FETCH_FIELDS[4],
-    FETCH_FIELDS[5],
-    FETCH_FIELDS[6],
-    FETCH_FIELDS[7],
+    "watch",
+    "wait",
+    "interval_ms",
+    "timeout_ms",
+    "jitter",
+    "bearer_token",
+    "allow_empty_map",
+    "max_removed_fraction",
+    "usage_reports",
+    "usage_interval_ms",
     "bearer_token_env",
 ];
 
 const POLL_FIELDS: &[&str] = &[
     "url",
     "proxy",
-    FETCH_FIELDS[0],
-    FETCH_FIELDS[1],
-    FETCH_FIELDS[2],
-    FETCH_FIELDS[3],
-    FETCH_FIELDS[4],
-    FETCH_FIELDS[5],
-    FETCH_FIELDS[6],
-    FETCH_FIELDS[7],
-    FETCH_FIELDS[8],
-    FETCH_FIELDS[9],
+    "watch",
+    "wait",
+    "interval_ms",
+    "timeout_ms",
+    "jitter",
+    "bearer_token",
+    "allow_empty_map",
+    "max_removed_fraction",
+    "usage_reports",
+    "usage_interval_ms",
 ];
 
 impl FetchSettings {
@@ -358,6 +361,15 @@ pub fn is_valid_sync_url(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_field_list_takes_every_fetch_field() {
+        for list in [super::FIELDS, super::OWN_FETCH_FIELDS, super::POLL_FIELDS] {
+            for field in super::FETCH_FIELDS {
+                assert!(list.contains(&field), "{field} missing from {list:?}");
+            }
+        }
+    }
+
     use super::*;
     use std::prelude::rust_2021::*;
 
