@@ -877,7 +877,9 @@ mod tests {
                 delta_reads: AtomicU64::new(0),
             });
             let service = Service::new(Arc::clone(&store) as Arc<dyn Store>);
-            service.create_account(Some("acme"), 1).expect("account");
+            service
+                .create_account(Some("acme"), 1, &Actor::cli())
+                .expect("account");
             let status = store.key_map_status().expect("status");
             let access = match sync_token {
                 Some(token) => KeyMapAccess::Token(Digest::of_key(token)),
@@ -945,7 +947,7 @@ mod tests {
         fn change(&self) {
             self.state
                 .service()
-                .create_account(Some("globex"), 2)
+                .create_account(Some("globex"), 2, &Actor::cli())
                 .expect("account");
             self.state.refresh_key_map_status();
         }
@@ -1132,7 +1134,7 @@ mod tests {
         served
             .state
             .service()
-            .roll_key(&key.key_id, 1, now_unix())
+            .roll_key(&key.key_id, 1, None, now_unix(), &Actor::cli())
             .expect("rolled");
         served.state.refresh_key_map_status();
         assert!(served.state.keymap.next_expiry().is_some());

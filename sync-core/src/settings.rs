@@ -66,6 +66,8 @@ pub struct PollConfig {
     pub fetch: FetchSettings,
 }
 
+/// The fields `FetchSettings::read` takes: every list below must hold them all (tested).
+#[cfg(test)]
 const FETCH_FIELDS: [&str; 10] = [
     "watch",
     "wait",
