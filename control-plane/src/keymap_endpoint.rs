@@ -119,7 +119,9 @@ async fn hold(
     let _open = metrics::watch_opened();
     let wait_end = TokioInstant::now() + wait;
     loop {
-        if signal.borrow_and_update().closing {
+        // `borrow`, not `borrow_and_update`: a change sent since the status was last read
+        // must still wake `changed()` below (marking it seen here would lose that wake).
+        if signal.borrow().closing {
             return Held::Closing;
         }
         // A grace period that ends during the wait: wake just after, so the purge comes
