@@ -17,10 +17,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use keygate_core::bucket::{bucket_of, find};
 use keygate_core::header_pairs;
 use keygate_core::shared_data::{bucket_key, usage_inbox_key, usage_on_key};
-use keygate_core::usage::decode_records;
 use keygate_sync_core::settings::ServiceConfig;
 use keygate_sync_core::usage_report::{usage_url_of, ReportFate, UsageReporter, UsageStat};
 
@@ -164,22 +162,10 @@ impl LeaderUsage {
             if abi::set_shared_data(&key, &[], cas).is_err() {
                 continue; // a VM appended meanwhile: read again
             }
-            let (usage, unattributed) = decode_records(&bytes);
+            let unattributed = self.reporter.add_records(&bytes, now_s, |bucket| {
+                abi::shared_data(&bucket_key(namespace, bucket)).ok()
+            });
             self.add(UsageStat::Unattributed, unattributed);
-            for u in usage {
-                let Ok(bucket) = abi::shared_data(&bucket_key(namespace, bucket_of(&u.digest)))
-                else {
-                    continue;
-                };
-                if let Some(info) = find(&bucket, &u.digest) {
-                    self.reporter.add(
-                        info.key_id,
-                        u64::from(u.allowed),
-                        u64::from(u.refused),
-                        now_s,
-                    );
-                }
-            }
             return;
         }
     }

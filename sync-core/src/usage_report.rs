@@ -97,6 +97,32 @@ impl UsageReporter {
         counts.last_used = counts.last_used.max(now_s);
     }
 
+    /// Adds the workers' drained records (`keygate_core::usage::encode_records`), naming
+    /// each digest by its map bucket as `bucket` reads it (bucket number → its bytes); keys
+    /// no longer in the map are dropped. Answers the requests no worker could attribute.
+    pub fn add_records(
+        &mut self,
+        records: &[u8],
+        now_s: u64,
+        mut bucket: impl FnMut(usize) -> Option<Vec<u8>>,
+    ) -> u64 {
+        let (usage, unattributed) = keygate_core::usage::decode_records(records);
+        for u in usage {
+            let Some(bytes) = bucket(keygate_core::bucket::bucket_of(&u.digest)) else {
+                continue;
+            };
+            if let Some(info) = keygate_core::bucket::find(&bytes, &u.digest) {
+                self.add(
+                    info.key_id,
+                    u64::from(u.allowed),
+                    u64::from(u.refused),
+                    now_s,
+                );
+            }
+        }
+        unattributed
+    }
+
     /// The report to send now, if one is due: the one keygatectl has not acknowledged yet,
     /// or a new one of what was gathered.
     pub fn due(&mut self, now_ms: u64) -> Option<&PendingReport> {

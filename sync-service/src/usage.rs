@@ -3,9 +3,7 @@
 //! shared data, and reports to keygatectl through its cluster (`POST /v1/usage`),
 //! resending a report until keygatectl has it (keygate-sync-core's `UsageReporter`).
 
-use keygate_core::bucket::{bucket_of, find};
 use keygate_core::shared_data::{bucket_key, usage_inbox_key, usage_on_key};
-use keygate_core::usage::decode_records;
 use keygate_sync_core::settings::ServiceConfig;
 use keygate_sync_core::usage_report::{usage_url_of, ReportFate, UsageReporter, UsageStat};
 use log::warn;
@@ -130,25 +128,16 @@ impl UsageReports {
             if hostcalls::set_shared_data(&key, Some(&[]), cas).is_err() {
                 continue; // a worker appended meanwhile: read again
             }
-            let (usage, unattributed) = decode_records(&bytes);
+            let unattributed =
+                self.reporter.add_records(
+                    &bytes,
+                    now_s,
+                    |bucket| match hostcalls::get_shared_data(&bucket_key(namespace, bucket)) {
+                        Ok((Some(bytes), _)) => Some(bytes),
+                        _ => None,
+                    },
+                );
             self.add(UsageStat::Unattributed, unattributed);
-            for u in usage {
-                let bucket = match hostcalls::get_shared_data(&bucket_key(
-                    namespace,
-                    bucket_of(&u.digest),
-                )) {
-                    Ok((Some(bucket), _)) => bucket,
-                    _ => continue,
-                };
-                if let Some(info) = find(&bucket, &u.digest) {
-                    self.reporter.add(
-                        info.key_id,
-                        u64::from(u.allowed),
-                        u64::from(u.refused),
-                        now_s,
-                    );
-                }
-            }
             return;
         }
     }
