@@ -107,6 +107,19 @@ impl Admin {
         }
     }
 
+    pub fn set_account_rate_limit(
+        &self,
+        account_id: &str,
+        limit: Option<&RawLimit>,
+    ) -> Result<AccountView, CliError> {
+        match self {
+            Admin::Local(s) => Ok(s
+                .set_account_rate_limit(account_id, limit, now_unix(), &Actor::cli())?
+                .value),
+            Admin::Remote(c) => Ok(c.set_account_rate_limit(account_id, limit)?),
+        }
+    }
+
     pub fn rename_key(&self, key_id: &str, name: Option<&str>) -> Result<KeyView, CliError> {
         match self {
             Admin::Local(s) => Ok(s.rename_key(key_id, name, now_unix(), &Actor::cli())?),

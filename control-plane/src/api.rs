@@ -329,6 +329,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(bulk_import).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY_BYTES)),
         )
         .route("/v1/accounts/{account_id}/usage", get(account_usage))
+        .route(
+            "/v1/accounts/{account_id}/rate-limit",
+            post(set_account_rate_limit),
+        )
         .route("/v1/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -741,6 +745,30 @@ async fn set_rate_limit(
     log_event(&format!(
         "key {} ({}) rate limit {limit} (key map version {})",
         key.key_id, key.hint, changed.version
+    ));
+    Ok(Json(&changed.value).into_response())
+}
+
+/// `POST /v1/accounts/{id}/rate-limit`: the account's default, read and refused like a
+/// key's limit.
+async fn set_account_rate_limit(
+    State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let account_id = path_param(path)?;
+    let request: RateLimitRequest = parse_body(&body, None)?;
+    let limit = limit_from_json(&request.rate_limit).map_err(ApiError::invalid)?;
+    let changed = run_blocking(&state, move |service, now| {
+        service.set_account_rate_limit(&account_id, limit.as_ref(), now, &Actor::admin_token(ip))
+    })
+    .await?;
+    let account = &changed.value;
+    let limit = account.rate_limit.as_ref().map_or("none".into(), describe);
+    log_event(&format!(
+        "account {} default rate limit {limit} (key map version {})",
+        account.id, changed.version
     ));
     Ok(Json(&changed.value).into_response())
 }

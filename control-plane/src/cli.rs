@@ -187,6 +187,24 @@ pub enum AccountCommand {
     List,
     /// Show an account and its keys.
     Show { account_id: String },
+    /// Set the account's default rate limit: each of its keys without a limit of its own
+    /// gets it (Envoy answers 429 beyond it); --remove lifts it. Takes effect at the
+    /// filters' next key-map poll, without restart.
+    Limit {
+        account_id: String,
+        /// Requests allowed per period (1 to 1000000).
+        #[arg(long, required_unless_present = "remove", value_name = "N")]
+        requests: Option<String>,
+        /// The period: second or minute.
+        #[arg(long, required_unless_present = "remove", value_name = "PERIOD")]
+        per: Option<String>,
+        /// Requests allowed at once after a quiet spell (default: --requests).
+        #[arg(long, value_name = "N")]
+        burst: Option<String>,
+        /// Remove the account's default.
+        #[arg(long, conflicts_with_all = ["requests", "per", "burst"])]
+        remove: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

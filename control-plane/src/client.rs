@@ -2,10 +2,10 @@
 //! the admin API.
 
 use crate::model::{
-    AccountDetailView, AccountListView, AuditListView, BulkImportRequest, BulkImportView,
-    CreateAccountRequest, CreateKeyRequest, CreatedAccountView, ErrorBody, ImportKeyRequest,
-    IssuedKeyView, KeyListView, KeyView, RateLimitRequest, RenameKeyRequest, RollKeyRequest,
-    RolledView,
+    AccountDetailView, AccountListView, AccountView, AuditListView, BulkImportRequest,
+    BulkImportView, CreateAccountRequest, CreateKeyRequest, CreatedAccountView, ErrorBody,
+    ImportKeyRequest, IssuedKeyView, KeyListView, KeyView, RateLimitRequest, RenameKeyRequest,
+    RollKeyRequest, RolledView,
 };
 use crate::service::{KeyChange, KeySpec};
 use crate::store::AuditQuery;
@@ -38,6 +38,15 @@ pub struct Client {
     agent: ureq::Agent,
     base: String,
     admin_token: String,
+}
+
+/// `{"rate_limit": {...}}`, or `{"rate_limit": null}` to remove it.
+fn rate_limit_request(limit: Option<&RawLimit>) -> RateLimitRequest {
+    RateLimitRequest {
+        rate_limit: limit.map_or(serde_json::Value::Null, |l| {
+            serde_json::json!({"requests": l.requests, "per": l.per.as_str(), "burst": l.burst})
+        }),
+    }
 }
 
 impl Client {
@@ -139,14 +148,20 @@ impl Client {
         key_id: &str,
         limit: Option<&RawLimit>,
     ) -> Result<KeyView, ClientError> {
-        let request = RateLimitRequest {
-            rate_limit: limit.map_or(serde_json::Value::Null, |l| {
-                serde_json::json!({"requests": l.requests, "per": l.per.as_str(), "burst": l.burst})
-            }),
-        };
         self.post(
             &format!("/v1/keys/{}/rate-limit", encode_component(key_id)),
-            &request,
+            &rate_limit_request(limit),
+        )
+    }
+
+    pub fn set_account_rate_limit(
+        &self,
+        account_id: &str,
+        limit: Option<&RawLimit>,
+    ) -> Result<AccountView, ClientError> {
+        self.post(
+            &format!("/v1/accounts/{}/rate-limit", encode_component(account_id)),
+            &rate_limit_request(limit),
         )
     }
 

@@ -20,6 +20,7 @@ use crate::serve::{serve, ServeOptions, SyncTokenSetting};
 use crate::service::{parse_digest, KeyChange, KeySpec, Service};
 use crate::store::{Actor, AuditQuery, Store};
 use crate::sync_token::{self, SyncTokenError};
+use keygate_core::config::RawLimit;
 use keygate_core::digest::Digest;
 use keygate_core::key::{check_key, key_hint, Environment, KeyKind, KeyType};
 use keygate_sync_core::message::KeyMapMessage;
@@ -118,6 +119,34 @@ fn account(admin: &Admin, command: &AccountCommand, json: bool) -> Result<(), Cl
             let detail = admin.account(account_id)?;
             print(json, &detail, || output::account_detail(&detail))
         }
+        AccountCommand::Limit {
+            account_id,
+            requests,
+            per,
+            burst,
+            remove,
+        } => {
+            let limit = flag_limit(requests, per, burst, *remove)?;
+            let changed = admin.set_account_rate_limit(account_id, limit.as_ref())?;
+            print(json, &changed, || output::account_rate_limited(&changed))
+        }
+    }
+}
+
+/// A limit from `--requests`, `--per` and `--burst` (clap requires the first two unless
+/// `--remove`), or none for `--remove`.
+fn flag_limit(
+    requests: &Option<String>,
+    per: &Option<String>,
+    burst: &Option<String>,
+    remove: bool,
+) -> Result<Option<RawLimit>, CliError> {
+    match (requests, per) {
+        (Some(requests), Some(per)) if !remove => Ok(Some(
+            limit_from_text(requests, per, burst.as_deref().unwrap_or(""))
+                .map_err(CliError::Input)?,
+        )),
+        _ => Ok(None),
     }
 }
 
@@ -174,13 +203,7 @@ fn key(admin: &Admin, command: &KeyCommand, json: bool) -> Result<(), CliError> 
             burst,
             remove,
         } => {
-            let limit = match (requests, per) {
-                (Some(requests), Some(per)) if !remove => Some(
-                    limit_from_text(requests, per, burst.as_deref().unwrap_or(""))
-                        .map_err(CliError::Input)?,
-                ),
-                _ => None,
-            };
+            let limit = flag_limit(requests, per, burst, *remove)?;
             let changed = admin.set_rate_limit(key_id, limit.as_ref())?;
             print(json, &changed, || output::rate_limited(&changed))
         }

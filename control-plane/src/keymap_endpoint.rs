@@ -708,6 +708,16 @@ mod tests {
         ) -> StoreResult<Versioned<KeyRecord>> {
             self.inner.set_rate_limit(key_id, limit, now, actor)
         }
+        fn set_account_rate_limit(
+            &self,
+            account_id: &str,
+            limit: Option<&keygate_core::config::RawLimit>,
+            now: u64,
+            actor: &Actor,
+        ) -> StoreResult<Versioned<Account>> {
+            self.inner
+                .set_account_rate_limit(account_id, limit, now, actor)
+        }
         fn rename_key(
             &self,
             key_id: &str,

@@ -14,6 +14,10 @@ pub struct AccountView {
     /// Set while the operator has disabled the account (its users cannot sign in).
     #[serde(default)]
     pub disabled_at: Option<u64>,
+    /// The account's default rate limit (`null`: none): the key map gives it to each of
+    /// its keys without a limit of their own.
+    #[serde(default)]
+    pub rate_limit: Option<RawLimit>,
 }
 
 impl From<&Account> for AccountView {
@@ -23,6 +27,7 @@ impl From<&Account> for AccountView {
             name: a.name.clone(),
             created_at: a.created_at,
             disabled_at: a.disabled_at,
+            rate_limit: a.rate_limit,
         }
     }
 }

@@ -160,8 +160,15 @@ fn account_heading(account: &AccountView) -> String {
 }
 
 pub fn account_detail(detail: &AccountDetailView) -> String {
+    let limit = detail
+        .account
+        .rate_limit
+        .as_ref()
+        .map_or(String::new(), |l| {
+            format!("; default rate limit {}", describe(l))
+        });
     format!(
-        "Account {}, created {}\n\n{}",
+        "Account {}, created {}{limit}\n\n{}",
         account_heading(&detail.account),
         format_utc(detail.account.created_at),
         keys(&detail.keys)
@@ -234,6 +241,17 @@ pub fn rate_limited(key: &KeyView) -> String {
             describe(limit)
         ),
         None => format!("Key {} ({}) has no rate limit now.\n", key.key_id, key.hint),
+    }
+}
+
+pub fn account_rate_limited(account: &AccountView) -> String {
+    match &account.rate_limit {
+        Some(limit) => format!(
+            "Account {} limits each key without a limit of its own to {}.\n",
+            account.id,
+            describe(limit)
+        ),
+        None => format!("Account {} has no default rate limit now.\n", account.id),
     }
 }
 

@@ -128,6 +128,7 @@ impl Service {
             name: name.map(validate_account_name).transpose()?,
             created_at: now,
             disabled_at: None,
+            rate_limit: None,
         };
         let issued = KeyKind::ALL
             .iter()
@@ -316,6 +317,27 @@ impl Service {
             self.store.set_rate_limit(key_id, limit, now, actor)?,
             now,
         ))
+    }
+
+    /// Sets an account's default rate limit, or removes it (`None`); a new key-map version
+    /// ships it to the account's keys without a limit of their own.
+    pub fn set_account_rate_limit(
+        &self,
+        account_id: &str,
+        limit: Option<&RawLimit>,
+        now: u64,
+        actor: &Actor,
+    ) -> ServiceResult<Changed<AccountView>> {
+        if let Some(limit) = limit {
+            check_rate_limit(limit).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        }
+        let changed = self
+            .store
+            .set_account_rate_limit(account_id, limit, now, actor)?;
+        Ok(Versioned {
+            value: AccountView::from(&changed.value),
+            version: changed.version,
+        })
     }
 
     /// Names a key, or removes its name (`None`, or only spaces).

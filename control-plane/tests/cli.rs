@@ -396,8 +396,64 @@ fn the_cli_works_against_a_running_server() {
             .len(),
         5
     );
+    // Rate limits: the account's default reaches its keys without their own (here in the
+    // export, built from the key map); a key's own limit wins.
+    let default = serde_json::json!({"requests": 30, "per": "minute", "burst": 5});
+    let set = remote(&[
+        "account",
+        "limit",
+        &account,
+        "--requests",
+        "30",
+        "--per",
+        "minute",
+        "--burst",
+        "5",
+    ]);
+    assert_eq!(set["rate_limit"], default);
+    assert_eq!(
+        remote(&["account", "show", &account])["account"]["rate_limit"],
+        default
+    );
+    let own_key = str_of(&created["keys"][1], "key_id").to_string();
+    let own = serde_json::json!({"requests": 10, "per": "second"});
+    assert_eq!(
+        remote(&[
+            "key",
+            "limit",
+            &own_key,
+            "--requests",
+            "10",
+            "--per",
+            "second"
+        ])["rate_limit"],
+        own
+    );
     let plugin = remote(&["export"]);
-    assert_eq!(plugin["keys"].as_array().expect("keys").len(), 5);
+    let keys = plugin["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 5);
+    for key in keys {
+        let want = if key["key_id"] == own_key.as_str() {
+            &own
+        } else {
+            &default
+        };
+        assert_eq!(&key["rate_limit"], want, "{key}");
+    }
+    let removed = remote(&["account", "limit", &account, "--remove"]);
+    assert!(removed["rate_limit"].is_null());
+    let plugin = remote(&["export"]);
+    let limited: Vec<&serde_json::Value> = plugin["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| !k["rate_limit"].is_null())
+        .collect();
+    assert_eq!(
+        limited.len(),
+        1,
+        "only the key with its own limit: {limited:?}"
+    );
     assert!(
         !db_elsewhere.exists(),
         "--server never touches a local database"

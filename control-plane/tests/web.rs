@@ -584,3 +584,106 @@ fn a_rotated_admin_token_ends_web_sessions() {
         303
     );
 }
+
+/// The account view's default rate-limit form (issue 23): set, shown on the rows of keys
+/// without a limit of their own, refused with the field named, removed; kept in the store
+/// (what the key map ships), audited as the operator's, and only with the session's CSRF
+/// token.
+#[test]
+fn the_account_page_sets_refuses_and_removes_a_default_rate_limit() {
+    let server = Server::start();
+    let mut browser = Browser::signed_in(&server);
+    let csrf = browser.csrf();
+    let created = browser.post("/ui/accounts", &[("csrf", &csrf), ("name", "Initech")]);
+    let location = created.location.clone().expect("location");
+    let account = location
+        .strip_prefix("/ui/accounts/")
+        .expect("account page")
+        .to_string();
+    let page = browser.get(&location);
+    assert!(page.body.contains("No default rate limit"), "{}", page.body);
+    assert!(page
+        .body
+        .contains(&format!("action=\"/ui/accounts/{account}/rate-limit\"")));
+    let api = Api::new(&server);
+    let stored =
+        || api.get(&format!("/v1/accounts/{account}")).body["account"]["rate_limit"].clone();
+    let action = format!("/ui/accounts/{account}/rate-limit");
+    let limit = |requests: &str, per: &str, burst: &str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("rate_requests", requests.to_string()),
+            ("rate_per", per.to_string()),
+            ("rate_burst", burst.to_string()),
+        ]
+    };
+    let send = |browser: &mut Browser, fields: Vec<(&str, String)>| {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        browser.post(&action, &fields)
+    };
+
+    // Without the session's CSRF token: refused, nothing stored.
+    let mut forged = limit("5", "second", "");
+    forged[0].1 = "forged".into();
+    assert_ne!(send(&mut browser, forged).status, 303);
+    assert!(stored().is_null());
+
+    let set = send(&mut browser, limit("100", "minute", "20"));
+    assert_eq!(set.status, 303, "{}", set.body);
+    assert_eq!(set.location.as_deref(), Some(location.as_str()));
+    assert_eq!(
+        stored(),
+        serde_json::json!({"requests": 100, "per": "minute", "burst": 20})
+    );
+    let page = browser.get(&location);
+    assert!(
+        page.body
+            .contains("limits each key without a limit of its own to 100 per minute, burst 20"),
+        "{}",
+        page.body
+    );
+    assert!(page
+        .body
+        .contains("Each key without a limit of its own: 100 per minute, burst 20"));
+    assert!(
+        page.body
+            .contains("Account default: 100 per minute, burst 20"),
+        "on the key rows"
+    );
+
+    // A value the form's min/max would stop, sent anyway: the field named, nothing changed.
+    let refused = send(&mut browser, limit("2000000", "second", ""));
+    assert_eq!(refused.status, 303);
+    let page = browser.get(&location);
+    assert!(page.body.contains("rate_limit.requests"), "{}", page.body);
+    assert_eq!(stored()["requests"], 100);
+
+    let removed = send(&mut browser, limit("", "second", ""));
+    assert_eq!(removed.status, 303);
+    assert!(stored().is_null());
+    assert!(browser
+        .get(&location)
+        .body
+        .contains("has no default rate limit now"));
+
+    let events = api.get(&format!("/v1/audit?account_id={account}")).body["events"].clone();
+    let set_by: Vec<(&str, &str)> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["action"] == "account.rate_limit_set")
+        .map(|e| {
+            (
+                e["actor"]["kind"].as_str().unwrap_or(""),
+                e["detail"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        set_by,
+        vec![
+            ("operator", "default rate limit removed"),
+            ("operator", "default rate limit 100 per minute, burst 20")
+        ]
+    );
+}

@@ -96,6 +96,7 @@ pub fn complete_signup(
         name: None,
         created_at: now,
         disabled_at: None,
+        rate_limit: None,
     };
     let user = NewUser {
         id: new_user_id()?,

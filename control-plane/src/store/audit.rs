@@ -6,6 +6,7 @@
 
 use super::{Account, KeyRecord, Rolled};
 use crate::clock::format_utc;
+use keygate_core::config::RawLimit;
 
 /// Who made a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +112,7 @@ pub enum AuditAction {
     AccountCreated,
     AccountDisabled,
     AccountEnabled,
+    AccountRateLimited,
     KeyCreated,
     KeyRolled,
     KeyRevoked,
@@ -134,10 +136,11 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 22] = [
+    pub const ALL: [AuditAction; 23] = [
         AuditAction::AccountCreated,
         AuditAction::AccountDisabled,
         AuditAction::AccountEnabled,
+        AuditAction::AccountRateLimited,
         AuditAction::KeyCreated,
         AuditAction::KeyRolled,
         AuditAction::KeyRevoked,
@@ -164,6 +167,7 @@ impl AuditAction {
             AuditAction::AccountCreated => "account.created",
             AuditAction::AccountDisabled => "account.disabled",
             AuditAction::AccountEnabled => "account.enabled",
+            AuditAction::AccountRateLimited => "account.rate_limit_set",
             AuditAction::KeyCreated => "key.created",
             AuditAction::KeyRolled => "key.rolled",
             AuditAction::KeyRevoked => "key.revoked",
@@ -326,7 +330,27 @@ pub fn key_renamed(key: &KeyRecord) -> NewAuditEvent {
 /// A key's rate limit set, changed or removed; the detail says which limit.
 pub fn key_rate_limit(key: &KeyRecord) -> NewAuditEvent {
     let mut event = key_event(AuditAction::KeyRateLimited, key);
-    let limit = match &key.rate_limit {
+    event.detail = Some(format!(
+        "{}; {}",
+        key_words(key),
+        limit_words(key.rate_limit.as_ref())
+    ));
+    event
+}
+
+/// An account's default rate limit set, changed or removed; the detail says which limit.
+pub fn account_rate_limit(account: &Account) -> NewAuditEvent {
+    NewAuditEvent::new(AuditAction::AccountRateLimited)
+        .account(&account.id)
+        .detail(format!(
+            "default {}",
+            limit_words(account.rate_limit.as_ref())
+        ))
+}
+
+/// `rate limit 10 per second, burst 20`, or `rate limit removed`.
+fn limit_words(limit: Option<&RawLimit>) -> String {
+    match limit {
         Some(l) => format!(
             "rate limit {} per {}, burst {}",
             l.requests,
@@ -334,9 +358,7 @@ pub fn key_rate_limit(key: &KeyRecord) -> NewAuditEvent {
             l.burst.unwrap_or(l.requests)
         ),
         None => "rate limit removed".to_string(),
-    };
-    event.detail = Some(format!("{}; {limit}", key_words(key)));
-    event
+    }
 }
 
 /// Key ids as the store keeps them: one text, space-separated (ids hold no spaces).

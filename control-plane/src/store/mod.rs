@@ -78,6 +78,9 @@ pub struct Account {
     pub created_at: u64,
     /// Set while the operator has disabled the account: its users cannot sign in.
     pub disabled_at: Option<u64>,
+    /// The account's default rate limit: the key map gives it to each of the account's keys
+    /// that has no limit of its own.
+    pub rate_limit: Option<RawLimit>,
 }
 
 /// Where a key came from: issued here (shown once), or imported by digest.
@@ -193,8 +196,9 @@ impl KeyRecord {
         self.revoked_at.is_none() && self.removed_at.is_none() && !self.is_expired(now)
     }
 
-    /// The key map entry the filters read.
-    pub fn to_raw_key(&self) -> RawKey {
+    /// The key map entry the filters read, given its account's default rate limit (the
+    /// key's own limit wins).
+    pub fn to_raw_key(&self, account_default: Option<&RawLimit>) -> RawKey {
         RawKey {
             digest: self.digest.to_hex(),
             account_id: self.account_id.clone(),
@@ -203,7 +207,7 @@ impl KeyRecord {
             environment: self.kind.environment,
             expires_at: self.expires_at,
             disabled: self.disabled_at.is_some(),
-            rate_limit: self.rate_limit,
+            rate_limit: self.rate_limit.or(account_default.copied()),
         }
     }
 }
@@ -356,6 +360,16 @@ pub trait Store: CustomerStore + UsageStore + Send + Sync {
         now: u64,
         actor: &Actor,
     ) -> StoreResult<Versioned<KeyRecord>>;
+    /// Sets an account's default rate limit (`None`: no default), checked like a key's; a new
+    /// key-map version ships it in the entries of the account's keys without a limit of
+    /// their own. Setting the same default changes nothing.
+    fn set_account_rate_limit(
+        &self,
+        account_id: &str,
+        limit: Option<&RawLimit>,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<Versioned<Account>>;
     /// Names a key (`None`: no name). The key map does not change: names are not in it.
     fn rename_key(
         &self,

@@ -26,8 +26,9 @@ use super::lineage::{lineage_start, next_version, StoreId, VersionClock};
 use super::postgres_audit::record;
 use super::postgres_tls::{self, TlsSettings};
 use super::rules::{
-    corrupt, disable_changes, ensure_keys_of, full_map_answers, limit_changes, limit_columns,
-    name_changes, plan_roll, stored_limit, token_action, ChangeOp,
+    account_limit_changes, corrupt, disable_changes, ensure_keys_of, full_map_answers,
+    limit_changes, limit_columns, name_changes, plan_roll, stored_limit, token_action,
+    AccountDefaults, ChangeOp,
 };
 use super::{
     Account, AccountWithKeys, DeltaLookup, KeyMapStatus, KeyOrigin, KeyRecord, NewKey, Rolled,
@@ -55,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0003_customers.sql"),
     include_str!("migrations/postgres/0004_names_audit_usage.sql"),
     include_str!("migrations/postgres/0005_rate_limits.sql"),
+    include_str!("migrations/postgres/0006_account_rate_limits.sql"),
 ];
 
 /// The channel every change is announced on (payload: the new version, `admin_token` or
@@ -68,6 +70,9 @@ pub(super) const KEY_COLUMNS: &str =
     "id, account_id, digest, hint, type, environment, origin, created_at, \
      disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at, name, \
      rate_requests, rate_per, rate_burst";
+
+pub(super) const ACCOUNT_COLUMNS: &str =
+    "id, name, created_at, disabled_at, rate_requests, rate_per, rate_burst";
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
 const SYNC_TOKEN_SETTING: &str = "sync_token_digest";
@@ -594,23 +599,60 @@ fn load_key(c: &mut Client, key_id: &str) -> StoreResult<KeyRecord> {
         .ok_or_else(|| StoreError::KeyNotFound(key_id.to_string()))
 }
 
-pub(super) fn account_from_row(row: &Row) -> StoreResult<Account> {
+/// Reads a row of `ACCOUNT_COLUMNS`.
+fn account_from_row(row: &Row) -> StoreResult<Account> {
     Ok(Account {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
         created_at: unsigned(row.try_get(2)?)?,
         disabled_at: unsigned_opt(row.try_get(3)?)?,
+        rate_limit: stored_limit(
+            unsigned_opt(row.try_get(4)?)?,
+            row.try_get(5)?,
+            unsigned_opt(row.try_get(6)?)?,
+        )?,
     })
 }
 
+/// Runs an account query and reads every row.
+fn query_accounts(
+    c: &mut Client,
+    sql_after_from: &str,
+    args: &[&(dyn ToSql + Sync)],
+) -> StoreResult<Vec<Account>> {
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts {sql_after_from}");
+    c.query(sql.as_str(), args)?
+        .iter()
+        .map(account_from_row)
+        .collect()
+}
+
 pub(super) fn load_account(c: &mut Client, account_id: &str) -> StoreResult<Account> {
-    match c.query_opt(
-        "SELECT id, name, created_at, disabled_at FROM accounts WHERE id = $1",
-        &[&account_id],
-    )? {
-        Some(row) => account_from_row(&row),
-        None => Err(StoreError::AccountNotFound(account_id.to_string())),
-    }
+    query_accounts(c, "WHERE id = $1", &[&account_id])?
+        .pop()
+        .ok_or_else(|| StoreError::AccountNotFound(account_id.to_string()))
+}
+
+/// The default rate limits of the accounts that have one: of every account (`digests`:
+/// none), or of the accounts of these keys (what a delta needs).
+fn account_defaults(c: &mut Client, digests: Option<&[String]>) -> StoreResult<AccountDefaults> {
+    let has_default = "(rate_requests IS NOT NULL OR rate_per IS NOT NULL \
+                       OR rate_burst IS NOT NULL)";
+    let accounts = match digests {
+        None => query_accounts(c, &format!("WHERE {has_default}"), &[])?,
+        Some(digests) => query_accounts(
+            c,
+            &format!(
+                "WHERE {has_default} AND id IN (SELECT account_id FROM keys \
+                 WHERE digest = ANY($1))"
+            ),
+            &[&digests],
+        )?,
+    };
+    Ok(accounts
+        .into_iter()
+        .filter_map(|a| a.rate_limit.map(|limit| (a.id, limit)))
+        .collect())
 }
 
 /// Inserts a key after checking that neither its id nor its digest is taken.
@@ -754,13 +796,16 @@ fn delta_in(c: &mut Client, since: u64, now: u64) -> StoreResult<DeltaLookup> {
             .into_iter()
             .map(|k| (k.digest.to_hex(), k))
             .collect();
+    let defaults = account_defaults(c, Some(&digests))?;
     let mut upserts = Vec::new();
     let mut removes = Vec::new();
     // Each changed digest is answered with its state now, whatever happened to it in
     // between.
     for digest in digests {
         match current.remove(&digest) {
-            Some(key) if key.in_key_map(now) => upserts.push(key.to_raw_key()),
+            Some(key) if key.in_key_map(now) => {
+                upserts.push(key.to_raw_key(defaults.get(&key.account_id)))
+            }
             _ => removes.push(digest),
         }
     }
@@ -779,6 +824,7 @@ fn delta_in(c: &mut Client, since: u64, now: u64) -> StoreResult<DeltaLookup> {
 fn full_in(c: &mut Client, now: u64) -> StoreResult<StoredKeyMap> {
     let store = store_id(c)?;
     let version = current_version(c)?;
+    let defaults = account_defaults(c, None)?;
     let keys = query_keys(
         c,
         "WHERE removed_at IS NULL ORDER BY digest COLLATE \"C\"",
@@ -786,7 +832,7 @@ fn full_in(c: &mut Client, now: u64) -> StoreResult<StoredKeyMap> {
     )?
     .into_iter()
     .filter(|k| k.in_key_map(now))
-    .map(|k| k.to_raw_key())
+    .map(|k| k.to_raw_key(defaults.get(&k.account_id)))
     .collect();
     Ok(StoredKeyMap {
         store,
@@ -838,15 +884,7 @@ impl Store for PostgresStore {
     }
 
     fn accounts(&self) -> StoreResult<Vec<Account>> {
-        self.read(|c| {
-            c.query(
-                "SELECT id, name, created_at, disabled_at FROM accounts ORDER BY created_at, id",
-                &[],
-            )?
-            .iter()
-            .map(account_from_row)
-            .collect()
-        })
+        self.read(|c| query_accounts(c, "ORDER BY created_at, id", &[]))
     }
 
     fn account(&self, account_id: &str) -> StoreResult<Account> {
@@ -1038,6 +1076,53 @@ impl Store for PostgresStore {
             let version = self.issue_version(c, &[(&key.digest, ChangeOp::Upsert)])?;
             let changed = load_key(c, key_id)?;
             record(c, now, actor, super::audit::key_rate_limit(&changed))?;
+            Ok(Versioned {
+                value: changed,
+                version,
+            })
+        })
+    }
+
+    fn set_account_rate_limit(
+        &self,
+        account_id: &str,
+        limit: Option<&RawLimit>,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<Versioned<Account>> {
+        self.write(|c| {
+            let account = load_account(c, account_id)?;
+            if !account_limit_changes(&account, limit)? {
+                return Ok(Versioned {
+                    value: account,
+                    version: current_version(c)?,
+                });
+            }
+            let (requests, per, burst) = limit_columns(limit);
+            c.execute(
+                "UPDATE accounts SET rate_requests = $1, rate_per = $2, rate_burst = $3 \
+                 WHERE id = $4",
+                &[
+                    &requests.map(signed).transpose()?,
+                    &per,
+                    &burst.map(signed).transpose()?,
+                    &account_id,
+                ],
+            )?;
+            // The entries that change: the account's keys in the map without a limit of
+            // their own. The version moves even when there are none, like any change.
+            let inheriting = query_keys(
+                c,
+                "WHERE account_id = $1 AND removed_at IS NULL AND rate_requests IS NULL",
+                &[&account_id],
+            )?;
+            let changes: Vec<_> = inheriting
+                .iter()
+                .map(|k| (&k.digest, ChangeOp::Upsert))
+                .collect();
+            let version = self.issue_version(c, &changes)?;
+            let changed = load_account(c, account_id)?;
+            record(c, now, actor, super::audit::account_rate_limit(&changed))?;
             Ok(Versioned {
                 value: changed,
                 version,

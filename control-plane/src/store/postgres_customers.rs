@@ -11,9 +11,7 @@ use super::customers::{
     CustomerStore, NewUser, PasswordReset, SessionOwner, Signup, TokenRefusal, TokenState, User,
     Verified, TOKEN_KEEP_SECONDS,
 };
-use super::postgres::{
-    account_from_row, insert_key, load_account, signed, unsigned, unsigned_opt, WRITE_BEGIN,
-};
+use super::postgres::{insert_key, load_account, signed, unsigned, unsigned_opt, WRITE_BEGIN};
 use super::postgres_audit::record;
 use super::rules::{ensure_keys_of, ChangeOp};
 use super::{Account, AccountWithKeys, NewKey, PostgresStore, StoreError, StoreResult, Versioned};
@@ -404,10 +402,7 @@ impl CustomerStore for PostgresStore {
             let created_at = unsigned(row.try_get(1)?)?;
             let expires_at = unsigned(row.try_get(2)?)?;
             let user = load_user(c, &user_id)?;
-            let account = account_from_row(&c.query_one(
-                "SELECT id, name, created_at, disabled_at FROM accounts WHERE id = $1",
-                &[&user.account_id],
-            )?)?;
+            let account = load_account(c, &user.account_id)?;
             if user.disabled_at.is_some() || account.disabled_at.is_some() {
                 return Ok(None);
             }

@@ -110,6 +110,18 @@ pub fn limit_changes(key: &KeyRecord, limit: Option<&RawLimit>, now: u64) -> Sto
     Ok(key.rate_limit.as_ref() != limit)
 }
 
+/// Whether setting `limit` as `account`'s default changes anything; refuses limits no
+/// filter would take.
+pub fn account_limit_changes(account: &Account, limit: Option<&RawLimit>) -> StoreResult<bool> {
+    if let Some(limit) = limit {
+        check_rate_limit(limit).map_err(|e| StoreError::InvalidRateLimit(e.to_string()))?;
+    }
+    Ok(account.rate_limit.as_ref() != limit)
+}
+
+/// The accounts' default rate limits, by account id, for building key-map entries.
+pub type AccountDefaults = std::collections::HashMap<String, RawLimit>;
+
 /// Whether naming `key` `name` changes anything (names are kept even on revoked keys: they
 /// help read the history).
 pub fn name_changes(key: &KeyRecord, name: Option<&str>) -> bool {

@@ -14,8 +14,9 @@ use super::audit::{Actor, AuditAction, AuditEvent, AuditQuery, NewAuditEvent};
 use super::import::{ImportItem, ImportReport};
 use super::lineage::{lineage_start, next_version, StoreId, VersionClock};
 use super::rules::{
-    corrupt, disable_changes, ensure_keys_of, full_map_answers, limit_changes, limit_columns,
-    name_changes, plan_roll, stored_limit, token_action, ChangeOp,
+    account_limit_changes, corrupt, disable_changes, ensure_keys_of, full_map_answers,
+    limit_changes, limit_columns, name_changes, plan_roll, stored_limit, token_action,
+    AccountDefaults, ChangeOp,
 };
 use super::sqlite_audit::record;
 use super::{
@@ -40,12 +41,16 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0003_customers.sql"),
     include_str!("migrations/sqlite/0004_names_audit_usage.sql"),
     include_str!("migrations/sqlite/0005_rate_limits.sql"),
+    include_str!("migrations/sqlite/0006_account_rate_limits.sql"),
 ];
 
 pub(super) const KEY_COLUMNS: &str =
     "id, account_id, digest, hint, type, environment, origin, created_at, \
      disabled_at, expires_at, rolled_at, replaced_by, revoked_at, removed_at, name, \
      rate_requests, rate_per, rate_burst";
+
+pub(super) const ACCOUNT_COLUMNS: &str =
+    "id, name, created_at, disabled_at, rate_requests, rate_per, rate_burst";
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_digest";
 const SYNC_TOKEN_SETTING: &str = "sync_token_digest";
@@ -473,6 +478,7 @@ fn delta_in(tx: &Transaction, since: u64, now: u64) -> StoreResult<DeltaLookup> 
         columns.join(", ")
     ))?;
     let digest_column = columns.len();
+    let defaults = account_defaults(tx, Some(since))?;
     let mut rows = stmt.query([since])?;
     let mut upserts = Vec::new();
     let mut removes = Vec::new();
@@ -482,7 +488,9 @@ fn delta_in(tx: &Transaction, since: u64, now: u64) -> StoreResult<DeltaLookup> 
             None => None,
         };
         match key {
-            Some(key) if key.in_key_map(now) => upserts.push(key.to_raw_key()),
+            Some(key) if key.in_key_map(now) => {
+                upserts.push(key.to_raw_key(defaults.get(&key.account_id)))
+            }
             _ => removes.push(row.get(digest_column)?),
         }
     }
@@ -501,10 +509,11 @@ fn delta_in(tx: &Transaction, since: u64, now: u64) -> StoreResult<DeltaLookup> 
 fn full_in(tx: &Transaction, now: u64) -> StoreResult<StoredKeyMap> {
     let store = store_id(tx)?;
     let version = current_version(tx)?;
+    let defaults = account_defaults(tx, None)?;
     let keys = query_keys(tx, "WHERE removed_at IS NULL ORDER BY digest", [])?
         .into_iter()
         .filter(|k| k.in_key_map(now))
-        .map(|k| k.to_raw_key())
+        .map(|k| k.to_raw_key(defaults.get(&k.account_id)))
         .collect();
     Ok(StoredKeyMap {
         store,
@@ -569,22 +578,53 @@ pub(super) fn load_key(tx: &Transaction, key_id: &str) -> StoreResult<KeyRecord>
 }
 
 pub(super) fn load_account(tx: &Transaction, account_id: &str) -> StoreResult<Account> {
-    tx.query_row(
-        "SELECT id, name, created_at, disabled_at FROM accounts WHERE id = ?1",
-        [account_id],
-        account_from_row,
-    )
-    .optional()?
-    .ok_or_else(|| StoreError::AccountNotFound(account_id.to_string()))
+    query_accounts(tx, "WHERE id = ?1", [account_id])?
+        .pop()
+        .ok_or_else(|| StoreError::AccountNotFound(account_id.to_string()))
 }
 
-pub(super) fn account_from_row(r: &Row) -> rusqlite::Result<Account> {
-    Ok(Account {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        created_at: r.get(2)?,
-        disabled_at: r.get(3)?,
-    })
+/// Runs an account query and reads every row.
+fn query_accounts(
+    tx: &Transaction,
+    sql_after_from: &str,
+    args: impl rusqlite::Params,
+) -> StoreResult<Vec<Account>> {
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts {sql_after_from}");
+    let mut stmt = tx.prepare(&sql)?;
+    let mut rows = stmt.query(args)?;
+    let mut accounts = Vec::new();
+    while let Some(r) = rows.next()? {
+        accounts.push(Account {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            created_at: r.get(2)?,
+            disabled_at: r.get(3)?,
+            rate_limit: stored_limit(r.get(4)?, r.get(5)?, r.get(6)?)?,
+        });
+    }
+    Ok(accounts)
+}
+
+/// The default rate limits of the accounts that have one: of every account (`since`: none),
+/// or of the accounts of the keys changed after `since` (what a delta needs).
+fn account_defaults(tx: &Transaction, since: Option<u64>) -> StoreResult<AccountDefaults> {
+    let has_default = "(rate_requests IS NOT NULL OR rate_per IS NOT NULL \
+                       OR rate_burst IS NOT NULL)";
+    let accounts = match since {
+        None => query_accounts(tx, &format!("WHERE {has_default}"), [])?,
+        Some(since) => query_accounts(
+            tx,
+            &format!(
+                "WHERE {has_default} AND id IN (SELECT k.account_id FROM keys k \
+                 WHERE k.digest IN (SELECT digest FROM keymap_changes WHERE version > ?1))"
+            ),
+            [since],
+        )?,
+    };
+    Ok(accounts
+        .into_iter()
+        .filter_map(|a| a.rate_limit.map(|limit| (a.id, limit)))
+        .collect())
 }
 
 /// Inserts a key after checking that neither its id nor its digest is taken.
@@ -718,15 +758,7 @@ impl Store for SqliteStore {
     }
 
     fn accounts(&self) -> StoreResult<Vec<Account>> {
-        self.read(|tx| {
-            let mut stmt = tx.prepare(
-                "SELECT id, name, created_at, disabled_at FROM accounts ORDER BY created_at, id",
-            )?;
-            let accounts = stmt
-                .query_map([], account_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(accounts)
-        })
+        self.read(|tx| query_accounts(tx, "ORDER BY created_at, id", []))
     }
 
     fn account(&self, account_id: &str) -> StoreResult<Account> {
@@ -901,6 +933,48 @@ impl Store for SqliteStore {
             let version = self.issue_version(tx, &[(&key.digest, ChangeOp::Upsert)])?;
             let changed = load_key(tx, key_id)?;
             record(tx, now, actor, super::audit::key_rate_limit(&changed))?;
+            Ok(Versioned {
+                value: changed,
+                version,
+            })
+        })
+    }
+
+    fn set_account_rate_limit(
+        &self,
+        account_id: &str,
+        limit: Option<&RawLimit>,
+        now: u64,
+        actor: &Actor,
+    ) -> StoreResult<Versioned<Account>> {
+        self.write(|tx| {
+            let account = load_account(tx, account_id)?;
+            if !account_limit_changes(&account, limit)? {
+                return Ok(Versioned {
+                    value: account,
+                    version: current_version(tx)?,
+                });
+            }
+            let (requests, per, burst) = limit_columns(limit);
+            tx.execute(
+                "UPDATE accounts SET rate_requests = ?1, rate_per = ?2, rate_burst = ?3 \
+                 WHERE id = ?4",
+                params![requests, per, burst, account_id],
+            )?;
+            // The entries that change: the account's keys in the map without a limit of
+            // their own. The version moves even when there are none, like any change.
+            let inheriting = query_keys(
+                tx,
+                "WHERE account_id = ?1 AND removed_at IS NULL AND rate_requests IS NULL",
+                [account_id],
+            )?;
+            let changes: Vec<_> = inheriting
+                .iter()
+                .map(|k| (&k.digest, ChangeOp::Upsert))
+                .collect();
+            let version = self.issue_version(tx, &changes)?;
+            let changed = load_account(tx, account_id)?;
+            record(tx, now, actor, super::audit::account_rate_limit(&changed))?;
             Ok(Versioned {
                 value: changed,
                 version,

@@ -9,7 +9,7 @@ use super::customers::{
     Verified, TOKEN_KEEP_SECONDS,
 };
 use super::rules::{ensure_keys_of, ChangeOp};
-use super::sqlite::{account_from_row, insert_key, load_account};
+use super::sqlite::{insert_key, load_account};
 use super::sqlite_audit::record;
 use super::{Account, AccountWithKeys, NewKey, SqliteStore, StoreError, StoreResult, Versioned};
 use keygate_core::digest::Digest;
@@ -366,11 +366,7 @@ impl CustomerStore for SqliteStore {
                 return Ok(None);
             };
             let user = load_user(tx, &user_id)?;
-            let account = tx.query_row(
-                "SELECT id, name, created_at, disabled_at FROM accounts WHERE id = ?1",
-                [&user.account_id],
-                account_from_row,
-            )?;
+            let account = load_account(tx, &user.account_id)?;
             if user.disabled_at.is_some() || account.disabled_at.is_some() {
                 return Ok(None);
             }

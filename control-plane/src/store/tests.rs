@@ -402,6 +402,8 @@ mod customers;
 mod activity;
 // Per-key rate limits.
 mod rate_limits;
+// Accounts' default rate limits.
+mod account_rate_limits;
 mod tls;
 
 fn new_key(account_id: &str, kind: KeyKind, name: &str) -> NewKey {
@@ -423,6 +425,7 @@ fn account(id: &str, now: u64) -> Account {
         name: None,
         created_at: now,
         disabled_at: None,
+        rate_limit: None,
     }
 }
 
@@ -552,7 +555,7 @@ fn rolling_without_grace_stops_the_old_key_at_once(db: &dyn TestDb) {
         KeyMapMessage::Delta {
             version: 2,
             since: 1,
-            upserts: vec![rolled.value.new.to_raw_key()],
+            upserts: vec![rolled.value.new.to_raw_key(None)],
             removes: vec![hex("a-0")],
         }
     );
@@ -871,13 +874,13 @@ fn the_schema_is_versioned_and_data_survives_reopening(db: &dyn TestDb) {
         Some(Digest::of_key("token"))
     );
     drop(store);
-    assert_eq!(db.schema_version(), 5);
+    assert_eq!(db.schema_version(), 6);
     db.set_schema_version(99);
     assert!(matches!(
         db.try_open(DEFAULT_CHANGE_LOG_LIMIT),
         Err(StoreError::SchemaTooNew {
             found: 99,
-            supported: 5
+            supported: 6
         })
     ));
 }
@@ -957,7 +960,7 @@ fn several_processes_opening_a_new_database_migrate_it_once(db: &dyn TestDb) {
     });
     assert!(statuses.iter().all(|s| s.version == 0));
     assert!(statuses.iter().all(|s| s.store == statuses[0].store));
-    assert_eq!(db.schema_version(), 5);
+    assert_eq!(db.schema_version(), 6);
     let store = db.open();
     assert_eq!(create(&*store, "a", 1).version, 1);
 }
@@ -1505,7 +1508,7 @@ fn a_schema_1_database_gets_an_id_and_keeps_its_counter_and_deltas(db: &dyn Test
     db.execute(&sql);
     let clock = TestClock::at(T);
     let store = db.open_with_clock(&clock);
-    assert_eq!(db.schema_version(), 5);
+    assert_eq!(db.schema_version(), 6);
     let migrated = status(&*store);
     assert_eq!(migrated.version, 57, "the counter carries on");
     for since in 50..=57 {

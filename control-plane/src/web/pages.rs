@@ -8,7 +8,9 @@ use super::session::{secrets_match, NewKeys, Notice, SessionInfo, ShownKey};
 use super::signin::{cookie_header, form_token_ok, seconds_text, with_retry_after};
 use super::throttle::Failure;
 use super::usage_chart::CHART_DAYS;
-use super::views::{render, shown_keys, Chrome, KeyRow, NoticeView, ShownKeyView, Stamp};
+use super::views::{
+    render, shown_keys, Chrome, KeyRow, LimitForm, NoticeView, ShownKeyView, Stamp,
+};
 use super::{
     html::kind_label, same_origin, see_other, url_segment, ClientIp, Web, LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -26,6 +28,7 @@ use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use keygate_core::config::RawLimit;
 use keygate_core::key::KeyKind;
 use keygate_core::key::{Environment, KeyType};
 use serde::Deserialize;
@@ -678,6 +681,8 @@ struct AccountPage {
     csrf: String,
     grace_choices: Vec<(u64, &'static str)>,
     expiry_choices: Vec<(u64, &'static str)>,
+    /// The account's default rate limit, for its form and the rows of keys without their own.
+    default_limit: LimitForm,
 }
 
 pub async fn account_page(
@@ -784,6 +789,7 @@ pub async fn account_page(
         csrf: session.csrf.clone(),
         grace_choices: GRACE_CHOICES.to_vec(),
         expiry_choices: EXPIRY_CHOICES.to_vec(),
+        default_limit: LimitForm::new(account.rate_limit.as_ref()),
     };
     render(StatusCode::OK, &page)
 }
@@ -1042,7 +1048,83 @@ pub async fn account_action(
     path: Result<Path<(String, String)>, PathRejection>,
     form: Result<Form<OperatorForm>, FormRejection>,
 ) -> Response {
+    if matches!(&path, Ok(Path((_, action))) if action == "rate-limit") {
+        return set_account_rate_limit(web, ip, headers, path, form).await;
+    }
     sign_in_switch(web, ip, headers, path, form, Target::Account).await
+}
+
+/// A limit from the operator page's form (`rate_requests`, `rate_per`, `rate_burst`):
+/// empty requests mean none.
+fn form_limit(form: &OperatorForm) -> ServiceResult<Option<RawLimit>> {
+    if form.rate_requests.trim().is_empty() {
+        return Ok(None);
+    }
+    limit_from_text(&form.rate_requests, &form.rate_per, &form.rate_burst)
+        .map(Some)
+        .map_err(ServiceError::Invalid)
+}
+
+/// `POST /ui/accounts/{account_id}/rate-limit`: the account's default rate limit; empty
+/// requests remove it.
+async fn set_account_rate_limit(
+    web: Arc<Web>,
+    ip: IpAddr,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    form: Result<Form<OperatorForm>, FormRejection>,
+) -> Response {
+    let (session, form) = match check_post(&web, &headers, form) {
+        Ok(checked) => checked,
+        Err(response) => return response,
+    };
+    let Ok(Path((account_id, _))) = path else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            Some(&session),
+            "There is no such page.",
+        );
+    };
+    let actor = Actor::operator(&session.tag(), ip);
+    let id = account_id.clone();
+    let changed = run(&web, true, move |service, now| {
+        let result = form_limit(&form)
+            .and_then(|limit| service.set_account_rate_limit(&id, limit.as_ref(), now, &actor));
+        match result {
+            Ok(changed) => Ok(Ok(changed.value)),
+            // A refused value goes back to the account's page; an unknown account is an
+            // error page.
+            Err(
+                e @ (ServiceError::Invalid(_)
+                | ServiceError::Store(StoreError::InvalidRateLimit(_))),
+            ) => Ok(Err(Failed::from(e))),
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    let notice = match changed {
+        Ok(Ok(account)) => {
+            let said = match &account.rate_limit {
+                Some(limit) => format!(
+                    "limits each key without a limit of its own to {}",
+                    describe(limit)
+                ),
+                None => "has no default rate limit now".into(),
+            };
+            log_event(&format!("account {} {said} (web page)", account.id));
+            Notice::Info(format!(
+                "The account {} {said}; Envoy applies it at its next key-map poll.",
+                account.name.unwrap_or(account.id)
+            ))
+        }
+        Ok(Err(failed)) => Notice::Error(format!(
+            "The default rate limit was not changed: {}",
+            failed.message
+        )),
+        Err(failed) => return error_page(failed.status, Some(&session), &failed.message),
+    };
+    web.sessions.set_notice(&session.id, notice);
+    see_other(&format!("/ui/accounts/{}", url_segment(&account_id)))
 }
 
 pub async fn user_action(
@@ -1302,14 +1384,9 @@ async fn set_rate_limit(
 ) -> Response {
     let actor = Actor::operator(&session.tag(), ip);
     let id = key_id.clone();
-    let changed = run(&web, false, move |service, now| {
-        let limit = if form.rate_requests.trim().is_empty() {
-            Ok(None)
-        } else {
-            limit_from_text(&form.rate_requests, &form.rate_per, &form.rate_burst).map(Some)
-        };
-        let result = limit
-            .map_err(ServiceError::Invalid)
+    // `true`: the key map changed, so held watches hear of it now.
+    let changed = run(&web, true, move |service, now| {
+        let result = form_limit(&form)
             .and_then(|limit| service.set_rate_limit(&id, limit.as_ref(), now, &actor));
         match result {
             Ok(changed) => Ok(Ok(changed.value)),
@@ -1469,6 +1546,7 @@ mod tests {
             csrf: "tok\"en".into(),
             grace_choices: GRACE_CHOICES.to_vec(),
             expiry_choices: EXPIRY_CHOICES.to_vec(),
+            default_limit: LimitForm::new(None),
         }
         .render()
         .expect("render")

@@ -12,6 +12,7 @@ use crate::rate_limits::describe;
 use askama::Template;
 use axum::http::StatusCode;
 use axum::response::Response;
+use keygate_core::config::RawLimit;
 
 /// The page's frame: its title, which header it has, and the session's CSRF token (for the
 /// sign-out form) when signed in.
@@ -142,6 +143,28 @@ pub struct KeyRow {
     pub rate_requests: String,
     pub rate_per: &'static str,
     pub rate_burst: String,
+}
+
+/// A rate limit for a form: in words (`10 per second, burst 20`) and its numbers (empty:
+/// no limit).
+pub struct LimitForm {
+    pub words: Option<String>,
+    pub requests: String,
+    pub per: &'static str,
+    pub burst: String,
+}
+
+impl LimitForm {
+    pub fn new(limit: Option<&RawLimit>) -> LimitForm {
+        LimitForm {
+            words: limit.map(describe),
+            requests: limit.map_or(String::new(), |l| l.requests.to_string()),
+            per: limit.map_or("second", |l| l.per.as_str()),
+            burst: limit
+                .and_then(|l| l.burst)
+                .map_or(String::new(), |b| b.to_string()),
+        }
+    }
 }
 
 impl KeyRow {
