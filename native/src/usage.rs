@@ -61,16 +61,17 @@ impl UsageTables {
 impl UsageCounter for UsageTables {
     fn count(&self, digest: &Digest, allowed: bool) {
         MINE.with_borrow_mut(|mine| {
-            let table = match mine.iter().find(|(id, _)| *id == self.id) {
-                Some((_, table)) => table.clone(),
-                None => {
-                    let table = Arc::new(Mutex::new(UsageTable::new(DEFAULT_SLOTS)));
-                    lock(&self.tables).push(table.clone());
-                    mine.push((self.id, table.clone()));
-                    table
-                }
-            };
+            if let Some((_, table)) = mine.iter().find(|(id, _)| *id == self.id) {
+                lock(table).record(digest, allowed);
+                return;
+            }
+            // A group ended by a config reload keeps no other holder of its tables: drop
+            // this thread's, so reloads do not pile tables up on every worker.
+            mine.retain(|(_, table)| Arc::strong_count(table) > 1);
+            let table = Arc::new(Mutex::new(UsageTable::new(DEFAULT_SLOTS)));
+            lock(&self.tables).push(table.clone());
             lock(&table).record(digest, allowed);
+            mine.push((self.id, table));
         });
     }
 }
@@ -140,5 +141,43 @@ pub fn report(
                 target = (target + 1) % targets.len().max(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables_held_by_this_thread() -> usize {
+        MINE.with_borrow(|mine| mine.len())
+    }
+
+    #[test]
+    fn a_thread_counts_into_one_table_per_group_and_drops_those_of_ended_groups() {
+        std::thread::spawn(|| {
+            let digest = Digest([7u8; 32]);
+            let first = UsageTables::new();
+            first.count(&digest, true);
+            first.count(&digest, false);
+            assert_eq!(tables_held_by_this_thread(), 1);
+            let (usage, lost) = first.drain();
+            assert_eq!(lost, 0);
+            assert_eq!(
+                usage
+                    .iter()
+                    .map(|u| (u.allowed, u.refused))
+                    .collect::<Vec<_>>(),
+                [(1, 1)]
+            );
+            drop(first);
+            for _ in 0..100 {
+                let reloaded = UsageTables::new();
+                reloaded.count(&digest, true);
+                assert_eq!(tables_held_by_this_thread(), 1);
+            }
+        })
+        .join()
+        .map_err(|_| "the counting thread failed")
+        .unwrap();
     }
 }
