@@ -1079,6 +1079,47 @@ def callgrind_total(pid, dump_dir):
     return int(m.group(1))
 
 
+def callgrind_threads(pid, dump_dir, tag):
+    """Dumps callgrind's counters for `pid` (run with --separate-threads=yes) and returns
+    {thread number: instructions since the last zero}."""
+    before = set(dump_dir.glob("callgrind.out.*"))
+    subprocess.run(["callgrind_control", f"--dump={tag}", str(pid)], capture_output=True,
+                   check=True)
+    counts = {}
+    for f in set(dump_dir.glob("callgrind.out.*")) - before:
+        text = f.read_text(errors="replace")
+        thread = re.search(r"^thread: (\d+)", text, re.M)
+        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        if thread and total:
+            counts[int(thread.group(1))] = int(total.group(1))
+    if not counts:
+        raise RuntimeError(f"no per-thread dumps in {dump_dir}")
+    return counts
+
+
+def worker_request_cost(pid, d, drive_batch, idle_seconds):
+    """Instructions per request on Envoy's worker thread alone, with that thread's timer
+    work taken out. Under valgrind a request takes tens of times longer, so timers (the
+    workers' checks for a new map, a leader's lease, usage flushes) weigh on a batch as if
+    requests were that slow; counting the worker thread while idle for a while gives its
+    timer rate, which is subtracted for the batch's wall time. Returns (per request, timer
+    instructions per second, the whole process's instructions per request)."""
+    subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
+    t0 = time.monotonic()
+    time.sleep(idle_seconds)
+    idle = callgrind_threads(pid, d, "idle")
+    idle_wall = time.monotonic() - t0
+    subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
+    t0 = time.monotonic()
+    requests = drive_batch()
+    batch = callgrind_threads(pid, d, "batch")
+    batch_wall = time.monotonic() - t0
+    worker = max(batch, key=batch.get)  # every request runs on the one worker
+    timer_rate = idle.get(worker, 0) / idle_wall
+    per_request = (batch[worker] - timer_rate * batch_wall) / requests
+    return per_request, timer_rate, sum(batch.values()) / requests
+
+
 def count_instructions(args, workdir, name, keyset, keymap_port):
     """{traffic: Envoy instructions per request} for configuration `name`."""
     config, port = build_config(name, keyset, keymap_port)
@@ -1096,6 +1137,7 @@ def count_config_instructions(args, workdir, name, config, port, traffic):
     with open(d / "envoy.log", "wb") as envoy_log:
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
+             *(["--separate-threads=yes"] if args.worker_instructions else []),
              f"--callgrind-out-file={d / 'callgrind.out'}", envoy_binary(),
              "-c", str(d / "envoy.json"), "--concurrency", "1", "--disable-hot-restart",
              "--log-level", "warn"],
@@ -1111,6 +1153,22 @@ def count_config_instructions(args, workdir, name, config, port, traffic):
             warm = drive(port, headers, max(args.instr_warmup, rotation))
             if set(warm) != {expected}:
                 raise RuntimeError(f"{name}/{tname}: expected {expected}, got {warm}")
+            if args.worker_instructions:
+                def batch():
+                    got = drive(port, headers, requests)
+                    if set(got) != {expected}:
+                        raise RuntimeError(f"{name}/{tname}: expected {expected}, got {got}")
+                    return requests
+                runs = [worker_request_cost(proc.pid, d, batch, args.instr_idle_seconds)
+                        for _ in range(args.instr_counts)]
+                runs.sort()
+                per_request[tname] = runs[len(runs) // 2][0]
+                per_request[f"{tname}/timer_per_s"] = runs[len(runs) // 2][1]
+                per_request[f"{tname}/process"] = runs[len(runs) // 2][2]
+                log(f"  {name:16s} {tname:9s} worker {per_request[tname]:9,.0f} instructions/request"
+                    f" (runs {' '.join(f'{r[0]:,.0f}' for r in runs)}; timer "
+                    f"{runs[len(runs) // 2][1]:,.0f}/s; process {runs[len(runs) // 2][2]:,.0f}/request)")
+                continue
             counts = []
             for _ in range(2):  # two counts; they agree to a fraction of a percent
                 subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True,
@@ -1165,6 +1223,33 @@ def instruction_table(counts):
             ])
     header = ["config", "traffic", "Envoy instructions/request", "no auth ÷ this",
               "floor ÷ this", "over no auth", "over floor"]
+    return table(header, rows)
+
+
+# What one feature adds to a request's path: (feature, configuration without it, with it).
+FEATURE_PAIRS = [
+    ("sync from the filter alone (issue 24)", "keygate-sync", "keygate-standalone"),
+    ("usage counting, wasm (issue 21)", "keygate-sync-nousage", "keygate-sync"),
+    ("usage counting, native (issue 21)", "keygate-native-sync-nousage", "keygate-native-sync"),
+    ("a rate limit on the key, wasm (issue 23)", "keygate", "keygate-limited"),
+    ("a rate limit on the key, native (issue 23)", "keygate-native", "keygate-native-limited"),
+]
+
+
+def feature_cost_table(counts):
+    """Each feature's worker-thread instructions per request against its baseline's."""
+    rows = []
+    for feature, without, with_ in FEATURE_PAIRS:
+        for tr in ("valid", "unknown", "forbidden"):
+            a, b = counts.get(without, {}).get(tr), counts.get(with_, {}).get(tr)
+            if a is None or b is None:
+                continue
+            ta = counts[without].get(f"{tr}/timer_per_s", 0)
+            tb = counts[with_].get(f"{tr}/timer_per_s", 0)
+            rows.append([feature, TRAFFIC_LABELS[tr], fmt_num(a), fmt_num(b),
+                         f"{(b / a - 1) * 100:+.2f}%", f"{fmt_num(ta)} → {fmt_num(tb)}"])
+    header = ["feature", "traffic", "worker instructions/request without", "with",
+              "difference", "worker timer instructions/s, without → with"]
     return table(header, rows)
 
 
@@ -2239,6 +2324,13 @@ def parse_args(argv=None):
     p.add_argument("--no-fleet", action="store_true", help="the watch section without the fleet")
     p.add_argument("--instructions", action="store_true",
                    help="also count Envoy's instructions per request under callgrind (valgrind)")
+    p.add_argument("--worker-instructions", action="store_true",
+                   help="with --instructions: count Envoy's worker thread alone, its timer work "
+                        "(measured idle) taken out, and compare each feature with its baseline")
+    p.add_argument("--instr-idle-seconds", type=float, default=5,
+                   help="with --worker-instructions: idle time measuring the worker's timers")
+    p.add_argument("--instr-counts", type=int, default=3,
+                   help="with --worker-instructions: counts per traffic (the median is kept)")
     p.add_argument("--instr-requests", type=int, default=1000, help="requests counted per traffic")
     p.add_argument("--instr-warmup", type=int, default=300, help="requests before counting")
     p.add_argument("--instr-timeout", type=float, default=300,
@@ -2310,8 +2402,12 @@ def main(argv=None):
             raw["compare"] = {f"{c}/{t}": [r.as_dict() for r in rs] for (c, t), rs in runs.items()}
             if args.instructions:
                 counts = instructions(args, workdir, keyset)
-                sections.append(("Envoy instructions per request (callgrind, same configurations)",
-                                 instruction_table(counts)))
+                if args.worker_instructions:
+                    sections.append(("What a feature adds to a request (callgrind, Envoy's worker "
+                                     "thread, its timer work taken out)", feature_cost_table(counts)))
+                else:
+                    sections.append(("Envoy instructions per request (callgrind, same configurations)",
+                                     instruction_table(counts)))
                 raw["instructions"] = counts
         if args.million:
             m = million(args, workdir)

@@ -39,7 +39,7 @@ use keygate_core::json::Value;
 use keygate_core::shared_data::{bucket_key, version_key};
 use keygate_sync_core::binary::BodyReader;
 use keygate_sync_core::poller::{
-    AnswerHead, Outcome, Poller, SyncCounter, SyncGauge, SyncStats, STORE_HEADER,
+    AnswerHead, Outcome, Poller, SyncCounter, SyncGauge, SyncMetricIds, SyncStats, STORE_HEADER,
 };
 use keygate_sync_core::settings::{is_valid_token, OwnFetchConfig, ServiceConfig};
 use keygate_sync_core::state::BucketStore;
@@ -612,8 +612,7 @@ impl BucketStore for GuardedBuckets<'_, '_> {
 /// (`keygate.sync.lease_changes`). Envoy gives every VM the same stat for a name, so these
 /// are the Envoy's totals whichever VM counts.
 struct FetchMetrics {
-    counters: [Option<u32>; SyncCounter::ALL.len()],
-    gauges: [Option<u32>; SyncGauge::ALL.len()],
+    sync: SyncMetricIds<u32>,
     leader: Option<u32>,
     lease_changes: Option<u32>,
 }
@@ -621,8 +620,10 @@ struct FetchMetrics {
 impl FetchMetrics {
     fn define() -> FetchMetrics {
         FetchMetrics {
-            counters: SyncCounter::ALL.map(|c| abi::define_counter(c.name()).ok()),
-            gauges: SyncGauge::ALL.map(|g| callout::define_gauge(g.name()).ok()),
+            sync: SyncMetricIds::define(
+                |name| abi::define_counter(name).ok(),
+                |name| callout::define_gauge(name).ok(),
+            ),
             leader: callout::define_gauge("keygate.sync.leader").ok(),
             lease_changes: abi::define_counter("keygate.sync.lease_changes").ok(),
         }
@@ -640,16 +641,14 @@ impl FetchMetrics {
 
 impl SyncStats for FetchMetrics {
     fn bump(&mut self, counter: SyncCounter) {
-        let at = SyncCounter::ALL.iter().position(|c| *c == counter);
-        if let Some(Some(id)) = at.and_then(|i| self.counters.get(i)) {
-            let _ = abi::increment_metric(*id, 1);
+        if let Some(id) = self.sync.counter(counter) {
+            let _ = abi::increment_metric(id, 1);
         }
     }
 
     fn set(&mut self, gauge: SyncGauge, value: u64) {
-        let at = SyncGauge::ALL.iter().position(|g| *g == gauge);
-        if let Some(Some(id)) = at.and_then(|i| self.gauges.get(i)) {
-            let _ = callout::record_metric(*id, value);
+        if let Some(id) = self.sync.gauge(gauge) {
+            let _ = callout::record_metric(id, value);
         }
     }
 }

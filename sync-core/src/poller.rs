@@ -100,6 +100,37 @@ impl SyncGauge {
     }
 }
 
+/// The host's metric id of each sync counter and gauge, defined once by a fetcher (an id
+/// the host would not give is left out: its stat is then not kept).
+#[derive(Debug, Clone, Copy)]
+pub struct SyncMetricIds<Id> {
+    counters: [Option<Id>; SyncCounter::ALL.len()],
+    gauges: [Option<Id>; SyncGauge::ALL.len()],
+}
+
+impl<Id: Copy> SyncMetricIds<Id> {
+    /// Defines every stat by name with the host's `counter` and `gauge` calls.
+    pub fn define(
+        mut counter: impl FnMut(&'static str) -> Option<Id>,
+        mut gauge: impl FnMut(&'static str) -> Option<Id>,
+    ) -> SyncMetricIds<Id> {
+        SyncMetricIds {
+            counters: SyncCounter::ALL.map(|c| counter(c.name())),
+            gauges: SyncGauge::ALL.map(|g| gauge(g.name())),
+        }
+    }
+
+    pub fn counter(&self, counter: SyncCounter) -> Option<Id> {
+        let at = SyncCounter::ALL.iter().position(|c| *c == counter)?;
+        self.counters.get(at).copied().flatten()
+    }
+
+    pub fn gauge(&self, gauge: SyncGauge) -> Option<Id> {
+        let at = SyncGauge::ALL.iter().position(|g| *g == gauge)?;
+        self.gauges.get(at).copied().flatten()
+    }
+}
+
 /// Where a fetcher's stats go (Envoy's metrics, in both fetchers).
 pub trait SyncStats {
     fn bump(&mut self, counter: SyncCounter);

@@ -7,7 +7,7 @@ use crate::usage::UsageReports;
 use keygate_core::shared_data::{bucket_key, version_key};
 use keygate_sync_core::binary::BodyReader;
 use keygate_sync_core::poller::{
-    AnswerHead, Outcome, Poller, SyncCounter, SyncGauge, SyncStats, STORE_HEADER,
+    AnswerHead, Outcome, Poller, SyncCounter, SyncGauge, SyncMetricIds, SyncStats, STORE_HEADER,
 };
 use keygate_sync_core::settings::ServiceConfig;
 use keygate_sync_core::state::BucketStore;
@@ -30,33 +30,28 @@ pub struct SyncService {
 }
 
 /// Envoy's counters and gauges of the sync stats, by `SyncCounter`/`SyncGauge` order.
-struct ServiceMetrics {
-    counters: [Option<u32>; SyncCounter::ALL.len()],
-    gauges: [Option<u32>; SyncGauge::ALL.len()],
-}
+struct ServiceMetrics(SyncMetricIds<u32>);
 
 impl ServiceMetrics {
     fn define() -> ServiceMetrics {
         let define = |kind, name| hostcalls::define_metric(kind, name).ok();
-        ServiceMetrics {
-            counters: SyncCounter::ALL.map(|c| define(MetricType::Counter, c.name())),
-            gauges: SyncGauge::ALL.map(|g| define(MetricType::Gauge, g.name())),
-        }
+        ServiceMetrics(SyncMetricIds::define(
+            |name| define(MetricType::Counter, name),
+            |name| define(MetricType::Gauge, name),
+        ))
     }
 }
 
 impl SyncStats for ServiceMetrics {
     fn bump(&mut self, counter: SyncCounter) {
-        let at = SyncCounter::ALL.iter().position(|c| *c == counter);
-        if let Some(Some(id)) = at.and_then(|i| self.counters.get(i)) {
-            let _ = hostcalls::increment_metric(*id, 1);
+        if let Some(id) = self.0.counter(counter) {
+            let _ = hostcalls::increment_metric(id, 1);
         }
     }
 
     fn set(&mut self, gauge: SyncGauge, value: u64) {
-        let at = SyncGauge::ALL.iter().position(|g| *g == gauge);
-        if let Some(Some(id)) = at.and_then(|i| self.gauges.get(i)) {
-            let _ = hostcalls::record_metric(*id, value);
+        if let Some(id) = self.0.gauge(gauge) {
+            let _ = hostcalls::record_metric(id, value);
         }
     }
 }

@@ -761,3 +761,26 @@ fn watches_end_at_different_seconds_across_a_fleet() {
     assert_eq!(watch_wait_s(1, 0.5, 1.0), 1, "never below a second");
     assert_eq!(watch_wait_s(60, 0.5, 7.0), 30, "the unit is clamped");
 }
+
+#[test]
+fn every_sync_stat_keeps_the_id_the_host_gave_it_and_one_refused_is_left_out() {
+    // The host numbers the stats in the order they are defined and refuses one.
+    let defined = core::cell::RefCell::new(Vec::new());
+    let give = |name: &'static str| {
+        defined.borrow_mut().push(name);
+        let id = defined.borrow().len() as u32;
+        (name != SyncGauge::Keys.name()).then_some(id)
+    };
+    let ids = SyncMetricIds::define(give, give);
+    let names: Vec<&str> = SyncCounter::ALL
+        .map(SyncCounter::name)
+        .into_iter()
+        .chain(SyncGauge::ALL.map(SyncGauge::name))
+        .collect();
+    assert_eq!(*defined.borrow(), names);
+    let counter_ids: Vec<_> = SyncCounter::ALL.iter().map(|c| ids.counter(*c)).collect();
+    assert_eq!(counter_ids, (1..=6).map(Some).collect::<Vec<_>>());
+    assert_eq!(ids.gauge(SyncGauge::Version), Some(7));
+    assert_eq!(ids.gauge(SyncGauge::Keys), None);
+    assert_eq!(ids.gauge(SyncGauge::AgeMs), Some(9));
+}
