@@ -182,6 +182,10 @@ class Soak:
             self.totals["requests"] += 1
             if status >= 500:
                 self.totals["5xx"] += 1
+            # A churned key refused before its roll's answer reached the roller: the watch
+            # outran the roll's own answer (counted to show it, never wrong).
+            if status == 401 and info is not None and info["until"] and info["until"][1] is None:
+                self.totals["refused_mid_roll"] += 1
             if wrong:
                 self.totals["wrong"] += 1
                 if len(self.wrong_examples) < 10:
@@ -415,7 +419,8 @@ class Soak:
         requests = t.get("requests", 0)
         print(f"soak ({harness.FRONTEND}): {elapsed:.0f} s, {requests} requests "
               f"({requests / max(elapsed, 1e-9):.0f}/s), {t.get('rolls', 0)} rolls, "
-              f"{t.get('restarts', 0)} keygatectl restarts")
+              f"{t.get('restarts', 0)} keygatectl restarts, "
+              f"{t.get('refused_mid_roll', 0)} old keys refused before their roll's answer")
         print(f"soak: wrong decisions {t.get('wrong', 0)}, 5xx {t.get('5xx', 0)}, "
               f"transport errors {sum(errors.values())}")
         for kind, n in sorted(errors.items(), key=lambda kv: -kv[1]):

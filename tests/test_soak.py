@@ -97,6 +97,9 @@ def test_a_roll_envoy_applies_before_its_answer_is_back_is_no_wrong_decision(tmp
         output[-3000:]
     assert status == 0, output[-3000:]
     assert "wrong decisions 0, 5xx 0, transport errors 0" in output
+    refused = re.search(r"(\d+) old keys refused before their roll's answer", output)
+    assert refused and int(refused.group(1)) > 0, output[-3000:]
+
 
 @machinery
 def test_transport_errors_are_counted_and_fail_the_soak_without_killing_it(tmp_path):
