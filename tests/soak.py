@@ -110,7 +110,9 @@ class Soak:
         self.problems = []  # leaks, failed restarts, crashed threads: each fails the soak
         # The churned keys, oldest first: {"key", "from", "until"}, each time a (begun, done)
         # pair around the roll that made or retired the key (None: open-ended). A roll takes
-        # effect between the call's start and SETTLE_SECONDS after its answer.
+        # effect between the call's start and SETTLE_SECONDS after its answer. A key's
+        # "until" is (begun, None) while its roll is under way: the watch can bring the
+        # change to Envoy before the roll's answer reaches the roller.
         self.churn = []
         # (keygatectl stopped at, back at or None while down): see `settled`.
         self.restarts = []
@@ -144,7 +146,8 @@ class Soak:
             valid_from, valid_until = info["from"], info["until"]
         ok_from = valid_from is None or now >= self.settled(valid_from[1])
         maybe_from = valid_from is None or now >= valid_from[0]
-        refused_after = valid_until is not None and now >= self.settled(valid_until[1])
+        refused_after = (valid_until is not None and valid_until[1] is not None
+                         and now >= self.settled(valid_until[1]))
         maybe_refused = valid_until is not None and now >= valid_until[0]
         if refused_after or not maybe_from:
             return {401}
@@ -156,9 +159,10 @@ class Soak:
         """A churned key's timeline (seconds into the soak), for a wrong decision's report."""
         with self.lock:
             spans = {k: info[k] for k in ("from", "until")}
-        return ", ".join(
-            f"{k} {v[0] - self.started:.3f}–{v[1] - self.started:.3f} s" if v else f"{k} —"
-            for k, v in spans.items())
+        def span(v):
+            done = f"{v[1] - self.started:.3f}" if v[1] is not None else "(under way)"
+            return f"{v[0] - self.started:.3f}–{done} s"
+        return ", ".join(f"{k} {span(v)}" if v else f"{k} —" for k, v in spans.items())
 
     # -- recording --------------------------------------------------------------------
 
@@ -178,6 +182,10 @@ class Soak:
             self.totals["requests"] += 1
             if status >= 500:
                 self.totals["5xx"] += 1
+            # A churned key refused before its roll's answer reached the roller: the watch
+            # outran the roll's own answer (counted to show it, never wrong).
+            if status == 401 and info is not None and info["until"] and info["until"][1] is None:
+                self.totals["refused_mid_roll"] += 1
             if wrong:
                 self.totals["wrong"] += 1
                 if len(self.wrong_examples) < 10:
@@ -248,6 +256,10 @@ class Soak:
             while not self.stop.wait(2.0):
                 with self.ctl_lock:
                     begun = time.monotonic()
+                    # Recorded before the call: Envoy may refuse the old key before the
+                    # roll's answer is back here.
+                    with self.lock:
+                        self.churn[-1]["until"] = (begun, None)
                     try:
                         rolled = self.ctl.api("POST", f"/v1/keys/{churn_key['key_id']}/roll", {})
                     except (AssertionError, OSError) as e:
@@ -407,7 +419,8 @@ class Soak:
         requests = t.get("requests", 0)
         print(f"soak ({harness.FRONTEND}): {elapsed:.0f} s, {requests} requests "
               f"({requests / max(elapsed, 1e-9):.0f}/s), {t.get('rolls', 0)} rolls, "
-              f"{t.get('restarts', 0)} keygatectl restarts")
+              f"{t.get('restarts', 0)} keygatectl restarts, "
+              f"{t.get('refused_mid_roll', 0)} old keys refused before their roll's answer")
         print(f"soak: wrong decisions {t.get('wrong', 0)}, 5xx {t.get('5xx', 0)}, "
               f"transport errors {sum(errors.values())}")
         for kind, n in sorted(errors.items(), key=lambda kv: -kv[1]):

@@ -54,6 +54,53 @@ def test_a_short_soak_passes_with_its_totals(tmp_path):
     assert "wrong decisions 0, 5xx 0, transport errors 0" in output
 
 
+
+def test_a_roll_envoy_applies_before_its_answer_is_back_is_no_wrong_decision(tmp_path):
+    """The watch can bring a roll to Envoy before the roll's answer reaches the soak's
+    roller (the native module takes a few ms; a loaded client longer). Here the first roll's
+    answer is handed back only once Envoy refuses the old key and the traffic threads have
+    sent more requests with it: those 401s are the roll's, not wrong decisions."""
+    patch = """
+        import time
+        import httpx
+        import ctl
+        soaks = []
+        _init = soak.Soak.__init__
+        def init(self, *args, **kwargs):
+            _init(self, *args, **kwargs)
+            soaks.append(self)
+        soak.Soak.__init__ = init
+        _api = ctl.Keygatectl.api
+        def api(self, method, path, body=None):
+            answer = _api(self, method, path, body)
+            if path.endswith("/roll") and not getattr(api, "slowed", False):
+                api.slowed = True
+                run = soaks[0]
+                old = run.churn[-1]["key"]
+                deadline = time.monotonic() + 20
+                while httpx.get(run.envoy.url + "/v3/devices",
+                                headers={"authorization": f"token {old}"}).status_code != 401:
+                    assert time.monotonic() < deadline, "Envoy never refused the rolled key"
+                    time.sleep(0.01)
+                with run.lock:
+                    seen = run.totals["requests"]
+                while run.totals["requests"] < seen + 300:
+                    assert time.monotonic() < deadline, "no traffic after the roll"
+                    time.sleep(0.01)
+                print("soak test: the roll's answer came back after Envoy refused the old key "
+                      "and 300 more requests", flush=True)
+            return answer
+        ctl.Keygatectl.api = api
+    """
+    status, output, _ = run_soak(tmp_path, 8, patch, extra=("--restart-every", "1000"))
+    assert "the roll's answer came back after Envoy refused the old key" in output, \
+        output[-3000:]
+    assert status == 0, output[-3000:]
+    assert "wrong decisions 0, 5xx 0, transport errors 0" in output
+    refused = re.search(r"(\d+) old keys refused before their roll's answer", output)
+    assert refused and int(refused.group(1)) > 0, output[-3000:]
+
+
 @machinery
 def test_transport_errors_are_counted_and_fail_the_soak_without_killing_it(tmp_path):
     """Envoy killed mid-run: every later request fails to connect. The traffic threads
