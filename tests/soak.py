@@ -36,6 +36,8 @@ from test_lifecycle import INTERVAL_MS  # noqa: E402
 # roll, or after keygatectl is back when it restarted meanwhile (the poll interval, plus
 # keygatectl's own refresh, plus margin).
 SETTLE_SECONDS = 2.0
+# The fetchers' longest delay between retries (MAX_BACKOFF_MS in sync-core/src/poller.rs).
+MAX_RETRY_SECONDS = 10.0
 RESTART_EVERY = 30.0
 # keygatectl stays down this long at each restart.
 DOWNTIME = 1.0
@@ -137,7 +139,11 @@ class Soak:
             if down <= at + SETTLE_SECONDS and (back is None or back >= when):
                 if back is None:
                     return math.inf
-                at = max(at, back)
+                # The fetchers retry a lost keygatectl with a delay doubling from the
+                # interval (capped at MAX_RETRY_SECONDS): the retry after it is back comes
+                # at most as long after as it was gone, plus one interval.
+                retry_gap = min(back - down + INTERVAL_MS / 1000, MAX_RETRY_SECONDS)
+                at = max(at, back + retry_gap)
         return at + SETTLE_SECONDS
 
     def expected(self, info, now):
