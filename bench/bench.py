@@ -357,13 +357,25 @@ class _KeyMapHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     wbufsize = 1 << 16  # headers and body in one write: no Nagle/delayed-ACK stalls
 
+    def held_until_changed(self, version):
+        """A watch (`wait=<seconds>`) is held as keygatectl holds it: until the map's
+        version moves (False: answer the map) or the wait ends (True: 304). Answering at
+        once would have the fetchers watch in a busy loop no real control plane causes."""
+        m = re.search(r"[?&]wait=(\d+)", self.path)
+        deadline = time.monotonic() + min(int(m.group(1)), 60) if m else 0
+        while time.monotonic() < deadline:
+            if self.server.version != version:
+                return False
+            time.sleep(0.05)
+        return self.server.version == version
+
     def do_GET(self):
         s = self.server
         if not self.path.startswith("/v1/keymap"):
             self.send_error(404)
             return
         etag = f'"{s.version}"'
-        if self.headers.get("if-none-match") == etag:
+        if self.headers.get("if-none-match") == etag and self.held_until_changed(s.version):
             s.not_modified += 1
             self.send_response(304)
             self.send_header("etag", etag)
@@ -1069,16 +1081,6 @@ def drive(port, headers, n, path=PATH):
     return statuses
 
 
-def callgrind_total(pid, dump_dir):
-    """Dumps callgrind's counters for `pid` and returns the instructions since the last zero."""
-    subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
-    newest = max(dump_dir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime_ns)
-    m = re.search(r"^(?:summary|totals): (\d+)", newest.read_text(errors="replace"), re.M)
-    if not m:
-        raise RuntimeError(f"no totals in {newest}")
-    return int(m.group(1))
-
-
 def callgrind_threads(pid, dump_dir, tag):
     """Dumps callgrind's counters for `pid` (run with --separate-threads=yes) and returns
     {thread number: instructions since the last zero}."""
@@ -1092,6 +1094,7 @@ def callgrind_threads(pid, dump_dir, tag):
         total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
         if thread and total:
             counts[int(thread.group(1))] = int(total.group(1))
+        f.unlink()  # a dump per thread and count: they would fill the disk over a run
     if not counts:
         raise RuntimeError(f"no per-thread dumps in {dump_dir}")
     return counts
@@ -1100,22 +1103,28 @@ def callgrind_threads(pid, dump_dir, tag):
 def worker_request_cost(pid, d, drive_batch, idle_seconds):
     """Instructions per request on Envoy's worker thread alone, with that thread's timer
     work taken out. Under valgrind a request takes tens of times longer, so timers (the
-    workers' checks for a new map, a leader's lease, usage flushes) weigh on a batch as if
-    requests were that slow; counting the worker thread while idle for a while gives its
-    timer rate, which is subtracted for the batch's wall time. Returns (per request, timer
-    instructions per second, the whole process's instructions per request)."""
-    subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
-    t0 = time.monotonic()
-    time.sleep(idle_seconds)
-    idle = callgrind_threads(pid, d, "idle")
-    idle_wall = time.monotonic() - t0
+    workers' checks for a new map, a leader's lease, usage hand-overs) weigh on a batch as if
+    requests were that slow; counting the worker thread while idle, just before and just
+    after the batch, gives its timer rate, which is subtracted for the batch's wall time.
+    Returns (per request, timer instructions per second, the whole process's instructions
+    per request)."""
+    def idle():
+        subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
+        t0 = time.monotonic()
+        time.sleep(idle_seconds)
+        counts = callgrind_threads(pid, d, "idle")
+        return counts, time.monotonic() - t0
+
+    idle_before, wall_before = idle()
     subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
     t0 = time.monotonic()
     requests = drive_batch()
     batch = callgrind_threads(pid, d, "batch")
     batch_wall = time.monotonic() - t0
+    idle_after, wall_after = idle()
     worker = max(batch, key=batch.get)  # every request runs on the one worker
-    timer_rate = idle.get(worker, 0) / idle_wall
+    timer_rate = ((idle_before.get(worker, 0) + idle_after.get(worker, 0))
+                  / (wall_before + wall_after))
     per_request = (batch[worker] - timer_rate * batch_wall) / requests
     return per_request, timer_rate, sum(batch.values()) / requests
 
@@ -1137,7 +1146,7 @@ def count_config_instructions(args, workdir, name, config, port, traffic):
     with open(d / "envoy.log", "wb") as envoy_log:
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
-             *(["--separate-threads=yes"] if args.worker_instructions else []),
+             "--separate-threads=yes",
              f"--callgrind-out-file={d / 'callgrind.out'}", envoy_binary(),
              "-c", str(d / "envoy.json"), "--concurrency", "1", "--disable-hot-restart",
              "--log-level", "warn"],
@@ -1153,33 +1162,20 @@ def count_config_instructions(args, workdir, name, config, port, traffic):
             warm = drive(port, headers, max(args.instr_warmup, rotation))
             if set(warm) != {expected}:
                 raise RuntimeError(f"{name}/{tname}: expected {expected}, got {warm}")
-            if args.worker_instructions:
-                def batch():
-                    got = drive(port, headers, requests)
-                    if set(got) != {expected}:
-                        raise RuntimeError(f"{name}/{tname}: expected {expected}, got {got}")
-                    return requests
-                runs = [worker_request_cost(proc.pid, d, batch, args.instr_idle_seconds)
-                        for _ in range(args.instr_counts)]
-                runs.sort()
-                per_request[tname] = runs[len(runs) // 2][0]
-                per_request[f"{tname}/timer_per_s"] = runs[len(runs) // 2][1]
-                per_request[f"{tname}/process"] = runs[len(runs) // 2][2]
-                log(f"  {name:16s} {tname:9s} worker {per_request[tname]:9,.0f} instructions/request"
-                    f" (runs {' '.join(f'{r[0]:,.0f}' for r in runs)}; timer "
-                    f"{runs[len(runs) // 2][1]:,.0f}/s; process {runs[len(runs) // 2][2]:,.0f}/request)")
-                continue
-            counts = []
-            for _ in range(2):  # two counts; they agree to a fraction of a percent
-                subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True,
-                               check=True)
+            def batch():
                 got = drive(port, headers, requests)
                 if set(got) != {expected}:
                     raise RuntimeError(f"{name}/{tname}: expected {expected}, got {got}")
-                counts.append(callgrind_total(proc.pid, d) / requests)
-            per_request[tname] = min(counts)
-            log(f"  {name:16s} {tname:9s} {per_request[tname]:9,.0f} instructions/request"
-                f"  (counts {' '.join(f'{c:,.0f}' for c in counts)})")
+                return requests
+            runs = sorted(worker_request_cost(proc.pid, d, batch, args.instr_idle_seconds)
+                          for _ in range(args.instr_counts))
+            worker, timer_rate, process = runs[len(runs) // 2]
+            per_request[tname] = process
+            per_request[f"{tname}/worker"] = worker
+            per_request[f"{tname}/timer_per_s"] = timer_rate
+            log(f"  {name:16s} {tname:9s} {process:9,.0f} instructions/request, worker thread "
+                f"{worker:,.0f} (counts {' '.join(f'{r[0]:,.0f}' for r in runs)}); its timers "
+                f"{timer_rate:,.0f}/s")
         return per_request
     finally:
         proc.terminate()
@@ -1241,7 +1237,8 @@ def feature_cost_table(counts):
     rows = []
     for feature, without, with_ in FEATURE_PAIRS:
         for tr in ("valid", "unknown", "forbidden"):
-            a, b = counts.get(without, {}).get(tr), counts.get(with_, {}).get(tr)
+            a = counts.get(without, {}).get(f"{tr}/worker")
+            b = counts.get(with_, {}).get(f"{tr}/worker")
             if a is None or b is None:
                 continue
             ta = counts[without].get(f"{tr}/timer_per_s", 0)
@@ -2324,13 +2321,10 @@ def parse_args(argv=None):
     p.add_argument("--no-fleet", action="store_true", help="the watch section without the fleet")
     p.add_argument("--instructions", action="store_true",
                    help="also count Envoy's instructions per request under callgrind (valgrind)")
-    p.add_argument("--worker-instructions", action="store_true",
-                   help="with --instructions: count Envoy's worker thread alone, its timer work "
-                        "(measured idle) taken out, and compare each feature with its baseline")
     p.add_argument("--instr-idle-seconds", type=float, default=5,
-                   help="with --worker-instructions: idle time measuring the worker's timers")
+                   help="idle time measuring the worker thread's timers")
     p.add_argument("--instr-counts", type=int, default=3,
-                   help="with --worker-instructions: counts per traffic (the median is kept)")
+                   help="counts per traffic (the median is kept)")
     p.add_argument("--instr-requests", type=int, default=1000, help="requests counted per traffic")
     p.add_argument("--instr-warmup", type=int, default=300, help="requests before counting")
     p.add_argument("--instr-timeout", type=float, default=300,
@@ -2402,12 +2396,10 @@ def main(argv=None):
             raw["compare"] = {f"{c}/{t}": [r.as_dict() for r in rs] for (c, t), rs in runs.items()}
             if args.instructions:
                 counts = instructions(args, workdir, keyset)
-                if args.worker_instructions:
-                    sections.append(("What a feature adds to a request (callgrind, Envoy's worker "
-                                     "thread, its timer work taken out)", feature_cost_table(counts)))
-                else:
-                    sections.append(("Envoy instructions per request (callgrind, same configurations)",
-                                     instruction_table(counts)))
+                sections.append(("Envoy instructions per request (callgrind, same configurations)",
+                                 instruction_table(counts)))
+                sections.append(("What a feature adds to a request (callgrind, Envoy's worker "
+                                 "thread, its timer work taken out)", feature_cost_table(counts)))
                 raw["instructions"] = counts
         if args.million:
             m = million(args, workdir)
