@@ -230,10 +230,10 @@ pub extern "C" fn proxy_on_response_headers(
         }
     });
     if let Some(headers) = kept {
-        for (name, value) in headers.pairs() {
-            // Fails only for a stream already gone.
-            let _ = abi::set_response_header(name, &value);
-        }
+        // Fails only for a stream already gone.
+        headers.write(|name, value| {
+            let _ = abi::set_response_header(name, value);
+        });
     }
     crate::filter::CONTINUE
 }

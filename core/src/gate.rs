@@ -19,7 +19,7 @@ use crate::header_pairs;
 use crate::identity;
 use crate::key::{KeyFormatError, KeyKind};
 use crate::keymap::KeyMap;
-use crate::rate_limit::{Admission, Checked, LimitHeaders, RateLimit};
+use crate::rate_limit::{policy_header, state_header, Admission, Checked, LimitHeaders, RateLimit};
 use crate::request_scan::scan;
 
 /// The request's headers, as the host lends them for one decision.
@@ -353,12 +353,12 @@ impl Gate {
             Checked::Judged(limited @ Admission::Limited { retry_after_s }) => {
                 self.remove_sent(host, sent, 0);
                 let retry_after = retry_after_s.to_string();
-                let [(policy, policy_value), (state, state_value)] =
-                    LimitHeaders::new(&limit, &limited).pairs();
+                let policy = policy_header(&limit);
+                let state = state_header(&limited);
                 let extra = [
                     ("retry-after", retry_after.as_str()),
-                    (policy, policy_value.as_str()),
-                    (state, state_value.as_str()),
+                    (LimitHeaders::POLICY, policy.as_str()),
+                    (LimitHeaders::STATE, state.as_str()),
                 ];
                 host.send_answer(self.answer(Denial::RateLimited), &extra);
                 host.count(Count::Denied(Denial::RateLimited));

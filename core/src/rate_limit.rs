@@ -179,12 +179,10 @@ impl LimitHeaders {
         }
     }
 
-    /// `(name, value)` pairs, in the order a 429 carries them.
-    pub fn pairs(&self) -> [(&'static str, String); 2] {
-        [
-            (Self::POLICY, policy_header(&self.limit)),
-            (Self::STATE, state_header(&self.admission)),
-        ]
+    /// Hands each `(name, value)` to `put`, in the order a 429 carries them.
+    pub fn write(&self, mut put: impl FnMut(&'static str, &str)) {
+        put(Self::POLICY, &policy_header(&self.limit));
+        put(Self::STATE, &state_header(&self.admission));
     }
 }
 
@@ -379,16 +377,23 @@ mod tests {
         let (tat, first) = gcra(0, 50_000_000, &limit);
         let headers = LimitHeaders::new(&limit, &first);
         // Burst 4 refilling one per 100 ms: 3 left, whole again in 0.1 s (rounded up).
+        let written = |headers: LimitHeaders| {
+            let mut pairs = Vec::new();
+            headers.write(|name, value| pairs.push((name, value.to_owned())));
+            pairs
+        };
         assert_eq!(
-            headers.pairs(),
+            written(headers),
             [
                 ("ratelimit-policy", "\"keygate\";q=4;w=1".to_owned()),
                 ("ratelimit", "\"keygate\";r=3;t=1".to_owned())
             ]
         );
         let (_, second) = gcra(tat, 50_000_000, &limit);
-        let [_, (_, state)] = LimitHeaders::new(&limit, &second).pairs();
-        assert_eq!(state, "\"keygate\";r=2;t=1");
+        assert_eq!(
+            written(LimitHeaders::new(&limit, &second))[1].1,
+            "\"keygate\";r=2;t=1"
+        );
     }
 
     #[test]

@@ -127,9 +127,7 @@ impl Filter {
     /// Sets the rate-limit headers kept for a response, replacing the upstream's of those
     /// names.
     pub fn on_response_headers(stream: &mut abi::Stream<'_>, headers: &LimitHeaders) {
-        for (name, value) in headers.pairs() {
-            stream.set_response_header(name.as_bytes(), value.as_bytes());
-        }
+        headers.write(|name, value| stream.set_response_header(name.as_bytes(), value.as_bytes()));
     }
 
     /// Answers a request the filter failed on (a caught panic): 500, counted.

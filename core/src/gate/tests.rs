@@ -73,9 +73,8 @@ impl Host for MockHost {
             .collect();
     }
     fn set_response_headers(&mut self, headers: LimitHeaders) {
-        self.effects
-            .response
-            .extend(headers.pairs().map(|(n, v)| (n.to_owned(), v)));
+        let response = &mut self.effects.response;
+        headers.write(|name, value| response.push((name.to_owned(), value.to_owned())));
     }
     fn count(&mut self, event: Count) {
         self.effects.counted.push(event);
