@@ -761,7 +761,8 @@ CONFIGS = ["noauth", "native", "lua", "floor", "keygate", "keygate-combined", "k
            "keygate-standalone", "keygate-limited",
            "dynamic-read", "dynamic-forward", "dynamic-reject",
            "keygate-native", "keygate-native-combined", "keygate-native-sync",
-           "keygate-native-limited", "keygate-sync-nousage", "keygate-native-sync-nousage"]
+           "keygate-native-limited", "keygate-sync-nousage", "keygate-native-sync-nousage",
+           "keygate-limited-headers", "keygate-native-limited-headers"]
 # Native dynamic-module floors (not keygate): what the same host work costs without wasm.
 DYNAMIC_MODES = {"dynamic-read": "read", "dynamic-forward": "forward", "dynamic-reject": "reject"}
 LABELS = {
@@ -781,6 +782,8 @@ LABELS = {
     "keygate-native-sync": "keygate native module, synced map",
     "keygate-limited": "keygate, static map, the valid key rate-limited (never reached)",
     "keygate-native-limited": "keygate native module, static map, the valid key rate-limited (never reached)",
+    "keygate-limited-headers": "keygate, static map, the valid key rate-limited, rate-limit headers on its 200s",
+    "keygate-native-limited-headers": "keygate native module, static map, the valid key rate-limited, rate-limit headers on its 200s",
     "keygate-sync-nousage": "keygate, synced map, usage counting off",
     "keygate-native-sync-nousage": "keygate native module, synced map, usage counting off",
 }
@@ -819,9 +822,11 @@ def build_config(name, keyset, keymap_port):
     elif name in ("keygate-native-sync", "keygate-native-sync-nousage"):
         usage = {"usage_reports": False} if name.endswith("nousage") else {}
         filters, extra = [keygate_native_sync_filter(keymap_port, **usage)], {}
-    elif name in ("keygate-limited", "keygate-native-limited"):
+    elif name in ("keygate-limited", "keygate-native-limited", "keygate-limited-headers",
+                  "keygate-native-limited-headers"):
         example = "envoy-native.yaml" if "native" in name else "envoy.yaml"
-        filters, extra = [keygate_static_filter(keyset, example, limited=True)], {}
+        options = {"rate_limit_headers": True} if name.endswith("headers") else {}
+        filters, extra = [keygate_static_filter(keyset, example, limited=True, **options)], {}
     elif name == "keygate":
         filters, extra = [keygate_static_filter(keyset)], {}
     elif name == "keygate-combined":

@@ -19,7 +19,7 @@ use keygate_core::gate::{
     Worker,
 };
 use keygate_core::header_pairs::{self, HeaderMap, HeaderPairs};
-use keygate_core::rate_limit::{Checked, LimitTable, RateLimit, DEFAULT_SLOTS};
+use keygate_core::rate_limit::{Checked, LimitHeaders, LimitTable, RateLimit, DEFAULT_SLOTS};
 use log::warn;
 
 /// What this VM keeps between requests, for every configuration (the digest cache's answer
@@ -56,8 +56,9 @@ impl Filter {
         }
     }
 
-    /// Decides one request and acts on it; returns the proxy-wasm action.
-    pub fn on_request_headers(&self) -> u32 {
+    /// Decides one request and acts on it; returns the proxy-wasm action, and the
+    /// rate-limit headers its response is to get (`rate_limit_headers`), if any.
+    pub fn on_request_headers(&self) -> (u32, Option<LimitHeaders>) {
         // Sync mode serves the synced map once one is published (the gate falls back to
         // the configuration's bootstrap keys, or 503, until then).
         let synced = self.synced.as_ref().filter(|s| {
@@ -68,6 +69,7 @@ impl Filter {
         });
         let mut stream = Stream {
             metrics: &self.metrics,
+            response: None,
         };
         let limits = VmLimits {
             workers: self.gate.config().settings.rate_limit_workers,
@@ -82,10 +84,11 @@ impl Filter {
                 &usage,
             )
         });
-        match verdict {
+        let action = match verdict {
             Verdict::Continue => CONTINUE,
             Verdict::Stop => PAUSE,
-        }
+        };
+        (action, stream.response)
     }
 
     /// Timer work: publish counts, and (sync mode) pick up a newly published map.
@@ -141,6 +144,8 @@ fn send(answer: &Answer, extra: &[(&str, &str)]) {
 /// The request being judged, as the gate sees Envoy.
 struct Stream<'f> {
     metrics: &'f Metrics,
+    /// What the gate kept for the response.
+    response: Option<LimitHeaders>,
 }
 
 impl Host for Stream<'_> {
@@ -172,6 +177,10 @@ impl Host for Stream<'_> {
 
     fn send_answer(&mut self, answer: &Answer, extra: &[(&str, &str)]) {
         send(answer, extra);
+    }
+
+    fn set_response_headers(&mut self, headers: LimitHeaders) {
+        self.response = Some(headers);
     }
 
     fn count(&mut self, event: Count) {

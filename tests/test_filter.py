@@ -907,6 +907,9 @@ BAD_CONFIGS = {
         "invalid keygate config: keys[0].rate_limit: burst must be between 1 and 1000000"),
     "rate limit workers": (json.dumps({"version": 1, "rate_limit_workers": 0}),
                            "invalid keygate config: rate_limit_workers: must be between 1 and 1024"),
+    "rate limit headers not a boolean": (
+        json.dumps({"version": 1, "rate_limit_headers": "yes"}),
+        "invalid keygate config: rate_limit_headers: expected a boolean, got a string"),
 }
 
 

@@ -24,6 +24,8 @@ def keyset():
     ks.add("limited", keylib.make_key(), key_type="secret", environment="test",
            rate_limit={"requests": 3, "per": "minute"})
     ks.add("neighbour", keylib.make_key(), key_type="secret", environment="test")
+    ks.add("generous", keylib.make_key(), key_type="secret", environment="test",
+           rate_limit={"requests": 100, "per": "minute"})
     return ks
 
 
@@ -65,6 +67,60 @@ def test_wasm_workers_each_admit_their_share(upstream, keyset):
             assert statuses == [200, 200, 200, 429]
         else:
             assert statuses == [200, 429, 429, 429]
+    finally:
+        envoy.stop()
+
+
+def rate_limit_headers(response):
+    return {name: response.headers.get(name) for name in ("ratelimit-policy", "ratelimit")}
+
+
+def test_rate_limit_headers_are_off_by_default(upstream, keyset):
+    envoy = start_envoy(upstream, keyset=keyset)
+    try:
+        with httpx.Client(base_url=envoy.url, timeout=5) as client:
+            allowed = calls(client, keyset.keys["limited"], 1)[0]
+            assert allowed.status_code == 200
+            assert rate_limit_headers(allowed) == {"ratelimit-policy": None, "ratelimit": None}
+    finally:
+        envoy.stop()
+
+
+def test_rate_limit_headers_on_allowed_responses_when_asked(upstream, keyset):
+    """`rate_limit_headers`: a limited key's allowed responses say its policy and what is
+    left after each request (`t`: seconds until the quota is whole again); an unlimited key's
+    get none. Ours replace an upstream's of those names for a limited key; an unlimited key's
+    answer keeps the upstream's untouched."""
+    envoy = start_envoy(upstream, keyset=keyset, plugin_overrides={"rate_limit_headers": True})
+    try:
+        with httpx.Client(base_url=envoy.url, timeout=5) as client:
+            answers = calls(client, keyset.keys["limited"], 4)
+            assert [r.status_code for r in answers] == [200, 200, 200, 429]
+            for i, allowed in enumerate(answers[:3]):
+                assert allowed.json()["upstream"] == "ok"
+                assert allowed.headers["ratelimit-policy"] == '"keygate";q=3;w=60'
+                state = allowed.headers["ratelimit"]
+                remaining, seconds = (int(part.split("=")[1]) for part in state.split(";")[1:])
+                assert state.startswith('"keygate";r=')
+                # 3 a minute: one more token every 20 s; r falls by one a request.
+                assert remaining == 2 - i
+                assert 20 * i < seconds <= 20 * (i + 1)
+                assert len(allowed.headers.get_list("ratelimit")) == 1
+            assert answers[3].headers["ratelimit-policy"] == '"keygate";q=3;w=60'
+
+            free = calls(client, keyset.keys["neighbour"], 1)[0]
+            assert free.status_code == 200
+            assert rate_limit_headers(free) == {"ratelimit-policy": None, "ratelimit": None}
+
+            upstream_says = {"x-test-answer-header": "ratelimit: upstream-value"}
+            free = client.get("/v3/devices", headers={
+                "authorization": f"token {keyset.keys['neighbour']}", **upstream_says})
+            assert free.headers.get_list("ratelimit") == ["upstream-value"]
+            limited = client.get("/v3/devices", headers={
+                "authorization": f"token {keyset.keys['generous']}", **upstream_says})
+            assert limited.status_code == 200
+            assert limited.headers.get_list("ratelimit") == ['"keygate";r=99;t=1']
+            assert limited.headers["ratelimit-policy"] == '"keygate";q=100;w=60'
     finally:
         envoy.stop()
 

@@ -51,6 +51,10 @@ class Handler(BaseHTTPRequestHandler):
         self.server.record(entry)
         body = json.dumps({"upstream": "ok", **entry}).encode()
         self.send_response(200)
+        # A test asks for a header on the answer by `x-test-answer-header: name: value`.
+        for asked in self.headers.get_all("x-test-answer-header") or []:
+            name, _, value = asked.partition(":")
+            self.send_header(name.strip(), value.strip())
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()

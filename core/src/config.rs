@@ -101,6 +101,9 @@ pub struct Settings {
     /// this share of the limit (set it to Envoy's `--concurrency`). The native module keeps
     /// one state for all workers and ignores it.
     pub rate_limit_workers: u32,
+    /// Allowed requests of a limited key get `RateLimit-Policy` and `RateLimit` on their
+    /// response too (off by default: each header costs every response).
+    pub rate_limit_headers: bool,
 }
 
 /// A validated configuration.
@@ -304,6 +307,7 @@ const TOP_FIELDS: &[&str] = &[
     "keys",
     "sync",
     "rate_limit_workers",
+    "rate_limit_headers",
 ];
 const IDENTITY_FIELDS: &[&str] = &["account_id", "key_id", "key_type", "environment"];
 const PUBLISHABLE_FIELDS: &[&str] = &["api_prefixes", "retrieve_by_id", "id_pattern", "allow"];
@@ -373,6 +377,7 @@ impl FilterConfig {
                 Some(n @ 1..=1024) => n as u32,
                 Some(_) => return Err(err("rate_limit_workers", Problem::OutOfRange("1", "1024"))),
             },
+            rate_limit_headers: top.bool("rate_limit_headers")?.unwrap_or(false),
         };
         let sync = top
             .get("sync")
@@ -773,6 +778,10 @@ mod tests {
         assert_eq!(s.max_key_length, DEFAULT_MAX_KEY_LENGTH);
         assert_eq!(s.environment, None);
         assert!(!s.keep_authorization);
+        assert!(
+            !s.rate_limit_headers,
+            "rate-limit headers on allowed responses: off"
+        );
         assert_eq!(s.identity_headers, IdentityHeaders::default());
         assert_eq!(
             s.www_authenticate,
@@ -812,6 +821,13 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_headers_is_read() {
+        let config =
+            FilterConfig::parse(br#"{"version":1,"rate_limit_headers":true}"#).expect("valid");
+        assert!(config.settings.rate_limit_headers);
+    }
+
+    #[test]
     fn identity_header_puts_every_field_in_one_header() {
         let config =
             FilterConfig::parse(br#"{"version":1,"identity_header":"x-keygate-identity"}"#)
@@ -839,6 +855,7 @@ mod tests {
             (r#"{"version":1.0}"#.into(), "invalid keygate config: version: must be a whole number from 0 to 4294967295"),
             (r#"{"version":1,"version":1}"#.into(), "invalid keygate config: version: given twice"),
             (r#"{"version":1,"realm":7}"#.into(), "invalid keygate config: realm: expected a string, got a number"),
+            (r#"{"version":1,"rate_limit_headers":"yes"}"#.into(), "invalid keygate config: rate_limit_headers: expected a boolean, got a string"),
             (r#"{"version":1,"environment":"staging"}"#.into(), "invalid keygate config: environment: must be one of `test`, `production`"),
             (r#"{"version":1,"keys":{}}"#.into(), "invalid keygate config: keys: expected a list, got an object"),
             (r#"{"version":1,"publishable":{"allow":[{"path":"/a"}]}}"#.into(), "invalid keygate config: publishable.allow[0].methods: required field missing"),

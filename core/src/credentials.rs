@@ -180,12 +180,12 @@ pub fn parse_authorization<'a>(
     }
 
     // Only spaces separate scheme and credential (RFC 9110 `1*SP`); tabs were refused above.
-    let (name, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let (name, rest) = crate::ascii::split_once(value, b' ').unwrap_or((value, ""));
     let scheme = Scheme::parse_name(name).ok_or(CredentialError::UnknownScheme)?;
     if !accepted.accepts(scheme) {
         return Err(CredentialError::SchemeNotAccepted);
     }
-    let rest = rest.trim_start_matches(' ');
+    let rest = crate::ascii::trim_start(rest, b' ');
     if rest.is_empty() {
         return Err(CredentialError::NoKey);
     }
@@ -242,7 +242,7 @@ fn parse_basic(encoded: &str, max_key_len: usize) -> Result<Credential<'static>,
     if encoded.len() > max_encoded {
         return Err(CredentialError::TooLong);
     }
-    if encoded.contains(' ') {
+    if crate::ascii::contains(encoded, b' ') {
         return Err(CredentialError::InnerWhitespace);
     }
     // Standard alphabet, padding optional (clients differ), non-canonical bits refused.
@@ -251,7 +251,7 @@ fn parse_basic(encoded: &str, max_key_len: usize) -> Result<Credential<'static>,
     if decoded.chars().any(char::is_control) {
         return Err(CredentialError::ControlCharacter);
     }
-    let colon = decoded.find(':').ok_or(CredentialError::NoColon)?;
+    let colon = crate::ascii::find(&decoded, b':').ok_or(CredentialError::NoColon)?;
     // Reuse the decoded buffer; only the account form allocates again. `colon` and
     // `colon + 1` are char boundaries (':' is one byte), so none of these can panic.
     let (key, account_id) = if colon + 1 == decoded.len() {

@@ -19,7 +19,7 @@ use crate::header_pairs;
 use crate::identity;
 use crate::key::{KeyFormatError, KeyKind};
 use crate::keymap::KeyMap;
-use crate::rate_limit::{policy_header, state_header, Admission, Checked, RateLimit};
+use crate::rate_limit::{policy_header, state_header, Admission, Checked, LimitHeaders, RateLimit};
 use crate::request_scan::scan;
 
 /// The request's headers, as the host lends them for one decision.
@@ -50,6 +50,10 @@ pub trait Host {
     /// Answers the request from Envoy with `answer` and `extra` headers after its own; the
     /// upstream never sees it.
     fn send_answer(&mut self, answer: &Answer, extra: &[(&str, &str)]);
+    /// Keeps `headers` for this request's response, which gets them when its headers
+    /// pass (replacing any of those names the upstream sent). Asked only with the
+    /// `rate_limit_headers` setting on, for an admitted request of a limited key.
+    fn set_response_headers(&mut self, headers: LimitHeaders);
     fn count(&mut self, event: Count);
     /// Unix seconds; asked only when a key has an expiry.
     fn now_unix_seconds(&self) -> u64;
@@ -326,7 +330,8 @@ impl Gate {
         verdict
     }
 
-    /// A limited key's request: forwarded while within its limit, else 429 with
+    /// A limited key's request: forwarded while within its limit (with the rate-limit
+    /// headers kept for its response when `rate_limit_headers` is on), else 429 with
     /// `Retry-After` and the rate-limit headers.
     fn within_limit<H: Host, R: RateLimits>(
         &self,
@@ -338,7 +343,12 @@ impl Gate {
     ) -> Verdict {
         let limit = limit.share(limits.enforcers());
         match limits.admit(entry.key_id, &limit, host.now_micros()) {
-            Checked::Judged(Admission::Admitted { .. }) => {}
+            Checked::Judged(admitted @ Admission::Admitted { .. }) => {
+                if self.config.settings.rate_limit_headers {
+                    host.set_response_headers(LimitHeaders::new(&limit, &admitted));
+                }
+            }
+            // The limiter has no state for the key, so nothing to tell: no headers.
             Checked::Overflow => host.count(Count::LimitOverflow),
             Checked::Judged(limited @ Admission::Limited { retry_after_s }) => {
                 self.remove_sent(host, sent, 0);
@@ -347,8 +357,8 @@ impl Gate {
                 let state = state_header(&limited);
                 let extra = [
                     ("retry-after", retry_after.as_str()),
-                    ("ratelimit-policy", policy.as_str()),
-                    ("ratelimit", state.as_str()),
+                    (LimitHeaders::POLICY, policy.as_str()),
+                    (LimitHeaders::STATE, state.as_str()),
                 ];
                 host.send_answer(self.answer(Denial::RateLimited), &extra);
                 host.count(Count::Denied(Denial::RateLimited));

@@ -22,6 +22,7 @@ mod prelude {
     pub use alloc::{format, vec};
 }
 
+mod ascii;
 pub mod base64;
 pub mod bucket;
 pub mod config;

@@ -148,8 +148,7 @@ impl Template {
         if s.contains(['?', '#']) {
             return Err(TemplateError::QueryNotAllowed);
         }
-        let segments = rest
-            .split('/')
+        let segments = crate::ascii::split(rest, b'/')
             .filter(|seg| !seg.is_empty())
             .map(parse_segment)
             .collect::<Result<_, _>>()?;
@@ -183,12 +182,12 @@ impl Template {
 
 fn parse_segment(seg: &str) -> Result<TemplateSegment, TemplateError> {
     if let Some(inner) = seg.strip_prefix('{') {
-        if !inner.contains('}') {
+        if !crate::ascii::contains(inner, b'}') {
             return Err(TemplateError::UnclosedBrace);
         }
         // `{name}` only as a whole segment; `{a}b` falls through to the literal check.
         if let Some(inner) = inner.strip_suffix('}') {
-            let (name, pattern) = match inner.split_once(':') {
+            let (name, pattern) = match crate::ascii::split_once(inner, b':') {
                 Some((name, pattern)) => (
                     name,
                     IdPattern::parse(pattern).map_err(TemplateError::Pattern)?,

@@ -157,6 +157,35 @@ pub fn state_header(admission: &Admission) -> String {
     }
 }
 
+/// The rate-limit headers of an admitted request's response (the `rate_limit_headers`
+/// setting): the same two a 429 carries, with the quota left after this request. Kept as
+/// numbers (no allocation) by the front end from the request's headers to the response's,
+/// written out there, replacing any the upstream sent under these names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitHeaders {
+    limit: RateLimit,
+    admission: Admission,
+}
+
+impl LimitHeaders {
+    /// The header names, lower-case as Envoy carries them.
+    pub const POLICY: &'static str = "ratelimit-policy";
+    pub const STATE: &'static str = "ratelimit";
+
+    pub fn new(limit: &RateLimit, admission: &Admission) -> LimitHeaders {
+        LimitHeaders {
+            limit: *limit,
+            admission: *admission,
+        }
+    }
+
+    /// Hands each `(name, value)` to `put`, in the order a 429 carries them.
+    pub fn write(&self, mut put: impl FnMut(&'static str, &str)) {
+        put(Self::POLICY, &policy_header(&self.limit));
+        put(Self::STATE, &state_header(&self.admission));
+    }
+}
+
 /// Slots of a `LimitTable` by default: 16 bytes each, so 1 MiB, and this many keys over
 /// their full burst at once before any goes unlimited.
 pub const DEFAULT_SLOTS: usize = 65536;
@@ -340,6 +369,31 @@ mod tests {
         }
         let (_, limited) = gcra(tat, 10_000_000, &limit);
         assert_eq!(state_header(&limited), "\"keygate\";r=0;t=1");
+    }
+
+    #[test]
+    fn an_admitted_requests_headers_say_the_quota_left_after_it() {
+        let limit = per_second(10, 4);
+        let (tat, first) = gcra(0, 50_000_000, &limit);
+        let headers = LimitHeaders::new(&limit, &first);
+        // Burst 4 refilling one per 100 ms: 3 left, whole again in 0.1 s (rounded up).
+        let written = |headers: LimitHeaders| {
+            let mut pairs = Vec::new();
+            headers.write(|name, value| pairs.push((name, value.to_owned())));
+            pairs
+        };
+        assert_eq!(
+            written(headers),
+            [
+                ("ratelimit-policy", "\"keygate\";q=4;w=1".to_owned()),
+                ("ratelimit", "\"keygate\";r=3;t=1".to_owned())
+            ]
+        );
+        let (_, second) = gcra(tat, 50_000_000, &limit);
+        assert_eq!(
+            written(LimitHeaders::new(&limit, &second))[1].1,
+            "\"keygate\";r=2;t=1"
+        );
     }
 
     #[test]

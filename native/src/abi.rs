@@ -16,6 +16,8 @@ pub type EnvoyPtr = *mut c_void;
 
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: u32 = 0;
+/// `envoy_dynamic_module_type_http_header_type_ResponseHeader`.
+const RESPONSE_HEADER: u32 = 2;
 /// `..._on_http_filter_request_headers_status_Continue` / `_StopIteration`.
 pub const CONTINUE: u32 = 0;
 pub const STOP_ITERATION: u32 = 1;
@@ -281,6 +283,19 @@ impl<'hook> Stream<'hook> {
             envoy_dynamic_module_callback_http_set_header(
                 self.filter,
                 REQUEST_HEADER,
+                Buffer::of(name),
+                Buffer::of(value),
+            );
+        }
+    }
+
+    /// Sets a response header (in the response-headers hook), replacing every value.
+    pub fn set_response_header(&mut self, name: &[u8], value: &[u8]) {
+        // SAFETY: as in `add_request_header`.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.filter,
+                RESPONSE_HEADER,
                 Buffer::of(name),
                 Buffer::of(value),
             );

@@ -11,7 +11,7 @@ use keygate_core::config::{ConfigError, FilterConfig};
 use keygate_core::gate::{
     Answer, Count, Gate, HeadersUnreadable, Host, RateLimits, Verdict, Worker,
 };
-use keygate_core::rate_limit::{Checked, LimitTable, RateLimit, DEFAULT_SLOTS};
+use keygate_core::rate_limit::{Checked, LimitHeaders, LimitTable, RateLimit, DEFAULT_SLOTS};
 use keygate_sync_core::settings::PollConfig;
 use std::cell::RefCell;
 use std::fmt;
@@ -96,20 +96,38 @@ impl Filter {
         })
     }
 
-    /// Decides one request and acts on it.
-    pub fn on_request_headers(&self, stream: &mut abi::Stream<'_>) -> Verdict {
+    /// Whether allowed requests of limited keys get rate-limit headers on their response:
+    /// only then does a stream need state of its own (see `hooks.rs`).
+    pub fn rate_limit_headers(&self) -> bool {
+        self.gate.config().settings.rate_limit_headers
+    }
+
+    /// Decides one request and acts on it; also answers the rate-limit headers its
+    /// response is to get (`rate_limit_headers`), if any.
+    pub fn on_request_headers(
+        &self,
+        stream: &mut abi::Stream<'_>,
+    ) -> (Verdict, Option<LimitHeaders>) {
         // Held by this request: a map published meanwhile serves the next one.
         let snapshot = self.synced.as_ref().and_then(|s| s.map().current());
         let mut host = NativeHost {
             stream,
             counters: &self.counters,
+            response: None,
         };
         let limits = SharedLimits(&self.limits);
         let usage = Usage(self.synced.as_ref().and_then(Subscription::usage));
-        WORKER.with_borrow_mut(|worker| {
+        let verdict = WORKER.with_borrow_mut(|worker| {
             self.gate
                 .on_request_headers(&mut host, snapshot.as_deref(), worker, &limits, &usage)
-        })
+        });
+        (verdict, host.response)
+    }
+
+    /// Sets the rate-limit headers kept for a response, replacing the upstream's of those
+    /// names.
+    pub fn on_response_headers(stream: &mut abi::Stream<'_>, headers: &LimitHeaders) {
+        headers.write(|name, value| stream.set_response_header(name.as_bytes(), value.as_bytes()));
     }
 
     /// Answers a request the filter failed on (a caught panic): 500, counted.
@@ -117,6 +135,7 @@ impl Filter {
         let mut host = NativeHost {
             stream,
             counters: &self.counters,
+            response: None,
         };
         let answer = self
             .gate
@@ -183,6 +202,8 @@ fn monotonic_micros() -> u64 {
 struct NativeHost<'s, 'hook> {
     stream: &'s mut abi::Stream<'hook>,
     counters: &'s [Option<MetricId>; Count::LEN],
+    /// What the gate kept for the response.
+    response: Option<LimitHeaders>,
 }
 
 impl Host for NativeHost<'_, '_> {
@@ -214,6 +235,10 @@ impl Host for NativeHost<'_, '_> {
 
     fn send_answer(&mut self, answer: &Answer, extra: &[(&str, &str)]) {
         send(self.stream, answer, extra);
+    }
+
+    fn set_response_headers(&mut self, headers: LimitHeaders) {
+        self.response = Some(headers);
     }
 
     fn count(&mut self, event: Count) {

@@ -6,10 +6,51 @@
 
 use crate::abi::{self, Buffer, ConfigBeingCreated, EnvoyPtr, Stream, CONTINUE, STOP_ITERATION};
 use crate::filter::{refuse_unconfigured, Filter};
+use core::ffi::c_void;
 use keygate_core::denial::Denial;
 use keygate_core::gate::Verdict;
+use keygate_core::rate_limit::LimitHeaders;
 use log::{error, info};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// What Envoy holds for one stream. Without `rate_limit_headers` (the default) it is the
+/// configuration itself, so nothing is allocated per stream. With it, a stream has its
+/// own `OwnStream`, to keep the headers from the request to the response; its pointer is
+/// told apart by the low bit (both types are aligned to 8, so real addresses have it 0).
+pub type StreamPtr = *mut c_void;
+
+/// The low bit of a stream pointer to an `OwnStream`.
+const OWN: usize = 1;
+
+/// A stream's own state (`rate_limit_headers` on).
+struct OwnStream {
+    /// The configuration, which Envoy keeps alive while any of its streams runs.
+    filter: *const Filter,
+    /// The rate-limit headers the request left for the response.
+    response: Option<LimitHeaders>,
+}
+
+const _: () = assert!(align_of::<Filter>() > OWN && align_of::<OwnStream>() > OWN);
+
+/// A stream pointer, read.
+enum PerStream<'a> {
+    Shared(&'a Filter),
+    Own(&'a mut OwnStream),
+}
+
+/// # Safety
+/// `ptr` is what `on_http_filter_new` returned for a stream Envoy has not destroyed, used
+/// by one hook at a time (Envoy runs a stream's hooks on its worker thread, one by one).
+unsafe fn per_stream<'a>(ptr: StreamPtr) -> Option<PerStream<'a>> {
+    if ptr as usize & OWN == 0 {
+        // SAFETY: the configuration, alive while its streams run (or null).
+        unsafe { (ptr as *const Filter).as_ref() }.map(PerStream::Shared)
+    } else {
+        // SAFETY: made by `Box::into_raw` in `on_http_filter_new`, freed only by
+        // `on_http_filter_destroy`; no other hook of the stream runs meanwhile.
+        unsafe { ((ptr as usize & !OWN) as *mut OwnStream).as_mut() }.map(PerStream::Own)
+    }
+}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
@@ -66,34 +107,74 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(filt
     }
 }
 
-/// The per-stream object is the configuration itself.
+/// The per-stream object: the configuration itself, or (`rate_limit_headers`) an
+/// `OwnStream` (see `StreamPtr`).
+///
+/// # Safety
+/// `filter` is what `on_http_filter_config_new` returned, alive while the stream runs.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     filter: *const Filter,
     _filter_envoy: EnvoyPtr,
-) -> *const Filter {
-    filter
+) -> StreamPtr {
+    // SAFETY: a live configuration (or null, refused at the request).
+    match unsafe { filter.as_ref() } {
+        Some(config) if config.rate_limit_headers() => {
+            let own = Box::into_raw(Box::new(OwnStream {
+                filter,
+                response: None,
+            }));
+            (own as usize | OWN) as StreamPtr
+        }
+        _ => filter as StreamPtr,
+    }
+}
+
+/// Frees a stream's own state, if it has one.
+///
+/// # Safety
+/// `stream` is what `on_http_filter_new` returned; Envoy calls no hook of it after this.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(stream: StreamPtr) {
+    if stream as usize & OWN != 0 {
+        let own = (stream as usize & !OWN) as *mut OwnStream;
+        // SAFETY: made by `Box::into_raw` in `on_http_filter_new`; destroyed once.
+        drop(unsafe { Box::from_raw(own) });
+    }
 }
 
 /// # Safety
-/// `filter` is what `on_http_filter_new` returned; `filter_envoy` is the live stream.
+/// `per_stream` is what `on_http_filter_new` returned; `filter_envoy` is the live stream.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter_envoy: EnvoyPtr,
-    filter: *const Filter,
+    per_stream_ptr: StreamPtr,
     _end_of_stream: bool,
 ) -> u32 {
     // SAFETY: `filter_envoy` is the live stream for the whole of this hook.
     let mut stream = unsafe { Stream::new(filter_envoy) };
-    // SAFETY: a configuration Envoy keeps alive while any of its streams runs.
-    let Some(filter) = (unsafe { filter.as_ref() }) else {
+    // SAFETY: the stream's pointer, used by this hook alone.
+    let (filter, mut own) = match unsafe { per_stream(per_stream_ptr) } {
+        Some(PerStream::Shared(filter)) => (Some(filter), None),
+        // SAFETY: a configuration Envoy keeps alive while any of its streams runs.
+        Some(PerStream::Own(own)) => (unsafe { own.filter.as_ref() }, Some(own)),
+        None => (None, None),
+    };
+    let Some(filter) = filter else {
         refuse_unconfigured(&mut stream, Denial::NotConfigured);
         return STOP_ITERATION;
     };
     let verdict = catch_unwind(AssertUnwindSafe(|| filter.on_request_headers(&mut stream)));
     match verdict {
-        Ok(Verdict::Continue) => CONTINUE,
-        Ok(Verdict::Stop) => STOP_ITERATION,
+        Ok((verdict, response)) => {
+            if let Some(own) = own.as_mut() {
+                own.response = response;
+            }
+            match verdict {
+                Verdict::Continue => CONTINUE,
+                Verdict::Stop => STOP_ITERATION,
+            }
+        }
         Err(_) => {
             error!("keygate: internal error on a request; answered 500");
             let refused = catch_unwind(AssertUnwindSafe(|| {
@@ -105,6 +186,33 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
             STOP_ITERATION
         }
     }
+}
+
+/// Sets the rate-limit headers the request kept for the response (`rate_limit_headers`);
+/// any other stream passes untouched.
+///
+/// # Safety
+/// As `on_http_filter_request_headers`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter_envoy: EnvoyPtr,
+    per_stream_ptr: StreamPtr,
+    _end_of_stream: bool,
+) -> u32 {
+    // SAFETY: the stream's pointer, used by this hook alone.
+    if let Some(PerStream::Own(own)) = unsafe { per_stream(per_stream_ptr) } {
+        if let Some(headers) = own.response.take() {
+            // SAFETY: `filter_envoy` is the live stream for the whole of this hook.
+            let mut stream = unsafe { Stream::new(filter_envoy) };
+            let set = catch_unwind(AssertUnwindSafe(|| {
+                Filter::on_response_headers(&mut stream, &headers)
+            }));
+            if set.is_err() {
+                error!("keygate: internal error setting the rate-limit headers");
+            }
+        }
+    }
+    CONTINUE
 }
 
 /// Hooks Envoy looks up and keygate has no use for: each does nothing and, where Envoy
@@ -126,7 +234,6 @@ unused_hooks!(
     envoy_dynamic_module_on_http_filter_config_http_stream_reset,
     envoy_dynamic_module_on_http_filter_config_http_stream_trailers,
     envoy_dynamic_module_on_http_filter_config_scheduled,
-    envoy_dynamic_module_on_http_filter_destroy,
     envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark,
     envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark,
     envoy_dynamic_module_on_http_filter_http_callout_done,
@@ -141,7 +248,6 @@ unused_hooks!(
     envoy_dynamic_module_on_http_filter_request_body,
     envoy_dynamic_module_on_http_filter_request_trailers,
     envoy_dynamic_module_on_http_filter_response_body,
-    envoy_dynamic_module_on_http_filter_response_headers,
     envoy_dynamic_module_on_http_filter_response_trailers,
     envoy_dynamic_module_on_http_filter_scheduled,
     envoy_dynamic_module_on_http_filter_stream_complete,

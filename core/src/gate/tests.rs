@@ -13,6 +13,8 @@ struct Effects {
     removed: Vec<String>,
     answered: Option<(u32, String, String)>,
     extra: Vec<(String, String)>,
+    /// Kept for the response (`rate_limit_headers`).
+    response: Vec<(String, String)>,
     counted: Vec<Count>,
 }
 
@@ -69,6 +71,10 @@ impl Host for MockHost {
             .iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect();
+    }
+    fn set_response_headers(&mut self, headers: LimitHeaders) {
+        let response = &mut self.effects.response;
+        headers.write(|name, value| response.push((name.to_owned(), value.to_owned())));
     }
     fn count(&mut self, event: Count) {
         self.effects.counted.push(event);
@@ -447,10 +453,15 @@ impl RateLimits for Limits {
 }
 
 fn limited_fixture() -> (Gate, String, String) {
+    limited_fixture_with("")
+}
+
+/// A key limited to 2 a minute and one without a limit, with `options` in the config.
+fn limited_fixture_with(options: &str) -> (Gate, String, String) {
     let limited = issue_key(KeyKind::ALL[0], &[5; 32]);
     let other = issue_key(KeyKind::ALL[0], &[6; 32]);
     let json = format!(
-        r#"{{"version":1,"keys":[
+        r#"{{"version":1{options},"keys":[
             {{"digest":"{}","account_id":"acct_1","key_id":"key_limited","type":"secret","environment":"test","rate_limit":{{"requests":2,"per":"minute"}}}},
             {{"digest":"{}","account_id":"acct_1","key_id":"key_free","type":"secret","environment":"test"}}]}}"#,
         Digest::of_key(&limited).to_hex(),
@@ -593,4 +604,67 @@ fn usage_counts_each_known_keys_requests_and_nothing_else() {
     want.sort_by_key(|u| u.digest);
     assert_eq!(usage, want);
     assert_eq!(unattributed, 0);
+}
+
+#[test]
+fn with_rate_limit_headers_an_admitted_request_keeps_them_for_its_response() {
+    let (gate, limited, other) = limited_fixture_with(r#","rate_limit_headers":true"#);
+    let limits = Limits {
+        table: crate::rate_limit::LimitTable::new(64),
+        enforcers: 1,
+    };
+    let mut worker = Worker::new(None);
+    let mut run = |key: &str| {
+        let auth = format!("token {key}");
+        let mut h = host(&request("GET", "/", &auth));
+        let verdict =
+            gate.on_request_headers(&mut h, None::<&KeyMap>, &mut worker, &limits, &Uncounted);
+        (verdict, h.effects)
+    };
+    let pairs = |policy: &str, state: &str| {
+        vec![
+            ("ratelimit-policy".to_owned(), policy.to_owned()),
+            ("ratelimit".to_owned(), state.to_owned()),
+        ]
+    };
+    // 2 a minute: one left after the first (whole again in 30 s), none after the second.
+    let (verdict, first) = run(&limited);
+    assert_eq!(verdict, Verdict::Continue);
+    assert_eq!(
+        first.response,
+        pairs("\"keygate\";q=2;w=60", "\"keygate\";r=1;t=30")
+    );
+    let (_, second) = run(&limited);
+    assert_eq!(
+        second.response,
+        pairs("\"keygate\";q=2;w=60", "\"keygate\";r=0;t=60")
+    );
+    // Refused: the headers are on the 429 itself, none kept for a response.
+    let (verdict, third) = run(&limited);
+    assert_eq!(verdict, Verdict::Stop);
+    assert!(third.response.is_empty());
+    // A key without a limit gets none.
+    let (verdict, free) = run(&other);
+    assert_eq!(verdict, Verdict::Continue);
+    assert!(free.response.is_empty());
+}
+
+#[test]
+fn without_rate_limit_headers_an_admitted_request_keeps_none() {
+    let (gate, limited, _) = limited_fixture();
+    let limits = Limits {
+        table: crate::rate_limit::LimitTable::new(64),
+        enforcers: 1,
+    };
+    let auth = format!("token {limited}");
+    let mut h = host(&request("GET", "/", &auth));
+    let verdict = gate.on_request_headers(
+        &mut h,
+        None::<&KeyMap>,
+        &mut Worker::new(None),
+        &limits,
+        &Uncounted,
+    );
+    assert_eq!(verdict, Verdict::Continue);
+    assert!(h.effects.response.is_empty());
 }
