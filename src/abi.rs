@@ -14,7 +14,6 @@ const OK: u32 = 0;
 pub const NOT_FOUND: Status = Status(1);
 
 const REQUEST_HEADERS: u32 = 0;
-const RESPONSE_HEADERS: u32 = 2;
 const PLUGIN_CONFIGURATION: u32 = 7;
 const METRIC_COUNTER: u32 = 0;
 
@@ -140,19 +139,10 @@ pub fn request_header_map() -> Result<Vec<u8>, Status> {
 
 /// Sets a request header, replacing every value it had.
 pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
-    replace_header(REQUEST_HEADERS, name, value)
-}
-
-/// Sets a response header (in `proxy_on_response_headers`), replacing every value it had.
-pub fn set_response_header(name: &str, value: &str) -> Result<(), Status> {
-    replace_header(RESPONSE_HEADERS, name, value)
-}
-
-fn replace_header(map: u32, name: &str, value: &str) -> Result<(), Status> {
     // SAFETY: live slices for the duration of the call.
     check(unsafe {
         host::proxy_replace_header_map_value(
-            map,
+            REQUEST_HEADERS,
             name.as_ptr(),
             name.len(),
             value.as_ptr(),

@@ -56,9 +56,8 @@ impl Filter {
         }
     }
 
-    /// Decides one request and acts on it; returns the proxy-wasm action, and the
-    /// rate-limit headers its response is to get (`rate_limit_headers`), if any.
-    pub fn on_request_headers(&self) -> (u32, Option<LimitHeaders>) {
+    /// Decides one request and acts on it; returns the proxy-wasm action.
+    pub fn on_request_headers(&self) -> u32 {
         // Sync mode serves the synced map once one is published (the gate falls back to
         // the configuration's bootstrap keys, or 503, until then).
         let synced = self.synced.as_ref().filter(|s| {
@@ -69,7 +68,6 @@ impl Filter {
         });
         let mut stream = Stream {
             metrics: &self.metrics,
-            response: None,
         };
         let limits = VmLimits {
             workers: self.gate.config().settings.rate_limit_workers,
@@ -84,11 +82,10 @@ impl Filter {
                 &usage,
             )
         });
-        let action = match verdict {
+        match verdict {
             Verdict::Continue => CONTINUE,
             Verdict::Stop => PAUSE,
-        };
-        (action, stream.response)
+        }
     }
 
     /// Timer work: publish counts, and (sync mode) pick up a newly published map.
@@ -144,8 +141,6 @@ fn send(answer: &Answer, extra: &[(&str, &str)]) {
 /// The request being judged, as the gate sees Envoy.
 struct Stream<'f> {
     metrics: &'f Metrics,
-    /// What the gate kept for the response.
-    response: Option<LimitHeaders>,
 }
 
 impl Host for Stream<'_> {
@@ -179,8 +174,8 @@ impl Host for Stream<'_> {
         send(answer, extra);
     }
 
-    fn set_response_headers(&mut self, headers: LimitHeaders) {
-        self.response = Some(headers);
+    fn set_response_headers(&mut self, _headers: LimitHeaders) {
+        // Never asked: the configuration with `rate_limit_headers` is refused (exports.rs).
     }
 
     fn count(&mut self, event: Count) {

@@ -86,6 +86,28 @@ def test_rate_limit_headers_are_off_by_default(upstream, keyset):
         envoy.stop()
 
 
+@pytest.mark.skipif(harness.NATIVE_MODE, reason="the wasm filter's refusal")
+def test_the_wasm_filter_refuses_rate_limit_headers_and_says_why(upstream, keyset):
+    """A response hook would cost every request whether the setting is on or not (proxy-wasm
+    calls an exported callback for every stream), so the wasm filter refuses the setting
+    rather than ignoring it: Envoy does not start, and the log says where it is offered."""
+    ports = {9901: harness.free_port(), 10000: harness.free_port(),
+             8081: upstream.server_address[1]}
+    config = harness.localize(harness.load_example("envoy.yaml"), ports)
+    plugin = harness.plugin_config(config)
+    plugin.update(keys=keyset.entries, rate_limit_headers=True)
+    harness.set_plugin_config(config, plugin)
+    envoy = harness.Envoy(config)
+    try:
+        assert envoy.start(expect_failure=True) != 0
+    finally:
+        envoy.stop()
+    errors = [line for line in envoy.read_log().splitlines()
+              if "invalid keygate config: rate_limit_headers" in line]
+    assert errors and all("the native module offers it" in line for line in errors), errors
+
+
+@pytest.mark.skipif(not harness.NATIVE_MODE, reason="offered by the native module")
 def test_rate_limit_headers_on_allowed_responses_when_asked(upstream, keyset):
     """`rate_limit_headers`: a limited key's allowed responses say its policy and what is
     left after each request (`t`: seconds until the quota is whole again); an unlimited key's
