@@ -18,6 +18,9 @@ use keygate_core::usage::{encode_records, UsageTable, DEFAULT_SLOTS};
 
 /// Ticks (50 ms) between two hand-overs, and between two looks at the fetcher's flag.
 const HAND_OVER_TICKS: u32 = 100;
+/// While the flag is off, the looks at it made every tick (the first 5 s): the fetcher sets
+/// it at its own start, about when this VM starts; after them, one look a hand-over period.
+const EAGER_LOOKS: u32 = 100;
 /// The inbox's largest size: past it counts are dropped (the fetcher is not emptying it).
 const MAX_INBOX: usize = 8 << 20;
 /// Compare-and-swap attempts for one hand-over; after them the counts wait for the next.
@@ -33,6 +36,7 @@ pub struct VmUsage {
     on_key: String,
     on: Cell<bool>,
     ticks: Cell<u32>,
+    looks: Cell<u32>,
 }
 
 impl VmUsage {
@@ -42,18 +46,22 @@ impl VmUsage {
             on_key: usage_on_key(namespace),
             on: Cell::new(false),
             ticks: Cell::new(0),
+            looks: Cell::new(0),
         }
     }
 
     /// Timer work: every `HAND_OVER_TICKS`, read the flag and hand the counts over (while
-    /// the flag is off, read it every tick: the fetcher may set it after this VM started).
+    /// the flag is off, read it every tick for the first `EAGER_LOOKS`: the fetcher may set
+    /// it just after this VM started; a look is a host call, too dear for every tick).
     pub fn on_tick(&self) {
         let ticks = self.ticks.get() + 1;
-        if ticks < HAND_OVER_TICKS && self.on.get() {
+        let eager = !self.on.get() && self.looks.get() < EAGER_LOOKS;
+        if ticks < HAND_OVER_TICKS && !eager {
             self.ticks.set(ticks);
             return;
         }
         self.ticks.set(0);
+        self.looks.set(self.looks.get().saturating_add(1));
         let on = abi::shared_data(&self.on_key).is_ok_and(|v| v.first() == Some(&1));
         self.on.set(on);
         TABLE.with_borrow_mut(|table| {

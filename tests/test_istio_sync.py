@@ -161,17 +161,21 @@ def test_a_roll_is_refused_on_every_worker_within_one_interval(ctl, upstream, st
     first_map(envoy, old["key"])
     with harness.connections_on_every_worker(envoy, port=envoy.port) as workers:
         assert workers.everywhere(old["key"]) == {(200, None)}
-        fetches = sync_stats(envoy)["fetches"]
+        fetches, handovers = sync_stats(envoy)["fetches"], len(leads(envoy))
         started = time.monotonic()
         new = ctl.api("POST", f"/v1/keys/{old['key_id']}/roll", {})["new_key"]["key"]
         wait_for(lambda: workers.everywhere(old["key"]) == {(401, "invalid_api_key")}
                  and workers.everywhere(new) == {(200, None)}, what="the roll on every worker")
         elapsed = time.monotonic() - started
         polls = sync_stats(envoy)["fetches"] - fetches
-    print(f"roll refused on every worker after {elapsed * 1000:.0f} ms, {polls} poll(s)")
+        handovers = len(leads(envoy)) - handovers
+    print(f"roll refused on every worker after {elapsed * 1000:.0f} ms, {polls} poll(s), "
+          f"{handovers} lease handover(s)")
     # Within one interval: the poll under way at the roll may have missed it; the next one
-    # (an interval later at most) brought it, and no third poll was needed.
-    assert 1 <= polls <= 2, polls
+    # (an interval later at most) brought it, and no third poll was needed. A VM whose
+    # ticks a starved CPU held up past the lease loses it, and the new leader starts with a
+    # poll of its own: one more each.
+    assert 1 <= polls <= 2 + handovers, (polls, handovers)
 
 
 def test_keygatectl_down_keeps_the_last_good_map_then_catches_up(ctl, upstream, stopped_after):
