@@ -2444,7 +2444,7 @@ def main(argv=None):
             if not args.no_fleet:
                 import fleet
                 args.ctl_core, args.client_core = args.envoy_core, args.load_core
-                f = asyncio.run(fleet.run(args, workdir))
+                f = fleet.run_loop(fleet.run(args, workdir))
                 os.sched_setaffinity(0, {args.load_core})
                 sections.append((f"A fleet of {args.watchers:,} watchers (bench/fleet.py)",
                                  fleet.tables(f)))

@@ -10,7 +10,9 @@ keygate's fetchers do. Measured:
 - roll → last watcher holding the delta: for each of `--rolls` rolls at random moments, the
   time from the roll request (through the admin API) until every watcher has read the
   answer naming the new version (p50/p99 over the rolls; the Python client reading 10,000
-  answers is part of that time);
+  answers is part of that time, so it reads of each answer only what a fetcher acts on, the
+  status, length and ETag, and runs on uvloop when installed; its own CPU per roll is
+  reported beside keygatectl's);
 - keygatectl's memory per open watch (its RSS with every watch held, less before any);
 - keygatectl's CPU per roll (from the roll until every watch is held again);
 - the unchanged-map cost: keygatectl's CPU per 304 for watches ending in 304 (wait=1)
@@ -20,6 +22,8 @@ The same again with two keygatectl replicas on PostgreSQL (rolls through one, th
 on the other) when KEYGATE_TEST_POSTGRES_URL names a server (`scripts/postgres.sh run`).
 
   .venv/bin/python bench/fleet.py [--watchers 10000] [--rolls 40] [--json FILE]
+  .venv/bin/python bench/fleet.py --only unchanged --ctl OLD --ctl NEW --repeat 2
+      (one section; two builds of keygatectl taking turns in one run: before/after)
 
 bench.py runs it with `--fleet` (`make bench`) and writes the tables into BENCHMARKS.md.
 """
@@ -66,6 +70,7 @@ class Fleet:
         # Poll mode (no wait): each watcher asks again this long after each answer.
         self.interval_s = interval_s
         self.watchers = []
+        self.requests = {}  # version → the request's bytes
         self.answers = {}  # status → count
         self.lost = 0
         # The roll under way: watchers still to see a version above `floor`, and when each did.
@@ -75,11 +80,18 @@ class Fleet:
         self.all_seen = None
 
     def request(self, version):
-        wait = f"&wait={self.wait_s}" if self.interval_s is None else ""
-        return (f"GET /v1/keymap?since={version}&store={self.store}{wait} HTTP/1.1\r\n"
-                f"Host: 127.0.0.1\r\nAuthorization: Bearer {self.token}\r\n"
-                f"Accept: application/x-keygate-map, application/json\r\n"
-                f"If-None-Match: \"{self.store}:{version}\"\r\n\r\n").encode()
+        # Every watcher at a version sends the same bytes: made once per version.
+        made = self.requests.get(version)
+        if made is None:
+            wait = f"&wait={self.wait_s}" if self.interval_s is None else ""
+            made = (f"GET /v1/keymap?since={version}&store={self.store}{wait} HTTP/1.1\r\n"
+                    f"Host: 127.0.0.1\r\nAuthorization: Bearer {self.token}\r\n"
+                    f"Accept: application/x-keygate-map, application/json\r\n"
+                    f"If-None-Match: \"{self.store}:{version}\"\r\n\r\n").encode()
+            if len(self.requests) > 64:
+                self.requests.clear()
+            self.requests[version] = made
+        return made
 
     def expect_above(self, floor):
         self.floor = floor
@@ -125,35 +137,56 @@ class Watcher(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data):
-        self.buffer += data
+        # Only what a fetcher needs from each answer: its status, its length (to find the
+        # next), and the version its ETag names. The body is not parsed: a fetcher holding
+        # the delta is what is timed, and parsing 10,000 JSON deltas on the client's one core
+        # would time this client rather than keygatectl.
+        buffer = self.buffer + data if self.buffer else data
         while True:
-            head_end = self.buffer.find(b"\r\n\r\n")
+            head_end = buffer.find(b"\r\n\r\n")
             if head_end < 0:
-                return
-            head = self.buffer[:head_end].decode("latin-1").split("\r\n")
-            status = int(head[0].split(" ", 2)[1])
-            headers = {}
-            for line in head[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            length = 0 if status == 304 else int(headers.get("content-length", "0"))
-            if len(self.buffer) < head_end + 4 + length:
-                return
-            self.buffer = self.buffer[head_end + 4 + length:]
-            self.answered(status, headers)
+                break
+            status = int(buffer[9:12])
+            head = buffer[:head_end].lower()
+            length = 0 if status == 304 else header_int(head, b"\r\ncontent-length:")
+            end = head_end + 4 + length
+            if len(buffer) < end:
+                break
+            buffer = buffer[end:]
+            self.answered(status, head)
+        self.buffer = buffer
 
-    def answered(self, status, headers):
+    def answered(self, status, head):
         fleet = self.fleet
         fleet.answers[status] = fleet.answers.get(status, 0) + 1
         if status == 200:
-            etag = headers.get("etag", "").strip('"')
             before = self.version
-            self.version = max(self.version, int(etag.rpartition(":")[2] or 0))
+            self.version = max(self.version, etag_version(head))
             fleet.saw(self, before, time.perf_counter())
         if fleet.interval_s is None:
             self.send()
         else:
             asyncio.get_running_loop().call_later(fleet.interval_s, self.send)
+
+
+def header_value(head, name):
+    """The value of header `name` (`b"\\r\\nname:"`) in a lowercased response head."""
+    at = head.find(name)
+    if at < 0:
+        return b""
+    start = at + len(name)
+    end = head.find(b"\r\n", start)
+    return head[start:end if end >= 0 else len(head)].strip()
+
+
+def header_int(head, name):
+    return int(header_value(head, name) or 0)
+
+
+def etag_version(head):
+    """The version an ETag `"<store>:<version>"` names (0 when none)."""
+    tag = header_value(head, b"\r\netag:").strip(b'"')
+    return int(tag.rpartition(b":")[2] or 0)
 
 
 async def open_fleet(fleet, count, batch=256):
@@ -214,7 +247,7 @@ async def roll_fleet(args, writer, watched, rng, label):
     out = {"watchers": args.watchers, "open_s": opened_s,
            "rss_before_kib": rss_before, "rss_held_kib": rss_held,
            "kib_per_watch": (rss_held - rss_before) / args.watchers,
-           "last_s": [], "median_s": [], "cpu_ms": []}
+           "last_s": [], "median_s": [], "cpu_ms": [], "client_cpu_ms": [], "roll_request_s": []}
     b.log(f"{label}: {args.rolls} rolls, {args.watchers:,} watchers on {label.split()[-1]}")
     loop = asyncio.get_running_loop()
     for _ in range(args.rolls):
@@ -222,17 +255,22 @@ async def roll_fleet(args, writer, watched, rng, label):
         _, floor = key_map_status(watched)
         fleet.expect_above(floor)
         cpu0 = b.cpu_ticks(watched.proc.pid)
+        client0 = time.process_time()
         t_roll = time.perf_counter()
         rolled = await loop.run_in_executor(
             None, lambda k=key: writer.admin("POST", f"/v1/keys/{k['key_id']}/roll", {}))
+        roll_s = time.perf_counter() - t_roll
         key = rolled["new_key"]
         done = await asyncio.wait_for(fleet.all_seen, timeout=60)
+        client_ms = (time.process_time() - client0) * 1000
         await settled(watched.proc.pid, quiet=0.2)
         cpu = (b.cpu_ticks(watched.proc.pid) - cpu0) * 1000 / b.CLK_TCK
         lags = sorted(t - t_roll for t in fleet.seen_at)
         out["last_s"].append(done - t_roll)
         out["median_s"].append(lags[len(lags) // 2])
         out["cpu_ms"].append(cpu)
+        out["client_cpu_ms"].append(client_ms)
+        out["roll_request_s"].append(roll_s)
     out["lost"] = fleet.lost
     out["answers"] = fleet.answers
     close_fleet(fleet)
@@ -291,17 +329,21 @@ async def run(args, workdir):
     # Keep this client off keygatectl's core.
     os.sched_setaffinity(0, {args.client_core})
     rng = random.Random(20)
-    results = {"open_files": limit}
+    loop = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
+    results = {"open_files": limit, "event_loop": loop}
     with open("/proc/loadavg") as f:
         results["load_before"] = " ".join(f.read().split()[:3])
+    only = getattr(args, "only", None)
     ctl = b.Keygatectl(workdir, args.ctl_core, name="fleet-sqlite")
     try:
-        results["sqlite"] = await roll_fleet(args, ctl, ctl, rng, "SQLite, one keygatectl")
-        results["unchanged"] = await unchanged_cost(args, ctl, "SQLite")
+        if only in (None, "fleet"):
+            results["sqlite"] = await roll_fleet(args, ctl, ctl, rng, "SQLite, one keygatectl")
+        if only in (None, "unchanged"):
+            results["unchanged"] = await unchanged_cost(args, ctl, "SQLite")
     finally:
         ctl.stop()
     server = os.environ.get("KEYGATE_TEST_POSTGRES_URL")
-    if server and not args.no_postgres:
+    if server and not args.no_postgres and only is None:
         pg = Postgres(server)
         a = replica_b = None
         try:
@@ -318,6 +360,25 @@ async def run(args, workdir):
     with open("/proc/loadavg") as f:
         results["load_after"] = " ".join(f.read().split()[:3])
     return results
+
+
+def uvloop_module(wanted=True):
+    """uvloop when wanted and installed (tests/requirements.txt), else None."""
+    if not wanted:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop
+
+
+def run_loop(coro, use_uvloop=True):
+    """Runs `coro` on uvloop when it is installed, else asyncio's own loop: uvloop's
+    transports take a fraction of asyncio's CPU per answer, so on the client's one core the
+    figures time keygatectl more and this client less."""
+    uvloop = uvloop_module(use_uvloop)
+    return uvloop.run(coro) if uvloop else asyncio.run(coro)
 
 
 def summary(values):
@@ -337,11 +398,15 @@ def tables(r):
             ["roll → the last watcher holding the delta: p50 / p99", summary(s["last_s"])],
             ["  goal: p99 ≤ 1 s", "met" if b.percentile(s["last_s"], 99) <= 1.0 else "**not met**"],
             ["roll → the median watcher holding it: p50 / p99", summary(s["median_s"])],
+            ["the roll request itself (until the admin API answered): p50 / p99",
+             summary(s.get("roll_request_s") or [0])],
             ["keygatectl memory per open watch (RSS held, less before)",
              f"{s['kib_per_watch']:.1f} KiB ({s['rss_before_kib'] / 1024:.0f} → "
              f"{s['rss_held_kib'] / 1024:.0f} MiB)"],
             ["keygatectl CPU per roll (answering every watcher, and its next watch): p50 / p99",
              " / ".join(f"{b.percentile(s['cpu_ms'], q):.0f} ms" for q in (50, 99))],
+            ["this client's CPU per roll (until the last watcher read it): p50 / p99",
+             " / ".join(f"{b.percentile(s['client_cpu_ms'], q):.0f} ms" for q in (50, 99))],
             ["connections lost / answers other than 200 and 304",
              f"{s['lost']} / {sum(n for st, n in s['answers'].items() if st not in (200, 304))}"],
         ]
@@ -356,6 +421,7 @@ def tables(r):
             ["  goal: a watch's 304 costs no more than a poll's",
              "met" if w["cpu_us_per_304"] <= p["cpu_us_per_304"] * 1.1 else "**not met**"],
         ]
+    rows.append(["the client's event loop", r.get("event_loop", "asyncio")])
     rows.append(["load average before / after (2 shared cores)",
                  f"{r['load_before']} / {r['load_after']}"])
     return b.table(["measure", "value"], rows)
@@ -375,12 +441,30 @@ def main():
     p.add_argument("--ctl-core", type=int, default=0)
     p.add_argument("--client-core", type=int, default=1)
     p.add_argument("--json", type=Path)
+    p.add_argument("--only", choices=("fleet", "unchanged"),
+                   help="one SQLite section only: the rolls, or the unchanged-map cost")
+    p.add_argument("--ctl", type=Path, action="append",
+                   help="the keygatectl binary (default: target/release/keygatectl); given "
+                        "more than once, each is measured in turn in this run (before/after)")
+    p.add_argument("--asyncio", action="store_true",
+                   help="asyncio's own event loop even when uvloop is installed")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs per binary, the binaries taking turns")
     args = p.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="keygate-fleet-"))
-    results = asyncio.run(run(args, workdir))
-    print(tables(results))
+    binaries = args.ctl or [b.CTL]
+    runs = []
+    for i in range(args.repeat):
+        for ctl in binaries:
+            b.CTL = ctl
+            workdir = Path(tempfile.mkdtemp(prefix="keygate-fleet-"))
+            results = run_loop(run(args, workdir), not args.asyncio)
+            results["ctl"] = str(ctl)
+            runs.append(results)
+            if len(binaries) > 1 or args.repeat > 1:
+                print(f"### {ctl} (run {i + 1})")
+            print(tables(results), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps(runs[0] if len(runs) == 1 else runs, indent=1))
 
 
 if __name__ == "__main__":

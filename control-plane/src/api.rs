@@ -2,7 +2,7 @@
 //! filters poll (`keymap_endpoint.rs`). Blocking store calls run on tokio's blocking pool.
 //! Wrong tokens are throttled per client address, as on the sign-in page.
 
-use crate::auth::{bearer_token, token_matches};
+use crate::auth::bearer_token;
 use crate::clock::now_unix;
 use crate::keymap::{KeyMapCache, Observed};
 use crate::keymap_endpoint::key_map;
@@ -146,10 +146,9 @@ impl AppState {
 
     /// Whether `headers` may read the key map now, checked without a throttle's side
     /// effects: what a held watch asks again when woken.
-    pub(crate) fn key_map_token_passes(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn key_map_token_passes(&self, presented: Option<&Digest>) -> bool {
         !self.key_map_requires_token()
-            || Self::presented_token(headers)
-                .is_some_and(|t| self.is_sync_token(t) || self.is_admin_token(t))
+            || presented.is_some_and(|d| self.is_sync_digest(d) || self.is_admin_digest(d))
     }
 
     pub fn key_map_requires_token(&self) -> bool {
@@ -240,15 +239,22 @@ impl AppState {
             .and_then(bearer_token)
     }
 
-    fn is_admin_token(&self, token: &str) -> bool {
-        self.admin_digest()
-            .is_some_and(|expected| token_matches(token, &expected))
+    /// The digest of the bearer token `headers` present, if any: what the token checks
+    /// compare (in constant time). A held watch keeps it, not the token, for the checks
+    /// it makes again when woken.
+    pub(crate) fn presented_digest(headers: &HeaderMap) -> Option<Digest> {
+        Self::presented_token(headers).map(Digest::of_key)
     }
 
-    fn is_sync_token(&self, token: &str) -> bool {
+    fn is_admin_digest(&self, presented: &Digest) -> bool {
+        self.admin_digest()
+            .is_some_and(|expected| presented.ct_eq(&expected))
+    }
+
+    fn is_sync_digest(&self, presented: &Digest) -> bool {
         self.sync_digest.as_ref().is_some_and(|sync| {
             let expected = *sync.read().unwrap_or_else(|e| e.into_inner());
-            token_matches(token, &expected)
+            presented.ct_eq(&expected)
         })
     }
 
@@ -258,20 +264,20 @@ impl AppState {
     async fn check_token(
         &self,
         throttle: &LoginThrottle,
-        headers: &HeaderMap,
+        presented: Option<&Digest>,
         ip: IpAddr,
         what: &str,
-        accepts: impl Fn(&Self, &str) -> bool,
+        accepts: impl Fn(&Self, &Digest) -> bool,
     ) -> Result<(), Response> {
         if let Err(wait) = throttle.check(ip) {
             return Err(too_many_attempts(wait));
         }
-        let Some(token) = Self::presented_token(headers) else {
+        let Some(presented) = presented else {
             return Err(unauthorized(&format!(
                 "missing {what}; send Authorization: Bearer <{what}>"
             )));
         };
-        if accepts(self, token) {
+        if accepts(self, presented) {
             throttle.succeeded(ip);
             return Ok(());
         }
@@ -301,13 +307,21 @@ impl AppState {
         headers: &HeaderMap,
         ip: IpAddr,
     ) -> Result<(), Response> {
-        if !self.key_map_requires_token()
-            || Self::presented_token(headers).is_some_and(|t| self.is_sync_token(t))
-        {
+        self.authorize_key_map_digest(Self::presented_digest(headers).as_ref(), ip)
+            .await
+    }
+
+    /// `authorize_key_map` with the presented token's digest (`presented_digest`).
+    pub(crate) async fn authorize_key_map_digest(
+        &self,
+        presented: Option<&Digest>,
+        ip: IpAddr,
+    ) -> Result<(), Response> {
+        if !self.key_map_requires_token() || presented.is_some_and(|d| self.is_sync_digest(d)) {
             return Ok(());
         }
         let throttle = &self.key_map_throttle;
-        self.check_token(throttle, headers, ip, "sync token", Self::is_admin_token)
+        self.check_token(throttle, presented, ip, "sync token", Self::is_admin_digest)
             .await
     }
 }
@@ -462,10 +476,10 @@ async fn require_admin(
     let checked = state
         .check_token(
             &state.admin_throttle,
-            request.headers(),
+            AppState::presented_digest(request.headers()).as_ref(),
             ip,
             "admin token",
-            AppState::is_admin_token,
+            AppState::is_admin_digest,
         )
         .await;
     match checked {

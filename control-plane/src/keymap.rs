@@ -5,6 +5,7 @@
 
 use crate::store::{KeyMapStatus, StoreId};
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use std::sync::{Mutex, RwLock};
 use tokio::sync::watch;
 
@@ -38,6 +39,36 @@ pub fn if_none_match_matches(header_value: &str, store: &StoreId, version: u64) 
         tag_store.map_or(true, |s| s == store.as_str())
             && tag_version.parse::<u64>().ok() == Some(version)
     })
+}
+
+/// The two headers every answer about one version carries, `keygate-store` and `ETag`, made
+/// once per version: the answers of a version share them (a clone is a reference count).
+#[derive(Debug, Clone)]
+pub struct VersionTags {
+    store_id: StoreId,
+    version: u64,
+    /// `None` if not a valid header value (never: a store id is hex, a version decimal).
+    pub store: Option<HeaderValue>,
+    pub etag: Option<HeaderValue>,
+}
+
+impl VersionTags {
+    pub fn new(store: &StoreId, version: u64) -> VersionTags {
+        VersionTags {
+            store_id: store.clone(),
+            version,
+            store: HeaderValue::from_str(store.as_str()).ok(),
+            etag: HeaderValue::from_str(&etag(store, version)).ok(),
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn names(&self, store: &StoreId, version: u64) -> bool {
+        self.version == version && self.store_id == *store
+    }
 }
 
 struct CachedFull {
@@ -92,6 +123,8 @@ struct CachedDelta {
 
 pub struct KeyMapCache {
     status: RwLock<KeyMapStatus>,
+    /// The current version's headers.
+    tags: RwLock<VersionTags>,
     full: [Mutex<Option<CachedFull>>; 2],
     /// Deltas to the current version, dropped whenever it moves.
     deltas: Mutex<Vec<CachedDelta>>,
@@ -103,6 +136,7 @@ pub struct KeyMapCache {
 impl KeyMapCache {
     pub fn new(status: KeyMapStatus) -> KeyMapCache {
         KeyMapCache {
+            tags: RwLock::new(VersionTags::new(&status.store, status.version)),
             status: RwLock::new(status),
             full: [Mutex::new(None), Mutex::new(None)],
             deltas: Mutex::new(Vec::new()),
@@ -147,6 +181,7 @@ impl KeyMapCache {
         // The status is plain data, always whole: a poisoned lock still holds a valid one.
         let mut current = self.status.write().unwrap_or_else(|e| e.into_inner());
         if status.store != current.store {
+            self.set_tags(&status);
             let previous = std::mem::replace(&mut *current, status).store;
             self.drop_full_maps();
             drop(current);
@@ -159,6 +194,9 @@ impl KeyMapCache {
             };
         }
         let moved = status.version != current.version;
+        if moved {
+            self.set_tags(&status);
+        }
         *current = status;
         drop(current);
         if moved {
@@ -170,10 +208,27 @@ impl KeyMapCache {
     /// Takes `status` whatever was cached, and drops the cached maps: the store went back.
     pub fn reset(&self, status: KeyMapStatus) {
         let mut current = self.status.write().unwrap_or_else(|e| e.into_inner());
+        self.set_tags(&status);
         *current = status;
         self.drop_full_maps();
         drop(current);
         self.wake_watches();
+    }
+
+    /// Made while the status is written (its lock held), so that they follow it.
+    fn set_tags(&self, status: &KeyMapStatus) {
+        *self.tags.write().unwrap_or_else(|e| e.into_inner()) =
+            VersionTags::new(&status.store, status.version);
+    }
+
+    /// The headers of `store`'s `version`: the ones made for the current version, or new.
+    pub fn tags(&self, store: &StoreId, version: u64) -> VersionTags {
+        let current = self.tags.read().unwrap_or_else(|e| e.into_inner());
+        if current.names(store, version) {
+            return current.clone();
+        }
+        drop(current);
+        VersionTags::new(store, version)
     }
 
     fn drop_full_maps(&self) {

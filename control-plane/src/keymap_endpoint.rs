@@ -12,7 +12,7 @@
 
 use crate::api::{ApiError, AppState};
 use crate::clock::now_unix;
-use crate::keymap::{etag, if_none_match_matches, Encoding};
+use crate::keymap::{if_none_match_matches, Encoding, VersionTags};
 use crate::log::log_event;
 use crate::metrics;
 use crate::slotted_body::SlottedBody;
@@ -20,10 +20,12 @@ use crate::store::{DeltaLookup, KeyMapStatus, StoreId, StoredKeyMap};
 use crate::web::ClientIp;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::Request;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keygate_core::config::build_key_map;
+use keygate_core::digest::Digest;
 use keygate_sync_core::binary::{encode_binary_full, BINARY_CONTENT_TYPE};
 use keygate_sync_core::message::KeyMapMessage;
 use serde::Deserialize;
@@ -104,7 +106,7 @@ enum Held {
 /// key's expiry comes due, the tokens change, the server closes, or `wait` ends.
 async fn hold(
     state: &AppState,
-    headers: &HeaderMap,
+    presented: Option<&Digest>,
     store: StoreId,
     since: u64,
     wait: Duration,
@@ -117,7 +119,7 @@ async fn hold(
     }
     // Counted as open until this returns, or the client leaves (the future is dropped).
     let _open = metrics::watch_opened();
-    let wait_end = TokioInstant::now() + wait;
+    let wait_end = on_wait_grid(TokioInstant::now() + wait);
     loop {
         // `borrow`, not `borrow_and_update`: a change sent since the status was last read
         // must still wake `changed()` below (marking it seen here would lose that wake).
@@ -137,7 +139,7 @@ async fn hold(
                     return Held::Closing;
                 }
                 // Token rotations wake the watches too: this one's may be out.
-                if !state.key_map_token_passes(headers) {
+                if !state.key_map_token_passes(presented) {
                     return Held::Moved;
                 }
             }
@@ -153,13 +155,45 @@ async fn hold(
     }
 }
 
+/// Held watches end on a shared grid of this step, rounded up: the watches ending within one
+/// step end together, in one timer pass and one wakeup of the runtime, instead of each
+/// waking it on a timer of its own (which made a watch ending in 304 cost more than a 304
+/// poll). A watch is held at most this much longer than its `wait`.
+const WAIT_GRID: Duration = Duration::from_millis(100);
+
+/// `end` rounded up to the next point of the wait grid (points `WAIT_GRID` apart from the
+/// first watch of this process).
+fn on_wait_grid(end: TokioInstant) -> TokioInstant {
+    static ORIGIN: std::sync::OnceLock<TokioInstant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(TokioInstant::now);
+    let step = WAIT_GRID.as_nanos();
+    let after = end.saturating_duration_since(origin).as_nanos();
+    let steps = after.div_ceil(step);
+    u64::try_from(steps * step)
+        .map(|nanos| origin + Duration::from_nanos(nanos))
+        .unwrap_or(end)
+}
+
 pub(crate) async fn key_map(
     State(state): State<Arc<AppState>>,
     ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    query: Result<Query<KeyMapQuery>, QueryRejection>,
+    request: Request,
 ) -> Response {
-    if let Err(refused) = state.authorize_key_map(&headers, ip).await {
+    // What the answer needs from the request, taken out of it at once: the request's head
+    // points into its connection's read buffer, and hyper reads the connection while a
+    // watch is held (to see the client leave). With the head still referenced it would
+    // allocate a new read buffer for each held watch; without it, it reuses the one it has.
+    let (parts, _) = request.into_parts();
+    let query = Query::<KeyMapQuery>::try_from_uri(&parts.uri);
+    let presented = AppState::presented_digest(&parts.headers);
+    let if_none_match = parts
+        .headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let encoding = wanted_encoding(&parts.headers);
+    drop(parts);
+    if let Err(refused) = state.authorize_key_map_digest(presented.as_ref(), ip).await {
         return refused;
     }
     let poll = match parse_poll(query) {
@@ -173,32 +207,31 @@ pub(crate) async fn key_map(
         let cached = state.keymap.fresh(now_unix());
         if let (Some((store, version)), Some(since)) = (cached, poll.since) {
             if since == version && is_store(poll.store.as_ref(), &store) {
-                match hold(&state, &headers, store, since, poll.wait).await {
-                    Held::Unchanged(store, version) => return not_modified(&store, version),
+                match hold(&state, presented.as_ref(), store, since, poll.wait).await {
+                    Held::Unchanged(store, version) => {
+                        return not_modified(state.keymap.tags(&store, version))
+                    }
                     Held::Closing => return closing(),
                     Held::Moved => {}
                 }
                 // The sync token may have been rotated meanwhile.
-                if let Err(refused) = state.authorize_key_map(&headers, ip).await {
+                if let Err(refused) = state.authorize_key_map_digest(presented.as_ref(), ip).await {
                     return refused;
                 }
             }
         }
     }
-    let if_none_match = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok());
-    let encoding = wanted_encoding(&headers);
+    let if_none_match = if_none_match.as_deref();
     let now = now_unix();
     let cached_store = state.keymap.status().store;
     let same_store = is_store(poll.store.as_ref(), &cached_store);
     // An unchanged map is answered from memory.
     if let Some((store, version)) = state.keymap.fresh(now) {
         if if_none_match.is_some_and(|tags| if_none_match_matches(tags, &store, version)) {
-            return not_modified(&store, version);
+            return not_modified(state.keymap.tags(&store, version));
         }
         if same_store && poll.since == Some(version) {
-            return empty_delta(&store, version);
+            return empty_delta(state.keymap.tags(&store, version));
         }
     }
     if let (Some(since), true) = (poll.since, same_store) {
@@ -247,7 +280,7 @@ async fn delta(
             .filter(|(store, _, _)| is_store(wanted_store, store))
             .map(|(store, version, body)| {
                 metrics::keymap_answer(metrics::Answer::Delta, body.len());
-                answer(&store, version, body, Encoding::Json)
+                answer(state.keymap.tags(&store, version), body, Encoding::Json)
             })
     };
     let _one_at_a_time = if stale {
@@ -284,8 +317,7 @@ async fn delta(
                 .remember_delta(&stored.store, since, version, body.clone());
             metrics::keymap_answer(metrics::Answer::Delta, body.len());
             Ok(Some(answer(
-                &stored.store,
-                stored.message.version(),
+                state.keymap.tags(&stored.store, version),
                 body,
                 Encoding::Json,
             )))
@@ -345,12 +377,13 @@ async fn full(state: &Arc<AppState>, encoding: Encoding, if_none_match: Option<&
         Ok(full) => full,
         Err(e) => return e.into_response(),
     };
+    let tags = state.keymap.tags(&store, version);
     if if_none_match.is_some_and(|tags| if_none_match_matches(tags, &store, version)) {
-        return not_modified(&store, version);
+        return not_modified(tags);
     }
     metrics::keymap_answer(metrics::Answer::Full, body.len());
     let body = Body::new(SlottedBody::new(body, slot));
-    answer(&store, version, body, encoding)
+    answer(tags, body, encoding)
 }
 
 /// The current full map in `encoding`. Polls that find none cached queue for the one
@@ -443,7 +476,8 @@ fn wanted_encoding(headers: &HeaderMap) -> Encoding {
 }
 
 /// A poll from a filter that is up to date: nothing changed, and memory knows it.
-fn empty_delta(store: &StoreId, version: u64) -> Response {
+fn empty_delta(tags: VersionTags) -> Response {
+    let version = tags.version();
     let message = KeyMapMessage::Delta {
         version,
         since: version,
@@ -453,7 +487,7 @@ fn empty_delta(store: &StoreId, version: u64) -> Response {
     match encode_json(&message) {
         Ok(body) => {
             metrics::keymap_answer(metrics::Answer::Delta, body.len());
-            answer(store, version, body, Encoding::Json)
+            answer(tags, body, Encoding::Json)
         }
         Err(e) => e.into_response(),
     }
@@ -471,14 +505,14 @@ fn closing() -> Response {
     response
 }
 
-fn not_modified(store: &StoreId, version: u64) -> Response {
+fn not_modified(tags: VersionTags) -> Response {
     metrics::keymap_answer(metrics::Answer::NotModified, 0);
     let mut response = StatusCode::NOT_MODIFIED.into_response();
-    name_the_version(&mut response, store, version);
+    name_the_version(&mut response, tags);
     response
 }
 
-fn answer(store: &StoreId, version: u64, body: impl Into<Body>, encoding: Encoding) -> Response {
+fn answer(tags: VersionTags, body: impl Into<Body>, encoding: Encoding) -> Response {
     let content_type = match encoding {
         Encoding::Json => "application/json",
         Encoding::Binary => BINARY_CONTENT_TYPE,
@@ -488,18 +522,17 @@ fn answer(store: &StoreId, version: u64, body: impl Into<Body>, encoding: Encodi
         body.into(),
     )
         .into_response();
-    name_the_version(&mut response, store, version);
+    name_the_version(&mut response, tags);
     response
 }
 
-/// `keygate-store` and `ETag` on every key-map answer.
-fn name_the_version(response: &mut Response, store: &StoreId, version: u64) {
-    // A store id is hex and a version decimal: always valid header values.
+/// `keygate-store` and `ETag` on every key-map answer (made once per version).
+fn name_the_version(response: &mut Response, tags: VersionTags) {
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(store.as_str()) {
+    if let Some(value) = tags.store {
         headers.insert(STORE_HEADER, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&etag(store, version)) {
+    if let Some(value) = tags.etag {
         headers.insert(header::ETAG, value);
     }
 }
@@ -1079,6 +1112,28 @@ mod tests {
             assert_eq!(status, 400, "{query}: {body}");
             assert!(body.contains(name), "{query}: {body}");
         }
+    }
+
+    #[test]
+    fn waits_end_together_on_the_grid_never_before_their_end() {
+        let now = TokioInstant::now();
+        let mut ends = Vec::new();
+        for offset_ms in [0, 1, 37, 99, 100, 101, 250, 1_000, 25_000] {
+            let end = now + Duration::from_millis(offset_ms);
+            let rounded = on_wait_grid(end);
+            assert!(rounded >= end, "never before the wait's end");
+            assert!(rounded - end <= WAIT_GRID, "at most one step after it");
+            assert_eq!(on_wait_grid(rounded), rounded, "a grid point stays");
+            ends.push(rounded);
+        }
+        // Ends within one step share its grid point: one timer pass wakes them all.
+        let first = on_wait_grid(now + Duration::from_secs(1));
+        let together = (0..WAIT_GRID.as_millis() as u64)
+            .map(|ms| on_wait_grid(first - WAIT_GRID + Duration::from_millis(ms + 1)))
+            .all(|end| end == first);
+        assert!(together);
+        ends.dedup();
+        assert!(ends.len() >= 5, "ends a step or more apart stay apart");
     }
 
     #[test]

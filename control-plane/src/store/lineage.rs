@@ -12,9 +12,10 @@ use std::sync::Arc;
 pub const MAX_VERSION: u64 = i64::MAX as u64;
 
 /// A store's identity: 128 random bits as 32 lowercase hex characters. Created once per
-/// database (schema version 2), replaced only by `keygatectl keymap new-lineage`.
+/// database (schema version 2), replaced only by `keygatectl keymap new-lineage`. Shared, not
+/// copied: every key-map answer names it, and a clone is a reference count.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct StoreId(String);
+pub struct StoreId(Arc<str>);
 
 impl StoreId {
     pub const LEN: usize = 32;
@@ -25,13 +26,14 @@ impl StoreId {
             && text
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        valid.then(|| StoreId(text.to_string()))
+        valid.then(|| StoreId(Arc::from(text)))
     }
 
     /// A new identity from the OS's secure random source.
     pub fn random() -> Result<StoreId, RandomError> {
         let bytes = random_bytes::<16>()?;
-        Ok(StoreId(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(StoreId(Arc::from(hex)))
     }
 
     pub fn as_str(&self) -> &str {
