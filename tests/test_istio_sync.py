@@ -171,11 +171,13 @@ def test_a_roll_is_refused_on_every_worker_within_one_interval(ctl, upstream, st
         handovers = len(leads(envoy)) - handovers
     print(f"roll refused on every worker after {elapsed * 1000:.0f} ms, {polls} poll(s), "
           f"{handovers} lease handover(s)")
-    # Within one interval: the poll under way at the roll may have missed it; the next one
-    # (an interval later at most) brought it, and no third poll was needed. A VM whose
-    # ticks a starved CPU held up past the lease loses it, and the new leader starts with a
-    # poll of its own: one more each.
-    assert 1 <= polls <= 2 + handovers, (polls, handovers)
+    # Within one interval: the watch (or poll) under way at the roll brought it, or missed
+    # it and the next one (an interval later at most) did; no third was needed. Zero is
+    # possible: the watch held at the roll answers it, and the next one may not be sent (or
+    # counted: the VM flushes its counters each tick) when every worker already refuses.
+    # A VM whose ticks a starved CPU held up past the lease loses it, and the new leader
+    # starts with a poll of its own: one more each.
+    assert polls <= 2 + handovers, (polls, handovers)
 
 
 def test_keygatectl_down_keeps_the_last_good_map_then_catches_up(ctl, upstream, stopped_after):
