@@ -76,6 +76,23 @@ pub enum Command {
     },
 }
 
+/// A rate limit as `key limit` and `account limit` take it.
+#[derive(Debug, Args)]
+pub struct LimitFlags {
+    /// Requests allowed per period (1 to 1000000).
+    #[arg(long, required_unless_present = "remove", value_name = "N")]
+    pub requests: Option<String>,
+    /// The period: second or minute.
+    #[arg(long, required_unless_present = "remove", value_name = "PERIOD")]
+    pub per: Option<String>,
+    /// Requests allowed at once after a quiet spell (default: --requests).
+    #[arg(long, value_name = "N")]
+    pub burst: Option<String>,
+    /// Remove the limit.
+    #[arg(long, conflicts_with_all = ["requests", "per", "burst"])]
+    pub remove: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// Only this account's events.
@@ -192,18 +209,8 @@ pub enum AccountCommand {
     /// filters' next key-map poll, without restart.
     Limit {
         account_id: String,
-        /// Requests allowed per period (1 to 1000000).
-        #[arg(long, required_unless_present = "remove", value_name = "N")]
-        requests: Option<String>,
-        /// The period: second or minute.
-        #[arg(long, required_unless_present = "remove", value_name = "PERIOD")]
-        per: Option<String>,
-        /// Requests allowed at once after a quiet spell (default: --requests).
-        #[arg(long, value_name = "N")]
-        burst: Option<String>,
-        /// Remove the account's default.
-        #[arg(long, conflicts_with_all = ["requests", "per", "burst"])]
-        remove: bool,
+        #[command(flatten)]
+        limit: LimitFlags,
     },
 }
 
@@ -289,18 +296,8 @@ pub enum KeyCommand {
     /// --remove. Takes effect at the filters' next key-map poll, without restart.
     Limit {
         key_id: String,
-        /// Requests allowed per period (1 to 1000000).
-        #[arg(long, required_unless_present = "remove", value_name = "N")]
-        requests: Option<String>,
-        /// The period: second or minute.
-        #[arg(long, required_unless_present = "remove", value_name = "PERIOD")]
-        per: Option<String>,
-        /// Requests allowed at once after a quiet spell (default: --requests).
-        #[arg(long, value_name = "N")]
-        burst: Option<String>,
-        /// Remove the key's limit.
-        #[arg(long, conflicts_with_all = ["requests", "per", "burst"])]
-        remove: bool,
+        #[command(flatten)]
+        limit: LimitFlags,
     },
     /// Take a key out of service for good.
     Revoke { key_id: String },

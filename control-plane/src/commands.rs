@@ -4,7 +4,7 @@ use crate::admin::Admin;
 use crate::auth::{admin_token_from, read_token_file};
 use crate::cli::{
     AccountCommand, AdminTokenCommand, AuditArgs, Cli, Command, ExportArgs, ExportFormat,
-    KeyCommand, KeymapCommand, ServeArgs, SyncTokenCommand,
+    KeyCommand, KeymapCommand, LimitFlags, ServeArgs, SyncTokenCommand,
 };
 use crate::client::{server_base, Client};
 use crate::clock::{now_unix, parse_rfc3339};
@@ -119,14 +119,8 @@ fn account(admin: &Admin, command: &AccountCommand, json: bool) -> Result<(), Cl
             let detail = admin.account(account_id)?;
             print(json, &detail, || output::account_detail(&detail))
         }
-        AccountCommand::Limit {
-            account_id,
-            requests,
-            per,
-            burst,
-            remove,
-        } => {
-            let limit = flag_limit(requests, per, burst, *remove)?;
+        AccountCommand::Limit { account_id, limit } => {
+            let limit = flag_limit(limit)?;
             let changed = admin.set_account_rate_limit(account_id, limit.as_ref())?;
             print(json, &changed, || output::account_rate_limited(&changed))
         }
@@ -135,15 +129,10 @@ fn account(admin: &Admin, command: &AccountCommand, json: bool) -> Result<(), Cl
 
 /// A limit from `--requests`, `--per` and `--burst` (clap requires the first two unless
 /// `--remove`), or none for `--remove`.
-fn flag_limit(
-    requests: &Option<String>,
-    per: &Option<String>,
-    burst: &Option<String>,
-    remove: bool,
-) -> Result<Option<RawLimit>, CliError> {
-    match (requests, per) {
-        (Some(requests), Some(per)) if !remove => Ok(Some(
-            limit_from_text(requests, per, burst.as_deref().unwrap_or(""))
+fn flag_limit(flags: &LimitFlags) -> Result<Option<RawLimit>, CliError> {
+    match (&flags.requests, &flags.per) {
+        (Some(requests), Some(per)) if !flags.remove => Ok(Some(
+            limit_from_text(requests, per, flags.burst.as_deref().unwrap_or(""))
                 .map_err(CliError::Input)?,
         )),
         _ => Ok(None),
@@ -196,14 +185,8 @@ fn key(admin: &Admin, command: &KeyCommand, json: bool) -> Result<(), CliError> 
             let renamed = admin.rename_key(key_id, name.as_deref())?;
             print(json, &renamed, || output::renamed(&renamed))
         }
-        KeyCommand::Limit {
-            key_id,
-            requests,
-            per,
-            burst,
-            remove,
-        } => {
-            let limit = flag_limit(requests, per, burst, *remove)?;
+        KeyCommand::Limit { key_id, limit } => {
+            let limit = flag_limit(limit)?;
             let changed = admin.set_rate_limit(key_id, limit.as_ref())?;
             print(json, &changed, || output::rate_limited(&changed))
         }
