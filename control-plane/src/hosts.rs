@@ -5,13 +5,11 @@
 //! `--allowed-host` (exactly, or `*.example.com` for its subdomains).
 
 use crate::model::{ErrorBody, ErrorDetail};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 
 /// The paths answered whatever the `Host`: load balancers, Envoy's health checks and
 /// Kubernetes' probes name the cluster or the pod, and the answers tell a rebinding page
@@ -82,13 +80,9 @@ impl AllowedHosts {
     }
 }
 
-/// Refuses requests whose `Host` (and request-target authority, if any) is not allowed:
-/// 421 with a JSON error.
-pub async fn check_host(
-    State(allowed): State<Arc<AllowedHosts>>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// True when a request's `Host` (and request-target authority, if any) is allowed, or the
+/// request is for a health path.
+pub fn request_allowed(allowed: &AllowedHosts, request: &Request) -> bool {
     let host = request
         .headers()
         .get(header::HOST)
@@ -96,9 +90,11 @@ pub async fn check_host(
     let target = request.uri().authority().map(|a| a.as_str());
     let named = host.is_some() || target.is_some();
     let ok = named && host.into_iter().chain(target).all(|h| allowed.allows(h));
-    if ok || HEALTH_PATHS.contains(&request.uri().path()) {
-        return next.run(request).await;
-    }
+    ok || HEALTH_PATHS.contains(&request.uri().path())
+}
+
+/// The answer to a request whose `Host` is not allowed: 421 with a JSON error.
+pub fn misdirected() -> Response {
     let body = ErrorBody {
         error: ErrorDetail {
             code: "host_not_allowed".into(),

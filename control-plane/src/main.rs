@@ -15,6 +15,7 @@ mod customers;
 mod duration;
 mod error;
 mod export;
+mod front_door;
 mod hosts;
 mod import;
 mod keymap;
@@ -39,6 +40,9 @@ mod web;
 
 use clap::Parser;
 use std::process::ExitCode;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -6,6 +6,7 @@
 //! not paths; known methods; answer kinds), so a client cannot grow the series. Nothing here
 //! holds a key, a token or a digest.
 
+use axum::http::StatusCode;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -237,15 +238,14 @@ fn build() -> Made<Metrics> {
 
 /// An HTTP request answered. `route` is the route's template (`/v1/keys/{key_id}/roll`),
 /// never the path a client sent.
-pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+pub fn http_request(route: &str, method: &str, status: StatusCode, elapsed: Duration) {
     let method = match method {
         "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method,
         _ => "other",
     };
-    let status = status.to_string();
     with(|m| {
         m.http_requests
-            .with_label_values(&[route, method, &status])
+            .with_label_values(&[route, method, status.as_str()])
             .inc();
         m.http_seconds
             .with_label_values(&[route])
@@ -392,7 +392,12 @@ mod tests {
 
     #[test]
     fn unknown_methods_are_one_label() {
-        http_request("/v1/keymap", "BREW", 405, Duration::from_millis(1));
+        http_request(
+            "/v1/keymap",
+            "BREW",
+            StatusCode::METHOD_NOT_ALLOWED,
+            Duration::from_millis(1),
+        );
         let (_, text) = render().expect("render");
         assert!(text.contains("method=\"other\""));
         assert!(!text.contains("BREW"));

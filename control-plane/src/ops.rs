@@ -8,11 +8,10 @@
 
 use crate::api::AppState;
 use crate::auth::{bearer_token, token_matches};
-use crate::log::{debug, log_event, warn};
+use crate::log::{log_event, warn};
 use crate::metrics::{self, SignIn};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -193,25 +192,4 @@ async fn count_keys(app: &Arc<AppState>) {
     if let Err(e) = counted {
         warn(&format!("the key count task failed: {e}"));
     }
-}
-
-/// Counts every request by the route that answered it (its template: never the path a
-/// client sent), method and status.
-pub async fn count_requests(request: Request, next: Next) -> Response {
-    // Both cheap to keep (a shared string, a method without allocation for the standard ones).
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = method.as_str();
-    metrics::http_request(route, method, status, started.elapsed());
-    if crate::log::enabled(crate::log::Level::Debug) {
-        debug(&format!(
-            "{method} {route} {status} ({} ms)",
-            started.elapsed().as_millis()
-        ));
-    }
-    response
 }

@@ -4,7 +4,8 @@
 use crate::api::{router, AppState, KeyMapAccess};
 use crate::auth::token_matches;
 use crate::clock::now_unix;
-use crate::hosts::{check_host, AllowedHosts};
+use crate::front_door::front_door;
+use crate::hosts::AllowedHosts;
 use crate::keymap::KeyMapCache;
 use crate::log::log_event;
 use crate::mail::{MailError, MailRoute, Mailer};
@@ -13,7 +14,6 @@ use crate::service::Service;
 use crate::store::{Actor, Store, StoreError};
 use crate::sync_token::{self, SyncTokenError};
 use crate::web::{secure_cookies_from_env, CustomerOptions};
-use axum::middleware;
 use axum::serve::ListenerExt;
 use keygate_core::digest::Digest;
 use std::net::SocketAddr;
@@ -201,15 +201,12 @@ pub fn serve(store: Arc<dyn Store>, options: ServeOptions) -> Result<(), ServeEr
         });
         // The operator's page (`/ui/`) and the customers' pages beside the API; connection
         // info for the throttles; every request's Host checked first.
-        let app = router(Arc::clone(&state))
-            .merge(crate::ops::router(Arc::clone(&state), options.ops))
-            .merge(crate::web::router(state, customers))
-            // Inside the Host check: a refused Host is counted nowhere but its log line.
-            .layer(middleware::from_fn(crate::ops::count_requests))
-            .layer(middleware::from_fn_with_state(
-                Arc::new(options.allowed_hosts),
-                check_host,
-            ));
+        let app = front_door(
+            router(Arc::clone(&state))
+                .merge(crate::ops::router(Arc::clone(&state), options.ops))
+                .merge(crate::web::router(state, customers)),
+            Arc::new(options.allowed_hosts),
+        );
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::api::{router, KeyMapAccess};
-use crate::hosts::{check_host, AllowedHosts};
+use crate::front_door::front_door;
+use crate::hosts::AllowedHosts;
 use crate::keymap::KeyMapCache;
 use crate::service::Service;
 use crate::store::audit::who;
@@ -43,10 +44,7 @@ fn site() -> Site {
         keymap,
     ));
     let hosts = AllowedHosts::new(Vec::new()).expect("hosts");
-    let router = router(Arc::clone(&state)).layer(axum::middleware::from_fn_with_state(
-        Arc::new(hosts),
-        check_host,
-    ));
+    let router = front_door(router(Arc::clone(&state)), Arc::new(hosts));
     Site {
         _dir: dir,
         store,
