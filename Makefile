@@ -136,7 +136,7 @@ soak: build venv
 # polling, and a fleet of 10,000 watchers (SQLite, then two PostgreSQL replicas on a
 # throwaway server). Writes BENCHMARKS.md. Needs a quiet machine (~25 min).
 bench:
-	$(WITH_PG) bash bench/run.sh --instructions --million --sync-cost --unknown-since --rate-limits --bulk-import --watch $(BENCH_ARGS)
+	$(WITH_PG) bash bench/run.sh --instructions --million --sync-cost --unknown-since --rate-limits --bulk-import --watch --ctl-instructions $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -1497,7 +1497,7 @@ class Keygatectl:
     share the admin and sync tokens: give them the first one's."""
 
     def __init__(self, workdir, core, database=None, env=None, name="keygatectl", token=None,
-                 sync_token=None):
+                 sync_token=None, wrap=()):
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db = database or self.dir / "keygate.db"
@@ -1510,11 +1510,12 @@ class Keygatectl:
         token_file.chmod(0o600)
         env = dict(os.environ, **(env or {}), KEYGATE_ADMIN_TOKEN=self.token)
         self.log = open(self.dir / "serve.log", "wb")
-        argv = taskset(core, [str(CTL), "--database", str(self.db), "serve",
+        # `wrap`: a command it runs under (valgrind, for instruction counts).
+        argv = taskset(core, [*wrap, str(CTL), "--database", str(self.db), "serve",
                               "--listen", f"127.0.0.1:{self.port}",
                               "--sync-token-file", str(token_file)])
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + (120 if wrap else 30)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("keygatectl exited: " + (self.dir / "serve.log").read_text())
