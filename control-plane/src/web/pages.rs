@@ -180,6 +180,26 @@ pub struct OperatorForm {
     rate_burst: String,
 }
 
+/// `check_post` for a form posted to a page of one thing (`/ui/<kind>/{id}/{action}`): the
+/// path's two parts as well, or the error page (404 for a path that does not read).
+#[allow(clippy::result_large_err)]
+fn check_post_to(
+    web: &Web,
+    headers: &HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    form: Result<Form<OperatorForm>, FormRejection>,
+) -> Result<(SessionInfo, OperatorForm, (String, String)), Response> {
+    let (session, form) = check_post(web, headers, form)?;
+    match path {
+        Ok(Path(parts)) => Ok((session, form, parts)),
+        Err(_) => Err(error_page(
+            StatusCode::NOT_FOUND,
+            Some(&session),
+            "There is no such page.",
+        )),
+    }
+}
+
 /// A state-changing form's checks: same-origin, a live session, a readable form, its CSRF
 /// token. The error is the answer to send.
 #[allow(clippy::result_large_err)]
@@ -1074,16 +1094,9 @@ async fn set_account_rate_limit(
     path: Result<Path<(String, String)>, PathRejection>,
     form: Result<Form<OperatorForm>, FormRejection>,
 ) -> Response {
-    let (session, form) = match check_post(&web, &headers, form) {
+    let (session, form, (account_id, _)) = match check_post_to(&web, &headers, path, form) {
         Ok(checked) => checked,
         Err(response) => return response,
-    };
-    let Ok(Path((account_id, _))) = path else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            Some(&session),
-            "There is no such page.",
-        );
     };
     let actor = Actor::operator(&session.tag(), ip);
     let id = account_id.clone();
@@ -1151,16 +1164,9 @@ async fn sign_in_switch(
     form: Result<Form<OperatorForm>, FormRejection>,
     target: Target,
 ) -> Response {
-    let (session, _) = match check_post(&web, &headers, form) {
+    let (session, _, (id, action)) = match check_post_to(&web, &headers, path, form) {
         Ok(checked) => checked,
         Err(response) => return response,
-    };
-    let Ok(Path((id, action))) = path else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            Some(&session),
-            "There is no such page.",
-        );
     };
     let disabled = match action.as_str() {
         "disable" => true,
@@ -1225,16 +1231,9 @@ pub async fn key_action(
     path: Result<Path<(String, String)>, PathRejection>,
     form: Result<Form<OperatorForm>, FormRejection>,
 ) -> Response {
-    let (session, form) = match check_post(&web, &headers, form) {
+    let (session, form, (key_id, action)) = match check_post_to(&web, &headers, path, form) {
         Ok(checked) => checked,
         Err(response) => return response,
-    };
-    let Ok(Path((key_id, action))) = path else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            Some(&session),
-            "There is no such page.",
-        );
     };
     if action == "rename" {
         return rename_key(web, ip, session, key_id, form.name).await;
