@@ -43,7 +43,7 @@ use std::process::ExitCode;
 
 /// mimalloc rather than glibc's malloc: with thousands of watches held at once, glibc's
 /// malloc spent a sixth of keygatectl's CPU per answer searching and merging free chunks
-/// (measured: a key-map 304 took 38.3k instructions as a watch and 32.5k as a poll with
+/// (measured: a key-map 304 took 37.0k instructions as a watch and 32.4k as a poll with
 /// glibc, 31.8k and 27.7k with mimalloc; see BENCHMARKS.md, "Watching instead of polling").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
