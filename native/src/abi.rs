@@ -278,39 +278,29 @@ impl<'hook> Stream<'hook> {
 
     /// Replaces every value of the header with one.
     pub fn set_request_header(&mut self, name: &[u8], value: &[u8]) {
-        // SAFETY: as in `add_request_header`.
-        unsafe {
-            envoy_dynamic_module_callback_http_set_header(
-                self.filter,
-                REQUEST_HEADER,
-                Buffer::of(name),
-                Buffer::of(value),
-            );
-        }
+        self.set_header(REQUEST_HEADER, name, Buffer::of(value));
     }
 
     /// Sets a response header (in the response-headers hook), replacing every value.
     pub fn set_response_header(&mut self, name: &[u8], value: &[u8]) {
-        // SAFETY: as in `add_request_header`.
-        unsafe {
-            envoy_dynamic_module_callback_http_set_header(
-                self.filter,
-                RESPONSE_HEADER,
-                Buffer::of(name),
-                Buffer::of(value),
-            );
-        }
+        self.set_header(RESPONSE_HEADER, name, Buffer::of(value));
     }
 
     /// Removes every value of the header (an empty value does that in this ABI).
     pub fn remove_request_header(&mut self, name: &[u8]) {
+        self.set_header(REQUEST_HEADER, name, Buffer::EMPTY);
+    }
+
+    /// Replaces every value of a header in the `kind` map with `value` (bytes the caller
+    /// holds for this call).
+    fn set_header(&mut self, kind: u32, name: &[u8], value: Buffer) {
         // SAFETY: as in `add_request_header`.
         unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.filter,
-                REQUEST_HEADER,
+                kind,
                 Buffer::of(name),
-                Buffer::EMPTY,
+                value,
             );
         }
     }

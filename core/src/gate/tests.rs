@@ -443,6 +443,16 @@ struct Limits {
     enforcers: u32,
 }
 
+impl Limits {
+    /// A table of 64 slots, shared by `enforcers`.
+    fn shared_by(enforcers: u32) -> Limits {
+        Limits {
+            table: crate::rate_limit::LimitTable::new(64),
+            enforcers,
+        }
+    }
+}
+
 impl RateLimits for Limits {
     fn enforcers(&self) -> u32 {
         self.enforcers
@@ -450,6 +460,20 @@ impl RateLimits for Limits {
     fn admit(&self, key_id: &str, limit: &RateLimit, now_us: u64) -> Checked {
         self.table.admit(key_id, limit, now_us)
     }
+}
+
+/// A `GET /` with `key` through `gate` (no synced map, usage not counted): the verdict and
+/// what it did.
+fn send_limited<R: RateLimits>(
+    gate: &Gate,
+    key: &str,
+    worker: &mut Worker,
+    limits: &R,
+) -> (Verdict, Effects) {
+    let auth = format!("token {key}");
+    let mut h = host(&request("GET", "/", &auth));
+    let verdict = gate.on_request_headers(&mut h, None::<&KeyMap>, worker, limits, &Uncounted);
+    (verdict, h.effects)
 }
 
 fn limited_fixture() -> (Gate, String, String) {
@@ -474,10 +498,7 @@ fn limited_fixture_with(options: &str) -> (Gate, String, String) {
 #[test]
 fn a_key_over_its_limit_gets_429_with_the_rate_limit_headers_and_others_are_unaffected() {
     let (gate, limited, other) = limited_fixture();
-    let limits = Limits {
-        table: crate::rate_limit::LimitTable::new(64),
-        enforcers: 1,
-    };
+    let limits = Limits::shared_by(1);
     let mut worker = Worker::new(None);
     let mut run = |key: &str| {
         let auth = format!("token {key}");
@@ -524,17 +545,10 @@ fn a_key_over_its_limit_gets_429_with_the_rate_limit_headers_and_others_are_unaf
 #[test]
 fn each_of_several_enforcers_admits_its_share() {
     let (gate, limited, _) = limited_fixture();
-    let limits = Limits {
-        table: crate::rate_limit::LimitTable::new(64),
-        enforcers: 2,
-    };
+    let limits = Limits::shared_by(2);
     let mut worker = Worker::new(None);
-    let auth = format!("token {limited}");
     let verdicts: Vec<Verdict> = (0..3)
-        .map(|_| {
-            let mut h = host(&request("GET", "/", &auth));
-            gate.on_request_headers(&mut h, None::<&KeyMap>, &mut worker, &limits, &Uncounted)
-        })
+        .map(|_| send_limited(&gate, &limited, &mut worker, &limits).0)
         .collect();
     assert_eq!(verdicts, [Verdict::Continue, Verdict::Stop, Verdict::Stop]);
 }
@@ -542,17 +556,9 @@ fn each_of_several_enforcers_admits_its_share() {
 #[test]
 fn a_full_limiter_lets_the_key_through_and_counts_it() {
     let (gate, limited, _) = limited_fixture();
-    let auth = format!("token {limited}");
-    let mut h = host(&request("GET", "/", &auth));
-    let verdict = gate.on_request_headers(
-        &mut h,
-        None::<&KeyMap>,
-        &mut Worker::new(None),
-        &Unlimited,
-        &Uncounted,
-    );
+    let (verdict, effects) = send_limited(&gate, &limited, &mut Worker::new(None), &Unlimited);
     assert_eq!(verdict, Verdict::Continue);
-    assert_eq!(h.effects.counted, [Count::LimitOverflow, Count::Allowed]);
+    assert_eq!(effects.counted, [Count::LimitOverflow, Count::Allowed]);
 }
 
 /// Usage as a front end counts it: a worker's table.
@@ -609,18 +615,9 @@ fn usage_counts_each_known_keys_requests_and_nothing_else() {
 #[test]
 fn with_rate_limit_headers_an_admitted_request_keeps_them_for_its_response() {
     let (gate, limited, other) = limited_fixture_with(r#","rate_limit_headers":true"#);
-    let limits = Limits {
-        table: crate::rate_limit::LimitTable::new(64),
-        enforcers: 1,
-    };
+    let limits = Limits::shared_by(1);
     let mut worker = Worker::new(None);
-    let mut run = |key: &str| {
-        let auth = format!("token {key}");
-        let mut h = host(&request("GET", "/", &auth));
-        let verdict =
-            gate.on_request_headers(&mut h, None::<&KeyMap>, &mut worker, &limits, &Uncounted);
-        (verdict, h.effects)
-    };
+    let mut run = |key: &str| send_limited(&gate, key, &mut worker, &limits);
     let pairs = |policy: &str, state: &str| {
         vec![
             ("ratelimit-policy".to_owned(), policy.to_owned()),
@@ -652,19 +649,8 @@ fn with_rate_limit_headers_an_admitted_request_keeps_them_for_its_response() {
 #[test]
 fn without_rate_limit_headers_an_admitted_request_keeps_none() {
     let (gate, limited, _) = limited_fixture();
-    let limits = Limits {
-        table: crate::rate_limit::LimitTable::new(64),
-        enforcers: 1,
-    };
-    let auth = format!("token {limited}");
-    let mut h = host(&request("GET", "/", &auth));
-    let verdict = gate.on_request_headers(
-        &mut h,
-        None::<&KeyMap>,
-        &mut Worker::new(None),
-        &limits,
-        &Uncounted,
-    );
+    let limits = Limits::shared_by(1);
+    let (verdict, effects) = send_limited(&gate, &limited, &mut Worker::new(None), &limits);
     assert_eq!(verdict, Verdict::Continue);
-    assert!(h.effects.response.is_empty());
+    assert!(effects.response.is_empty());
 }
